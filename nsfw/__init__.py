@@ -1,0 +1,64 @@
+"""NSFW image moderation service: GantMan's model with nsfwjs-identical scores behind Flask."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+
+from flask import Flask
+
+from nsfw.api import bp, register_error_handlers
+from nsfw.config import ConfigError, Settings
+from nsfw.fetch import Fetcher, Resolver, system_resolver
+from nsfw.imaging import harden_pillow
+from nsfw.model import Classifier, load_classifier
+from nsfw.service import PredictionService, fetch_policy
+
+__all__ = ["ConfigError", "Settings", "create_app"]
+
+log = logging.getLogger(__name__)
+
+# gunicorn halts the whole server, instead of respawning forever, when a worker exits with this.
+WORKER_BOOT_ERROR = 3
+
+
+def create_app(
+    settings: Settings | None = None,
+    classifier: Classifier | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    resolver: Resolver = system_resolver,
+) -> Flask:
+    """The one factory: settings (from NSFW_* when not given), the classifier (loaded and warmed
+    here when not given), fetcher, blueprint and error handlers."""
+    if settings is None:
+        settings = Settings.from_env(os.environ if environ is None else environ)
+    logging.getLogger("nsfw").setLevel(settings.log_level)
+    harden_pillow()
+
+    service = PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
+    if classifier is not None:
+        service.set_classifier(classifier)
+    elif settings.load_in_background:
+        threading.Thread(target=_load_or_exit, args=(service,), name="model-loader", daemon=True).start()
+    else:
+        service.set_classifier(load_classifier(settings))
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
+    app.extensions["nsfw"] = service
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    return app
+
+
+def _load_or_exit(service: PredictionService) -> None:
+    try:
+        service.set_classifier(load_classifier(service.settings))
+    except BaseException:
+        log.critical("model failed to load; stopping the worker", exc_info=True)
+        logging.shutdown()
+        os._exit(WORKER_BOOT_ERROR)

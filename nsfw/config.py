@@ -1,0 +1,137 @@
+"""Settings: defaults, then NSFW_* environment variables, then validation that names the variable."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+BACKENDS = ("litert", "tensorflow")
+RESIZE_MODES = ("nsfwjs", "gantman")
+PREFIX = "NSFW_"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; raised at boot, before any request is served."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can tune; one field per NSFW_<FIELD> variable."""
+
+    # Inference runtime: litert (default; no TensorFlow) or tensorflow (loads the .keras file).
+    backend: str = "litert"
+    # Which model of models/MODELS.md to serve (checked against the catalogue when it loads).
+    model: str = "mobilenet_v2"
+    # Folder holding the model artifacts.
+    models_dir: Path = DEFAULT_MODELS_DIR
+    # Default resize: nsfwjs (bilinear, align-corners, as nsfwjs) or gantman (Pillow NEAREST).
+    resize: str = "nsfwjs"
+    # Load the model in a background thread, so /health answers 503 at once while it loads; a failed
+    # load still ends the worker with gunicorn's boot-error code. Off: load before serving.
+    load_in_background: bool = True
+    # Threads the runtime may use for one prediction; 1 suits a 1 vCPU box with 2 workers.
+    inference_threads: int = 1
+    # Seconds to establish the TCP (and TLS) connection to the image host.
+    connect_timeout: float = 3.0
+    # Seconds to wait for any single read from the image host.
+    read_timeout: float = 5.0
+    # Seconds for the whole download, redirects included; a slow drip ends here.
+    download_timeout: float = 10.0
+    # Largest image body fetched, in bytes (counted after any content decoding).
+    max_bytes: int = 10 * 1024 * 1024
+    # Largest image decoded, in pixels (width x height), checked before decoding.
+    max_pixels: int = 40_000_000
+    # Longest accepted URL, in characters.
+    max_url_length: int = 2048
+    # Redirect hops followed; each hop is checked like the first URL.
+    max_redirects: int = 3
+    # Ports that may be fetched.
+    allowed_ports: tuple[int, ...] = (80, 443)
+    # CIDRs that may be fetched although private, loopback or otherwise refused. Empty by default.
+    allowed_networks: tuple[IPNetwork, ...] = field(default=())
+    # Largest request body accepted, in bytes (JSON or form carrying a URL).
+    max_request_bytes: int = 64 * 1024
+    # Log level of the nsfw logger.
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Defaults overridden by NSFW_* variables; unknown NSFW_* names are refused (typos)."""
+        known = {PREFIX + f.name.upper(): f for f in fields(cls)}
+        for name in environ:
+            if name.startswith(PREFIX) and name not in known:
+                raise ConfigError(f"{name} is not a known setting")
+        values: dict[str, Any] = {}
+        for var, f in known.items():
+            if var not in environ:
+                continue
+            parse = _PARSERS[f.name] if f.name in _PARSERS else _parser_for(f.type)
+            try:
+                values[f.name] = parse(environ[var].strip())
+            except ValueError as exc:
+                raise ConfigError(f"{var}={environ[var]!r}: {exc}") from None
+        return replace(cls(), **values).validate()
+
+    def validate(self) -> Settings:
+        """Return self, or raise ConfigError naming the NSFW_* variable that is wrong."""
+        checks: list[tuple[str, bool, str]] = [
+            ("backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+            ("resize", self.resize in RESIZE_MODES, f"must be one of {', '.join(RESIZE_MODES)}"),
+            ("models_dir", self.models_dir.is_dir(), "must be a directory"),
+            ("inference_threads", 1 <= self.inference_threads <= 64, "must be 1..64"),
+            ("connect_timeout", 0 < self.connect_timeout <= 60, "must be in (0, 60]"),
+            ("read_timeout", 0 < self.read_timeout <= 60, "must be in (0, 60]"),
+            ("download_timeout", 0 < self.download_timeout <= 300, "must be in (0, 300]"),
+            ("max_bytes", 1024 <= self.max_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
+            ("max_pixels", 1 <= self.max_pixels <= 200_000_000, "must be 1..200000000"),
+            ("max_url_length", 16 <= self.max_url_length <= 65536, "must be 16..65536"),
+            ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
+            ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
+            ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
+            ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{PREFIX}{name.upper()}={getattr(self, name)!r}: {why}")
+        return self
+
+
+def _split(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _parse_networks(raw: str) -> tuple[IPNetwork, ...]:
+    # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as an operator would expect.
+    return tuple(ipaddress.ip_network(part, strict=False) for part in _split(raw))
+
+
+def _parse_ports(raw: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in _split(raw))
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "allowed_networks": _parse_networks,
+    "allowed_ports": _parse_ports,
+    "models_dir": Path,
+    "log_level": str.upper,
+}
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any]:
+    # Field annotations are strings under `from __future__ import annotations`.
+    return {"int": int, "float": float, "str": str, "bool": _parse_bool}[str(annotation)]

@@ -1,0 +1,129 @@
+"""The one exception tree of request failures: each class fixes its HTTP status, code and public message.
+
+`detail` is private: it goes to the log, never to the client (it may hold a resolved address, an
+upstream status or an exception text).
+"""
+
+from __future__ import annotations
+
+
+class NsfwError(Exception):
+    """Base of every failure a request can end in; unexpected exceptions become this (500)."""
+
+    status = 500
+    code = "internal_error"
+    message = "The server failed to process the request."
+    headers: dict[str, str] = {}
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.message)
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+# 400: the request itself is wrong.
+class BadRequest(NsfwError):
+    status = 400
+    code = "bad_request"
+    message = "The request is malformed."
+
+
+class InvalidUrl(BadRequest):
+    code = "invalid_url"
+    message = "The url is not a valid http(s) URL."
+
+
+class MissingUrl(InvalidUrl):
+    code = "missing_url"
+    message = "Give the image as a url parameter."
+
+
+class UrlSchemeNotAllowed(InvalidUrl):
+    code = "url_scheme_not_allowed"
+    message = "Only http and https URLs are fetched."
+
+
+class UrlNotAllowed(BadRequest):
+    code = "url_not_allowed"
+    message = "The url points to a destination that is not allowed."
+
+
+class UrlPortNotAllowed(UrlNotAllowed):
+    code = "url_port_not_allowed"
+    message = "The url's port is not allowed."
+
+
+# 404 / 405 / 413: Flask's own HTTP errors, in our JSON shape.
+class NotFound(NsfwError):
+    status = 404
+    code = "not_found"
+    message = "No such route."
+
+
+class MethodNotAllowed(NsfwError):
+    status = 405
+    code = "method_not_allowed"
+    message = "The method is not allowed for this route."
+
+
+class PayloadTooLarge(NsfwError):
+    status = 413
+    code = "payload_too_large"
+    message = "The request body is too large."
+
+
+# 422: the fetched bytes are not an image we classify.
+class ImageTooLarge(NsfwError):
+    status = 422
+    code = "image_too_large"
+    message = "The image is larger than the allowed number of bytes."
+
+
+class InvalidImage(NsfwError):
+    status = 422
+    code = "invalid_image"
+    message = "The data is not a decodable image."
+
+
+class UnsupportedImageFormat(InvalidImage):
+    code = "unsupported_image_format"
+    message = "The image format is not supported (JPEG, PNG, GIF, WebP and BMP are)."
+
+
+class ImageTooManyPixels(InvalidImage):
+    code = "image_too_many_pixels"
+    message = "The image has more pixels than allowed."
+
+
+# 502 / 504: the image host misbehaved.
+class UpstreamError(NsfwError):
+    status = 502
+    code = "upstream_error"
+    message = "The image could not be fetched."
+
+
+class TooManyRedirects(UpstreamError):
+    code = "too_many_redirects"
+    message = "The image URL redirected too many times."
+
+
+class UpstreamTimeout(NsfwError):
+    status = 504
+    code = "upstream_timeout"
+    message = "The image host did not answer in time."
+
+
+# 503: we cannot serve right now.
+class Unavailable(NsfwError):
+    status = 503
+    code = "unavailable"
+    message = "The model is not loaded yet."
+    headers = {"Retry-After": "5"}
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+    message = "All inference slots are busy; retry shortly."
+    headers = {"Retry-After": "1"}

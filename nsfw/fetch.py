@@ -1,0 +1,296 @@
+"""URL -> image bytes in a spooled temporary file, with every limit. No Flask.
+
+What it guarantees, hop by hop (at most `max_redirects` redirects, each checked like the first URL):
+- only http/https, no credentials, an allowed port, a URL both parsers read the same way;
+- the host is resolved once per connection, every address it resolves to is checked, and the
+  connection goes to exactly the address that was checked (no second lookup to rebind);
+- refused: loopback, private, link-local, multicast, reserved, shared and unspecified addresses and
+  every IPv4-in-IPv6 form, unless inside an operator's NSFW_ALLOWED_NETWORKS;
+- no proxies or .netrc from the environment; `Accept-Encoding: identity`; bytes counted after any
+  decoding; a redirect's body is never read;
+- one wall-clock deadline for the whole download: each read waits at most what is left of it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import IO, Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from nsfw.errors import (
+    ImageTooLarge,
+    InvalidImage,
+    InvalidUrl,
+    TooManyRedirects,
+    UpstreamError,
+    UpstreamTimeout,
+    UrlNotAllowed,
+    UrlPortNotAllowed,
+    UrlSchemeNotAllowed,
+)
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Sequence[str]]
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+CHUNK_BYTES = 64 * 1024
+# Bodies up to this size stay in memory; bigger ones roll over to an unlinked temporary file.
+SPOOL_MEMORY_BYTES = 1024 * 1024
+USER_AGENT = "nsfw-api/1.0 (+image moderation; fetches only the URL it was given)"
+
+# Ranges refused on top of what `ipaddress` calls non-global. Every IPv4-in-IPv6 form is refused
+# outright rather than unwrapped: a client can always send the plain IPv4 address instead.
+_EXTRA_REFUSED: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(cidr)
+    for cidr in (
+        "0.0.0.0/8", "100.64.0.0/10", "192.0.0.0/24", "192.88.99.0/24", "198.18.0.0/15",
+        "224.0.0.0/4", "240.0.0.0/4",
+        "::/96",  # IPv4-compatible (::a.b.c.d), deprecated but still routed by some stacks
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
+        "64:ff9b::/96", "64:ff9b:1::/48",  # NAT64
+        "2001::/32",  # Teredo
+        "2001:20::/28", "2001:db8::/32", "2002::/16",  # ORCHIDv2, documentation, 6to4
+        "3fff::/20", "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+    )
+)
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """The limits of one fetch; built from Settings by the service."""
+
+    connect_timeout: float
+    read_timeout: float
+    download_timeout: float
+    max_bytes: int
+    max_redirects: int
+    max_url_length: int
+    allowed_ports: tuple[int, ...]
+    allowed_networks: tuple[IPNetwork, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address the system resolver gives for host, in its order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def is_refused(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> bool:
+    """True unless ip is publicly routable, or inside a network the operator opened on purpose."""
+    if any(ip.version == net.version and ip in net for net in allowed):
+        return False
+    if any(ip.version == net.version and ip in net for net in _EXTRA_REFUSED):
+        return True
+    return not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_link_local
+
+
+def check_url(url: str, policy: FetchPolicy) -> Target:
+    """Parse and vet a URL before any connection; raise an InvalidUrl or UrlNotAllowed subclass."""
+    if not url:
+        raise InvalidUrl("empty url")
+    if len(url) > policy.max_url_length:
+        raise InvalidUrl(f"url of {len(url)} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+        raise InvalidUrl("whitespace or control character in url")
+    try:
+        split = urlsplit(url)
+        parsed = urllib3.util.parse_url(url)
+        split_port = split.port
+    except (ValueError, urllib3.exceptions.LocationParseError) as exc:
+        raise InvalidUrl(f"unparsable: {exc}") from None
+    scheme = (split.scheme or "").lower()
+    if scheme not in DEFAULT_PORTS:
+        raise UrlSchemeNotAllowed(f"scheme {scheme!r}")
+    if "@" in split.netloc or parsed.auth:
+        raise InvalidUrl("credentials in url")
+    host = (parsed.host or "").strip("[]").lower()
+    if not host:
+        raise InvalidUrl("no host")
+    # urllib3 (which connects) and urllib.parse disagree on some crafted URLs, e.g.
+    # http://127.0.0.1:80\@evil.com/ ; refuse whatever they do not read the same way.
+    if host != (split.hostname or "") or parsed.port != split_port:
+        raise InvalidUrl(f"parsers disagree: {parsed.host}:{parsed.port} vs {split.hostname}:{split_port}")
+    port = parsed.port or DEFAULT_PORTS[scheme]
+    if port not in policy.allowed_ports:
+        raise UrlPortNotAllowed(f"port {port}")
+    return Target(scheme, host, port)
+
+
+class _Guard:
+    """Resolve once, check every address, hand back the one to connect to."""
+
+    def __init__(self, policy: FetchPolicy, resolver: Resolver, pool: ThreadPoolExecutor) -> None:
+        self._policy = policy
+        self._resolver = resolver
+        self._pool = pool
+
+    def __call__(self, host: str, port: int, timeout: float) -> IPAddress:
+        # getaddrinfo has no timeout of its own; run it where we can stop waiting for it.
+        future = self._pool.submit(self._resolver, host, port)
+        try:
+            answers = future.result(timeout=max(timeout, 0.001))
+        except FutureTimeout:
+            raise UpstreamTimeout(f"resolving {host}") from None
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise UpstreamError(f"resolving {host}: {exc}") from None
+        if not answers:
+            raise UpstreamError(f"{host} resolved to nothing")
+        addresses = []
+        for answer in answers:
+            try:
+                addresses.append(ipaddress.ip_address(answer.split("%", 1)[0]))
+            except ValueError:
+                raise UpstreamError(f"{host} resolved to {answer!r}") from None
+        for ip in addresses:
+            if is_refused(ip, self._policy.allowed_networks):
+                raise UrlNotAllowed(f"{host} resolves to refused address {ip}")
+        return addresses[0]
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Connects to the address the guard approved, keeping the URL's host for Host, SNI and the
+    certificate check; the same technique as requests-hardened's IPFilterAdapter, with our guard."""
+
+    def __init__(self, guard: _Guard, deadline: Callable[[], float]) -> None:
+        super().__init__(max_retries=0)
+        self._guard = guard
+        self._remaining = deadline
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        hostname, port = host_params["host"], host_params["port"]
+        scheme = host_params["scheme"]
+        ip = self._guard(hostname, port or DEFAULT_PORTS[scheme], self._remaining())
+        host_header = f"[{hostname}]" if ":" in hostname else hostname
+        request.headers["Host"] = host_header if port is None else f"{host_header}:{port}"
+        if scheme == "https":
+            pool_kwargs["assert_hostname"] = hostname
+            pool_kwargs["server_hostname"] = hostname
+        host_params["host"] = f"[{ip}]" if ip.version == 6 else str(ip)
+        return host_params, pool_kwargs
+
+
+class Fetcher:
+    """Downloads one image per call under a FetchPolicy; safe to share between threads."""
+
+    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
+        self.policy = policy
+        self._resolver = resolver
+        self._resolve_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+        # One session per thread: connection pools stay warm without sharing state across threads.
+        self._local = threading.local()
+
+    def _session(self) -> tuple[requests.Session, _PinnedAdapter]:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxies, no .netrc, no REQUESTS_CA_BUNDLE surprises
+            session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "image/*"})
+            adapter = _PinnedAdapter(_Guard(self.policy, self._resolver, self._resolve_pool), self._time_left)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            state = self._local.state = (session, adapter)
+        return state
+
+    def _time_left(self) -> float:
+        return self._local.deadline - time.monotonic()
+
+    def fetch(self, url: str) -> IO[bytes]:
+        """The image bytes, rewound, in a SpooledTemporaryFile the caller must close."""
+        self._local.deadline = time.monotonic() + self.policy.download_timeout
+        session, _ = self._session()
+        for _hop in range(self.policy.max_redirects + 1):
+            check_url(url, self.policy)
+            response = self._get(session, url)
+            if response.is_redirect:
+                location = response.headers.get("Location", "")
+                response.close()  # never read a redirect's body: it may be endless or a bomb
+                url = urljoin(url, location)
+                continue
+            try:
+                if response.status_code != 200:
+                    raise UpstreamError(f"upstream status {response.status_code}")
+                return self._read_body(response)
+            finally:
+                response.close()
+        raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects")
+
+    def _get(self, session: requests.Session, url: str) -> requests.Response:
+        left = self._time_left()
+        if left <= 0:
+            raise UpstreamTimeout("deadline passed before connecting")
+        timeout = (min(self.policy.connect_timeout, left), min(self.policy.read_timeout, left))
+        try:
+            return session.get(url, stream=True, allow_redirects=False, timeout=timeout)
+        except requests.Timeout as exc:
+            raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from None
+        except requests.RequestException as exc:
+            raise UpstreamError(f"{type(exc).__name__}: {exc}") from None
+
+    def _read_body(self, response: requests.Response) -> IO[bytes]:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.policy.max_bytes:
+            raise ImageTooLarge(f"Content-Length {declared}")
+        raw = response.raw
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+        try:
+            total = 0
+            while True:
+                left = self._time_left()
+                if left <= 0:
+                    raise UpstreamTimeout(f"download deadline passed after {total} bytes")
+                _set_read_timeout(raw, min(self.policy.read_timeout, left))
+                try:
+                    # read1: one read from the socket, so a slow drip cannot hold us past the deadline;
+                    # decoded output is capped at CHUNK_BYTES, so a gzip bomb inflates one chunk at a time.
+                    chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+                except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+                    raise UpstreamTimeout(f"read: {exc}") from None
+                except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise UpstreamError(f"read: {type(exc).__name__}: {exc}") from None
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > self.policy.max_bytes:
+                    raise ImageTooLarge(f"body passed {self.policy.max_bytes} bytes")
+                spool.write(chunk)
+            if total == 0:
+                raise InvalidImage("empty body")
+            spool.seek(0)
+            return spool
+        except BaseException:
+            spool.close()
+            raise
+
+
+def _set_read_timeout(raw: urllib3.response.HTTPResponse, seconds: float) -> None:
+    connection = getattr(raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))

@@ -1,0 +1,178 @@
+"""Image bytes -> decoded RGB -> model-ready float32 arrays. No Flask, no TensorFlow.
+
+Decoding follows nsfwjs's reference conventions (../shared/reference/README.md, variant `main`):
+first frame; EXIF orientation applied; alpha dropped, keeping the RGB stored under transparent
+pixels, as nsfwjs's `tf.node.decodeImage(buf, 3)` does (compositing over a colour would move scores
+away from the reference, and it never hides a visible pixel: opaque pixels keep their RGB);
+CMYK converted by Pillow; 16-bit samples reduced to their high byte (Pillow's own convert clips
+16-bit grey to white).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from nsfw.errors import ImageTooManyPixels, InvalidImage, UnsupportedImageFormat
+
+log = logging.getLogger(__name__)
+
+# Formats we decode, keyed by the magic bytes that identify them. The Content-Type header is never
+# consulted: the bytes decide.
+_ALLOWED_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+# Recognised but refused, so the client hears "unsupported format" rather than "not an image".
+_REFUSED_MAGIC: tuple[bytes, ...] = (
+    b"II*\x00", b"MM\x00*",  # TIFF
+    b"8BPS",  # PSD
+    b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6",  # PDF, PostScript, EPS
+    b"\x00\x00\x01\x00",  # ICO
+    b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
+    b"qoif", b"\x76\x2f\x31\x01",  # QOI, OpenEXR
+)
+_SNIFF_BYTES = 16
+
+RESIZE_MODES = ("nsfwjs", "gantman")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def harden_pillow() -> None:
+    """Make Pillow's decompression-bomb warning an error, process-wide (our own limit fires first)."""
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+def sniff_format(head: bytes) -> str:
+    """The Pillow format name for these leading bytes, or raise: unsupported or not an image."""
+    for magic, fmt in _ALLOWED_MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    stripped = head.lstrip()
+    if any(head.startswith(m) for m in _REFUSED_MAGIC) or stripped[:1] == b"<" and (
+        b"svg" in head.lower() or stripped.startswith(b"<?xml")
+    ):
+        raise UnsupportedImageFormat(f"refused format, magic {head[:8]!r}")
+    raise InvalidImage(f"unknown magic {head[:8]!r}")
+
+
+def open_image(fp: IO[bytes], *, max_pixels: int) -> Image.Image:
+    """Open (not decode) the image: format sniffed from the bytes, pixel count checked first."""
+    fp.seek(0)
+    fmt = sniff_format(fp.read(_SNIFF_BYTES))
+    fp.seek(0)
+    try:
+        img = Image.open(fp, formats=[fmt])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooManyPixels(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure on hostile bytes is a 422
+        raise InvalidImage(f"{type(exc).__name__}: {exc}") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InvalidImage(f"empty image {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooManyPixels(f"{width}x{height} > {max_pixels} pixels")
+    return img
+
+
+def _exif_upright(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF is ignored, not a failure
+        log.info("ignoring malformed EXIF: %s: %s", type(exc).__name__, exc)
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of the first frame, by the reference's conventions (module docstring)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES:
+        samples = np.asarray(img).astype(np.int64)
+        high = (np.clip(samples, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(np.repeat(high[:, :, None], 3, axis=2), "RGB")
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
+        # Through RGBA: the same RGB values, without Pillow's warning about palette transparency.
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode(fp: IO[bytes], *, max_pixels: int, apply_exif: bool = True) -> Image.Image:
+    """Bytes -> RGB image (first frame), or raise an InvalidImage subclass. Truncated files fail."""
+    img = open_image(fp, max_pixels=max_pixels)
+    try:
+        img.load()
+        if apply_exif:
+            img = _exif_upright(img)
+        rgb = to_rgb(img)
+        rgb.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooManyPixels(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile input; all are 422
+        raise InvalidImage(f"{type(exc).__name__}: {exc}") from None
+    return rgb
+
+
+def resize_nsfwjs(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8 HxWx3 -> float32 size x size x 3 in [0, 1], as nsfwjs builds its input.
+
+    `x / 255` then `tf.image.resizeBilinear(x, [size, size], alignCorners=true)`: output pixel i
+    samples input coordinate i * (H - 1) / (size - 1), interpolating its four neighbours, with no
+    antialiasing. Only the 4 x size x size samples are gathered, never the whole image as float.
+    """
+    height, width = rgb.shape[:2]
+    if height == size and width == size:
+        return rgb.astype(np.float32) / np.float32(255)
+    fy, y0, y1 = _sample_axis(height, size)
+    fx, x0, x1 = _sample_axis(width, size)
+    dy = fy[:, None, None]
+    dx = fx[None, :, None]
+
+    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return rgb[rows[:, None], cols[None, :]].astype(np.float32) / np.float32(255)
+
+    top_left, top_right = gather(y0, x0), gather(y0, x1)
+    bottom_left, bottom_right = gather(y1, x0), gather(y1, x1)
+    top = top_left + (top_right - top_left) * dx
+    bottom = bottom_left + (bottom_right - bottom_left) * dx
+    return top + (bottom - top) * dy
+
+
+def _sample_axis(length: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index: the float32 fraction past the lower neighbour, and both neighbours."""
+    scale = np.float32((length - 1) / (size - 1)) if size > 1 else np.float32(0)
+    coords = np.arange(size, dtype=np.float32) * scale
+    low = np.floor(coords)
+    high = np.minimum(np.ceil(coords), np.float32(length - 1))
+    return coords - low, low.astype(np.intp), high.astype(np.intp)
+
+
+def resize_gantman(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> float32 size x size x 3, as Keras `load_img(target_size=...)` then `/ 255`."""
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(img, dtype=np.float32) / np.float32(255)
+
+
+def preprocess(
+    fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_exif: bool = True
+) -> np.ndarray:
+    """Image bytes -> float32 [size, size, 3] model input, by the named resize mode."""
+    rgb = decode(fp, max_pixels=max_pixels, apply_exif=apply_exif)
+    if mode == "nsfwjs":
+        return resize_nsfwjs(np.asarray(rgb), size)
+    if mode == "gantman":
+        return resize_gantman(rgb, size)
+    raise ValueError(f"unknown resize mode {mode!r}")

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from nsfw import errors
+
+
+def _all(cls: type[errors.NsfwError]) -> list[type[errors.NsfwError]]:
+    return [cls] + [sub for child in cls.__subclasses__() for sub in _all(child)]
+
+
+ALL = _all(errors.NsfwError)
+
+
+def test_codes_are_unique() -> None:
+    codes = [cls.code for cls in ALL]
+    assert len(codes) == len(set(codes))
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__name__)
+def test_public_shape_never_carries_the_detail(cls: type[errors.NsfwError]) -> None:
+    err = cls("resolved 10.0.0.7, upstream said <secret>")
+    assert err.to_dict() == {"error": {"code": cls.code, "message": cls.message}}
+    assert "10.0.0.7" not in cls.message and 400 <= cls.status <= 599
+
+
+def test_status_table_of_style_md() -> None:
+    assert {cls.code: cls.status for cls in ALL} == {
+        "internal_error": 500,
+        "bad_request": 400,
+        "invalid_url": 400,
+        "missing_url": 400,
+        "url_scheme_not_allowed": 400,
+        "url_not_allowed": 400,
+        "url_port_not_allowed": 400,
+        "not_found": 404,
+        "method_not_allowed": 405,
+        "payload_too_large": 413,
+        "image_too_large": 422,
+        "invalid_image": 422,
+        "unsupported_image_format": 422,
+        "image_too_many_pixels": 422,
+        "upstream_error": 502,
+        "too_many_redirects": 502,
+        "upstream_timeout": 504,
+        "unavailable": 503,
+        "overloaded": 503,
+    }
+    assert errors.Overloaded.headers["Retry-After"] and errors.Unavailable.headers["Retry-After"]

@@ -32,12 +32,16 @@ _ALLOWED_MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 # Recognised but refused, so the client hears "unsupported format" rather than "not an image".
 _REFUSED_MAGIC: tuple[bytes, ...] = (
-    b"II*\x00", b"MM\x00*",  # TIFF
+    b"II*\x00",
+    b"MM\x00*",  # TIFF
     b"8BPS",  # PSD
-    b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6",  # PDF, PostScript, EPS
+    b"%PDF",
+    b"%!PS",
+    b"\xc5\xd0\xd3\xc6",  # PDF, PostScript, EPS
     b"\x00\x00\x01\x00",  # ICO
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
-    b"qoif", b"\x76\x2f\x31\x01",  # QOI, OpenEXR
+    b"qoif",
+    b"\x76\x2f\x31\x01",  # QOI, OpenEXR
 )
 _SNIFF_BYTES = 16
 
@@ -58,8 +62,10 @@ def sniff_format(head: bytes) -> str:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     stripped = head.lstrip()
-    if any(head.startswith(m) for m in _REFUSED_MAGIC) or stripped[:1] == b"<" and (
-        b"svg" in head.lower() or stripped.startswith(b"<?xml")
+    if (
+        any(head.startswith(m) for m in _REFUSED_MAGIC)
+        or stripped[:1] == b"<"
+        and (b"svg" in head.lower() or stripped.startswith(b"<?xml"))
     ):
         raise UnsupportedImageFormat(f"refused format, magic {head[:8]!r}")
     raise InvalidImage(f"unknown magic {head[:8]!r}")
@@ -166,9 +172,7 @@ def resize_gantman(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / np.float32(255)
 
 
-def preprocess(
-    fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_exif: bool = True
-) -> np.ndarray:
+def preprocess(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_exif: bool = True) -> np.ndarray:
     """Image bytes -> float32 [size, size, 3] model input, by the named resize mode."""
     rgb = decode(fp, max_pixels=max_pixels, apply_exif=apply_exif)
     if mode == "nsfwjs":

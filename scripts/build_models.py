@@ -107,10 +107,7 @@ def extract_dir(tarball: Path, member_dir: str, dest: Path) -> Path:
     """Copy the regular files directly under member_dir out of the tarball."""
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball, "r:gz") as tar:
-        members = [
-            m for m in tar.getmembers()
-            if m.isfile() and str(Path(m.name).parent) == member_dir
-        ]
+        members = [m for m in tar.getmembers() if m.isfile() and str(Path(m.name).parent) == member_dir]
         if not members:
             raise BuildError(f"{tarball} has no files under {member_dir}")
         for member in members:
@@ -142,10 +139,7 @@ def read_tfjs_model(model_dir: Path) -> TfjsModel:
     topology = exported["modelTopology"]
     weights: dict[str, np.ndarray] = {}
     for group in exported["weightsManifest"]:
-        blob = b"".join(
-            base64.b64decode(node_exports(model_dir / f"{path}.min.js"))
-            for path in group["paths"]
-        )
+        blob = b"".join(base64.b64decode(node_exports(model_dir / f"{path}.min.js")) for path in group["paths"])
         offset = 0
         for spec in group["weights"]:
             count = int(np.prod(spec["shape"], dtype=np.int64))
@@ -204,11 +198,34 @@ def normalize_keras_archive(path: Path) -> None:
                 meta = json.loads(data)
                 meta["date_saved"] = FIXED_DATE_SAVED
                 data = json.dumps(meta).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data))).encode()
             fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
             fixed.compress_type = info.compress_type
             fixed.external_attr = 0o644 << 16
             dst.writestr(fixed, data)
     path.write_bytes(buffer.getvalue())
+
+
+def _renumber_shared_objects(config: Any) -> Any:
+    """Keras stores Python id()s as `shared_object_id`; number them by first appearance instead.
+
+    The ids only link objects shared between layers (e.g. one regularizer), so any consistent
+    renumbering loads the same model.
+    """
+    numbers: dict[int, int] = {}
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: numbers.setdefault(value, len(numbers) + 1) if key == "shared_object_id" else walk(value)
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return walk(config)
 
 
 def save_keras(model: Any, path: Path) -> None:

@@ -123,9 +123,14 @@ def test_exif_orientation_is_applied(orientation: int) -> None:
     upright[:, 20:] = 255
     img = Image.fromarray(upright)
     stored = {
-        1: img, 2: img.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 3: img.rotate(180),
-        4: img.transpose(Image.Transpose.FLIP_TOP_BOTTOM), 5: img.transpose(Image.Transpose.TRANSPOSE),
-        6: img.rotate(90, expand=True), 7: img.transpose(Image.Transpose.TRANSVERSE), 8: img.rotate(270, expand=True),
+        1: img,
+        2: img.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        3: img.rotate(180),
+        4: img.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+        5: img.transpose(Image.Transpose.TRANSPOSE),
+        6: img.rotate(90, expand=True),
+        7: img.transpose(Image.Transpose.TRANSVERSE),
+        8: img.rotate(270, expand=True),
     }[orientation]
     exif = Image.Exif()
     exif[0x0112] = orientation

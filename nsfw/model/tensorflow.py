@@ -24,8 +24,11 @@ class KerasClassifier:
         import keras
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # process-wide and fixed once TensorFlow has run; a worker sets it first
         self.spec = spec
         self._model = keras.models.load_model(spec.keras_path(models_dir), compile=False)
         self._call = tf.function(

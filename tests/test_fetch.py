@@ -1,0 +1,246 @@
+"""Fetching under the policy: URL checks, refused destinations, limits, against a local server."""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import socket
+import time
+
+import pytest
+
+from nsfw import errors
+from nsfw.fetch import Fetcher, FetchPolicy, check_url, is_refused
+from tests.support import ImageServer, send
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+def _policy(port: int = 80, **kw: object) -> FetchPolicy:
+    values: dict[str, object] = dict(
+        connect_timeout=1.0,
+        read_timeout=1.0,
+        download_timeout=2.0,
+        max_bytes=100_000,
+        max_redirects=3,
+        max_url_length=2048,
+        allowed_ports=(80, 443, port),
+        allowed_networks=LOOPBACK,
+    )
+    values.update(kw)
+    return FetchPolicy(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("", errors.InvalidUrl),
+        ("not a url", errors.InvalidUrl),
+        ("http://", errors.InvalidUrl),
+        ("http://" + "a" * 2050 + ".com/", errors.InvalidUrl),
+        ("http://user:pass@example.com/x.jpg", errors.InvalidUrl),
+        ("http://user@example.com/x.jpg", errors.InvalidUrl),
+        ("http://127.0.0.1:80\\@evil.com/", errors.InvalidUrl),
+        ("http://example.com:99999/", errors.InvalidUrl),
+        ("ftp://example.com/x.jpg", errors.UrlSchemeNotAllowed),
+        ("file:///etc/passwd", errors.UrlSchemeNotAllowed),
+        ("gopher://example.com/", errors.UrlSchemeNotAllowed),
+        ("data:image/png;base64,AAAA", errors.UrlSchemeNotAllowed),
+        ("//example.com/x.jpg", errors.UrlSchemeNotAllowed),
+        ("http://example.com:22/", errors.UrlPortNotAllowed),
+        ("https://example.com:8443/", errors.UrlPortNotAllowed),
+    ],
+)
+def test_check_url_refuses(url: str, error: type[errors.NsfwError]) -> None:
+    with pytest.raises(error):
+        check_url(url, _policy())
+
+
+def test_check_url_accepts_plain_urls() -> None:
+    assert check_url("https://Example.com/a.jpg?x=1", _policy()).host == "example.com"
+    assert check_url("http://[2606:4700::1]/a.jpg", _policy()).port == 80
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.255.255.255",
+        "0.0.0.0",
+        "10.0.0.1",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "240.0.0.1",
+        "::1",
+        "::",
+        "fe80::1",
+        "fc00::1",
+        "fd12::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:7f00:1",
+        "::127.0.0.1",
+        "::ffff:8.8.8.8",
+        "64:ff9b::7f00:1",
+        "2002:7f00:1::",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    ],
+)
+def test_refused_addresses(address: str) -> None:
+    assert is_refused(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111"])
+def test_public_addresses_pass(address: str) -> None:
+    assert not is_refused(ipaddress.ip_address(address))
+
+
+def test_allowed_networks_open_a_door_on_purpose() -> None:
+    assert not is_refused(ipaddress.ip_address("127.0.0.1"), LOOPBACK)
+    assert is_refused(ipaddress.ip_address("127.0.0.2"), LOOPBACK)
+
+
+def _tripwire(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    attempts: list[object] = []
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+def test_default_policy_refuses_the_local_server_without_connecting(
+    image_server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = image_server.add_file("/a.jpg", b"\xff\xd8\xff" + b"x" * 100)
+    attempts = _tripwire(monkeypatch)
+    with pytest.raises(errors.UrlNotAllowed):
+        Fetcher(_policy(image_server.port, allowed_networks=())).fetch(url)
+    assert attempts == [] and image_server.hits == []
+
+
+def test_a_name_resolving_to_a_refused_address_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts = _tripwire(monkeypatch)
+    fetcher = Fetcher(_policy(allowed_networks=()), resolver=lambda host, port: ["93.184.216.34", "10.0.0.5"])
+    with pytest.raises(errors.UrlNotAllowed):
+        fetcher.fetch("http://images.example/a.jpg")
+    assert attempts == []
+
+
+def test_fetch_connects_to_the_address_it_checked(image_server: ImageServer) -> None:
+    image_server.add_file("/a.jpg", b"\xff\xd8\xffpayload")
+    answers = iter([["127.0.0.1"], ["169.254.169.254"]])  # a rebinding resolver: second answer is bad
+    fetcher = Fetcher(_policy(image_server.port), resolver=lambda host, port: next(answers))
+    with fetcher.fetch(f"http://images.example:{image_server.port}/a.jpg") as body:
+        assert body.read() == b"\xff\xd8\xffpayload"
+    assert image_server.hits == ["/a.jpg"]
+
+
+def test_dns_failure_is_upstream_error() -> None:
+    def fail(host: str, port: int) -> list[str]:
+        raise socket.gaierror("no such host")
+
+    with pytest.raises(errors.UpstreamError):
+        Fetcher(_policy(), resolver=fail).fetch("http://nonexistent.example/a.jpg")
+
+
+def test_upstream_errors_are_502(image_server: ImageServer) -> None:
+    image_server.routes["/500"] = send(500, b"stack trace of upstream")
+    fetcher = Fetcher(_policy(image_server.port))
+    for path in ("/missing", "/500"):
+        with pytest.raises(errors.UpstreamError) as info:
+            fetcher.fetch(image_server.url(path))
+        assert info.value.message == errors.UpstreamError.message
+
+
+def test_content_length_over_the_cap_is_refused_before_reading(image_server: ImageServer) -> None:
+    image_server.routes["/big"] = send(200, b"x" * 10, {"Content-Length": "100000000"})
+    with pytest.raises(errors.ImageTooLarge):
+        Fetcher(_policy(image_server.port)).fetch(image_server.url("/big"))
+
+
+def test_endless_chunked_body_stops_at_the_cap(image_server: ImageServer) -> None:
+    def endless(req: object) -> None:
+        req.send_response(200)  # type: ignore[attr-defined]
+        req.send_header("Transfer-Encoding", "chunked")  # type: ignore[attr-defined]
+        req.end_headers()  # type: ignore[attr-defined]
+        chunk = b"x" * 8192
+        try:
+            for _ in range(10_000):
+                req.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # type: ignore[attr-defined]
+        except OSError:
+            pass
+
+    image_server.routes["/endless"] = endless
+    started = time.monotonic()
+    with pytest.raises(errors.ImageTooLarge):
+        Fetcher(_policy(image_server.port)).fetch(image_server.url("/endless"))
+    assert time.monotonic() - started < 2
+
+
+def test_gzip_is_counted_after_decoding(image_server: ImageServer) -> None:
+    bomb = gzip.compress(b"\0" * 5_000_000)
+    image_server.routes["/bomb"] = send(200, bomb, {"Content-Encoding": "gzip"})
+    with pytest.raises(errors.ImageTooLarge):
+        Fetcher(_policy(image_server.port)).fetch(image_server.url("/bomb"))
+
+
+def test_slow_drip_ends_at_the_deadline(image_server: ImageServer) -> None:
+    def drip(req: object) -> None:
+        req.send_response(200)  # type: ignore[attr-defined]
+        req.send_header("Content-Length", "1000")  # type: ignore[attr-defined]
+        req.end_headers()  # type: ignore[attr-defined]
+        try:
+            for _ in range(40):
+                req.wfile.write(b"x")  # type: ignore[attr-defined]
+                req.wfile.flush()  # type: ignore[attr-defined]
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    image_server.routes["/drip"] = drip
+    started = time.monotonic()
+    with pytest.raises(errors.UpstreamTimeout):
+        Fetcher(_policy(image_server.port, download_timeout=1.0)).fetch(image_server.url("/drip"))
+    assert time.monotonic() - started < 1.5
+
+
+def test_redirects_are_followed_and_rechecked(image_server: ImageServer) -> None:
+    final = image_server.add_file("/final.jpg", b"\xff\xd8\xffok")
+    image_server.routes["/r1"] = send(302, b"", {"Location": "/final.jpg"})
+    image_server.routes["/to-metadata"] = send(302, b"", {"Location": "http://169.254.169.254/latest/meta-data/"})
+    image_server.routes["/to-file"] = send(301, b"", {"Location": "file:///etc/passwd"})
+    image_server.routes["/loop"] = send(302, b"", {"Location": "/loop"})
+    fetcher = Fetcher(_policy(image_server.port))
+    with fetcher.fetch(image_server.url("/r1")) as body:
+        assert body.read() == b"\xff\xd8\xffok"
+    assert final.endswith("/final.jpg")
+    with pytest.raises(errors.UrlNotAllowed):
+        fetcher.fetch(image_server.url("/to-metadata"))
+    with pytest.raises(errors.UrlSchemeNotAllowed):
+        fetcher.fetch(image_server.url("/to-file"))
+    with pytest.raises(errors.TooManyRedirects):
+        fetcher.fetch(image_server.url("/loop"))
+    assert image_server.hits.count("/loop") == 4
+
+
+def test_empty_body_is_an_invalid_image(image_server: ImageServer) -> None:
+    image_server.routes["/empty"] = send(200, b"")
+    with pytest.raises(errors.InvalidImage):
+        Fetcher(_policy(image_server.port)).fetch(image_server.url("/empty"))
+
+
+def test_environment_proxies_do_not_apply(image_server: ImageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    url = image_server.add_file("/a.jpg", b"\xff\xd8\xffok")
+    with Fetcher(_policy(image_server.port)).fetch(url) as body:
+        assert body.read() == b"\xff\xd8\xffok"

@@ -1,0 +1,29 @@
+"""The committed artifacts are the ones MODELS.md describes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from nsfw.model.specs import MODELS
+from tests.support import REPO
+
+ROW = re.compile(r"^\| `(?P<file>[^`]+)` \| (?P<bytes>\d+) \| `(?P<sha>[0-9a-f]{64})` \|$", re.M)
+
+
+def test_every_artifact_matches_its_checksum() -> None:
+    text = (REPO / "models" / "MODELS.md").read_text()
+    rows = {m["file"]: (int(m["bytes"]), m["sha"]) for m in ROW.finditer(text)}
+    expected = {f for spec in MODELS.values() for f in (spec.keras_file, spec.tflite_file)}
+    assert set(rows) == expected
+    for rel, (size, sha) in rows.items():
+        data = (REPO / "models" / rel).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha), rel
+
+
+def test_models_md_records_source_and_contract() -> None:
+    text = (REPO / "models" / "MODELS.md").read_text()
+    from scripts.build_models import PACKAGE_SHA256
+
+    for needle in ("nsfwjs@4.4.0", PACKAGE_SHA256, "drawings, hentai, neutral, porn, sexy", "224", "alignCorners"):
+        assert needle in text

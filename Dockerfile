@@ -15,7 +15,7 @@ COPY nsfw ./nsfw
 COPY models ./models
 
 RUN useradd --create-home --uid 10001 app
-USER app
+USER 10001
 
 EXPOSE 8080
 # No curl in the slim image: Python asks /health itself.

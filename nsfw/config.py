@@ -32,9 +32,10 @@ class Settings:
     models_dir: Path = DEFAULT_MODELS_DIR
     # Default resize: nsfwjs (bilinear, align-corners, as nsfwjs) or gantman (Pillow NEAREST).
     resize: str = "nsfwjs"
-    # Load the model in a background thread, so /health answers 503 at once while it loads; a failed
-    # load still ends the worker with gunicorn's boot-error code. Off: load before serving.
-    load_in_background: bool = True
+    # Load the model in a background thread, so /health answers 503 at once while it loads (worth it
+    # for the slow TensorFlow backend); a failed load still ends the worker with gunicorn's boot-error
+    # code. Off (default): the worker loads before it accepts connections, so no request sees a 503.
+    load_in_background: bool = False
     # Threads the runtime may use for one prediction; 1 suits a 1 vCPU box with 2 workers.
     inference_threads: int = 1
     # Seconds to establish the TCP (and TLS) connection to the image host.

@@ -14,6 +14,7 @@ def test_defaults_are_safe() -> None:
     assert s.allowed_networks == ()
     assert s.allowed_ports == (80, 443)
     assert s.max_redirects == 3 and s.max_url_length == 2048
+    assert s.load_in_background is False
     assert s.validate() is s
 
 
@@ -26,7 +27,7 @@ def test_every_field_has_a_variable_and_parses_from_env() -> None:
         "NSFW_MAX_BYTES": "2048",
         "NSFW_ALLOWED_NETWORKS": " 127.0.0.1/32, 10.1.2.3/8 ,fd00::/8",
         "NSFW_ALLOWED_PORTS": "80,8080",
-        "NSFW_LOAD_IN_BACKGROUND": "false",
+        "NSFW_LOAD_IN_BACKGROUND": "true",
         "NSFW_LOG_LEVEL": "debug",
     }
     s = Settings.from_env(env)
@@ -38,7 +39,7 @@ def test_every_field_has_a_variable_and_parses_from_env() -> None:
         ipaddress.ip_network("fd00::/8"),
     )
     assert s.allowed_ports == (80, 8080)
-    assert s.load_in_background is False and s.log_level == "DEBUG"
+    assert s.load_in_background is True and s.log_level == "DEBUG"
 
 
 def test_unrelated_variables_are_ignored() -> None:

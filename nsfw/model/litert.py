@@ -1,7 +1,7 @@
 """LiteRT (ai-edge-litert) runtime for the .tflite artifact: the default serving path, no TensorFlow.
 
-Chosen by measurement (bench/runtimes.py, one core): 5.4 ms per image and 72 MB RSS, against
-6.2 ms and 163 MB for ONNX Runtime, with outputs closer to nsfwjs (3.6e-7 vs 1.0e-6).
+Chosen by measurement (`taskset -c 0 python -m bench.runtimes`): 5.3 ms per image and 72 MB peak RSS,
+against 6.1 ms and 97 MB for ONNX Runtime (14.8 ms, 583 MB for TensorFlow); outputs within 3.6e-7 of nsfwjs.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,25 @@ def send(status: int, body: bytes = b"", headers: dict[str, str] | None = None) 
             req.send_header(name, value)
         req.end_headers()
         req.wfile.write(body)
+
+    return handle
+
+
+def stream(headers: dict[str, str], pieces: Iterable[bytes], delay: float = 0.0) -> Handler:
+    """A 200 that writes pieces one by one (a drip, an endless chunked body) until the client leaves."""
+
+    def handle(req: http.server.BaseHTTPRequestHandler) -> None:
+        req.send_response(200)
+        for name, value in headers.items():
+            req.send_header(name, value)
+        req.end_headers()
+        try:
+            for piece in pieces:
+                req.wfile.write(piece)
+                req.wfile.flush()
+                time.sleep(delay)
+        except OSError:
+            pass  # the client gave up, as it should
 
     return handle
 

@@ -11,7 +11,7 @@ import pytest
 
 from nsfw import errors
 from nsfw.fetch import Fetcher, FetchPolicy, check_url, is_refused
-from tests.support import ImageServer, send
+from tests.support import ImageServer, send, stream
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 
@@ -168,18 +168,9 @@ def test_content_length_over_the_cap_is_refused_before_reading(image_server: Ima
 
 
 def test_endless_chunked_body_stops_at_the_cap(image_server: ImageServer) -> None:
-    def endless(req: object) -> None:
-        req.send_response(200)  # type: ignore[attr-defined]
-        req.send_header("Transfer-Encoding", "chunked")  # type: ignore[attr-defined]
-        req.end_headers()  # type: ignore[attr-defined]
-        chunk = b"x" * 8192
-        try:
-            for _ in range(10_000):
-                req.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # type: ignore[attr-defined]
-        except OSError:
-            pass
-
-    image_server.routes["/endless"] = endless
+    chunk = b"x" * 8192
+    endless = (b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(10_000))
+    image_server.routes["/endless"] = stream({"Transfer-Encoding": "chunked"}, endless)
     started = time.monotonic()
     with pytest.raises(errors.ImageTooLarge):
         Fetcher(_policy(image_server.port)).fetch(image_server.url("/endless"))
@@ -194,19 +185,7 @@ def test_gzip_is_counted_after_decoding(image_server: ImageServer) -> None:
 
 
 def test_slow_drip_ends_at_the_deadline(image_server: ImageServer) -> None:
-    def drip(req: object) -> None:
-        req.send_response(200)  # type: ignore[attr-defined]
-        req.send_header("Content-Length", "1000")  # type: ignore[attr-defined]
-        req.end_headers()  # type: ignore[attr-defined]
-        try:
-            for _ in range(40):
-                req.wfile.write(b"x")  # type: ignore[attr-defined]
-                req.wfile.flush()  # type: ignore[attr-defined]
-                time.sleep(0.1)
-        except OSError:
-            pass
-
-    image_server.routes["/drip"] = drip
+    image_server.routes["/drip"] = stream({"Content-Length": "1000"}, (b"x" for _ in range(40)), delay=0.1)
     started = time.monotonic()
     with pytest.raises(errors.UpstreamTimeout):
         Fetcher(_policy(image_server.port, download_timeout=1.0)).fetch(image_server.url("/drip"))

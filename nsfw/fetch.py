@@ -59,28 +59,28 @@ USER_AGENT = "nsfw-api/1.0 (+image moderation; fetches only the URL it was given
 _EXTRA_REFUSED: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(cidr)
     for cidr in (
-        "0.0.0.0/8",
-        "100.64.0.0/10",
-        "192.0.0.0/24",
-        "192.88.99.0/24",
-        "198.18.0.0/15",
-        "224.0.0.0/4",
-        "240.0.0.0/4",
+        "0.0.0.0/8",  # "this network"
+        "100.64.0.0/10",  # shared address space (CGNAT)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
         "::/96",  # IPv4-compatible (::a.b.c.d), deprecated but still routed by some stacks
         "::ffff:0:0/96",  # IPv4-mapped
         "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
-        "64:ff9b::/96",
-        "64:ff9b:1::/48",  # NAT64
+        "64:ff9b::/96",  # NAT64
+        "64:ff9b:1::/48",  # local-use NAT64
         "2001::/32",  # Teredo
-        "2001:20::/28",
-        "2001:db8::/32",
-        "2002::/16",  # ORCHIDv2, documentation, 6to4
-        "3fff::/20",
-        "5f00::/16",
-        "fc00::/7",
-        "fe80::/10",
-        "fec0::/10",
-        "ff00::/8",
+        "2001:20::/28",  # ORCHIDv2
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4
+        "3fff::/20",  # documentation
+        "5f00::/16",  # segment routing
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
     )
 )
 

@@ -32,16 +32,16 @@ _ALLOWED_MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 # Recognised but refused, so the client hears "unsupported format" rather than "not an image".
 _REFUSED_MAGIC: tuple[bytes, ...] = (
-    b"II*\x00",
-    b"MM\x00*",  # TIFF
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
     b"8BPS",  # PSD
-    b"%PDF",
-    b"%!PS",
-    b"\xc5\xd0\xd3\xc6",  # PDF, PostScript, EPS
+    b"%PDF",  # PDF
+    b"%!PS",  # PostScript
+    b"\xc5\xd0\xd3\xc6",  # EPS with a binary header
     b"\x00\x00\x01\x00",  # ICO
     b"\x00\x00\x00\x0cjP  ",  # JPEG 2000
-    b"qoif",
-    b"\x76\x2f\x31\x01",  # QOI, OpenEXR
+    b"qoif",  # QOI
+    b"\x76\x2f\x31\x01",  # OpenEXR
 )
 _SNIFF_BYTES = 16
 

@@ -56,6 +56,13 @@ class Settings:
     allowed_ports: tuple[int, ...] = (80, 443)
     # CIDRs that may be fetched although private, loopback or otherwise refused. Empty by default.
     allowed_networks: tuple[IPNetwork, ...] = field(default=())
+    # Predictions one worker runs at once (downloads included); more get a fast 503 `overloaded`
+    # with Retry-After instead of a queue. Keep it below gunicorn's threads (8), so /health and the
+    # 503s always find a free thread; the worker refuses to boot otherwise.
+    max_in_flight: int = 4
+    # Largest total of PNG text metadata (tEXt/zTXt/iTXt) decoded per image, in bytes; a compressed
+    # text bomb past it is a 422.
+    max_metadata_bytes: int = 1024 * 1024
     # Largest request body accepted, in bytes (JSON or form carrying a URL).
     max_request_bytes: int = 64 * 1024
     # Log level of the nsfw logger.
@@ -94,6 +101,8 @@ class Settings:
             ("max_url_length", 16 <= self.max_url_length <= 65536, "must be 16..65536"),
             ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
             ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
+            ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
+            ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
         ]

@@ -8,13 +8,19 @@ What it guarantees, hop by hop (at most `max_redirects` redirects, each checked 
   every IPv4-in-IPv6 form, unless inside an operator's NSFW_ALLOWED_NETWORKS;
 - no proxies or .netrc from the environment; `Accept-Encoding: identity`; bytes counted after any
   decoding; a redirect's body is never read;
-- one wall-clock deadline for the whole download: each read waits at most what is left of it.
+- one wall-clock deadline for the whole download: each read waits at most what is left of it, and a
+  watchdog shuts the fetch's sockets when it passes (a status line or headers sent one byte at a time
+  are otherwise bounded by no socket timeout);
+- no connection outlives its fetch, so a hostile server cannot hold one open between requests.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
+import itertools
 import logging
+import re
 import socket
 import tempfile
 import threading
@@ -29,6 +35,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from nsfw.errors import (
     ImageTooLarge,
@@ -53,6 +61,9 @@ CHUNK_BYTES = 64 * 1024
 # Bodies up to this size stay in memory; bigger ones roll over to an unlinked temporary file.
 SPOOL_MEMORY_BYTES = 1024 * 1024
 USER_AGENT = "nsfw-api/1.0 (+image moderation; fetches only the URL it was given)"
+# identity: the body is not compressed in transit, so what we count is what we decode (a server that
+# compresses anyway is decoded and counted after decoding).
+REQUEST_HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "image/*"}
 
 # Ranges refused on top of what `ipaddress` calls non-global. Every IPv4-in-IPv6 form is refused
 # outright rather than unwrapped: a client can always send the plain IPv4 address instead.
@@ -71,8 +82,9 @@ _EXTRA_REFUSED: tuple[IPNetwork, ...] = tuple(
         "::ffff:0:0:0/96",  # IPv4-translated (SIIT)
         "64:ff9b::/96",  # NAT64
         "64:ff9b:1::/48",  # local-use NAT64
-        "2001::/32",  # Teredo
-        "2001:20::/28",  # ORCHIDv2
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments (Teredo, ORCHIDv2, ...): not where images live,
+        # and the exceptions `ipaddress` grants inside it differ between Python releases
         "2001:db8::/32",  # documentation
         "2002::/16",  # 6to4
         "3fff::/20",  # documentation
@@ -110,6 +122,33 @@ def system_resolver(host: str, port: int) -> list[str]:
     """Every address the system resolver gives for host, in its order."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+# WHATWG's rule, which the system resolver follows too: a host whose last label is a number is an
+# IPv4 address in some spelling (2130706433, 0x7f000001, 0177.0.0.1, 127.1), never a DNS name.
+_NUMERIC_LABEL = re.compile(r"(0x[0-9a-f]*|[0-9]+)")
+# RFC 6761: these names are loopback wherever they are looked up; no DNS is asked.
+_LOCALHOST = ipaddress.ip_address("127.0.0.1")
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    """The address host spells, in any form the system resolver would take without DNS; None for a
+    DNS name. A numeric host that no parser accepts (08.1.1.1) is an InvalidUrl, not a lookup."""
+    name = host.strip("[]").lower()
+    if ":" in name:
+        try:
+            return ipaddress.ip_address(name.split("%", 1)[0])  # a zone (fe80::1%eth0) changes nothing
+        except ValueError:
+            raise InvalidUrl(f"malformed IPv6 host {host!r}") from None
+    name = name.removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return _LOCALHOST
+    if _NUMERIC_LABEL.fullmatch(name.rsplit(".", 1)[-1]):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            raise InvalidUrl(f"malformed IPv4 host {host!r}") from None
+    return None
 
 
 def is_refused(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> bool:
@@ -150,6 +189,9 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
     port = parsed.port or DEFAULT_PORTS[scheme]
     if port not in policy.allowed_ports:
         raise UrlPortNotAllowed(f"port {port}")
+    literal = ip_literal(host)
+    if literal is not None and is_refused(literal, policy.allowed_networks):
+        raise UrlNotAllowed(f"{host} is refused address {literal}")
     return Target(scheme, host, port)
 
 
@@ -162,14 +204,11 @@ class _Guard:
         self._pool = pool
 
     def __call__(self, host: str, port: int, timeout: float) -> IPAddress:
-        # getaddrinfo has no timeout of its own; run it where we can stop waiting for it.
-        future = self._pool.submit(self._resolver, host, port)
-        try:
-            answers = future.result(timeout=max(timeout, 0.001))
-        except FutureTimeout:
-            raise UpstreamTimeout(f"resolving {host}") from None
-        except (OSError, UnicodeError, ValueError) as exc:
-            raise UpstreamError(f"resolving {host}: {exc}") from None
+        literal = ip_literal(host)
+        if literal is not None:
+            answers: Sequence[str] = [str(literal)]
+        else:  # resolving is part of connecting, and bounded like it
+            answers = self._resolve(host, port, min(timeout, self._policy.connect_timeout))
         if not answers:
             raise UpstreamError(f"{host} resolved to nothing")
         addresses = []
@@ -183,15 +222,126 @@ class _Guard:
                 raise UrlNotAllowed(f"{host} resolves to refused address {ip}")
         return addresses[0]
 
+    def _resolve(self, host: str, port: int, timeout: float) -> Sequence[str]:
+        # getaddrinfo has no timeout of its own; run it where we can stop waiting for it. A lookup
+        # that hangs keeps its pool thread until the system resolver gives up (its own timeout);
+        # meanwhile other lookups queue and end at their deadline (504), so the pool stays bounded.
+        future = self._pool.submit(self._resolver, host, port)
+        try:
+            return future.result(timeout=max(timeout, 0.001))
+        except FutureTimeout:
+            future.cancel()  # still queued behind hung lookups: drop it
+            raise UpstreamTimeout(f"resolving {host}") from None
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise UpstreamError(f"resolving {host}: {exc}") from None
+
+
+class _Deadline:
+    """One fetch's wall-clock deadline. When it passes, every socket the fetch opened is shut down,
+    which ends any read in progress, the status line and headers included."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._finished = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._finished = True
+            self._sockets.clear()
+
+
+def _shut(sock: socket.socket) -> None:
+    # socket.socket's own shutdown, also for an SSLSocket: it acts on the descriptor and leaves the
+    # TLS object alone for the thread that is still reading from it.
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _Watchdog:
+    """One thread per worker that expires deadlines in time order (not a timer thread per fetch)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: _Deadline) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
+            if self._thread is None:  # started lazily: after gunicorn forks, in the worker
+                self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    heapq.heappop(self._heap)[2].expire()  # a no-op for fetches that finished
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+# The deadline of the fetch running on this thread, for the connections it opens.
+_current = threading.local()
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _current.deadline.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        # The TLS handshake itself is bounded per read by the connect timeout; from here on, the
+        # deadline holds.
+        super().connect()
+        _current.deadline.watch(self.sock)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
 
 class _PinnedAdapter(HTTPAdapter):
     """Connects to the address the guard approved, keeping the URL's host for Host, SNI and the
     certificate check; the same technique as requests-hardened's IPFilterAdapter, with our guard."""
 
-    def __init__(self, guard: _Guard, deadline: Callable[[], float]) -> None:
+    def __init__(self, guard: _Guard) -> None:
         super().__init__(max_retries=0)
         self._guard = guard
-        self._remaining = deadline
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
@@ -199,7 +349,7 @@ class _PinnedAdapter(HTTPAdapter):
         host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
         hostname, port = host_params["host"], host_params["port"]
         scheme = host_params["scheme"]
-        ip = self._guard(hostname, port or DEFAULT_PORTS[scheme], self._remaining())
+        ip = self._guard(hostname, port or DEFAULT_PORTS[scheme], _current.deadline.left())
         host_header = f"[{hostname}]" if ":" in hostname else hostname
         request.headers["Host"] = host_header if port is None else f"{host_header}:{port}"
         if scheme == "https":
@@ -216,57 +366,63 @@ class Fetcher:
         self.policy = policy
         self._resolver = resolver
         self._resolve_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
-        # One session per thread: connection pools stay warm without sharing state across threads.
+        self._watchdog = _Watchdog()
+        # One adapter (and its connection pools) per thread: no state shared across threads.
         self._local = threading.local()
 
-    def _session(self) -> tuple[requests.Session, _PinnedAdapter]:
-        state = getattr(self._local, "state", None)
-        if state is None:
-            session = requests.Session()
-            session.trust_env = False  # no proxies, no .netrc, no REQUESTS_CA_BUNDLE surprises
-            session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity", "Accept": "image/*"})
-            adapter = _PinnedAdapter(_Guard(self.policy, self._resolver, self._resolve_pool), self._time_left)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            state = self._local.state = (session, adapter)
-        return state
-
-    def _time_left(self) -> float:
-        return self._local.deadline - time.monotonic()
+    def _adapter(self) -> _PinnedAdapter:
+        adapter = getattr(self._local, "adapter", None)
+        if adapter is None:
+            adapter = self._local.adapter = _PinnedAdapter(_Guard(self.policy, self._resolver, self._resolve_pool))
+        return adapter
 
     def fetch(self, url: str) -> IO[bytes]:
         """The image bytes, rewound, in a SpooledTemporaryFile the caller must close."""
-        self._local.deadline = time.monotonic() + self.policy.download_timeout
-        session, _ = self._session()
+        deadline = _current.deadline = _Deadline(self.policy.download_timeout)
+        self._watchdog.add(deadline)
+        adapter = self._adapter()
+        try:
+            return self._follow(adapter, url, deadline)
+        finally:
+            deadline.finish()
+            # Close every connection this fetch opened: none is reused by the next fetch, and none
+            # is left open to a server that would like to hold it.
+            adapter.poolmanager.clear()
+
+    def _follow(self, adapter: _PinnedAdapter, url: str, deadline: _Deadline) -> IO[bytes]:
         for _hop in range(self.policy.max_redirects + 1):
             check_url(url, self.policy)
-            response = self._get(session, url)
+            response = self._get(adapter, url, deadline)
             if response.is_redirect:
                 location = response.headers.get("Location", "")
+                log.info("redirect %d to %r", response.status_code, location[:200])
                 response.close()  # never read a redirect's body: it may be endless or a bomb
                 url = urljoin(url, location)
                 continue
             try:
                 if response.status_code != 200:
                     raise UpstreamError(f"upstream status {response.status_code}")
-                return self._read_body(response)
+                return self._read_body(response, deadline)
             finally:
                 response.close()
         raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects")
 
-    def _get(self, session: requests.Session, url: str) -> requests.Response:
-        left = self._time_left()
+    def _get(self, adapter: _PinnedAdapter, url: str, deadline: _Deadline) -> requests.Response:
+        left = deadline.left()
         if left <= 0:
             raise UpstreamTimeout("deadline passed before connecting")
         timeout = (min(self.policy.connect_timeout, left), min(self.policy.read_timeout, left))
         try:
-            return session.get(url, stream=True, allow_redirects=False, timeout=timeout)
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from None
+            # The adapter, not a Session: Session.send reads the whole body of every 3xx (even with
+            # allow_redirects=False and stream=True), and it brings environment proxies and .netrc.
+            request = requests.Request("GET", url, headers=REQUEST_HEADERS).prepare()
+            return adapter.send(request, stream=True, timeout=timeout)
         except requests.RequestException as exc:
+            if deadline.expired or isinstance(exc, requests.Timeout):
+                raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from None
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from None
 
-    def _read_body(self, response: requests.Response) -> IO[bytes]:
+    def _read_body(self, response: requests.Response, deadline: _Deadline) -> IO[bytes]:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.policy.max_bytes:
             raise ImageTooLarge(f"Content-Length {declared}")
@@ -275,7 +431,7 @@ class Fetcher:
         try:
             total = 0
             while True:
-                left = self._time_left()
+                left = deadline.left()
                 if left <= 0:
                     raise UpstreamTimeout(f"download deadline passed after {total} bytes")
                 _set_read_timeout(raw, min(self.policy.read_timeout, left))
@@ -286,6 +442,8 @@ class Fetcher:
                 except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
                     raise UpstreamTimeout(f"read: {exc}") from None
                 except (urllib3.exceptions.HTTPError, OSError) as exc:
+                    if deadline.expired:
+                        raise UpstreamTimeout(f"read cut at the deadline: {exc}") from None
                     raise UpstreamError(f"read: {type(exc).__name__}: {exc}") from None
                 if not chunk:
                     break
@@ -293,6 +451,8 @@ class Fetcher:
                 if total > self.policy.max_bytes:
                     raise ImageTooLarge(f"body passed {self.policy.max_bytes} bytes")
                 spool.write(chunk)
+            if deadline.expired:  # the watchdog's shutdown looks like the end of a body
+                raise UpstreamTimeout(f"download deadline passed after {total} bytes")
             if total == 0:
                 raise InvalidImage("empty body")
             spool.seek(0)

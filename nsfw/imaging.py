@@ -15,7 +15,7 @@ import warnings
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from nsfw.errors import ImageTooManyPixels, InvalidImage, UnsupportedImageFormat
 
@@ -49,9 +49,17 @@ RESIZE_MODES = ("nsfwjs", "gantman")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def harden_pillow() -> None:
-    """Make Pillow's decompression-bomb warning an error, process-wide (our own limit fires first)."""
+def harden_pillow(max_metadata_bytes: int) -> None:
+    """Process-wide Pillow limits, set once per worker by create_app.
+
+    The decompression-bomb warning becomes an error (our own pixel limit, checked at open, fires
+    first); compressed PNG text and ICC chunks inflate to at most max_metadata_bytes each and in
+    total (Pillow's defaults allow 64 MiB of text per image); truncated files stay errors.
+    """
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    PngImagePlugin.MAX_TEXT_CHUNK = max_metadata_bytes
+    PngImagePlugin.MAX_TEXT_MEMORY = max_metadata_bytes
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def sniff_format(head: bytes) -> str:

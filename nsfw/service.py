@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from nsfw.config import Settings
-from nsfw.errors import Unavailable
+from nsfw.errors import Overloaded, Unavailable
 from nsfw.fetch import Fetcher, FetchPolicy
 from nsfw.imaging import preprocess
 from nsfw.model import Classifier
@@ -31,6 +33,11 @@ class PredictionService:
         self.settings = settings
         self.fetcher = fetcher
         self._classifier: Classifier | None = None
+        # Admission: at most max_in_flight predictions per worker; the rest are refused at once.
+        self._slots = threading.BoundedSemaphore(settings.max_in_flight)
+        # Decoding and inference run one at a time per worker: on one vCPU more would only
+        # interleave, and it bounds memory to one decoded image per worker. Downloads overlap.
+        self._compute = threading.Lock()
 
     def set_classifier(self, classifier: Classifier) -> None:
         """Called once, when the model is loaded and warmed (maybe from the loader thread)."""
@@ -53,11 +60,17 @@ class PredictionService:
     def predict_url(self, url: str, *, resize: str | None = None) -> dict[str, float]:
         """Fetch url and classify the image; raises NsfwError subclasses on every failure."""
         classifier = self.classifier  # 503 before the model is ready, before any fetch
-        with self.fetcher.fetch(url) as body:
-            tensor = preprocess(
-                body,
-                size=classifier.spec.input_size,
-                mode=resize or self.settings.resize,
-                max_pixels=self.settings.max_pixels,
-            )
-        return self.scores(classifier.predict(tensor[None])[0])
+        if not self._slots.acquire(blocking=False):
+            raise Overloaded(f"{self.settings.max_in_flight} predictions in flight")
+        try:
+            with self.fetcher.fetch(url) as body, self._compute:
+                tensor = preprocess(
+                    body,
+                    size=classifier.spec.input_size,
+                    mode=resize or self.settings.resize,
+                    max_pixels=self.settings.max_pixels,
+                )
+                probabilities = classifier.predict(tensor[None])[0]
+        finally:
+            self._slots.release()
+        return self.scores(probabilities)

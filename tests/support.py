@@ -1,8 +1,12 @@
-"""Test helpers: a local image server on 127.0.0.1 and a fake classifier."""
+"""Test helpers: a local image server on 127.0.0.1, a fake classifier, and the probes hostile-input
+tests use (a connection tripwire, a memory watch, a leak check)."""
 
 from __future__ import annotations
 
 import http.server
+import os
+import resource
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,11 +38,11 @@ def send(status: int, body: bytes = b"", headers: dict[str, str] | None = None) 
     return handle
 
 
-def stream(headers: dict[str, str], pieces: Iterable[bytes], delay: float = 0.0) -> Handler:
-    """A 200 that writes pieces one by one (a drip, an endless chunked body) until the client leaves."""
+def stream(headers: dict[str, str], pieces: Iterable[bytes], delay: float = 0.0, status: int = 200) -> Handler:
+    """A response that writes pieces one by one (a drip, an endless body) until the client leaves."""
 
     def handle(req: http.server.BaseHTTPRequestHandler) -> None:
-        req.send_response(200)
+        req.send_response(status)
         for name, value in headers.items():
             req.send_header(name, value)
         req.end_headers()
@@ -49,6 +53,31 @@ def stream(headers: dict[str, str], pieces: Iterable[bytes], delay: float = 0.0)
                 time.sleep(delay)
         except OSError:
             pass  # the client gave up, as it should
+
+    return handle
+
+
+def never_answer(req: http.server.BaseHTTPRequestHandler) -> None:
+    """Reads the request, then says nothing until the client leaves."""
+    req.connection.settimeout(30)
+    try:
+        req.connection.recv(1)  # returns when the client closes (or after 30 s)
+    except OSError:
+        pass
+
+
+def drip_headers(delay: float) -> Handler:
+    """A status line, then one header byte every `delay` seconds, forever: no body ever starts."""
+
+    def handle(req: http.server.BaseHTTPRequestHandler) -> None:
+        try:
+            req.wfile.write(b"HTTP/1.1 200 OK\r\nX-Drip: ")
+            while True:
+                req.wfile.write(b"a")
+                req.wfile.flush()
+                time.sleep(delay)
+        except OSError:
+            pass
 
     return handle
 
@@ -78,7 +107,8 @@ class ImageServer:
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval, at every test's teardown.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -112,3 +142,74 @@ class FakeClassifier:
 
 def corpus_bytes(name: str) -> bytes:
     return (CORPUS / name).read_bytes()
+
+
+class Tripwire:
+    """Records every outgoing connect of this process; `only` lists the addresses allowed through,
+    any other is refused before it leaves the machine (and recorded)."""
+
+    def __init__(self, only: tuple[tuple[str, int], ...] = ()) -> None:
+        self.only = only
+        self.attempts: list[object] = []
+        self.refused: list[object] = []
+        self._real = socket.socket.connect
+
+    def install(self, monkeypatch: object) -> Tripwire:
+        tripwire = self
+
+        def connect(sock: socket.socket, address: object) -> None:
+            tripwire.attempts.append(address)
+            if isinstance(address, tuple) and tuple(address[:2]) in tripwire.only:
+                return tripwire._real(sock, address)
+            tripwire.refused.append(address)
+            raise ConnectionRefusedError(f"tripwire: no connection to {address!r} in tests")
+
+        monkeypatch.setattr(socket.socket, "connect", connect)  # type: ignore[attr-defined]
+        monkeypatch.setattr(socket.socket, "connect_ex", connect)  # type: ignore[attr-defined]
+        return self
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryWatch:
+    """Peak resident memory growth of this process while the block runs: sampled every millisecond,
+    and cross-checked with the kernel's high-water mark, which catches spikes between samples."""
+
+    def __init__(self) -> None:
+        self.growth = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> MemoryWatch:
+        self._base = rss_bytes()
+        self._peak = self._base
+        self._high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self._peak = max(self._peak, rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        high_water = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = max(self._peak, high_water if high_water > self._high_water else 0)
+        self.growth = peak - self._base
+
+
+def files_open_under(folder: Path) -> list[str]:
+    """Paths of this process's open descriptors inside folder (deleted temporary files included)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(str(folder)):
+            found.append(target)
+    return found

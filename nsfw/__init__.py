@@ -35,7 +35,7 @@ def create_app(
     here when not given), fetcher, blueprint and error handlers."""
     if settings is None:
         settings = Settings.from_env(os.environ if environ is None else environ)
-    logging.getLogger("nsfw").setLevel(settings.log_level)
+    _configure_logging(settings.log_level)
     harden_pillow(settings.max_metadata_bytes)
 
     service = PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
@@ -53,6 +53,18 @@ def create_app(
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app
+
+
+def _configure_logging(level: str) -> None:
+    """The nsfw logger at NSFW_LOG_LEVEL; to stderr (gunicorn's error log) unless the host process
+    configured logging itself. Without a handler, Python would print only warnings and above, and the
+    detail of every refused request (kept out of the response) would be lost."""
+    logger = logging.getLogger("nsfw")
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        logger.addHandler(handler)
 
 
 def _load_or_exit(service: PredictionService) -> None:

@@ -49,12 +49,26 @@ def _request_url() -> str:
     elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         found += request.form.getlist("url")
     elif request.content_length or request.headers.get("Transfer-Encoding"):
-        raise errors.BadRequest(f"unexpected body of type {request.mimetype or 'unknown'}")
+        # HOSTILE_INPUTS.md: a body where none is expected is a 413, as if its cap were zero.
+        raise errors.PayloadTooLarge(f"unexpected body of type {request.mimetype or 'unknown'}")
     if len(found) > 1:
         raise errors.InvalidUrl("url given more than once")
     if not found or not found[0]:
         raise errors.MissingUrl()
     return found[0]
+
+
+@bp.before_app_request
+def _refuse_oversized_streams() -> None:
+    """A chunked body (no Content-Length) over the cap is a 413, not silently cut at it.
+
+    Werkzeug stops reading such a stream at MAX_CONTENT_LENGTH and returns what it has, so a body
+    that reaches the cap is refused here (one byte of slack: exactly-the-cap counts as over)."""
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return
+    limit = request.max_content_length
+    if limit is not None and len(request.get_data(cache=True)) >= limit:
+        raise errors.PayloadTooLarge(f"streamed body reached {limit} bytes")
 
 
 @bp.route("/predict", methods=["GET", "POST"])

@@ -71,7 +71,7 @@ class MethodNotAllowed(NsfwError):
 class PayloadTooLarge(NsfwError):
     status = 413
     code = "payload_too_large"
-    message = "The request body is too large."
+    message = "The request body is too large, or not expected here."
 
 
 # 422: the fetched bytes are not an image we classify.

@@ -9,12 +9,13 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from nsfw import errors
 from nsfw.model.specs import MOBILENET_V2, ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +23,19 @@ REFERENCE = REPO.parent / "shared" / "reference"
 CORPUS = REFERENCE / "corpus"
 
 Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
+
+
+# Words that would mean an upstream body, an address or an exception reached the client.
+LEAKS = ("127.0.0.1", "169.254", "10.0.0", "secret", "Traceback", "Error:", "urllib3", "requests", "PIL", "/tmp")
+
+
+def _all_error_classes(cls: type[errors.NsfwError]) -> Iterator[type[errors.NsfwError]]:
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _all_error_classes(sub)
+
+
+MESSAGES = {cls.code: cls.message for cls in _all_error_classes(errors.NsfwError)}
 
 
 def send(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Handler:

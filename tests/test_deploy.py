@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
 
-from tests.support import REPO, ImageServer, corpus_bytes
+from tests.support import REPO, ImageServer, corpus_bytes, send, stream
 
 RUN = "gunicorn app:app"
 
@@ -121,46 +126,75 @@ def _get(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]
         return exc.code, json.loads(exc.read())
 
 
-@pytest.fixture()
-def deployed(image_server: ImageServer, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """gunicorn started with the Dockerfile's CMD from the serving virtualenv, as a container would."""
-    python = _serving_python()
-    port = _free_port()
-    env = {
-        "PATH": f"{Path(python).parent}:{os.environ['PATH']}",
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
-        "NSFW_ALLOWED_PORTS": f"80,443,{image_server.port}",
-    }
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", _dockerfile(), re.M).group(1))  # type: ignore[union-attr]
-    log = (tmp_path / "gunicorn.log").open("wb")
-    proc = subprocess.Popen(
-        [str(Path(python).parent / cmd[0]), *cmd[1:]],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+@dataclass
+class Gunicorn:
+    base: str
+    python: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def workers(self) -> set[int]:
+        """Pids of the arbiter's children, from /proc."""
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                if _get(f"{base}/health", timeout=1)[0] == 200:
-                    break
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[1]) == self.proc.pid:
+                children.add(int(stat.parent.name))
+        return children
+
+
+@pytest.fixture()
+def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    """gunicorn started with the Dockerfile's CMD from the serving virtualenv, as a container would."""
+    started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(extra_env: dict[str, str] | None = None, *, wait_healthy: bool = True) -> Gunicorn:
+        python = _serving_python()
+        port = _free_port()
+        env = {
+            "PATH": f"{Path(python).parent}:{os.environ['PATH']}",
+            "PORT": str(port),
+            "WEB_CONCURRENCY": "2",
+            "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
+            "NSFW_ALLOWED_PORTS": f"80,443,{image_server.port}",
+            **(extra_env or {}),
+        }
+        cmd = json.loads(re.search(r"^CMD (\[.*\])$", _dockerfile(), re.M).group(1))  # type: ignore[union-attr]
+        log_path = tmp_path / f"gunicorn-{len(started)}.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            [str(Path(python).parent / cmd[0]), *cmd[1:]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        started.append((proc, log))
+        server = Gunicorn(f"http://127.0.0.1:{port}", python, proc, log_path)
+        deadline = time.monotonic() + 60
+        while wait_healthy and time.monotonic() < deadline:
+            try:
+                if _get(f"{server.base}/health", timeout=1)[0] == 200:
+                    return server
             except OSError:
                 time.sleep(0.1)
-        else:
-            pytest.fail("gunicorn never became healthy:\n" + (tmp_path / "gunicorn.log").read_text())
-        yield base, python
-    finally:
+        if wait_healthy:
+            pytest.fail("gunicorn never became healthy:\n" + log_path.read_text())
+        return server
+
+    yield start
+    for proc, log in started:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture()
+def deployed(start_gunicorn: Callable[..., Gunicorn]) -> tuple[str, str]:
+    server = start_gunicorn()
+    return server.base, server.python
 
 
 @pytest.mark.slow
@@ -208,3 +242,123 @@ def test_run_script_installs_serving_requirements_and_starts_the_procfile_comman
     text = (REPO / "scripts" / "run").read_text()
     executable, target = shlex.split(text.strip().splitlines()[-1])[-2:]
     assert "-r requirements.txt" in text and Path(executable).name == "gunicorn" and target == "app:app"
+
+
+@pytest.mark.slow
+def test_a_flood_gets_fast_503s_health_stays_up_and_a_dead_worker_is_replaced(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer
+) -> None:
+    """Real gunicorn on loopback, as deployed: 40 slow downloads at once against 2 workers x 4 slots."""
+    drip = (b"x" for _ in range(10**9))
+    image_server.routes["/slow.jpg"] = stream({"Content-Length": "100000"}, drip, delay=0.1)
+    image_server.add_file("/lighthouse.jpg", corpus_bytes("068_lighthouse.jpg"))
+    server = start_gunicorn({"NSFW_DOWNLOAD_TIMEOUT": "3"})
+    slow_url = f"{server.base}/predict?url={image_server.url('/slow.jpg')}"
+    answers: list[tuple[int, str, float, str | None]] = []
+    health: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        started = time.monotonic()
+        request = urllib.request.Request(slow_url, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                answers.append((response.status, "", time.monotonic() - started, None))
+        except urllib.error.HTTPError as exc:
+            code = json.loads(exc.read())["error"]["code"]
+            answers.append((exc.code, code, time.monotonic() - started, exc.headers.get("Retry-After")))
+
+    def watch_health() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status = _get(f"{server.base}/health", timeout=5)[0]
+            except OSError:
+                status = 0
+            health.append((status, time.monotonic() - started))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch_health)
+    watcher.start()
+    flood = [threading.Thread(target=ask) for _ in range(40)]
+    for t in flood:
+        t.start()
+    for t in flood:
+        t.join()
+
+    # The dead-worker half: kill one worker outright; the arbiter must start another.
+    before = server.workers()
+    assert len(before) == 2, before
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = server.workers()
+        if len(now) == 2 and victim not in now:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"no worker replaced {victim}: {server.workers()}\n{server.log.read_text()}")
+    time.sleep(1.0)  # a few more health probes while the new worker loads its model
+    stop.set()
+    watcher.join()
+
+    refused = [a for a in answers if a[0] == 503]
+    assert {a[0] for a in answers} <= {503, 504}, answers
+    assert len(refused) >= 40 - 2 * 4, answers  # at most NSFW_MAX_IN_FLIGHT per worker were admitted
+    assert all(a[1] == "overloaded" and a[3] == "1" for a in refused)
+    assert max(a[2] for a in refused) < 1.0, sorted(a[2] for a in refused)[-5:]
+    assert all(a[2] < 3 + 1.5 for a in answers if a[0] == 504)  # admitted ones end at the deadline
+    assert health and all(status == 200 for status, _ in health), health
+    assert max(seconds for _, seconds in health) < 1.0, max(seconds for _, seconds in health)
+    status, scores = _get(f"{server.base}/predict?url={image_server.url('/lighthouse.jpg')}", method="POST")
+    assert status == 200 and len(scores) == 5
+
+
+@pytest.mark.slow
+def test_an_in_flight_limit_without_a_spare_thread_stops_the_boot(start_gunicorn: Callable[..., Gunicorn]) -> None:
+    server = start_gunicorn({"NSFW_MAX_IN_FLIGHT": "8", "GUNICORN_THREADS": "8"}, wait_healthy=False)
+    # The arbiter halts on the worker's boot error (3); with a second worker failing while it stops,
+    # gunicorn 27 itself exits 1 with a HaltServer traceback. Either way: it stops, and says why.
+    assert server.proc.wait(timeout=60) != 0
+    log = server.log.read_text()
+    assert "NSFW_MAX_IN_FLIGHT=8 needs more gunicorn threads than 8" in log and "Worker failed to boot" in log
+
+
+@pytest.mark.slow
+def test_the_deployed_service_answers_hostile_urls_and_keeps_its_workers(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer, tmp_path: Path
+) -> None:
+    """Probed from outside, as a stranger would: each answer right, no worker lost, no file left."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    image_server.routes["/to-metadata"] = send(302, b"", {"Location": "http://[::ffff:a9fe:a9fe]/latest/"})
+    image_server.routes["/bomb"] = send(200, gzip.compress(b"\0" * (64 * 1024 * 1024)), {"Content-Encoding": "gzip"})
+    image_server.add_file("/big.jpg", corpus_bytes("110_v_pixels_4096.jpg"))  # spills to disk
+    image_server.add_file("/cut.jpg", corpus_bytes("110_v_pixels_4096.jpg")[:1_500_000])
+    server = start_gunicorn({"TMPDIR": str(spill), "NSFW_DOWNLOAD_TIMEOUT": "2", "NSFW_READ_TIMEOUT": "1"})
+    workers = server.workers()
+    cases = [
+        # 127.0.0.1/32 is opened for the image server here; its neighbours stay refused.
+        ("http://017700000002/", 400, "url_not_allowed"),  # octal integer
+        ("http://0x7F.2/", 400, "url_not_allowed"),
+        ("http://[0:0:0:0:0:ffff:127.0.0.1]/", 400, "url_not_allowed"),
+        ("http://[::127.0.0.1]/", 400, "url_not_allowed"),
+        ("http://100.100.100.200/", 400, "url_not_allowed"),  # Alibaba metadata, CGNAT range
+        ("http://[fd00:ec2::254]/", 400, "url_not_allowed"),
+        (f"http://127.0.0.1:{image_server.port}@169.254.169.254/", 400, "invalid_url"),
+        ("dict://127.0.0.1:11211/stats", 400, "url_scheme_not_allowed"),
+        (image_server.url("/to-metadata"), 400, "url_not_allowed"),
+        (image_server.url("/bomb"), 422, "image_too_large"),
+        (image_server.url("/cut.jpg"), 422, "invalid_image"),
+        (image_server.url("/big.jpg"), 200, None),
+    ]
+    for url, status, code in cases:
+        query = urllib.parse.urlencode({"url": url})
+        got, body = _get(f"{server.base}/predict?{query}", method="POST")
+        assert (got, body.get("error", {}).get("code")) == (status, code), (url, body)
+        assert _get(f"{server.base}/health", timeout=1)[0] == 200
+    assert server.workers() == workers
+    assert list(spill.iterdir()) == []
+    # The detail the client never sees is in the log.
+    assert "017700000002 is refused address 127.0.0.2" in server.log.read_text()

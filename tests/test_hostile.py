@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,10 +26,12 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from nsfw import create_app, errors
+from nsfw import create_app
 from nsfw.config import Settings
 from nsfw.fetch import Resolver, ip_literal, system_resolver
 from tests.support import (
+    LEAKS,
+    MESSAGES,
     FakeClassifier,
     ImageServer,
     MemoryWatch,
@@ -45,17 +47,6 @@ from tests.support import (
 MiB = 1024 * 1024
 # Peak RSS growth allowed for one hostile request: the bombs below would take hundreds of MB to GBs.
 MEMORY_BOUND = 48 * MiB
-# Words that would mean an upstream body, an address or an exception reached the client.
-LEAKS = ("127.0.0.1", "169.254", "10.0.0", "secret", "Traceback", "Error:", "urllib3", "requests", "PIL", "/tmp")
-
-
-def _all_error_classes(cls: type[errors.NsfwError]) -> Iterator[type[errors.NsfwError]]:
-    yield cls
-    for sub in cls.__subclasses__():
-        yield from _all_error_classes(sub)
-
-
-MESSAGES = {cls.code: cls.message for cls in _all_error_classes(errors.NsfwError)}
 
 
 @dataclass
@@ -654,3 +645,54 @@ def test_past_the_in_flight_limit_requests_get_a_fast_503(
         t.join()
     assert slow == [504, 504]
     api.ask(image_server.url("/slow"), 504, "upstream_timeout", within=2.5)  # the slots were given back
+
+
+# --- The HTTP surface ---------------------------------------------------------------------------------
+
+
+def test_the_http_surface_answers_json_with_the_table_status(image_server: ImageServer, api: Api) -> None:
+    url = image_server.add_file("/a.jpg", corpus_bytes("068_lighthouse.jpg"))
+    client = api.client
+    cases = [
+        (client.post("/predict"), 400, "missing_url"),
+        (client.post("/predict?url="), 400, "missing_url"),
+        (client.post("/predict", query_string={"url": "http://[::1"}), 400, "invalid_url"),
+        (client.post("/predict", query_string={"url": "http://a.example/" + "x" * 2048}), 400, "invalid_url"),
+        (client.post("/predict", query_string=[("url", url), ("url", url)]), 400, "invalid_url"),
+        (client.put("/predict"), 405, "method_not_allowed"),
+        (client.get("/admin"), 404, "not_found"),
+        (
+            client.post(f"/predict?url={url}", data=b"\0" * 10, content_type="application/x-foo"),
+            413,
+            "payload_too_large",
+        ),
+        (client.get(f"/predict?url={url}", data=b"x", content_type="text/plain"), 413, "payload_too_large"),
+        (client.post("/predict", data=b"{" * 100_000, content_type="application/json"), 413, "payload_too_large"),
+        (
+            client.post(  # chunked, no Content-Length; gunicorn marks such a body input_terminated
+                "/predict",
+                input_stream=io.BytesIO(b"a" * 100_000),
+                content_type="application/json",
+                headers={"Transfer-Encoding": "chunked"},
+                environ_overrides={"wsgi.input_terminated": True},
+            ),
+            413,
+            "payload_too_large",
+        ),
+    ]
+    for response, status, code in cases:
+        body = response.get_json()
+        assert response.status_code == status and set(body) == {"error"}, (status, body)
+        assert body["error"] == {"code": code, "message": MESSAGES[code]}
+
+
+def test_the_detail_goes_to_the_log_not_to_the_client(
+    image_server: ImageServer, make_api: Callable[..., Api], caplog: pytest.LogCaptureFixture
+) -> None:
+    image_server.routes["/err"] = send(500, b"secret")
+    api = make_api(resolver=lambda host, port: ["10.9.8.7"])
+    with caplog.at_level("INFO", logger="nsfw"):
+        api.ask("http://internal.example/", 400, "url_not_allowed")
+        api.ask(image_server.url("/err"), 502, "upstream_error")
+    assert "internal.example resolves to refused address 10.9.8.7" in caplog.text
+    assert "upstream status 500" in caplog.text

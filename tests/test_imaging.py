@@ -181,3 +181,10 @@ def test_resize_gantman_is_pillow_nearest() -> None:
 def test_preprocess_refuses_an_unknown_mode() -> None:
     with pytest.raises(ValueError):
         imaging.preprocess(io.BytesIO(_encode(Image.new("RGB", (4, 4)), "PNG")), size=224, mode="x", max_pixels=99)
+
+
+@pytest.mark.parametrize("shape", [(3000, 1000), (1000, 3000), (449, 300), (450, 300), (5, 4000)])
+def test_resize_from_sampled_rows_equals_the_whole_array(shape: tuple[int, int]) -> None:
+    rgb = np.random.default_rng(7).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb, "RGB")
+    np.testing.assert_array_equal(imaging.resize_nsfwjs_image(img, 224), imaging.resize_nsfwjs(rgb, 224))

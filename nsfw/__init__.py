@@ -36,7 +36,7 @@ def create_app(
     if settings is None:
         settings = Settings.from_env(os.environ if environ is None else environ)
     _configure_logging(settings.log_level)
-    harden_pillow(settings.max_metadata_bytes)
+    harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
 
     service = PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
     if classifier is not None:

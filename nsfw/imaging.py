@@ -49,13 +49,16 @@ RESIZE_MODES = ("nsfwjs", "gantman")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def harden_pillow(max_metadata_bytes: int) -> None:
+def harden_pillow(*, max_pixels: int, max_metadata_bytes: int) -> None:
     """Process-wide Pillow limits, set once per worker by create_app.
 
-    The decompression-bomb warning becomes an error (our own pixel limit, checked at open, fires
-    first); compressed PNG text and ICC chunks inflate to at most max_metadata_bytes each and in
-    total (Pillow's defaults allow 64 MiB of text per image); truncated files stay errors.
+    Pillow's decompression-bomb check uses our pixel limit and its warning becomes an error, so an
+    image over the limit fails inside Image.open, before any pixel is decoded (open_image checks
+    again, for any format Pillow does not check); compressed PNG text and ICC chunks inflate to at
+    most max_metadata_bytes each and in total (Pillow's defaults allow 64 MiB of text per image);
+    truncated files stay errors.
     """
+    Image.MAX_IMAGE_PIXELS = max_pixels
     warnings.simplefilter("error", Image.DecompressionBombWarning)
     PngImagePlugin.MAX_TEXT_CHUNK = max_metadata_bytes
     PngImagePlugin.MAX_TEXT_MEMORY = max_metadata_bytes

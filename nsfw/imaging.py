@@ -182,17 +182,28 @@ Axis = tuple[np.ndarray, np.ndarray, np.ndarray]
 def _bilinear(rgb: np.ndarray, y_axis: Axis, x_axis: Axis) -> np.ndarray:
     fy, y0, y1 = y_axis
     fx, x0, x1 = x_axis
-    dy = fy[:, None, None]
+    n_rows, n_cols = len(y0), len(x0)
+    # The four neighbours of every output pixel in one (2 x rows, 2 x cols) gather, rows first (whole
+    # rows are contiguous), converted to float once: tl | tr over bl | br.
+    # mode="clip": the indices are in range by construction, and numpy skips its bounds check.
+    rows = rgb.take(np.concatenate([y0, y1]), axis=0, mode="clip")
+    quad = rows.take(np.concatenate([x0, x1]), axis=1, mode="clip").astype(np.float32)
+    quad /= np.float32(255)
+    top_left, top_right = quad[:n_rows, :n_cols], quad[:n_rows, n_cols:]
+    bottom_left, bottom_right = quad[n_rows:, :n_cols], quad[n_rows:, n_cols:]
+    # TF's order of operations, in place: top = tl + (tr - tl) * dx, and the same below, then
+    # out = top + (bottom - top) * dy.
     dx = fx[None, :, None]
-
-    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return rgb[rows[:, None], cols[None, :]].astype(np.float32) / np.float32(255)
-
-    top_left, top_right = gather(y0, x0), gather(y0, x1)
-    bottom_left, bottom_right = gather(y1, x0), gather(y1, x1)
-    top = top_left + (top_right - top_left) * dx
-    bottom = bottom_left + (bottom_right - bottom_left) * dx
-    return top + (bottom - top) * dy
+    top = top_right - top_left
+    top *= dx
+    top += top_left
+    out = bottom_right - bottom_left
+    out *= dx
+    out += bottom_left
+    out -= top
+    out *= fy[:, None, None]
+    out += top
+    return out
 
 
 def _sample_axis(length: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

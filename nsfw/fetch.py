@@ -25,16 +25,16 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 from urllib.parse import urljoin, urlsplit
 
-import requests
+import certifi
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -57,6 +57,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Sequence[str]]
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 # Bodies up to this size stay in memory; bigger ones roll over to an unlinked temporary file.
 SPOOL_MEMORY_BYTES = 1024 * 1024
@@ -290,11 +291,13 @@ class _Watchdog:
 
     def add(self, deadline: _Deadline) -> None:
         with self._cond:
+            earliest = not self._heap or deadline.at < self._heap[0][0]
             heapq.heappush(self._heap, (deadline.at, next(self._order), deadline))
             if self._thread is None:  # started lazily: after gunicorn forks, in the worker
                 self._thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if earliest:  # wake the watchdog only when its next wake-up moves earlier (rarely:
+                self._cond.notify()  # deadlines mostly arrive in order), not on every fetch
 
     def _run(self) -> None:
         with self._cond:
@@ -331,102 +334,103 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
-class _PinnedAdapter(HTTPAdapter):
-    """Connects to the address the guard approved, keeping the URL's host for Host, SNI and the
-    certificate check; the same technique as requests-hardened's IPFilterAdapter, with our guard."""
-
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__(max_retries=0)
-        self._guard = guard
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
-
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        hostname, port = host_params["host"], host_params["port"]
-        scheme = host_params["scheme"]
-        ip = self._guard(hostname, port or DEFAULT_PORTS[scheme], _current.deadline.left())
-        host_header = f"[{hostname}]" if ":" in hostname else hostname
-        request.headers["Host"] = host_header if port is None else f"{host_header}:{port}"
-        if scheme == "https":
-            pool_kwargs["assert_hostname"] = hostname
-            pool_kwargs["server_hostname"] = hostname
-        host_params["host"] = f"[{ip}]" if ip.version == 6 else str(ip)
-        return host_params, pool_kwargs
-
-
 class Fetcher:
-    """Downloads one image per call under a FetchPolicy; safe to share between threads."""
+    """Downloads one image per call under a FetchPolicy; safe to share between threads.
 
-    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
+    urllib3 directly: one connection pool per hop, keyed to the checked address, with the URL's host
+    kept for the Host header, SNI and the certificate check (requests-hardened's pinning technique
+    with our guard). Not requests: its Session reads the whole body of every 3xx response.
+    """
+
+    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver, ca_certs: str | None = None) -> None:
         self.policy = policy
-        self._resolver = resolver
-        self._resolve_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
+        self._ca_certs = ca_certs or certifi.where()  # the CA bundle for https (tests pass their own)
+        self._guard = _Guard(policy, resolver, ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve"))
         self._watchdog = _Watchdog()
-        # One adapter (and its connection pools) per thread: no state shared across threads.
-        self._local = threading.local()
-
-    def _adapter(self) -> _PinnedAdapter:
-        adapter = getattr(self._local, "adapter", None)
-        if adapter is None:
-            adapter = self._local.adapter = _PinnedAdapter(_Guard(self.policy, self._resolver, self._resolve_pool))
-        return adapter
 
     def fetch(self, url: str) -> IO[bytes]:
         """The image bytes, rewound, in a SpooledTemporaryFile the caller must close."""
         deadline = _current.deadline = _Deadline(self.policy.download_timeout)
         self._watchdog.add(deadline)
-        adapter = self._adapter()
         try:
-            return self._follow(adapter, url, deadline)
+            for _hop in range(self.policy.max_redirects + 1):
+                target = check_url(url, self.policy)
+                with self._get(target, url, deadline) as response:
+                    if response.status in _REDIRECTS:
+                        # The connection closes with the pool, unread: a redirect's body may be
+                        # endless or a bomb.
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise UpstreamError(f"redirect {response.status} without Location")
+                        log.info("redirect %d to %r", response.status, location[:200])
+                        url = urljoin(url, location)
+                        continue
+                    if response.status != 200:
+                        raise UpstreamError(f"upstream status {response.status}")
+                    return self._read_body(response, deadline)
+            raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects")
         finally:
             deadline.finish()
-            # Close every connection this fetch opened: none is reused by the next fetch, and none
-            # is left open to a server that would like to hold it.
-            adapter.poolmanager.clear()
 
-    def _follow(self, adapter: _PinnedAdapter, url: str, deadline: _Deadline) -> IO[bytes]:
-        for _hop in range(self.policy.max_redirects + 1):
-            check_url(url, self.policy)
-            response = self._get(adapter, url, deadline)
-            if response.is_redirect:
-                location = response.headers.get("Location", "")
-                log.info("redirect %d to %r", response.status_code, location[:200])
-                response.close()  # never read a redirect's body: it may be endless or a bomb
-                url = urljoin(url, location)
-                continue
-            try:
-                if response.status_code != 200:
-                    raise UpstreamError(f"upstream status {response.status_code}")
-                return self._read_body(response, deadline)
-            finally:
-                response.close()
-        raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects")
-
-    def _get(self, adapter: _PinnedAdapter, url: str, deadline: _Deadline) -> requests.Response:
+    @contextmanager
+    def _get(self, target: Target, url: str, deadline: _Deadline) -> Iterator[urllib3.BaseHTTPResponse]:
+        """The response to GET url, its headers read; the pool and its connection close on exit."""
         left = deadline.left()
         if left <= 0:
             raise UpstreamTimeout("deadline passed before connecting")
-        timeout = (min(self.policy.connect_timeout, left), min(self.policy.read_timeout, left))
+        ip = self._guard(target.host, target.port, left)
+        timeout = urllib3.Timeout(
+            connect=min(self.policy.connect_timeout, left), read=min(self.policy.read_timeout, left)
+        )
+        pool: HTTPConnectionPool
+        if target.scheme == "https":
+            pool = _WatchedHTTPSPool(
+                str(ip),
+                target.port,
+                timeout=timeout,
+                retries=False,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=self._ca_certs,
+                server_hostname=target.host,
+                assert_hostname=target.host,
+            )
+        else:
+            pool = _WatchedHTTPPool(str(ip), target.port, timeout=timeout, retries=False)
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        headers = {
+            **REQUEST_HEADERS,
+            "Host": host if target.port == DEFAULT_PORTS[target.scheme] else f"{host}:{target.port}",
+        }
         try:
-            # The adapter, not a Session: Session.send reads the whole body of every 3xx (even with
-            # allow_redirects=False and stream=True), and it brings environment proxies and .netrc.
-            request = requests.Request("GET", url, headers=REQUEST_HEADERS).prepare()
-            return adapter.send(request, stream=True, timeout=timeout)
-        except requests.RequestException as exc:
-            if deadline.expired or isinstance(exc, requests.Timeout):
+            response = pool.urlopen(
+                "GET",
+                urllib3.util.parse_url(url).request_uri,
+                headers=headers,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                release_conn=False,
+                assert_same_host=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            pool.close()
+            # NewConnectionError subclasses ConnectTimeoutError in urllib3 2, but means refused.
+            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            if deadline.expired or timed_out:
                 raise UpstreamTimeout(f"{type(exc).__name__}: {exc}") from None
             raise UpstreamError(f"{type(exc).__name__}: {exc}") from None
+        try:
+            yield response
+        finally:
+            response.close()
+            pool.close()  # no connection outlives its fetch, or is reused by the next one
 
-    def _read_body(self, response: requests.Response, deadline: _Deadline) -> IO[bytes]:
-        declared = response.headers.get("Content-Length", "")
+    def _read_body(self, raw: urllib3.BaseHTTPResponse, deadline: _Deadline) -> IO[bytes]:
+        declared = raw.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.policy.max_bytes:
             raise ImageTooLarge(f"Content-Length {declared}")
-        raw = response.raw
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
         try:
             total = 0
@@ -462,7 +466,7 @@ class Fetcher:
             raise
 
 
-def _set_read_timeout(raw: urllib3.response.HTTPResponse, seconds: float) -> None:
+def _set_read_timeout(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
     connection = getattr(raw, "connection", None)
     sock = getattr(connection, "sock", None)
     if sock is not None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import socket
+import ssl
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 
 from nsfw import errors
 from nsfw.fetch import Fetcher, FetchPolicy, check_url, is_refused
@@ -223,3 +228,46 @@ def test_environment_proxies_do_not_apply(image_server: ImageServer, monkeypatch
     url = image_server.add_file("/a.jpg", b"\xff\xd8\xffok")
     with Fetcher(_policy(image_server.port)).fetch(url) as body:
         assert body.read() == b"\xff\xd8\xffok"
+
+
+@pytest.fixture()
+def tls_server(image_server: ImageServer, tmp_path: Path) -> Iterator[tuple[int, str, list[str]]]:
+    """The image server behind TLS, with a certificate for images.example from a test CA."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("images.example").configure_cert(context)
+    names: list[str] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment, func-returns-value]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            while True:
+                try:
+                    raw, _ = listener.accept()
+                except OSError:
+                    return
+                try:
+                    with context.wrap_socket(raw, server_side=True) as tls:
+                        tls.recv(65536)
+                        body = b"\xff\xd8\xfftls"
+                        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                except (OSError, ssl.SSLError):
+                    pass
+
+        threading.Thread(target=serve, daemon=True).start()
+        yield port, str(ca_file), names
+
+
+def test_https_verifies_the_url_host_on_the_pinned_address(tls_server: tuple[int, str, list[str]]) -> None:
+    port, ca_file, names = tls_server
+    fetcher = Fetcher(_policy(port), resolver=lambda host, p: ["127.0.0.1"], ca_certs=ca_file)
+    with fetcher.fetch(f"https://images.example:{port}/a.jpg") as body:
+        assert body.read() == b"\xff\xd8\xfftls"
+    assert names == ["images.example"]  # SNI carries the URL's host, not the address
+    with pytest.raises(errors.UpstreamError):  # the certificate does not name this host
+        fetcher.fetch(f"https://other.example:{port}/a.jpg")
+    with pytest.raises(errors.UpstreamError):  # nor is it trusted without the test CA
+        Fetcher(_policy(port), resolver=lambda host, p: ["127.0.0.1"]).fetch(f"https://images.example:{port}/a.jpg")

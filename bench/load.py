@@ -1,0 +1,171 @@
+"""Load generation and process measurement for bench.serve: keep-alive HTTP clients on threads,
+percentiles, and the resident memory of a process tree read from /proc."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float
+    seconds: float
+    status: int
+
+
+class Client:
+    """One keep-alive connection, reopened after any failure."""
+
+    def __init__(self, base: str, timeout: float = 60.0) -> None:
+        split = urlsplit(base)
+        self._address = (split.hostname or "127.0.0.1", split.port or 80)
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str) -> Sample:
+        started = time.perf_counter()
+        try:
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+            self._conn.request(method, path)
+            response = self._conn.getresponse()
+            response.read()
+            status = response.status
+            if response.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            status = 0
+        return Sample(started, time.perf_counter() - started, status)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def sequential(base: str, path: Callable[[], str], count: int) -> list[Sample]:
+    client = Client(base)
+    try:
+        return [client.request("POST", path()) for _ in range(count)]
+    finally:
+        client.close()
+
+
+def saturate(
+    base: str, path: Callable[[], str], concurrency: int, seconds: float, health_every: float = 0.05
+) -> tuple[list[Sample], list[Sample]]:
+    """`concurrency` clients posting back to back for `seconds`, and one probing /health meanwhile."""
+    stop_at = time.perf_counter() + seconds
+    samples: list[Sample] = []
+    health: list[Sample] = []
+
+    def post() -> None:
+        client = Client(base)
+        while time.perf_counter() < stop_at:
+            samples.append(client.request("POST", path()))
+        client.close()
+
+    def probe() -> None:
+        client = Client(base)
+        while time.perf_counter() < stop_at:
+            health.append(client.request("GET", "/health"))
+            time.sleep(health_every)
+        client.close()
+
+    threads = [threading.Thread(target=post) for _ in range(concurrency)] + [threading.Thread(target=probe)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return samples, health
+
+
+def percentiles(samples: list[Sample]) -> dict[str, float]:
+    """p50/p90/p99 in ms of the successful samples."""
+    ok = [s.seconds * 1e3 for s in samples if s.status == 200]
+    if not ok:
+        return {"p50_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan")}
+    p50, p90, p99 = np.percentile(ok, [50, 90, 99])
+    return {"p50_ms": round(float(p50), 2), "p90_ms": round(float(p90), 2), "p99_ms": round(float(p99), 2)}
+
+
+def counter_paths(image_url: str) -> Callable[[], str]:
+    """Request paths for one image whose URL differs on every call (?n=1, 2, ...)."""
+    numbers = itertools.count(1)
+    return lambda: "/predict?url=" + image_url + f"%3Fn%3D{next(numbers)}"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class TreeMemory:
+    """Peak RSS of a process and its children (gunicorn's arbiter and workers), sampled every 50 ms
+    and completed with each process's own high-water mark (VmHWM) when the watch ends."""
+
+    root: int
+    peak_by_pid: dict[int, int] = field(default_factory=dict)
+    peak_total_kb: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        total = 0
+        for pid in [self.root, *children(self.root)]:
+            rss = _status_kb(pid, "VmRSS")
+            hwm = _status_kb(pid, "VmHWM")
+            self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0), rss, hwm)
+            total += rss
+        self.peak_total_kb = max(self.peak_total_kb, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def summary(self) -> dict[str, float]:
+        workers = [kb for pid, kb in self.peak_by_pid.items() if pid != self.root]
+        return {
+            "master_peak_mb": round(self.peak_by_pid.get(self.root, 0) / 1024, 1),
+            "worker_peak_mb": round(max(workers, default=0) / 1024, 1),
+            "total_peak_mb": round(self.peak_total_kb / 1024, 1),
+            # Every process at its own peak at once: an upper bound of the total.
+            "sum_of_peaks_mb": round(sum(self.peak_by_pid.values()) / 1024, 1),
+        }

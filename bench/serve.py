@@ -1,0 +1,280 @@
+"""Request-level benchmark of the service exactly as deployed, against NSFW-FLASK's path in the same run.
+
+    ./scripts/bench                      # makes the virtualenvs, then runs this
+    python -m bench.serve [--seconds 10] [--requests 200] [--no-baseline]
+
+The service runs as deployed (`gunicorn app:app` with gunicorn.conf.py, WEB_CONCURRENCY=2) from
+.venv-serve, pinned to CPU 0 (`taskset -c 0`) to stand in for 1 vCPU. This process, the load and the
+image host (bench.imageserver, a separate process) are pinned to CPU 1. Per image type it measures
+latency at concurrency 1 and at saturation, sustained requests/s, /health latency while saturated;
+per server, cold start (process start to the first 200 from /health) and peak RSS of the arbiter,
+each worker and all together. The baseline (bench.baseline_app: NSFW-FLASK's download-to-file,
+Keras load_img and model.predict on TensorFlow, from .venv) gets the same requests on the same CPU.
+Also: model-only inference in the serving runtime, and the serving install's size.
+
+A table goes to stdout, all figures to bench/results/serve-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.load import Client, TreeMemory, counter_paths, percentiles, saturate, sequential
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = ("jpeg_1000x750", "jpeg_4000x3000", "png_alpha_800x600", "gif_anim_480x360x24")
+SERVICE_CPU, LOAD_CPU = "0", 1
+FLOAT32_FLOOR_MS = 5.3  # 0.6 GFLOP per image at ~112 GFLOP/s on one core of this machine
+TARGETS = {
+    "model_only_ms": 8.0,
+    "jpeg_1000x750_c1_p50_ms": 20.0,
+    "jpeg_1000x750_c1_p99_ms": 40.0,
+    "jpeg_1000x750_rps": 45.0,
+    "speedup_vs_baseline": 10.0,
+    "worker_peak_mb": 150.0,
+    "total_peak_mb": 400.0,
+    "cold_start_s": 2.0,
+    "health_p99_ms": 100.0,
+    "install_mb": 300.0,
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_image_server(python: str) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = Path(tempfile.mkdtemp()) / "port"
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(LOAD_CPU), python, "-m", "bench.imageserver", str(port_file)], cwd=REPO
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError("image server did not start")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port_file.read_text()}"
+
+
+def start_gunicorn(
+    venv: Path, target: str, extra: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], float]:
+    """gunicorn pinned to the service CPU; returns it and the seconds until /health first answered 200."""
+    port = int(env["PORT"])
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        ["taskset", "-c", SERVICE_CPU, str(venv / "bin" / "gunicorn"), *extra, target],
+        cwd=REPO,
+        env={**os.environ, **env, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client(f"http://127.0.0.1:{port}", timeout=2)
+    while time.monotonic() - started < 300:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{target} exited with {proc.returncode}")
+        if client.request("GET", "/health").status == 200:
+            cold = time.monotonic() - started
+            client.close()
+            return proc, cold
+        time.sleep(0.01)
+    raise RuntimeError(f"{target} never became healthy")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def measure_server(
+    name: str, base: str, proc: subprocess.Popen[bytes], image_base: str, args: argparse.Namespace, requests: int
+) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    with TreeMemory(proc.pid) as memory:
+        for image in IMAGES:
+            paths = counter_paths(f"{image_base}/{image}")
+            sequential(base, paths, 5)  # warm: sessions, caches, first-request costs
+            one = sequential(base, paths, requests)
+            loaded, health = saturate(base, paths, args.concurrency, args.seconds)
+            ok = [s for s in loaded if s.status == 200]
+            rows[image] = {
+                "c1": {**percentiles(one), "errors": sum(s.status != 200 for s in one)},
+                "saturated": {**percentiles(loaded), "errors": len(loaded) - len(ok)},
+                "rps": round(len(ok) / args.seconds, 1),
+                "health": percentiles(health),
+            }
+            print(f"  {name:9} {image:22} c1 p50 {rows[image]['c1']['p50_ms']:7.1f} ms, {rows[image]['rps']:5.1f} rps")
+    return {"images": rows, "memory": memory.summary()}
+
+
+def model_only(python: str) -> dict[str, float]:
+    code = (
+        "import json, time, numpy as np\n"
+        "from nsfw.config import Settings\nfrom nsfw.model import load_classifier\n"
+        "c = load_classifier(Settings())\n"
+        "x = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)\n"
+        "for _ in range(20): c.predict(x)\n"
+        "t = []\n"
+        "for _ in range(300):\n"
+        "    s = time.perf_counter(); c.predict(x); t.append(time.perf_counter() - s)\n"
+        "print(json.dumps({'median_ms': float(np.median(t)) * 1e3, 'p90_ms': float(np.percentile(t, 90)) * 1e3}))\n"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", SERVICE_CPU, python, "-c", code], cwd=REPO, check=True, capture_output=True, text=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {key: round(value, 2) for key, value in result.items()}
+
+
+def installed_mb(venv: Path) -> float:
+    site = next((venv / "lib").glob("python*/site-packages"))
+    total = sum(f.stat().st_size for f in site.rglob("*") if f.is_file() and not f.is_symlink())
+    pip_itself = sum(f.stat().st_size for d in site.glob("pip*") for f in d.rglob("*") if f.is_file())
+    return round((total - pip_itself) / 1e6, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="saturation run per image type")
+    parser.add_argument("--requests", type=int, default=200, help="sequential requests per image type")
+    parser.add_argument("--concurrency", type=int, default=4, help="clients at saturation")
+    parser.add_argument("--baseline-requests", type=int, default=40)
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--serve-venv", type=Path, default=REPO / ".venv-serve")
+    parser.add_argument("--tf-venv", type=Path, default=REPO / ".venv")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {LOAD_CPU})
+
+    result: dict[str, Any] = {
+        "machine": {
+            "cpu": _cpu_model(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "service_cpu": SERVICE_CPU,
+            "load_cpu": LOAD_CPU,
+        },
+        "settings": vars(args) | {"serve_venv": str(args.serve_venv), "tf_venv": str(args.tf_venv), "out": None},
+    }
+    serve_python = str(args.serve_venv / "bin" / "python")
+    result["model_only"] = model_only(serve_python)
+    result["install_mb"] = installed_mb(args.serve_venv)
+    image_proc, image_base = start_image_server(serve_python)
+    try:
+        servers = [("service", args.serve_venv, "app:app", [], args.requests)]
+        if not args.no_baseline:
+            baseline_conf = ["--config", "python:bench.baseline_gunicorn"]
+            servers.append(("baseline", args.tf_venv, "bench.baseline_app:app", baseline_conf, args.baseline_requests))
+        for name, venv, target, extra, requests in servers:
+            port = _free_port()
+            env = {
+                "PORT": str(port),
+                "WEB_CONCURRENCY": "2",
+                "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
+                "NSFW_ALLOWED_PORTS": image_base.rsplit(":", 1)[1],
+            }
+            proc, cold = start_gunicorn(venv, target, extra, env)
+            try:
+                result[name] = {"cold_start_s": round(cold, 2)}
+                result[name] |= measure_server(name, f"http://127.0.0.1:{port}", proc, image_base, args, requests)
+            finally:
+                stop(proc)
+    finally:
+        stop(image_proc)
+
+    result["targets"] = check_targets(result)
+    out = args.out or REPO / "bench" / "results" / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print_table(result)
+    print(f"\nJSON: {out}")
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def check_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    service = result["service"]
+    small = service["images"]["jpeg_1000x750"]
+    measured: dict[str, float] = {
+        "model_only_ms": result["model_only"]["median_ms"],
+        "jpeg_1000x750_c1_p50_ms": small["c1"]["p50_ms"],
+        "jpeg_1000x750_c1_p99_ms": small["c1"]["p99_ms"],
+        "jpeg_1000x750_rps": small["rps"],
+        "worker_peak_mb": service["memory"]["worker_peak_mb"],
+        "total_peak_mb": service["memory"]["total_peak_mb"],
+        "cold_start_s": service["cold_start_s"],
+        "health_p99_ms": max(row["health"]["p99_ms"] for row in service["images"].values()),
+        "install_mb": result["install_mb"],
+    }
+    if "baseline" in result:
+        base_small = result["baseline"]["images"]["jpeg_1000x750"]
+        measured["speedup_vs_baseline"] = round(base_small["c1"]["p50_ms"] / small["c1"]["p50_ms"], 1)
+    higher_is_better = {"jpeg_1000x750_rps", "speedup_vs_baseline"}
+    return {
+        key: {
+            "measured": value,
+            "target": TARGETS[key],
+            "met": bool(value >= TARGETS[key] if key in higher_is_better else value <= TARGETS[key]),
+        }
+        for key, value in measured.items()
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    m = result["machine"]
+    print(f"\n{m['cpu']}, {m['cpus']} CPUs; service on CPU {m['service_cpu']}, load on CPU {m['load_cpu']}")
+    header = "| server | image | c=1 p50 | p90 | p99 | saturated p50 | p99 | req/s | /health p99 |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for name in ("service", "baseline"):
+        if name not in result:
+            continue
+        for image, row in result[name]["images"].items():
+            c1, sat = row["c1"], row["saturated"]
+            print(
+                f"| {name} | {image} | {c1['p50_ms']:.1f} | {c1['p90_ms']:.1f} | {c1['p99_ms']:.1f} | "
+                f"{sat['p50_ms']:.1f} | {sat['p99_ms']:.1f} | {row['rps']:.1f} | {row['health']['p99_ms']:.1f} |"
+            )
+    print("\n| server | cold start | arbiter peak RSS | worker peak RSS | all processes peak |")
+    print("|---|---|---|---|---|")
+    for name in ("service", "baseline"):
+        if name in result:
+            mem = result[name]["memory"]
+            print(
+                f"| {name} | {result[name]['cold_start_s']:.2f} s | {mem['master_peak_mb']:.0f} MB | "
+                f"{mem['worker_peak_mb']:.0f} MB | {mem['total_peak_mb']:.0f} MB |"
+            )
+    mo = result["model_only"]
+    print(
+        f"\nmodel only (LiteRT, 1 thread): median {mo['median_ms']:.2f} ms, p90 {mo['p90_ms']:.2f} ms "
+        f"= {mo['median_ms'] / FLOAT32_FLOOR_MS:.2f}x the float32 floor; serving install {result['install_mb']} MB"
+    )
+    print("\n| target | measured | goal | met |")
+    print("|---|---|---|---|")
+    for key, t in result["targets"].items():
+        print(f"| {key} | {t['measured']} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

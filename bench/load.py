@@ -128,44 +128,65 @@ def _status_kb(pid: int, key: str) -> int:
 
 
 @dataclass
+class Peaks:
+    by_pid: dict[int, int] = field(default_factory=dict)
+    total_kb: int = 0
+
+    def summary(self, root: int) -> dict[str, float]:
+        workers = [kb for pid, kb in self.by_pid.items() if pid != root]
+        return {
+            "master_peak_mb": round(self.by_pid.get(root, 0) / 1024, 1),
+            "worker_peak_mb": round(max(workers, default=0) / 1024, 1),
+            "total_peak_mb": round(self.total_kb / 1024, 1),
+        }
+
+
+@dataclass
 class TreeMemory:
-    """Peak RSS of a process and its children (gunicorn's arbiter and workers), sampled every 50 ms
-    and completed with each process's own high-water mark (VmHWM) when the watch ends."""
+    """Peak RSS of a process and its children (gunicorn's arbiter and workers): sampled every 50 ms
+    and completed with each process's own high-water mark (VmHWM), over the whole watch and over
+    windows that `window()` starts (it resets the kernel's high-water marks through clear_refs)."""
 
     root: int
-    peak_by_pid: dict[int, int] = field(default_factory=dict)
-    peak_total_kb: int = 0
+    overall: Peaks = field(default_factory=Peaks)
+    current: Peaks = field(default_factory=Peaks)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> TreeMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
+    def window(self) -> Peaks:
+        """Start a new window; returns the one that ended."""
+        with self._lock:
+            self._sample()
+            ended, self.current = self.current, Peaks()
+            for pid in [self.root, *children(self.root)]:
+                try:
+                    Path(f"/proc/{pid}/clear_refs").write_text("5")  # 5: reset VmHWM to VmRSS
+                except OSError:
+                    pass
+        return ended
+
     def _sample(self) -> None:
         total = 0
         for pid in [self.root, *children(self.root)]:
             rss = _status_kb(pid, "VmRSS")
-            hwm = _status_kb(pid, "VmHWM")
-            self.peak_by_pid[pid] = max(self.peak_by_pid.get(pid, 0), rss, hwm)
+            peak = max(rss, _status_kb(pid, "VmHWM"))
+            for peaks in (self.overall, self.current):
+                peaks.by_pid[pid] = max(peaks.by_pid.get(pid, 0), peak)
             total += rss
-        self.peak_total_kb = max(self.peak_total_kb, total)
+        for peaks in (self.overall, self.current):
+            peaks.total_kb = max(peaks.total_kb, total)
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self._sample()
+            with self._lock:
+                self._sample()
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
         self._sample()
-
-    def summary(self) -> dict[str, float]:
-        workers = [kb for pid, kb in self.peak_by_pid.items() if pid != self.root]
-        return {
-            "master_peak_mb": round(self.peak_by_pid.get(self.root, 0) / 1024, 1),
-            "worker_peak_mb": round(max(workers, default=0) / 1024, 1),
-            "total_peak_mb": round(self.peak_total_kb / 1024, 1),
-            # Every process at its own peak at once: an upper bound of the total.
-            "sum_of_peaks_mb": round(sum(self.peak_by_pid.values()) / 1024, 1),
-        }

@@ -107,9 +107,11 @@ def measure_server(
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with TreeMemory(proc.pid) as memory:
+        idle = memory.window()
         for image in IMAGES:
             paths = counter_paths(f"{image_base}/{image}")
-            sequential(base, paths, 5)  # warm: sessions, caches, first-request costs
+            memory.window()
+            sequential(base, paths, 5)  # warm: first-request costs
             one = sequential(base, paths, requests)
             loaded, health = saturate(base, paths, args.concurrency, args.seconds)
             ok = [s for s in loaded if s.status == 200]
@@ -118,9 +120,10 @@ def measure_server(
                 "saturated": {**percentiles(loaded), "errors": len(loaded) - len(ok)},
                 "rps": round(len(ok) / args.seconds, 1),
                 "health": percentiles(health),
+                "memory": memory.window().summary(proc.pid),
             }
             print(f"  {name:9} {image:22} c1 p50 {rows[image]['c1']['p50_ms']:7.1f} ms, {rows[image]['rps']:5.1f} rps")
-    return {"images": rows, "memory": memory.summary()}
+    return {"images": rows, "memory": memory.overall.summary(proc.pid), "idle_memory": idle.summary(proc.pid)}
 
 
 def model_only(python: str) -> dict[str, float]:
@@ -244,7 +247,7 @@ def check_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def print_table(result: dict[str, Any]) -> None:
     m = result["machine"]
     print(f"\n{m['cpu']}, {m['cpus']} CPUs; service on CPU {m['service_cpu']}, load on CPU {m['load_cpu']}")
-    header = "| server | image | c=1 p50 | p90 | p99 | saturated p50 | p99 | req/s | /health p99 |"
+    header = "| server | image | c=1 p50 | p90 | p99 | saturated p50 | p99 | req/s | /health p99 | worker RSS |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for name in ("service", "baseline"):
@@ -254,16 +257,17 @@ def print_table(result: dict[str, Any]) -> None:
             c1, sat = row["c1"], row["saturated"]
             print(
                 f"| {name} | {image} | {c1['p50_ms']:.1f} | {c1['p90_ms']:.1f} | {c1['p99_ms']:.1f} | "
-                f"{sat['p50_ms']:.1f} | {sat['p99_ms']:.1f} | {row['rps']:.1f} | {row['health']['p99_ms']:.1f} |"
+                f"{sat['p50_ms']:.1f} | {sat['p99_ms']:.1f} | {row['rps']:.1f} | {row['health']['p99_ms']:.1f} | "
+                f"{row['memory']['worker_peak_mb']:.0f} MB |"
             )
-    print("\n| server | cold start | arbiter peak RSS | worker peak RSS | all processes peak |")
-    print("|---|---|---|---|---|")
+    print("\n| server | cold start | idle worker RSS | arbiter peak RSS | worker peak RSS | all processes peak |")
+    print("|---|---|---|---|---|---|")
     for name in ("service", "baseline"):
         if name in result:
-            mem = result[name]["memory"]
+            mem, idle = result[name]["memory"], result[name]["idle_memory"]
             print(
-                f"| {name} | {result[name]['cold_start_s']:.2f} s | {mem['master_peak_mb']:.0f} MB | "
-                f"{mem['worker_peak_mb']:.0f} MB | {mem['total_peak_mb']:.0f} MB |"
+                f"| {name} | {result[name]['cold_start_s']:.2f} s | {idle['worker_peak_mb']:.0f} MB | "
+                f"{mem['master_peak_mb']:.0f} MB | {mem['worker_peak_mb']:.0f} MB | {mem['total_peak_mb']:.0f} MB |"
             )
     mo = result["model_only"]
     print(

@@ -1,0 +1,83 @@
+"""The benchmark harness works end to end (in miniature), and its inputs are what it claims."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.imageserver import make_images, with_counter
+from bench.load import Sample, percentiles
+from tests.support import REPO, ImageServer
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return make_images()
+
+
+def test_every_request_is_a_new_body_with_the_same_pixels(images: dict[str, bytes]) -> None:
+    assert set(images) == {"jpeg_1000x750", "jpeg_4000x3000", "png_alpha_800x600", "gif_anim_480x360x24"}
+    for name, data in images.items():
+        one, two = with_counter(data, 1), with_counter(data, 2)
+        assert one != two
+        pixels = [np.asarray(Image.open(io.BytesIO(d)).convert("RGBA")) for d in (data, one, two)]
+        assert all(np.array_equal(pixels[0], p) for p in pixels[1:]), name
+    original = Image.open(io.BytesIO(images["gif_anim_480x360x24"]))
+    varied = Image.open(io.BytesIO(with_counter(images["gif_anim_480x360x24"], 7)))
+    assert varied.n_frames == original.n_frames == 24  # the comment goes before the trailer
+    original.seek(23)
+    varied.seek(23)
+    assert np.array_equal(np.asarray(original.convert("RGB")), np.asarray(varied.convert("RGB")))
+    assert Image.open(io.BytesIO(images["png_alpha_800x600"])).mode == "RGBA"
+
+
+def test_percentiles_count_only_successes() -> None:
+    samples = [Sample(0, ms / 1e3, 200) for ms in range(1, 101)] + [Sample(0, 9.0, 503)]
+    assert percentiles(samples) == {"p50_ms": 50.5, "p90_ms": 90.1, "p99_ms": 99.01}
+
+
+@pytest.mark.slow
+def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.serve` in miniature, against the serving virtualenv as deployed."""
+    serve_python = os.environ.get("TEST_SERVING_PYTHON")
+    if not serve_python:
+        if os.environ.get("CI"):
+            pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
+        pytest.skip("needs .venv-serve (scripts/test makes it)")
+    out = tmp_path / "result.json"
+    args = ["--no-baseline", "--seconds", "1", "--requests", "3", "--out", str(out)]
+    serve_venv = Path(serve_python).parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "bench.serve", *args, "--serve-venv", str(serve_venv)],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    for image, row in result["service"]["images"].items():
+        assert row["c1"]["errors"] == 0 and row["saturated"]["errors"] == 0, image
+        assert row["rps"] > 0 and row["memory"]["worker_peak_mb"] > 0
+    assert result["service"]["cold_start_s"] > 0 and result["model_only"]["median_ms"] > 0
+    assert set(result["targets"]) >= {"jpeg_1000x750_rps", "worker_peak_mb", "install_mb"}
+
+
+@pytest.mark.tensorflow
+def test_the_baseline_is_nsfw_flasks_path_with_the_same_weights(image_server: ImageServer, reference: Path) -> None:
+    """bench.baseline_app (Keras load_img + model.predict) agrees with GantMan's pipeline reference."""
+    from bench import baseline_app
+
+    name = "068_lighthouse.jpg"
+    url = image_server.add_file("/a.jpg", (reference / "corpus" / name).read_bytes())
+    scores = baseline_app.app.test_client().post(f"/predict?url={url}").get_json()
+    pipelines = json.loads((reference / "nsfwjs_mobilenet_v2_pipelines.json").read_text())["pipelines"]
+    got = np.array([scores[c] for c in baseline_app.CLASSES])
+    assert np.abs(got - np.array(pipelines["gantman_keras"][name])).max() <= 1e-3

@@ -1,5 +1,7 @@
 """gunicorn settings for every deployment (Procfile, .do/app.yaml, Dockerfile): `gunicorn app:app`."""
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from typing import Any
@@ -40,3 +42,22 @@ def post_worker_init(worker: Any) -> None:
             worker.cfg.threads,
         )
         sys.exit(WORKER_BOOT_ERROR)
+
+
+# glibc's mallopt parameter for the size above which malloc maps memory of its own (man mallopt).
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Buffers of 4 MiB and more (decoded images) go back to the OS when freed.
+
+    By default glibc raises its mmap threshold after the first large free, and later decodes land in
+    per-thread arenas that keep the memory: bench.serve measured workers idling at 137 MB after a
+    4000x3000 JPEG, with 200 MB peaks, instead of 108 MB and 158 MB with a fixed threshold. A no-op
+    where the C library is not glibc.
+    """
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)

@@ -2,7 +2,8 @@
 
 Endpoints:
 - `POST|GET /predict?url=<http(s) URL>[&resize=nsfwjs|gantman]`: the five scores as a flat JSON
-  object (NSFW-FLASK's shape). The URL may also come as JSON `{"url": ...}` or a form field.
+  object (NSFW-FLASK's shape). The URL may also come as JSON `{"url": ...}` or a form field; or the
+  image itself: a multipart file `image`, a raw `image/*` body, or JSON `{"image_base64": ...}`.
 - `GET /health`: 200 `{"status": "ok", ...}` once the model is loaded and warmed; 503 before. It does
   no network and no inference, so it never waits behind predictions.
 Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors.
@@ -10,13 +11,18 @@ Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
-from typing import Any
+import re
+from typing import IO, Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nsfw import errors
+from nsfw.config import Settings
 from nsfw.imaging import RESIZE_MODES
 from nsfw.service import PredictionService
 
@@ -35,9 +41,54 @@ def _one(values: list[str], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _request_url() -> str:
-    """The url from the query string, a JSON body or a form field; exactly one of them, once."""
-    found: list[str] = request.args.getlist("url")
+_DATA_URI = re.compile(r"data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.I)
+_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _body_limit(settings: Settings) -> int:
+    """The cap of this request's body, by what it carries: an image, or a few fields."""
+    mimetype = request.mimetype
+    if mimetype.startswith("image/"):
+        return settings.max_bytes
+    if mimetype == "multipart/form-data":
+        return settings.max_bytes + settings.max_request_bytes
+    if request.is_json:  # may carry image_base64: 4 characters per 3 bytes
+        return -(-settings.max_bytes // 3) * 4 + settings.max_request_bytes
+    return settings.max_request_bytes
+
+
+@bp.before_app_request
+def _limit_the_body() -> None:
+    """Each body is capped by what it carries, and refused with 413 before it is read whole.
+
+    A chunked body (no Content-Length) that reaches the cap is refused here too: Werkzeug stops
+    reading such a stream at the cap and returns what it has (one byte of slack: exactly-the-cap
+    counts as over)."""
+    limit = request.max_content_length = _body_limit(_service().settings)
+    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
+        return
+    if len(request.get_data(cache=True)) >= limit:
+        raise errors.PayloadTooLarge(f"streamed body reached {limit} bytes")
+
+
+def _decode_base64(value: object) -> IO[bytes]:
+    if not isinstance(value, str):
+        raise errors.InvalidBase64("image_base64 is not a string")
+    text = "".join(_DATA_URI.sub("", value.strip(), count=1).split())  # a data: URI, line breaks
+    if len(text) // 4 * 3 > _service().settings.max_bytes:
+        raise errors.ImageTooLarge(f"image_base64 of {len(text)} characters")
+    try:
+        data = base64.b64decode(text.translate(_URLSAFE), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise errors.InvalidBase64(str(exc)) from None
+    return io.BytesIO(data)
+
+
+def _request_image() -> tuple[str | None, IO[bytes] | None]:
+    """The one image of this request: a url (query, JSON or form), a multipart upload named image,
+    a raw image/* body, or JSON image_base64. Exactly one, once."""
+    urls: list[str] = request.args.getlist("url")
+    images: list[IO[bytes]] = []
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
@@ -45,30 +96,26 @@ def _request_url() -> str:
         if "url" in body:
             if not isinstance(body["url"], str):
                 raise errors.InvalidUrl("url is not a string")
-            found.append(body["url"])
+            urls.append(body["url"])
+        if "image_base64" in body:
+            images.append(_decode_base64(body["image_base64"]))
     elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        found += request.form.getlist("url")
+        urls += request.form.getlist("url")
+        images += [upload.stream for upload in request.files.getlist("image")]
+    elif request.mimetype.startswith("image/"):
+        images.append(io.BytesIO(request.get_data()))
     elif request.content_length or request.headers.get("Transfer-Encoding"):
         # HOSTILE_INPUTS.md: a body where none is expected is a 413, as if its cap were zero.
         raise errors.PayloadTooLarge(f"unexpected body of type {request.mimetype or 'unknown'}")
-    if len(found) > 1:
+    if len(urls) > 1:
         raise errors.InvalidUrl("url given more than once")
-    if not found or not found[0]:
+    if urls and images or len(images) > 1:
+        raise errors.TooManyImages(f"{len(urls)} urls and {len(images)} images")
+    if images:
+        return None, images[0]
+    if not urls or not urls[0]:
         raise errors.MissingUrl()
-    return found[0]
-
-
-@bp.before_app_request
-def _refuse_oversized_streams() -> None:
-    """A chunked body (no Content-Length) over the cap is a 413, not silently cut at it.
-
-    Werkzeug stops reading such a stream at MAX_CONTENT_LENGTH and returns what it has, so a body
-    that reaches the cap is refused here (one byte of slack: exactly-the-cap counts as over)."""
-    if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
-        return
-    limit = request.max_content_length
-    if limit is not None and len(request.get_data(cache=True)) >= limit:
-        raise errors.PayloadTooLarge(f"streamed body reached {limit} bytes")
+    return urls[0], None
 
 
 @bp.route("/predict", methods=["GET", "POST"])
@@ -77,7 +124,11 @@ def predict() -> Response:
     resize = _one(request.args.getlist("resize"), "resize")
     if resize is not None and resize not in RESIZE_MODES:
         raise errors.BadRequest(f"resize={resize!r}")
-    return jsonify(service.predict_url(_request_url(), resize=resize))
+    url, image = _request_image()
+    if image is not None:
+        return jsonify(service.predict_image(image, resize=resize))
+    assert url is not None  # _request_image gives one or the other
+    return jsonify(service.predict_url(url, resize=resize))
 
 
 @bp.route("/health", methods=["GET"])

@@ -63,7 +63,8 @@ class Settings:
     # Largest total of PNG text metadata (tEXt/zTXt/iTXt) decoded per image, in bytes; a compressed
     # text bomb past it is a 422.
     max_metadata_bytes: int = 1024 * 1024
-    # Largest request body accepted, in bytes (JSON or form carrying a URL).
+    # Largest request body of fields alone (a URL in JSON or a form), in bytes; bodies carrying an
+    # image may add NSFW_MAX_BYTES (in base64 for JSON) to it.
     max_request_bytes: int = 64 * 1024
     # Log level of the nsfw logger.
     log_level: str = "INFO"

@@ -37,12 +37,22 @@ class InvalidUrl(BadRequest):
 
 class MissingUrl(InvalidUrl):
     code = "missing_url"
-    message = "Give the image as a url parameter."
+    message = "Give the image as a url, an upload named image, a raw image body, or image_base64."
 
 
 class UrlSchemeNotAllowed(InvalidUrl):
     code = "url_scheme_not_allowed"
     message = "Only http and https URLs are fetched."
+
+
+class InvalidBase64(BadRequest):
+    code = "invalid_base64"
+    message = "image_base64 is not valid base64."
+
+
+class TooManyImages(BadRequest):
+    code = "too_many_images"
+    message = "Give exactly one image: a url, an upload, a raw body or image_base64."
 
 
 class UrlNotAllowed(BadRequest):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
 
 import numpy as np
 
 from nsfw.config import Settings
-from nsfw.errors import Overloaded, Unavailable
+from nsfw.errors import ImageTooLarge, InvalidImage, Overloaded, Unavailable
 from nsfw.fetch import Fetcher, FetchPolicy
 from nsfw.imaging import preprocess
 from nsfw.model import Classifier
@@ -57,20 +60,41 @@ class PredictionService:
         """One row of model output -> the flat {class: probability} dict of NSFW-FLASK."""
         return {name: float(p) for name, p in zip(self.classifier.spec.classes, probabilities, strict=True)}
 
-    def predict_url(self, url: str, *, resize: str | None = None) -> dict[str, float]:
-        """Fetch url and classify the image; raises NsfwError subclasses on every failure."""
-        classifier = self.classifier  # 503 before the model is ready, before any fetch
+    @contextmanager
+    def _admitted(self) -> Iterator[Classifier]:
+        """A prediction slot of this worker, or a fast 503; 503 too before the model is ready."""
+        classifier = self.classifier
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"{self.settings.max_in_flight} predictions in flight")
         try:
-            with self.fetcher.fetch(url) as body, self._compute:
-                tensor = preprocess(
-                    body,
-                    size=classifier.spec.input_size,
-                    mode=resize or self.settings.resize,
-                    max_pixels=self.settings.max_pixels,
-                )
-                probabilities = classifier.predict(tensor[None])[0]
+            yield classifier
         finally:
             self._slots.release()
+
+    def _classify(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> dict[str, float]:
+        with self._compute:
+            tensor = preprocess(
+                body,
+                size=classifier.spec.input_size,
+                mode=resize or self.settings.resize,
+                max_pixels=self.settings.max_pixels,
+            )
+            probabilities = classifier.predict(tensor[None])[0]
         return self.scores(probabilities)
+
+    def predict_url(self, url: str, *, resize: str | None = None) -> dict[str, float]:
+        """Fetch url and classify the image; raises NsfwError subclasses on every failure."""
+        with self._admitted() as classifier, self.fetcher.fetch(url) as body:
+            return self._classify(classifier, body, resize)
+
+    def predict_image(self, body: IO[bytes], *, resize: str | None = None) -> dict[str, float]:
+        """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
+        with self._admitted() as classifier:
+            body.seek(0, 2)
+            size = body.tell()
+            if size > self.settings.max_bytes:
+                raise ImageTooLarge(f"upload of {size} bytes")
+            if size == 0:
+                raise InvalidImage("empty upload")
+            body.seek(0)
+            return self._classify(classifier, body, resize)

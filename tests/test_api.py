@@ -124,7 +124,13 @@ def _error_cases(server: ImageServer) -> list[tuple[str, str, dict, int, str]]:
         ("POST", f"/predict?url={server.url('/page.jpg')}", {}, 422, "invalid_image"),
         ("POST", f"/predict?url={server.url('/empty.jpg')}", {}, 422, "invalid_image"),
         ("POST", f"/predict?url={server.url('/doc.tif')}", {}, 422, "unsupported_image_format"),
-        ("POST", "/predict", {"data": b"x" * 70_000, "content_type": "application/json"}, 413, "payload_too_large"),
+        (
+            "POST",
+            "/predict",
+            {"data": b"x" * 70_000, "content_type": "application/x-www-form-urlencoded"},
+            413,
+            "payload_too_large",
+        ),
         (
             "POST",
             f"/predict?url={good}",

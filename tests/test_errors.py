@@ -30,6 +30,8 @@ def test_status_table_of_style_md() -> None:
         "bad_request": 400,
         "invalid_url": 400,
         "missing_url": 400,
+        "invalid_base64": 400,
+        "too_many_images": 400,
         "url_scheme_not_allowed": 400,
         "url_not_allowed": 400,
         "url_port_not_allowed": 400,

@@ -717,11 +717,13 @@ def test_the_http_surface_answers_json_with_the_table_status(image_server: Image
             "payload_too_large",
         ),
         (client.get(f"/predict?url={url}", data=b"x", content_type="text/plain"), 413, "payload_too_large"),
-        (client.post("/predict", data=b"{" * 100_000, content_type="application/json"), 413, "payload_too_large"),
+        # JSON may carry image_base64, so its cap is NSFW_MAX_BYTES in base64 plus NSFW_MAX_REQUEST_BYTES.
+        (client.post("/predict", data=b"{" * (15 * MiB), content_type="application/json"), 413, "payload_too_large"),
+        (client.post("/predict", data=b"x" * 70_000, content_type="text/x-www-form"), 413, "payload_too_large"),
         (
             client.post(  # chunked, no Content-Length; gunicorn marks such a body input_terminated
                 "/predict",
-                input_stream=io.BytesIO(b"a" * 100_000),
+                input_stream=io.BytesIO(b"a" * (15 * MiB)),
                 content_type="application/json",
                 headers={"Transfer-Encoding": "chunked"},
                 environ_overrides={"wsgi.input_terminated": True},

@@ -60,6 +60,9 @@ class Settings:
     # with Retry-After instead of a queue. Keep it below gunicorn's threads (8), so /health and the
     # 503s always find a free thread; the worker refuses to boot otherwise.
     max_in_flight: int = 4
+    # Frames classified per animation (GIF, WebP, APNG), spread from the first to the last; the
+    # answer is the frame with the highest hentai + porn + sexy. 1 classifies the first frame only.
+    max_frames: int = 8
     # Largest total of PNG text metadata (tEXt/zTXt/iTXt) decoded per image, in bytes; a compressed
     # text bomb past it is a 422.
     max_metadata_bytes: int = 1024 * 1024
@@ -103,6 +106,7 @@ class Settings:
             ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
             ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
             ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
+            ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
             ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),

@@ -131,20 +131,50 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(fp: IO[bytes], *, max_pixels: int, apply_exif: bool = True) -> Image.Image:
-    """Bytes -> RGB image (first frame), or raise an InvalidImage subclass. Truncated files fail."""
+def frame_indices(n_frames: int, max_frames: int) -> list[int]:
+    """Up to max_frames indices spread evenly from the first frame to the last, both included."""
+    if n_frames <= 1 or max_frames <= 1:
+        return [0]
+    count = min(n_frames, max_frames)
+    return sorted({round(i * (n_frames - 1) / (count - 1)) for i in range(count)})
+
+
+def decode_frames(fp: IO[bytes], *, max_pixels: int, max_frames: int = 1, apply_exif: bool = True) -> list[Image.Image]:
+    """Bytes -> RGB images of up to max_frames frames spread over an animation (GIF, WebP, APNG).
+
+    Seeking to a frame decodes every frame before it (each is drawn over the last), so the frames
+    are spread over as much of the animation as max_pixels of decoded frame area allow, in total:
+    all of a 5000-frame 32x32 GIF, the first 231 frames of a 480x360 one. Raises an InvalidImage
+    subclass for anything Pillow cannot decode; truncated files fail.
+    """
     img = open_image(fp, max_pixels=max_pixels)
     try:
-        img.load()
-        if apply_exif:
-            img = _exif_upright(img)
-        rgb = to_rgb(img)
-        rgb.load()
+        n_frames = getattr(img, "n_frames", 1) if max_frames > 1 else 1
+        reachable = max(1, max_pixels // (img.width * img.height))
+        frames = []
+        indices = frame_indices(min(n_frames, reachable), max_frames)
+        for index in indices:
+            if index:
+                img.seek(index)
+            img.load()
+            frame = _exif_upright(img) if apply_exif else img
+            rgb = to_rgb(frame)
+            # A later seek redraws img in place: a frame that is img itself is copied, unless last.
+            frames.append(rgb.copy() if rgb is img and index != indices[-1] else rgb)
+        for frame in frames:
+            frame.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooManyPixels(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile input; all are 422
         raise InvalidImage(f"{type(exc).__name__}: {exc}") from None
-    return rgb
+    if n_frames > reachable:
+        log.info("animation of %d frames: sampled the first %d within %d pixels", n_frames, reachable, max_pixels)
+    return frames
+
+
+def decode(fp: IO[bytes], *, max_pixels: int, apply_exif: bool = True) -> Image.Image:
+    """Bytes -> RGB image of the first frame, or raise an InvalidImage subclass."""
+    return decode_frames(fp, max_pixels=max_pixels, apply_exif=apply_exif)[0]
 
 
 def resize_nsfwjs(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -231,11 +261,21 @@ def resize_gantman(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / np.float32(255)
 
 
-def preprocess(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_exif: bool = True) -> np.ndarray:
-    """Image bytes -> float32 [size, size, 3] model input, by the named resize mode."""
-    rgb = decode(fp, max_pixels=max_pixels, apply_exif=apply_exif)
+def _resize(rgb: Image.Image, size: int, mode: str) -> np.ndarray:
     if mode == "nsfwjs":
         return resize_nsfwjs_image(rgb, size)
     if mode == "gantman":
         return resize_gantman(rgb, size)
     raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def preprocess(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_exif: bool = True) -> np.ndarray:
+    """Image bytes -> float32 [size, size, 3] model input of the first frame, by the named resize mode."""
+    return _resize(decode(fp, max_pixels=max_pixels, apply_exif=apply_exif), size, mode)
+
+
+def preprocess_frames(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, max_frames: int) -> np.ndarray:
+    """Image bytes -> float32 [frames, size, size, 3]: the first frame, and for an animation up to
+    max_frames frames spread over it (decode_frames)."""
+    frames = decode_frames(fp, max_pixels=max_pixels, max_frames=max_frames)
+    return np.stack([_resize(frame, size, mode) for frame in frames])

@@ -12,7 +12,7 @@ import numpy as np
 from nsfw.config import Settings
 from nsfw.errors import ImageTooLarge, InvalidImage, Overloaded, Unavailable
 from nsfw.fetch import Fetcher, FetchPolicy
-from nsfw.imaging import preprocess
+from nsfw.imaging import preprocess_frames
 from nsfw.model import Classifier
 
 
@@ -27,6 +27,17 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         allowed_ports=settings.allowed_ports,
         allowed_networks=settings.allowed_networks,
     )
+
+
+# The classes whose sum ranks frames: an animation scores as its least safe frame, so a harmless
+# first frame cannot hide the rest.
+UNSAFE_CLASSES = ("hentai", "porn", "sexy")
+
+
+def worst_frame(classes: tuple[str, ...], probabilities: np.ndarray) -> int:
+    """Index of the row with the highest hentai + porn + sexy (the first, on a tie)."""
+    unsafe = [classes.index(name) for name in UNSAFE_CLASSES if name in classes]
+    return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 
 class PredictionService:
@@ -73,14 +84,15 @@ class PredictionService:
 
     def _classify(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> dict[str, float]:
         with self._compute:
-            tensor = preprocess(
+            frames = preprocess_frames(
                 body,
                 size=classifier.spec.input_size,
                 mode=resize or self.settings.resize,
                 max_pixels=self.settings.max_pixels,
+                max_frames=self.settings.max_frames,
             )
-            probabilities = classifier.predict(tensor[None])[0]
-        return self.scores(probabilities)
+            probabilities = classifier.predict(frames)
+        return self.scores(probabilities[worst_frame(classifier.spec.classes, probabilities)])
 
     def predict_url(self, url: str, *, resize: str | None = None) -> dict[str, float]:
         """Fetch url and classify the image; raises NsfwError subclasses on every failure."""

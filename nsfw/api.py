@@ -4,6 +4,8 @@ Endpoints:
 - `POST|GET /predict?url=<http(s) URL>[&resize=nsfwjs|gantman]`: the five scores as a flat JSON
   object (NSFW-FLASK's shape). The URL may also come as JSON `{"url": ...}` or a form field; or the
   image itself: a multipart file `image`, a raw `image/*` body, or JSON `{"image_base64": ...}`.
+- `POST /predict/batch` with JSON `{"items": [{"url": ...} | {"image_base64": ...}, ...]}`:
+  `{"results": [...]}` in the same order, each the flat scores or that item's own error.
 - `GET /health`: 200 `{"status": "ok", ...}` once the model is loaded and warmed; 503 before. It does
   no network and no inference, so it never waits behind predictions.
 Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors.
@@ -24,7 +26,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from nsfw import errors
 from nsfw.config import Settings
 from nsfw.imaging import RESIZE_MODES
-from nsfw.service import PredictionService
+from nsfw.service import BatchItem, PredictionService
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -52,6 +54,8 @@ def _body_limit(settings: Settings) -> int:
         return settings.max_bytes
     if mimetype == "multipart/form-data":
         return settings.max_bytes + settings.max_request_bytes
+    if request.endpoint == "api.predict_batch":
+        return settings.max_batch_bytes
     if request.is_json:  # may carry image_base64: 4 characters per 3 bytes
         return -(-settings.max_bytes // 3) * 4 + settings.max_request_bytes
     return settings.max_request_bytes
@@ -129,6 +133,38 @@ def predict() -> Response:
         return jsonify(service.predict_image(image, resize=resize))
     assert url is not None  # _request_image gives one or the other
     return jsonify(service.predict_url(url, resize=resize))
+
+
+def _batch_item(raw: object) -> BatchItem:
+    """One item of a batch as the service takes it; a malformed item carries its own error."""
+    try:
+        if not isinstance(raw, dict) or len({"url", "image_base64"} & raw.keys()) != 1:
+            raise errors.TooManyImages("a batch item needs exactly one of url and image_base64")
+        if "image_base64" in raw:
+            return BatchItem(image=_decode_base64(raw["image_base64"]))
+        url = raw["url"]
+        if not isinstance(url, str):
+            raise errors.InvalidUrl("url is not a string")
+        if not url:
+            raise errors.MissingUrl()
+        return BatchItem(url=url)
+    except errors.NsfwError as exc:
+        return BatchItem(error=exc)
+
+
+@bp.route("/predict/batch", methods=["POST"])
+def predict_batch() -> Response:
+    service = _service()
+    resize = _one(request.args.getlist("resize"), "resize")
+    if resize is not None and resize not in RESIZE_MODES:
+        raise errors.BadRequest(f"resize={resize!r}")
+    body = request.get_json(silent=True) if request.is_json else None
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise errors.BadRequest('the body must be JSON {"items": [...]}')
+    items = body["items"]
+    if len(items) > service.settings.max_batch:
+        raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
+    return jsonify({"results": service.predict_batch([_batch_item(raw) for raw in items], resize=resize)})
 
 
 @bp.route("/health", methods=["GET"])

@@ -60,6 +60,14 @@ class Settings:
     # with Retry-After instead of a queue. Keep it below gunicorn's threads (8), so /health and the
     # 503s always find a free thread; the worker refuses to boot otherwise.
     max_in_flight: int = 4
+    # Items one POST /predict/batch may carry.
+    max_batch: int = 32
+    # Largest /predict/batch body, in bytes (items may carry image_base64).
+    max_batch_bytes: int = 32 * 1024 * 1024
+    # Seconds for a whole batch; items whose fetch has not ended by then answer upstream_timeout.
+    batch_timeout: float = 20.0
+    # Items of one batch fetched and decoded at once (decoding and inference still run one at a time).
+    batch_concurrency: int = 4
     # Frames classified per animation (GIF, WebP, APNG), spread from the first to the last; the
     # answer is the frame with the highest hentai + porn + sexy. 1 classifies the first frame only.
     max_frames: int = 8
@@ -107,6 +115,10 @@ class Settings:
             ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
             ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
             ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
+            ("max_batch", 1 <= self.max_batch <= 1024, "must be 1..1024"),
+            ("max_batch_bytes", 1024 <= self.max_batch_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
+            ("batch_timeout", 0 < self.batch_timeout <= 600, "must be in (0, 600]"),
+            ("batch_concurrency", 1 <= self.batch_concurrency <= 64, "must be 1..64"),
             ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),

@@ -55,6 +55,11 @@ class TooManyImages(BadRequest):
     message = "Give exactly one image: a url, an upload, a raw body or image_base64."
 
 
+class TooManyItems(BadRequest):
+    code = "too_many_items"
+    message = "The batch has more items than allowed."
+
+
 class UrlNotAllowed(BadRequest):
     code = "url_not_allowed"
     message = "The url points to a destination that is not allowed."

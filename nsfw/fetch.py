@@ -348,9 +348,11 @@ class Fetcher:
         self._guard = _Guard(policy, resolver, ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve"))
         self._watchdog = _Watchdog()
 
-    def fetch(self, url: str) -> IO[bytes]:
-        """The image bytes, rewound, in a SpooledTemporaryFile the caller must close."""
-        deadline = _current.deadline = _Deadline(self.policy.download_timeout)
+    def fetch(self, url: str, *, timeout: float | None = None) -> IO[bytes]:
+        """The image bytes, rewound, in a SpooledTemporaryFile the caller must close; within the
+        policy's download timeout, or `timeout` seconds if that is shorter (a batch's time left)."""
+        seconds = self.policy.download_timeout if timeout is None else min(timeout, self.policy.download_timeout)
+        deadline = _current.deadline = _Deadline(seconds)
         self._watchdog.add(deadline)
         try:
             for _hop in range(self.policy.max_redirects + 1):

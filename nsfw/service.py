@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, Any
 
 import numpy as np
 
 from nsfw.config import Settings
-from nsfw.errors import ImageTooLarge, InvalidImage, Overloaded, Unavailable
+from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError, Overloaded, Unavailable, UpstreamTimeout
 from nsfw.fetch import Fetcher, FetchPolicy
 from nsfw.imaging import preprocess_frames
 from nsfw.model import Classifier
@@ -27,6 +31,18 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         allowed_ports=settings.allowed_ports,
         allowed_networks=settings.allowed_networks,
     )
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One item of a batch: a url, an image, or the error that reading the item already met."""
+
+    url: str | None = None
+    image: IO[bytes] | None = None
+    error: NsfwError | None = None
 
 
 # The classes whose sum ranks frames: an animation scores as its least safe frame, so a harmless
@@ -52,6 +68,8 @@ class PredictionService:
         # Decoding and inference run one at a time per worker: on one vCPU more would only
         # interleave, and it bounds memory to one decoded image per worker. Downloads overlap.
         self._compute = threading.Lock()
+        # Batch items overlap their downloads here, a bounded pool per worker (not per request).
+        self._batch_pool = ThreadPoolExecutor(settings.batch_concurrency, thread_name_prefix="batch")
 
     def set_classifier(self, classifier: Classifier) -> None:
         """Called once, when the model is loaded and warmed (maybe from the loader thread)."""
@@ -102,11 +120,40 @@ class PredictionService:
     def predict_image(self, body: IO[bytes], *, resize: str | None = None) -> dict[str, float]:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
         with self._admitted() as classifier:
-            body.seek(0, 2)
-            size = body.tell()
-            if size > self.settings.max_bytes:
-                raise ImageTooLarge(f"upload of {size} bytes")
-            if size == 0:
-                raise InvalidImage("empty upload")
-            body.seek(0)
-            return self._classify(classifier, body, resize)
+            return self._classify_upload(classifier, body, resize)
+
+    def _classify_upload(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> dict[str, float]:
+        body.seek(0, 2)
+        size = body.tell()
+        if size > self.settings.max_bytes:
+            raise ImageTooLarge(f"upload of {size} bytes")
+        if size == 0:
+            raise InvalidImage("empty upload")
+        body.seek(0)
+        return self._classify(classifier, body, resize)
+
+    def predict_batch(self, items: Sequence[BatchItem], *, resize: str | None = None) -> list[dict[str, Any]]:
+        """Every item's flat scores or its own {"error": ...}, in order. One admission slot for the
+        batch; downloads overlap (NSFW_BATCH_CONCURRENCY) under one deadline (NSFW_BATCH_TIMEOUT)."""
+        with self._admitted() as classifier:
+            deadline = time.monotonic() + self.settings.batch_timeout
+
+            def one(item: BatchItem) -> dict[str, Any]:
+                try:
+                    if item.error is not None:
+                        raise item.error
+                    if item.image is not None:
+                        return self._classify_upload(classifier, item.image, resize)
+                    left = deadline - time.monotonic()
+                    if left <= 0 or item.url is None:
+                        raise UpstreamTimeout("batch deadline passed before this item started")
+                    with self.fetcher.fetch(item.url, timeout=left) as body:
+                        return self._classify(classifier, body, resize)
+                except NsfwError as exc:
+                    log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
+                    return exc.to_dict()
+                except Exception as exc:  # noqa: BLE001 - one item's bug must not sink the batch
+                    log.exception("batch item failed unexpectedly")
+                    return NsfwError(repr(exc)).to_dict()
+
+            return list(self._batch_pool.map(one, items))

@@ -55,6 +55,13 @@ class TooManyImages(BadRequest):
     message = "Give exactly one image: a url, an upload, a raw body or image_base64."
 
 
+class UnreadableFile(BadRequest):
+    """The command line's own: a path that does not exist or cannot be read."""
+
+    code = "unreadable_file"
+    message = "The file could not be read."
+
+
 class TooManyItems(BadRequest):
     code = "too_many_items"
     message = "The batch has more items than allowed."

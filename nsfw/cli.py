@@ -1,0 +1,77 @@
+"""The command line: `python -m nsfw PATH_OR_URL...` classifies files, folders and URLs.
+
+One JSON line per image on stdout, in input order: `{"input": ..., <the five scores>}` or
+`{"input": ..., "error": {"code", "message"}}`, exactly what the HTTP API answers for that image
+(same settings from NSFW_*, same limits, same decoding). Folders are walked recursively for image
+files (.jpg .jpeg .png .gif .webp .bmp), in sorted order. A progress bar goes to stderr when it is a
+terminal. Exit status: 0 when every image was classified, 1 when any failed, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from nsfw import errors
+from nsfw.config import ConfigError, Settings
+from nsfw.fetch import Fetcher
+from nsfw.imaging import RESIZE_MODES, harden_pillow
+from nsfw.model import load_classifier
+from nsfw.service import PredictionService, fetch_policy
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"})
+
+
+def inputs(args: Sequence[str]) -> Iterator[str]:
+    """Each argument; a folder expands to the image files under it, sorted."""
+    for arg in args:
+        path = Path(arg)
+        if "://" not in arg and path.is_dir():
+            found = (p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from (str(p) for p in sorted(found) if not any(part.startswith(".") for part in p.parts))
+        else:
+            yield arg
+
+
+def classify(service: PredictionService, item: str, resize: str | None) -> dict[str, Any]:
+    try:
+        if "://" in item:
+            return service.predict_url(item, resize=resize)
+        try:
+            with open(item, "rb") as body:
+                return service.predict_image(body, resize=resize)
+        except OSError as exc:
+            raise errors.UnreadableFile(f"{item}: {exc}") from None
+    except errors.NsfwError as exc:
+        return exc.to_dict()
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nsfw", description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files, folders, http(s) URLs")
+    parser.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (default NSFW_RESIZE)")
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
+    service = PredictionService(settings, Fetcher(fetch_policy(settings)))
+    service.set_classifier(load_classifier(settings))
+    items = list(inputs(args.inputs))
+    show = args.progress == "always" or args.progress == "auto" and sys.stderr.isatty() and len(items) > 1
+    failed = 0
+    for item in tqdm(items, disable=not show, unit="image", file=sys.stderr):
+        result = classify(service, item, args.resize)
+        failed += "error" in result
+        out.write(json.dumps({"input": item, **result}) + "\n")
+        out.flush()
+    return 1 if failed else 0

@@ -1,0 +1,88 @@
+"""`python -m nsfw`: files, folders and URLs, one JSON line each, the HTTP API's scores and errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from nsfw.cli import main
+from tests.support import CORPUS, MESSAGES, REPO, ImageServer, corpus_bytes
+
+
+@pytest.fixture()
+def env(image_server: ImageServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSFW_ALLOWED_NETWORKS", "127.0.0.1/32")
+    monkeypatch.setenv("NSFW_ALLOWED_PORTS", f"80,443,{image_server.port}")
+
+
+def _run(args: list[str]) -> tuple[int, list[dict]]:
+    out = io.StringIO()
+    status = main(args, out=out)
+    return status, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_files_folders_and_urls_give_the_http_apis_answers(
+    env: None, tmp_path: Path, image_server: ImageServer, client: FlaskClient
+) -> None:
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    shutil.copy(CORPUS / "004_coffee.png", folder / "b.png")
+    shutil.copy(CORPUS / "018_grace_hopper.jpg", folder / "nested" / "a.jpg")
+    (folder / "notes.txt").write_text("not an image, and not picked from a folder")
+    (folder / ".hidden.jpg").write_bytes(b"skipped")
+    url = image_server.add_file("/l.jpg", corpus_bytes("068_lighthouse.jpg"))
+    tiff = str(CORPUS / "122_v_squirrel_cmyk.tif")
+    status, lines = _run([str(folder), url, str(tmp_path / "missing.jpg"), tiff])
+    assert status == 1  # some failed
+    assert [line["input"] for line in lines] == [
+        str(folder / "b.png"),
+        str(folder / "nested" / "a.jpg"),
+        url,
+        str(tmp_path / "missing.jpg"),
+        tiff,
+    ]
+    for line, name in zip(lines[:3], ["004_coffee.png", "018_grace_hopper.jpg", "068_lighthouse.jpg"], strict=True):
+        http = client.post("/predict", data=corpus_bytes(name), content_type="image/png").get_json()
+        assert {k: v for k, v in line.items() if k != "input"} == http
+    assert lines[3]["error"] == {"code": "unreadable_file", "message": MESSAGES["unreadable_file"]}
+    assert lines[4]["error"]["code"] == "unsupported_image_format"
+
+
+def test_all_good_is_exit_0_and_refusals_are_the_apis(env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    status, lines = _run([str(CORPUS / "068_lighthouse.jpg"), "--progress", "never"])
+    assert status == 0 and "neutral" in lines[0]
+    status, lines = _run(["http://169.254.169.254/latest/meta-data/", "file:///etc/passwd"])
+    assert status == 1
+    assert [line["error"]["code"] for line in lines] == ["url_not_allowed", "url_scheme_not_allowed"]
+
+
+def test_the_progress_bar_shows_on_request_and_stays_off_when_not_a_terminal(
+    env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = [str(CORPUS / "068_lighthouse.jpg")] * 3
+    _run(photos)
+    assert "image" not in capsys.readouterr().err  # stderr is not a terminal here
+    _run([*photos, "--progress", "always"])
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_the_module_runs_with_the_serving_dependencies_only() -> None:
+    python = os.environ.get("TEST_SERVING_PYTHON", sys.executable)
+    result = subprocess.run(
+        [python, "-m", "nsfw", str(CORPUS / "068_lighthouse.jpg")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["neutral"] > 0.5

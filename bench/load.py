@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +32,14 @@ class Client:
         self._timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str) -> Sample:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> Sample:
         started = time.perf_counter()
         try:
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
-            self._conn.request(method, path)
+            self._conn.request(method, path, body=body, headers=headers or {})
             response = self._conn.getresponse()
             response.read()
             status = response.status
@@ -53,16 +56,20 @@ class Client:
             self._conn = None
 
 
-def sequential(base: str, path: Callable[[], str], count: int) -> list[Sample]:
+# What one request sends: path, body and headers (always a POST).
+Request = tuple[str, bytes | None, dict[str, str]]
+
+
+def sequential(base: str, make: Callable[[], Request], count: int) -> list[Sample]:
     client = Client(base)
     try:
-        return [client.request("POST", path()) for _ in range(count)]
+        return [client.request("POST", *make()) for _ in range(count)]
     finally:
         client.close()
 
 
 def saturate(
-    base: str, path: Callable[[], str], concurrency: int, seconds: float, health_every: float = 0.05
+    base: str, make: Callable[[], Request], concurrency: int, seconds: float, health_every: float = 0.05
 ) -> tuple[list[Sample], list[Sample]]:
     """`concurrency` clients posting back to back for `seconds`, and one probing /health meanwhile."""
     stop_at = time.perf_counter() + seconds
@@ -72,7 +79,7 @@ def saturate(
     def post() -> None:
         client = Client(base)
         while time.perf_counter() < stop_at:
-            samples.append(client.request("POST", path()))
+            samples.append(client.request("POST", *make()))
         client.close()
 
     def probe() -> None:
@@ -90,6 +97,16 @@ def saturate(
     return samples, health
 
 
+def throughput(samples: list[Sample]) -> float:
+    """Successful requests per second, over the span from the first start to the last end (the
+    requests still running when a saturation run's time is up finish, and count, inside it)."""
+    ok = [s for s in samples if s.status == 200]
+    if not ok:
+        return 0.0
+    span = max(s.started + s.seconds for s in ok) - min(s.started for s in ok)
+    return round(len(ok) / span, 1) if span > 0 else 0.0
+
+
 def percentiles(samples: list[Sample]) -> dict[str, float]:
     """p50/p90/p99 in ms of the successful samples."""
     ok = [s.seconds * 1e3 for s in samples if s.status == 200]
@@ -99,10 +116,43 @@ def percentiles(samples: list[Sample]) -> dict[str, float]:
     return {"p50_ms": round(float(p50), 2), "p90_ms": round(float(p90), 2), "p99_ms": round(float(p99), 2)}
 
 
-def counter_paths(image_url: str) -> Callable[[], str]:
-    """Request paths for one image whose URL differs on every call (?n=1, 2, ...)."""
+def by_url(image_url: str) -> Callable[[], Request]:
+    """POST /predict?url= for one image whose URL differs on every call (?n=1, 2, ...)."""
     numbers = itertools.count(1)
-    return lambda: "/predict?url=" + image_url + f"%3Fn%3D{next(numbers)}"
+    return lambda: ("/predict?url=" + image_url + f"%3Fn%3D{next(numbers)}", None, {})
+
+
+def by_batch(image_url: str, size: int) -> Callable[[], Request]:
+    """POST /predict/batch of `size` URL items, every URL different."""
+    numbers = itertools.count(1)
+
+    def make() -> Request:
+        items = [{"url": f"{image_url}?n={next(numbers)}"} for _ in range(size)]
+        return "/predict/batch", json.dumps({"items": items}).encode(), {"Content-Type": "application/json"}
+
+    return make
+
+
+def by_upload(varied: Callable[[int], bytes], kind: str) -> Callable[[], Request]:
+    """POST /predict with the image itself: a raw image/* body, or a multipart field `image`."""
+    numbers = itertools.count(1)
+
+    def make() -> Request:
+        data = varied(next(numbers))
+        if kind == "raw":
+            return "/predict", data, {"Content-Type": "image/jpeg"}
+        boundary = "benchboundary7f3a"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        return "/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    return make
 
 
 def children(pid: int) -> list[int]:

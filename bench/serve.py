@@ -25,10 +25,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.load import Client, TreeMemory, counter_paths, percentiles, saturate, sequential
+from bench.imageserver import make_images, with_counter
+from bench.load import (
+    Client,
+    Request,
+    TreeMemory,
+    by_batch,
+    by_upload,
+    by_url,
+    percentiles,
+    saturate,
+    sequential,
+    throughput,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = ("jpeg_1000x750", "jpeg_4000x3000", "png_alpha_800x600", "gif_anim_480x360x24")
@@ -108,22 +121,36 @@ def measure_server(
     rows: dict[str, Any] = {}
     with TreeMemory(proc.pid) as memory:
         idle = memory.window()
-        for image in IMAGES:
-            paths = counter_paths(f"{image_base}/{image}")
+        for image, (paths, per_request) in workloads(name, image_base).items():
             memory.window()
             sequential(base, paths, 5)  # warm: first-request costs
-            one = sequential(base, paths, requests)
+            one = sequential(base, paths, max(10, requests // per_request))  # about as many images
             loaded, health = saturate(base, paths, args.concurrency, args.seconds)
             ok = [s for s in loaded if s.status == 200]
             rows[image] = {
                 "c1": {**percentiles(one), "errors": sum(s.status != 200 for s in one)},
                 "saturated": {**percentiles(loaded), "errors": len(loaded) - len(ok)},
-                "rps": round(len(ok) / args.seconds, 1),
+                "rps": throughput(loaded),
+                "images_per_request": per_request,
                 "health": percentiles(health),
                 "memory": memory.window().summary(proc.pid),
             }
             print(f"  {name:9} {image:22} c1 p50 {rows[image]['c1']['p50_ms']:7.1f} ms, {rows[image]['rps']:5.1f} rps")
     return {"images": rows, "memory": memory.overall.summary(proc.pid), "idle_memory": idle.summary(proc.pid)}
+
+
+def workloads(server: str, image_base: str) -> dict[str, tuple[Callable[[], Request], int]]:
+    """Each row's requests and images per request: the four image types by URL for both servers;
+    for the service also uploads (raw body, multipart) and batches of 8 and 32 URLs of the
+    1000x750 JPEG."""
+    rows = {image: (by_url(f"{image_base}/{image}"), 1) for image in IMAGES}
+    if server == "service":
+        jpeg = make_images()["jpeg_1000x750"]
+        rows["upload_raw_jpeg_1000x750"] = (by_upload(lambda n: with_counter(jpeg, n), "raw"), 1)
+        rows["upload_multipart_jpeg_1000x750"] = (by_upload(lambda n: with_counter(jpeg, n), "multipart"), 1)
+        for size in (8, 32):
+            rows[f"batch{size}_jpeg_1000x750"] = (by_batch(f"{image_base}/jpeg_1000x750", size), size)
+    return rows
 
 
 def model_only(python: str) -> dict[str, float]:

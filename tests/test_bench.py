@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from bench.imageserver import make_images, with_counter
-from bench.load import Sample, percentiles
+from bench.load import Sample, percentiles, throughput
 from tests.support import REPO, ImageServer
 
 
@@ -37,6 +37,11 @@ def test_every_request_is_a_new_body_with_the_same_pixels(images: dict[str, byte
     varied.seek(23)
     assert np.array_equal(np.asarray(original.convert("RGB")), np.asarray(varied.convert("RGB")))
     assert Image.open(io.BytesIO(images["png_alpha_800x600"])).mode == "RGBA"
+
+
+def test_throughput_spans_first_start_to_last_end() -> None:
+    samples = [Sample(0.0, 1.0, 200), Sample(1.0, 1.0, 200), Sample(1.5, 2.5, 200), Sample(0.5, 0.1, 503)]
+    assert throughput(samples) == 0.8  # 3 successes over 3.75 s, the failure not counted
 
 
 def test_percentiles_count_only_successes() -> None:

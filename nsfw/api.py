@@ -18,6 +18,7 @@ import binascii
 import io
 import logging
 import re
+import time
 from typing import IO, Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -26,7 +27,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from nsfw import errors
 from nsfw.config import Settings
 from nsfw.imaging import RESIZE_MODES
-from nsfw.service import BatchItem, PredictionService
+from nsfw.policy import OVERRIDABLE, Policy
+from nsfw.service import BatchItem, Prediction, PredictionService
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -122,17 +124,62 @@ def _request_image() -> tuple[str | None, IO[bytes] | None]:
     return urls[0], None
 
 
-@bp.route("/predict", methods=["GET", "POST"])
-def predict() -> Response:
+def _options() -> tuple[str | None, bool, Policy]:
+    """The per-request options: resize mode, detail flag, and the verdict policy with overrides."""
     service = _service()
     resize = _one(request.args.getlist("resize"), "resize")
     if resize is not None and resize not in RESIZE_MODES:
         raise errors.BadRequest(f"resize={resize!r}")
+    detail = _one(request.args.getlist("detail"), "detail") or "false"
+    if detail.lower() not in _FLAGS:
+        raise errors.BadRequest(f"detail={detail!r}")
+    for name in OVERRIDABLE:
+        _one(request.args.getlist(name), name)
+    return resize, _FLAGS[detail.lower()], service.settings.policy().overridden(request.args)
+
+
+_FLAGS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float) -> dict[str, Any]:
+    """The flat five scores (NSFW-FLASK's shape), or with ?detail=true everything behind them."""
+    if not detail:
+        return prediction.scores
+    answer: dict[str, Any] = {
+        "scores": prediction.scores,
+        "verdict": policy.decide(prediction.scores).to_dict(),
+        "model": {"name": prediction.model.name, "version": prediction.model.version, "backend": prediction.backend},
+        "tier": 1,
+        "policy": {"adult_threshold": policy.adult_threshold, "safe_threshold": policy.safe_threshold},
+        "timing_ms": {
+            "classify": round(prediction.seconds * 1e3, 2),
+            "total": round((time.perf_counter() - started) * 1e3, 2),
+        },
+    }
+    if prediction.frame_count > 1:
+        answer["frames"] = {
+            "count": prediction.frame_count,
+            "chosen": prediction.frame_indices[prediction.chosen],
+            "classified": [
+                {"index": index, "scores": scores}
+                for index, scores in zip(prediction.frame_indices, prediction.frame_scores, strict=True)
+            ],
+        }
+    return answer
+
+
+@bp.route("/predict", methods=["GET", "POST"])
+def predict() -> Response:
+    started = time.perf_counter()
+    service = _service()
+    resize, detail, policy = _options()
     url, image = _request_image()
     if image is not None:
-        return jsonify(service.predict_image(image, resize=resize))
-    assert url is not None  # _request_image gives one or the other
-    return jsonify(service.predict_url(url, resize=resize))
+        prediction = service.predict_image(image, resize=resize)
+    else:
+        assert url is not None  # _request_image gives one or the other
+        prediction = service.predict_url(url, resize=resize)
+    return jsonify(_answer(prediction, detail, policy, started))
 
 
 def _batch_item(raw: object) -> BatchItem:
@@ -154,17 +201,24 @@ def _batch_item(raw: object) -> BatchItem:
 
 @bp.route("/predict/batch", methods=["POST"])
 def predict_batch() -> Response:
+    started = time.perf_counter()
     service = _service()
-    resize = _one(request.args.getlist("resize"), "resize")
-    if resize is not None and resize not in RESIZE_MODES:
-        raise errors.BadRequest(f"resize={resize!r}")
+    resize, detail, policy = _options()
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise errors.BadRequest('the body must be JSON {"items": [...]}')
     items = body["items"]
     if len(items) > service.settings.max_batch:
         raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
-    return jsonify({"results": service.predict_batch([_batch_item(raw) for raw in items], resize=resize)})
+    results = service.predict_batch([_batch_item(raw) for raw in items], resize=resize)
+    return jsonify(
+        {
+            "results": [
+                result.to_dict() if isinstance(result, errors.NsfwError) else _answer(result, detail, policy, started)
+                for result in results
+            ]
+        }
+    )
 
 
 @bp.route("/health", methods=["GET"])

@@ -43,10 +43,10 @@ def inputs(args: Sequence[str]) -> Iterator[str]:
 def classify(service: PredictionService, item: str, resize: str | None) -> dict[str, Any]:
     try:
         if "://" in item:
-            return service.predict_url(item, resize=resize)
+            return service.predict_url(item, resize=resize).scores
         try:
             with open(item, "rb") as body:
-                return service.predict_image(body, resize=resize)
+                return service.predict_image(body, resize=resize).scores
         except OSError as exc:
             raise errors.UnreadableFile(f"{item}: {exc}") from None
     except errors.NsfwError as exc:

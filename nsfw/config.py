@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from nsfw.policy import Policy
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 BACKENDS = ("litert", "tensorflow")
@@ -60,6 +62,11 @@ class Settings:
     # with Retry-After instead of a queue. Keep it below gunicorn's threads (8), so /health and the
     # 503s always find a free thread; the worker refuses to boot otherwise.
     max_in_flight: int = 4
+    # Verdicts (?detail=true): adult when hentai + porn + sexy reaches this...
+    adult_threshold: float = 0.7
+    # ...safe when drawings + neutral reaches this, unknown (human review) otherwise. The two must add
+    # up to more than 1, so that no image matches both.
+    safe_threshold: float = 0.7
     # Items one POST /predict/batch may carry.
     max_batch: int = 32
     # Largest /predict/batch body, in bytes (items may carry image_base64).
@@ -98,6 +105,10 @@ class Settings:
                 raise ConfigError(f"{var}={environ[var]!r}: {exc}") from None
         return replace(cls(), **values).validate()
 
+    def policy(self) -> Policy:
+        """The verdict policy these settings define (requests may override its thresholds)."""
+        return Policy(self.adult_threshold, self.safe_threshold)
+
     def validate(self) -> Settings:
         """Return self, or raise ConfigError naming the NSFW_* variable that is wrong."""
         checks: list[tuple[str, bool, str]] = [
@@ -115,6 +126,7 @@ class Settings:
             ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
             ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
             ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
+            ("adult_threshold", not self.policy().problems(), "; ".join(self.policy().problems())),
             ("max_batch", 1 <= self.max_batch <= 1024, "must be 1..1024"),
             ("max_batch_bytes", 1024 <= self.max_batch_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("batch_timeout", 0 < self.batch_timeout <= 600, "must be in (0, 600]"),

@@ -55,6 +55,11 @@ class TooManyImages(BadRequest):
     message = "Give exactly one image: a url, an upload, a raw body or image_base64."
 
 
+class InvalidPolicy(BadRequest):
+    code = "invalid_policy"
+    message = "The verdict thresholds are invalid: each in (0, 1], and together above 1."
+
+
 class UnreadableFile(BadRequest):
     """The command line's own: a path that does not exist or cannot be read."""
 

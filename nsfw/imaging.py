@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import IO
+from typing import IO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
@@ -139,7 +139,15 @@ def frame_indices(n_frames: int, max_frames: int) -> list[int]:
     return sorted({round(i * (n_frames - 1) / (count - 1)) for i in range(count)})
 
 
-def decode_frames(fp: IO[bytes], *, max_pixels: int, max_frames: int = 1, apply_exif: bool = True) -> list[Image.Image]:
+class Frames(NamedTuple):
+    """Decoded frames, the index of each in the animation, and the animation's frame count."""
+
+    images: list[Image.Image]
+    indices: list[int]
+    total: int
+
+
+def decode_frames(fp: IO[bytes], *, max_pixels: int, max_frames: int = 1, apply_exif: bool = True) -> Frames:
     """Bytes -> RGB images of up to max_frames frames spread over an animation (GIF, WebP, APNG).
 
     Seeking to a frame decodes every frame before it (each is drawn over the last), so the frames
@@ -169,12 +177,12 @@ def decode_frames(fp: IO[bytes], *, max_pixels: int, max_frames: int = 1, apply_
         raise InvalidImage(f"{type(exc).__name__}: {exc}") from None
     if n_frames > reachable:
         log.info("animation of %d frames: sampled the first %d within %d pixels", n_frames, reachable, max_pixels)
-    return frames
+    return Frames(frames, indices, n_frames)
 
 
 def decode(fp: IO[bytes], *, max_pixels: int, apply_exif: bool = True) -> Image.Image:
     """Bytes -> RGB image of the first frame, or raise an InvalidImage subclass."""
-    return decode_frames(fp, max_pixels=max_pixels, apply_exif=apply_exif)[0]
+    return decode_frames(fp, max_pixels=max_pixels, apply_exif=apply_exif).images[0]
 
 
 def resize_nsfwjs(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -274,8 +282,10 @@ def preprocess(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_ex
     return _resize(decode(fp, max_pixels=max_pixels, apply_exif=apply_exif), size, mode)
 
 
-def preprocess_frames(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, max_frames: int) -> np.ndarray:
-    """Image bytes -> float32 [frames, size, size, 3]: the first frame, and for an animation up to
-    max_frames frames spread over it (decode_frames)."""
+def preprocess_frames(
+    fp: IO[bytes], *, size: int, mode: str, max_pixels: int, max_frames: int
+) -> tuple[np.ndarray, Frames]:
+    """Image bytes -> float32 [frames, size, size, 3] and the frames it came from: the first frame,
+    and for an animation up to max_frames frames spread over it (decode_frames)."""
     frames = decode_frames(fp, max_pixels=max_pixels, max_frames=max_frames)
-    return np.stack([_resize(frame, size, mode) for frame in frames])
+    return np.stack([_resize(frame, size, mode) for frame in frames.images]), frames

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError, Overloaded, Unav
 from nsfw.fetch import Fetcher, FetchPolicy
 from nsfw.imaging import preprocess_frames
 from nsfw.model import Classifier
+from nsfw.model.specs import ModelSpec
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:
@@ -43,6 +44,21 @@ class BatchItem:
     url: str | None = None
     image: IO[bytes] | None = None
     error: NsfwError | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: the flat scores (of its least safe frame), and what led to them."""
+
+    scores: dict[str, float]
+    model: ModelSpec
+    backend: str
+    # Per classified frame: its index in the animation and its scores; `chosen` is the answer's.
+    frame_indices: list[int]
+    frame_scores: list[dict[str, float]]
+    chosen: int
+    frame_count: int
+    seconds: float
 
 
 # The classes whose sum ranks frames: an animation scores as its least safe frame, so a harmless
@@ -100,29 +116,41 @@ class PredictionService:
         finally:
             self._slots.release()
 
-    def _classify(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> dict[str, float]:
+    def _classify(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> Prediction:
+        started = time.perf_counter()
         with self._compute:
-            frames = preprocess_frames(
+            tensors, frames = preprocess_frames(
                 body,
                 size=classifier.spec.input_size,
                 mode=resize or self.settings.resize,
                 max_pixels=self.settings.max_pixels,
                 max_frames=self.settings.max_frames,
             )
-            probabilities = classifier.predict(frames)
-        return self.scores(probabilities[worst_frame(classifier.spec.classes, probabilities)])
+            probabilities = classifier.predict(tensors)
+        per_frame = [self.scores(row) for row in probabilities]
+        chosen = worst_frame(classifier.spec.classes, probabilities)
+        return Prediction(
+            scores=per_frame[chosen],
+            model=classifier.spec,
+            backend=classifier.backend,
+            frame_indices=frames.indices,
+            frame_scores=per_frame,
+            chosen=chosen,
+            frame_count=frames.total,
+            seconds=time.perf_counter() - started,
+        )
 
-    def predict_url(self, url: str, *, resize: str | None = None) -> dict[str, float]:
+    def predict_url(self, url: str, *, resize: str | None = None) -> Prediction:
         """Fetch url and classify the image; raises NsfwError subclasses on every failure."""
         with self._admitted() as classifier, self.fetcher.fetch(url) as body:
             return self._classify(classifier, body, resize)
 
-    def predict_image(self, body: IO[bytes], *, resize: str | None = None) -> dict[str, float]:
+    def predict_image(self, body: IO[bytes], *, resize: str | None = None) -> Prediction:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
         with self._admitted() as classifier:
             return self._classify_upload(classifier, body, resize)
 
-    def _classify_upload(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> dict[str, float]:
+    def _classify_upload(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> Prediction:
         body.seek(0, 2)
         size = body.tell()
         if size > self.settings.max_bytes:
@@ -132,13 +160,13 @@ class PredictionService:
         body.seek(0)
         return self._classify(classifier, body, resize)
 
-    def predict_batch(self, items: Sequence[BatchItem], *, resize: str | None = None) -> list[dict[str, Any]]:
-        """Every item's flat scores or its own {"error": ...}, in order. One admission slot for the
-        batch; downloads overlap (NSFW_BATCH_CONCURRENCY) under one deadline (NSFW_BATCH_TIMEOUT)."""
+    def predict_batch(self, items: Sequence[BatchItem], *, resize: str | None = None) -> list[Prediction | NsfwError]:
+        """Every item's prediction or its own error, in order. One admission slot for the batch;
+        downloads overlap (NSFW_BATCH_CONCURRENCY) under one deadline (NSFW_BATCH_TIMEOUT)."""
         with self._admitted() as classifier:
             deadline = time.monotonic() + self.settings.batch_timeout
 
-            def one(item: BatchItem) -> dict[str, Any]:
+            def one(item: BatchItem) -> Prediction | NsfwError:
                 try:
                     if item.error is not None:
                         raise item.error
@@ -151,9 +179,9 @@ class PredictionService:
                         return self._classify(classifier, body, resize)
                 except NsfwError as exc:
                     log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
-                    return exc.to_dict()
+                    return exc
                 except Exception as exc:  # noqa: BLE001 - one item's bug must not sink the batch
                     log.exception("batch item failed unexpectedly")
-                    return NsfwError(repr(exc)).to_dict()
+                    return NsfwError(repr(exc))
 
             return list(self._batch_pool.map(one, items))

@@ -52,14 +52,16 @@ def _frame_number(frame: Image.Image) -> int:
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
 def test_the_sampled_frames_are_the_ones_asked_for(fmt: str) -> None:
     frames = imaging.decode_frames(io.BytesIO(_animation(_numbered(40, (16, 16)), fmt)), max_pixels=10**6, max_frames=8)
-    assert [_frame_number(f) for f in frames] == imaging.frame_indices(40, 8)
+    assert [_frame_number(f) for f in frames.images] == frames.indices == imaging.frame_indices(40, 8)
+    assert frames.total == 40
 
 
 def test_the_decoded_area_bounds_how_far_sampling_reaches() -> None:
     """300 frames of 100x100 with a budget of 100 frames' pixels: spread over the first 100."""
     data = _animation(_numbered(300, (100, 100)))
     frames = imaging.decode_frames(io.BytesIO(data), max_pixels=100 * 100 * 100, max_frames=8)
-    assert [_frame_number(f) for f in frames] == imaging.frame_indices(100, 8)
+    assert [_frame_number(f) for f in frames.images] == frames.indices == imaging.frame_indices(100, 8)
+    assert frames.total == 300
 
 
 def test_worst_frame_ranks_by_hentai_porn_and_sexy() -> None:

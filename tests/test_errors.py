@@ -34,6 +34,7 @@ def test_status_table_of_style_md() -> None:
         "too_many_images": 400,
         "too_many_items": 400,
         "unreadable_file": 400,
+        "invalid_policy": 400,
         "url_scheme_not_allowed": 400,
         "url_not_allowed": 400,
         "url_port_not_allowed": 400,

@@ -6,6 +6,7 @@ Endpoints:
   image itself: a multipart file `image`, a raw `image/*` body, or JSON `{"image_base64": ...}`.
 - `POST /predict/batch` with JSON `{"items": [{"url": ...} | {"image_base64": ...}, ...]}`:
   `{"results": [...]}` in the same order, each the flat scores or that item's own error.
+- `GET /models`: the served model: name, version, input size, classes, source, licence, sha256.
 - `GET /health`: 200 `{"status": "ok", ...}` once the model is loaded and warmed; 503 before. It does
   no network and no inference, so it never waits behind predictions.
 Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors.
@@ -216,6 +217,31 @@ def predict_batch() -> Response:
             "results": [
                 result.to_dict() if isinstance(result, errors.NsfwError) else _answer(result, detail, policy, started)
                 for result in results
+            ]
+        }
+    )
+
+
+@bp.route("/models", methods=["GET"])
+def models() -> Response:
+    """The models this worker serves, with what a client needs to trust and use their scores."""
+    service = _service()
+    classifier = service.classifier
+    spec = classifier.spec
+    return jsonify(
+        {
+            "models": [
+                {
+                    "name": spec.name,
+                    "version": spec.version,
+                    "default": True,
+                    "backend": classifier.backend,
+                    "input_size": spec.input_size,
+                    "classes": list(spec.classes),
+                    "source": spec.source,
+                    "licence": spec.licence,
+                    "sha256": service.artifact_sha256(),
+                }
             ]
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -79,6 +80,7 @@ class PredictionService:
         self.settings = settings
         self.fetcher = fetcher
         self._classifier: Classifier | None = None
+        self._sha256: str | None = None
         # Admission: at most max_in_flight predictions per worker; the rest are refused at once.
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         # Decoding and inference run one at a time per worker: on one vCPU more would only
@@ -100,6 +102,16 @@ class PredictionService:
         if self._classifier is None:
             raise Unavailable("model still loading")
         return self._classifier
+
+    def artifact_sha256(self) -> str:
+        """sha256 of the file the runtime loaded (the .tflite for LiteRT, the .keras for TensorFlow)."""
+        if self._sha256 is None:
+            spec = self.classifier.spec
+            path = spec.keras_path(self.settings.models_dir)
+            if self.classifier.backend == "litert":
+                path = spec.tflite_path(self.settings.models_dir)
+            self._sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        return self._sha256
 
     def scores(self, probabilities: np.ndarray) -> dict[str, float]:
         """One row of model output -> the flat {class: probability} dict of NSFW-FLASK."""

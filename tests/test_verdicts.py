@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from flask.testing import FlaskClient
@@ -11,9 +12,10 @@ from PIL import Image
 from nsfw import errors
 from nsfw.config import ConfigError, Settings
 from nsfw.policy import Policy
-from tests.support import MESSAGES, ImageServer, corpus_bytes
+from tests.support import MESSAGES, REPO, ImageServer, corpus_bytes
 
 CLASSES = ("drawings", "hentai", "neutral", "porn", "sexy")
+MODELS_MD = REPO / "models" / "MODELS.md"
 
 
 def _scores(*values: float) -> dict[str, float]:
@@ -118,3 +120,23 @@ def test_detail_and_policy_on_batches_and_their_errors(client: FlaskClient, imag
         code = response.get_json()["error"]["code"]
         assert code in ("invalid_policy", "bad_request") and response.get_json()["error"]["message"] == MESSAGES[code]
     assert client.post("/predict/batch?adult_threshold=2", json=items).get_json()["error"]["code"] == "invalid_policy"
+
+
+def test_models_lists_the_served_model_with_its_provenance(client: FlaskClient) -> None:
+    listed = client.get("/models").get_json()["models"]
+    expected_sha = re.search(r"`mobilenet_v2/model.tflite` \| \d+ \| `([0-9a-f]{64})`", MODELS_MD.read_text())
+    assert expected_sha
+    assert listed == [
+        {
+            "name": "mobilenet_v2",
+            "version": "nsfwjs-4.4.0",
+            "default": True,
+            "backend": "litert",
+            "input_size": 224,
+            "classes": list(CLASSES),
+            "source": "GantMan's NSFW MobileNetV2, rebuilt from npm nsfwjs@4.4.0 (models/MODELS.md)",
+            "licence": "MIT (nsfwjs: Infinite Red; weights: GantMan nsfw_model)",
+            "sha256": expected_sha.group(1),
+        }
+    ]
+    assert client.post("/models").status_code == 405

@@ -21,6 +21,9 @@ class ModelSpec:
     # Paths relative to the models directory.
     keras_file: str
     tflite_file: str
+    # Provenance, as models/MODELS.md states it.
+    source: str = ""
+    licence: str = ""
 
     def keras_path(self, models_dir: Path) -> Path:
         return models_dir / self.keras_file
@@ -36,6 +39,8 @@ MOBILENET_V2 = ModelSpec(
     classes=GANTMAN_CLASSES,
     keras_file="mobilenet_v2/model.keras",
     tflite_file="mobilenet_v2/model.tflite",
+    source="GantMan's NSFW MobileNetV2, rebuilt from npm nsfwjs@4.4.0 (models/MODELS.md)",
+    licence="MIT (nsfwjs: Infinite Red; weights: GantMan nsfw_model)",
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (MOBILENET_V2,)}

@@ -146,17 +146,20 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     """The flat five scores (NSFW-FLASK's shape), or with ?detail=true everything behind them."""
     if not detail:
         return prediction.scores
+    verdict = prediction.verdict or policy.decide(prediction.scores)
     answer: dict[str, Any] = {
         "scores": prediction.scores,
-        "verdict": policy.decide(prediction.scores).to_dict(),
+        "verdict": verdict.to_dict(),
         "model": {"name": prediction.model.name, "version": prediction.model.version, "backend": prediction.backend},
-        "tier": 1,
+        "tier": prediction.tier,
         "policy": {"adult_threshold": policy.adult_threshold, "safe_threshold": policy.safe_threshold},
         "timing_ms": {
             "classify": round(prediction.seconds * 1e3, 2),
             "total": round((time.perf_counter() - started) * 1e3, 2),
         },
     }
+    if prediction.second_tier is not None:
+        answer["second_tier"] = prediction.second_tier
     if prediction.frame_count > 1:
         answer["frames"] = {
             "count": prediction.frame_count,
@@ -175,11 +178,13 @@ def predict() -> Response:
     service = _service()
     resize, detail, policy = _options()
     url, image = _request_image()
+    # A verdict (and with it a second tier's opinion) is only worked out when it is asked for.
+    verdict_policy = policy if detail else None
     if image is not None:
-        prediction = service.predict_image(image, resize=resize)
+        prediction = service.predict_image(image, resize=resize, policy=verdict_policy)
     else:
         assert url is not None  # _request_image gives one or the other
-        prediction = service.predict_url(url, resize=resize)
+        prediction = service.predict_url(url, resize=resize, policy=verdict_policy)
     return jsonify(_answer(prediction, detail, policy, started))
 
 
@@ -211,7 +216,8 @@ def predict_batch() -> Response:
     items = body["items"]
     if len(items) > service.settings.max_batch:
         raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
-    results = service.predict_batch([_batch_item(raw) for raw in items], resize=resize)
+    batch = [_batch_item(raw) for raw in items]
+    results = service.predict_batch(batch, resize=resize, policy=policy if detail else None)
     return jsonify(
         {
             "results": [

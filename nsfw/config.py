@@ -67,6 +67,15 @@ class Settings:
     # ...safe when drawings + neutral reaches this, unknown (human review) otherwise. The two must add
     # up to more than 1, so that no image matches both.
     safe_threshold: float = 0.7
+    # The second tier: an operator's endpoint asked when the verdict is unknown (nsfw/tiers.py has
+    # the contract). Empty: no second tier.
+    second_tier_url: str = ""
+    # Seconds for the whole second-tier call; past it the verdict stays unknown.
+    second_tier_timeout: float = 3.0
+    # The second tier's probability at or above this is adult...
+    second_tier_adult_threshold: float = 0.95
+    # ...at or below this safe, between them still unknown.
+    second_tier_safe_threshold: float = 0.05
     # Items one POST /predict/batch may carry.
     max_batch: int = 32
     # Largest /predict/batch body, in bytes (items may carry image_base64).
@@ -127,6 +136,17 @@ class Settings:
             ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
             ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
             ("adult_threshold", not self.policy().problems(), "; ".join(self.policy().problems())),
+            (
+                "second_tier_url",
+                not self.second_tier_url or self.second_tier_url.startswith(("http://", "https://")),
+                "must be an http(s) URL or empty",
+            ),
+            ("second_tier_timeout", 0 < self.second_tier_timeout <= 60, "must be in (0, 60]"),
+            (
+                "second_tier_adult_threshold",
+                0 <= self.second_tier_safe_threshold < self.second_tier_adult_threshold <= 1,
+                "must be above NSFW_SECOND_TIER_SAFE_THRESHOLD, both in [0, 1]",
+            ),
             ("max_batch", 1 <= self.max_batch <= 1024, "must be 1..1024"),
             ("max_batch_bytes", 1024 <= self.max_batch_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("batch_timeout", 0 < self.batch_timeout <= 600, "must be in (0, 600]"),

@@ -375,8 +375,11 @@ class Fetcher:
             deadline.finish()
 
     @contextmanager
-    def _get(self, target: Target, url: str, deadline: _Deadline) -> Iterator[urllib3.BaseHTTPResponse]:
-        """The response to GET url, its headers read; the pool and its connection close on exit."""
+    def _get(
+        self, target: Target, url: str, deadline: _Deadline, body: bytes | None = None, content_type: str = ""
+    ) -> Iterator[urllib3.BaseHTTPResponse]:
+        """The response to GET url (POST when there is a body), its headers read; the pool and its
+        connection close on exit."""
         left = deadline.left()
         if left <= 0:
             raise UpstreamTimeout("deadline passed before connecting")
@@ -403,10 +406,13 @@ class Fetcher:
             **REQUEST_HEADERS,
             "Host": host if target.port == DEFAULT_PORTS[target.scheme] else f"{host}:{target.port}",
         }
+        if body is not None:
+            headers |= {"Content-Type": content_type, "Accept": "application/json"}
         try:
             response = pool.urlopen(
-                "GET",
+                "GET" if body is None else "POST",
                 urllib3.util.parse_url(url).request_uri,
+                body=body,
                 headers=headers,
                 redirect=False,
                 retries=False,
@@ -429,9 +435,25 @@ class Fetcher:
             response.close()
             pool.close()  # no connection outlives its fetch, or is reused by the next one
 
-    def _read_body(self, raw: urllib3.BaseHTTPResponse, deadline: _Deadline) -> IO[bytes]:
+    def post(self, url: str, body: bytes, *, content_type: str, timeout: float, max_bytes: int) -> bytes:
+        """POST body to url (an operator's endpoint) under the same guard, no redirects followed;
+        the answer's body, at most max_bytes, within timeout seconds."""
+        deadline = _current.deadline = _Deadline(timeout)
+        self._watchdog.add(deadline)
+        try:
+            target = check_url(url, self.policy)
+            with self._get(target, url, deadline, body, content_type) as response:
+                if response.status != 200:
+                    raise UpstreamError(f"{url}: status {response.status}")
+                with self._read_body(response, deadline, max_bytes) as answer:
+                    return answer.read()
+        finally:
+            deadline.finish()
+
+    def _read_body(self, raw: urllib3.BaseHTTPResponse, deadline: _Deadline, limit: int | None = None) -> IO[bytes]:
+        max_bytes = self.policy.max_bytes if limit is None else limit
         declared = raw.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > self.policy.max_bytes:
+        if declared.isdigit() and int(declared) > max_bytes:
             raise ImageTooLarge(f"Content-Length {declared}")
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
         try:
@@ -454,8 +476,8 @@ class Fetcher:
                 if not chunk:
                     break
                 total += len(chunk)
-                if total > self.policy.max_bytes:
-                    raise ImageTooLarge(f"body passed {self.policy.max_bytes} bytes")
+                if total > max_bytes:
+                    raise ImageTooLarge(f"body passed {max_bytes} bytes")
                 spool.write(chunk)
             if deadline.expired:  # the watchdog's shutdown looks like the end of a body
                 raise UpstreamTimeout(f"download deadline passed after {total} bytes")

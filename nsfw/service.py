@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import dataclass, replace
+from typing import IO, Any
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from nsfw.fetch import Fetcher, FetchPolicy
 from nsfw.imaging import preprocess_frames
 from nsfw.model import Classifier
 from nsfw.model.specs import ModelSpec
+from nsfw.policy import Policy, Verdict
+from nsfw.tiers import SecondTier
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:
@@ -60,6 +62,11 @@ class Prediction:
     chosen: int
     frame_count: int
     seconds: float
+    # Filled when a verdict was asked for: the verdict, the tier that decided it (1 or 2), and what
+    # the second tier said ({"nsfw": p} or {"error": ...}) when it was asked.
+    verdict: Verdict | None = None
+    tier: int = 1
+    second_tier: dict[str, Any] | None = None
 
 
 # The classes whose sum ranks frames: an animation scores as its least safe frame, so a harmless
@@ -88,6 +95,16 @@ class PredictionService:
         self._compute = threading.Lock()
         # Batch items overlap their downloads here, a bounded pool per worker (not per request).
         self._batch_pool = ThreadPoolExecutor(settings.batch_concurrency, thread_name_prefix="batch")
+        self.second_tier = (
+            SecondTier(
+                settings.second_tier_url,
+                settings.second_tier_timeout,
+                settings.second_tier_adult_threshold,
+                settings.second_tier_safe_threshold,
+            )
+            if settings.second_tier_url
+            else None
+        )
 
     def set_classifier(self, classifier: Classifier) -> None:
         """Called once, when the model is loaded and warmed (maybe from the loader thread)."""
@@ -128,7 +145,9 @@ class PredictionService:
         finally:
             self._slots.release()
 
-    def _classify(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> Prediction:
+    def _classify(
+        self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
+    ) -> Prediction:
         started = time.perf_counter()
         with self._compute:
             tensors, frames = preprocess_frames(
@@ -141,7 +160,7 @@ class PredictionService:
             probabilities = classifier.predict(tensors)
         per_frame = [self.scores(row) for row in probabilities]
         chosen = worst_frame(classifier.spec.classes, probabilities)
-        return Prediction(
+        prediction = Prediction(
             scores=per_frame[chosen],
             model=classifier.spec,
             backend=classifier.backend,
@@ -151,18 +170,36 @@ class PredictionService:
             frame_count=frames.total,
             seconds=time.perf_counter() - started,
         )
+        return self._decide(prediction, body, policy) if policy is not None else prediction
 
-    def predict_url(self, url: str, *, resize: str | None = None) -> Prediction:
-        """Fetch url and classify the image; raises NsfwError subclasses on every failure."""
+    def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
+        """The first tier's verdict; when it is unknown and a second tier is set, the second's."""
+        verdict = policy.decide(prediction.scores)
+        if verdict.label != "unknown" or self.second_tier is None:
+            return replace(prediction, verdict=verdict)
+        body.seek(0)
+        try:
+            p, second = self.second_tier.ask(self.fetcher, body.read())
+        except NsfwError as exc:
+            # The second opinion failed: the first tier's unknown stands (human review), and says why.
+            log.info("second tier -> %s: %s", exc.code, exc.detail)
+            return replace(prediction, verdict=verdict, second_tier=exc.to_dict())
+        return replace(prediction, verdict=second, tier=2, second_tier={"nsfw": p})
+
+    def predict_url(self, url: str, *, resize: str | None = None, policy: Policy | None = None) -> Prediction:
+        """Fetch url and classify the image (with a verdict when a policy is given); raises NsfwError
+        subclasses on every failure."""
         with self._admitted() as classifier, self.fetcher.fetch(url) as body:
-            return self._classify(classifier, body, resize)
+            return self._classify(classifier, body, resize, policy)
 
-    def predict_image(self, body: IO[bytes], *, resize: str | None = None) -> Prediction:
+    def predict_image(self, body: IO[bytes], *, resize: str | None = None, policy: Policy | None = None) -> Prediction:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
         with self._admitted() as classifier:
-            return self._classify_upload(classifier, body, resize)
+            return self._classify_upload(classifier, body, resize, policy)
 
-    def _classify_upload(self, classifier: Classifier, body: IO[bytes], resize: str | None) -> Prediction:
+    def _classify_upload(
+        self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
+    ) -> Prediction:
         body.seek(0, 2)
         size = body.tell()
         if size > self.settings.max_bytes:
@@ -170,9 +207,11 @@ class PredictionService:
         if size == 0:
             raise InvalidImage("empty upload")
         body.seek(0)
-        return self._classify(classifier, body, resize)
+        return self._classify(classifier, body, resize, policy)
 
-    def predict_batch(self, items: Sequence[BatchItem], *, resize: str | None = None) -> list[Prediction | NsfwError]:
+    def predict_batch(
+        self, items: Sequence[BatchItem], *, resize: str | None = None, policy: Policy | None = None
+    ) -> list[Prediction | NsfwError]:
         """Every item's prediction or its own error, in order. One admission slot for the batch;
         downloads overlap (NSFW_BATCH_CONCURRENCY) under one deadline (NSFW_BATCH_TIMEOUT)."""
         with self._admitted() as classifier:
@@ -183,12 +222,12 @@ class PredictionService:
                     if item.error is not None:
                         raise item.error
                     if item.image is not None:
-                        return self._classify_upload(classifier, item.image, resize)
+                        return self._classify_upload(classifier, item.image, resize, policy)
                     left = deadline - time.monotonic()
                     if left <= 0 or item.url is None:
                         raise UpstreamTimeout("batch deadline passed before this item started")
                     with self.fetcher.fetch(item.url, timeout=left) as body:
-                        return self._classify(classifier, body, resize)
+                        return self._classify(classifier, body, resize, policy)
                 except NsfwError as exc:
                     log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
                     return exc

@@ -115,6 +115,8 @@ class ImageServer:
                 else:
                     handler(self)
 
+            do_POST = do_GET  # noqa: N815 - routes see the method in req.command
+
             def log_message(self, *args: object) -> None:
                 pass
 

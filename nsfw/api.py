@@ -6,6 +6,9 @@ Endpoints:
   image itself: a multipart file `image`, a raw `image/*` body, or JSON `{"image_base64": ...}`.
 - `POST /predict/batch` with JSON `{"items": [{"url": ...} | {"image_base64": ...}, ...]}`:
   `{"results": [...]}` in the same order, each the flat scores or that item's own error.
+- `&detail=true` on either: scores, verdict (adult | unknown | safe, with its reason and, when the
+  first is unknown and NSFW_SECOND_TIER_URL is set, the second tier's), model, timing and frames;
+  `&adult_threshold=` / `&safe_threshold=` override the verdict policy for the request.
 - `GET /models`: the served model: name, version, input size, classes, source, licence, sha256.
 - `GET /health`: 200 `{"status": "ok", ...}` once the model is loaded and warmed; 503 before. It does
   no network and no inference, so it never waits behind predictions.

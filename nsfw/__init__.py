@@ -11,10 +11,9 @@ from flask import Flask
 
 from nsfw.api import bp, register_error_handlers
 from nsfw.config import ConfigError, Settings
-from nsfw.fetch import Fetcher, Resolver, system_resolver
-from nsfw.imaging import harden_pillow
+from nsfw.fetch import Resolver, system_resolver
 from nsfw.model import Classifier, load_classifier
-from nsfw.service import PredictionService, fetch_policy
+from nsfw.service import PredictionService, build_service
 
 __all__ = ["ConfigError", "Settings", "create_app"]
 
@@ -36,9 +35,7 @@ def create_app(
     if settings is None:
         settings = Settings.from_env(os.environ if environ is None else environ)
     _configure_logging(settings.log_level)
-    harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
-
-    service = PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
+    service = build_service(settings, resolver)
     if classifier is not None:
         service.set_classifier(classifier)
     elif settings.load_in_background:

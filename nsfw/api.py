@@ -149,10 +149,10 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     """The flat five scores (NSFW-FLASK's shape), or with ?detail=true everything behind them."""
     if not detail:
         return prediction.scores
-    verdict = prediction.verdict or policy.decide(prediction.scores)
+    assert prediction.verdict is not None  # detail passes the policy down, so the service decided
     answer: dict[str, Any] = {
         "scores": prediction.scores,
-        "verdict": verdict.to_dict(),
+        "verdict": prediction.verdict.to_dict(),
         "model": {"name": prediction.model.name, "version": prediction.model.version, "backend": prediction.backend},
         "tier": prediction.tier,
         "policy": {"adult_threshold": policy.adult_threshold, "safe_threshold": policy.safe_threshold},

@@ -21,10 +21,9 @@ from tqdm import tqdm
 
 from nsfw import errors
 from nsfw.config import ConfigError, Settings
-from nsfw.fetch import Fetcher
-from nsfw.imaging import RESIZE_MODES, harden_pillow
+from nsfw.imaging import RESIZE_MODES
 from nsfw.model import load_classifier
-from nsfw.service import PredictionService, fetch_policy
+from nsfw.service import PredictionService, build_service
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"})
 
@@ -63,8 +62,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         parser.error(str(exc))
-    harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
-    service = PredictionService(settings, Fetcher(fetch_policy(settings)))
+    service = build_service(settings)
     service.set_classifier(load_classifier(settings))
     items = list(inputs(args.inputs))
     show = args.progress == "always" or args.progress == "auto" and sys.stderr.isatty() and len(items) > 1

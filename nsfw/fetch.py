@@ -162,7 +162,8 @@ def is_refused(ip: IPAddress, allowed: Sequence[IPNetwork] = ()) -> bool:
 
 
 def check_url(url: str, policy: FetchPolicy) -> Target:
-    """Parse and vet a URL before any connection; raise an InvalidUrl or UrlNotAllowed subclass."""
+    """Parse and vet a URL before any connection; raise an InvalidUrl or UrlNotAllowed subclass.
+    The destination's address (a literal one too) is checked by _Guard, which every connection passes."""
     if not url:
         raise InvalidUrl("empty url")
     if len(url) > policy.max_url_length:
@@ -190,9 +191,6 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
     port = parsed.port or DEFAULT_PORTS[scheme]
     if port not in policy.allowed_ports:
         raise UrlPortNotAllowed(f"port {port}")
-    literal = ip_literal(host)
-    if literal is not None and is_refused(literal, policy.allowed_networks):
-        raise UrlNotAllowed(f"{host} is refused address {literal}")
     return Target(scheme, host, port)
 
 
@@ -220,7 +218,8 @@ class _Guard:
                 raise UpstreamError(f"{host} resolved to {answer!r}") from None
         for ip in addresses:
             if is_refused(ip, self._policy.allowed_networks):
-                raise UrlNotAllowed(f"{host} resolves to refused address {ip}")
+                how = "is" if literal is not None else "resolves to"
+                raise UrlNotAllowed(f"{host} {how} refused address {ip}")
         return addresses[0]
 
     def _resolve(self, host: str, port: int, timeout: float) -> Sequence[str]:
@@ -352,9 +351,7 @@ class Fetcher:
         """The image bytes, rewound, in a SpooledTemporaryFile the caller must close; within the
         policy's download timeout, or `timeout` seconds if that is shorter (a batch's time left)."""
         seconds = self.policy.download_timeout if timeout is None else min(timeout, self.policy.download_timeout)
-        deadline = _current.deadline = _Deadline(seconds)
-        self._watchdog.add(deadline)
-        try:
+        with self._deadline(seconds) as deadline:
             for _hop in range(self.policy.max_redirects + 1):
                 target = check_url(url, self.policy)
                 with self._get(target, url, deadline) as response:
@@ -371,6 +368,14 @@ class Fetcher:
                         raise UpstreamError(f"upstream status {response.status}")
                     return self._read_body(response, deadline)
             raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects")
+
+    @contextmanager
+    def _deadline(self, seconds: float) -> Iterator[_Deadline]:
+        """One request's deadline, watched, and known to the connections this thread opens."""
+        deadline = _current.deadline = _Deadline(seconds)
+        self._watchdog.add(deadline)
+        try:
+            yield deadline
         finally:
             deadline.finish()
 
@@ -438,17 +443,13 @@ class Fetcher:
     def post(self, url: str, body: bytes, *, content_type: str, timeout: float, max_bytes: int) -> bytes:
         """POST body to url (an operator's endpoint) under the same guard, no redirects followed;
         the answer's body, at most max_bytes, within timeout seconds."""
-        deadline = _current.deadline = _Deadline(timeout)
-        self._watchdog.add(deadline)
-        try:
+        with self._deadline(timeout) as deadline:
             target = check_url(url, self.policy)
             with self._get(target, url, deadline, body, content_type) as response:
                 if response.status != 200:
                     raise UpstreamError(f"{url}: status {response.status}")
                 with self._read_body(response, deadline, max_bytes) as answer:
                     return answer.read()
-        finally:
-            deadline.finish()
 
     def _read_body(self, raw: urllib3.BaseHTTPResponse, deadline: _Deadline, limit: int | None = None) -> IO[bytes]:
         max_bytes = self.policy.max_bytes if limit is None else limit

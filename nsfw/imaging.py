@@ -169,8 +169,6 @@ def decode_frames(fp: IO[bytes], *, max_pixels: int, max_frames: int = 1, apply_
             rgb = to_rgb(frame)
             # A later seek redraws img in place: a frame that is img itself is copied, unless last.
             frames.append(rgb.copy() if rgb is img and index != indices[-1] else rgb)
-        for frame in frames:
-            frame.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooManyPixels(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile input; all are 422

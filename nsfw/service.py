@@ -16,11 +16,11 @@ import numpy as np
 
 from nsfw.config import Settings
 from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError, Overloaded, Unavailable, UpstreamTimeout
-from nsfw.fetch import Fetcher, FetchPolicy
-from nsfw.imaging import preprocess_frames
+from nsfw.fetch import Fetcher, FetchPolicy, Resolver, system_resolver
+from nsfw.imaging import harden_pillow, preprocess_frames
 from nsfw.model import Classifier
 from nsfw.model.specs import ModelSpec
-from nsfw.policy import Policy, Verdict
+from nsfw.policy import ADULT_CLASSES, Policy, Verdict
 from nsfw.tiers import SecondTier
 
 
@@ -38,6 +38,13 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
 
 
 log = logging.getLogger(__name__)
+
+
+def build_service(settings: Settings, resolver: Resolver = system_resolver) -> PredictionService:
+    """The service for one process (a gunicorn worker, or the command line): Pillow's process-wide
+    limits set, fetcher built; the caller sets the classifier."""
+    harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
+    return PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
 
 
 @dataclass(frozen=True)
@@ -69,14 +76,10 @@ class Prediction:
     second_tier: dict[str, Any] | None = None
 
 
-# The classes whose sum ranks frames: an animation scores as its least safe frame, so a harmless
-# first frame cannot hide the rest.
-UNSAFE_CLASSES = ("hentai", "porn", "sexy")
-
-
 def worst_frame(classes: tuple[str, ...], probabilities: np.ndarray) -> int:
-    """Index of the row with the highest hentai + porn + sexy (the first, on a tie)."""
-    unsafe = [classes.index(name) for name in UNSAFE_CLASSES if name in classes]
+    """Index of the row with the highest hentai + porn + sexy, the verdict's adult sum (the first, on
+    a tie): an animation scores as its least safe frame, so a harmless first frame cannot hide the rest."""
+    unsafe = [classes.index(name) for name in ADULT_CLASSES if name in classes]
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 

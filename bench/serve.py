@@ -10,7 +10,9 @@ latency at concurrency 1 and at saturation, sustained requests/s, /health latenc
 per server, cold start (process start to the first 200 from /health) and peak RSS of the arbiter,
 each worker and all together. The baseline (bench.baseline_app: NSFW-FLASK's download-to-file,
 Keras load_img and model.predict on TensorFlow, from .venv) gets the same requests on the same CPU.
-Also: model-only inference in the serving runtime, and the serving install's size.
+Also: model-only inference in the serving runtime, the serving install's size, and a row per model
+(--models, default every bundled one): latency and worker memory of a server that loads that model
+alone, and of one that loads them all.
 
 A table goes to stdout, all figures to bench/results/serve-<time>.json.
 """
@@ -42,6 +44,7 @@ from bench.load import (
     sequential,
     throughput,
 )
+from nsfw.model.specs import BUNDLED
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = ("jpeg_1000x750", "jpeg_4000x3000", "png_alpha_800x600", "gif_anim_480x360x24")
@@ -116,12 +119,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def measure_server(
-    name: str, base: str, proc: subprocess.Popen[bytes], image_base: str, args: argparse.Namespace, requests: int
+    name: str,
+    base: str,
+    proc: subprocess.Popen[bytes],
+    args: argparse.Namespace,
+    requests: int,
+    loads: dict[str, tuple[Callable[[], Request], int]],
 ) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     with TreeMemory(proc.pid) as memory:
         idle = memory.window()
-        for image, (paths, per_request) in workloads(name, image_base).items():
+        for image, (paths, per_request) in loads.items():
             memory.window()
             sequential(base, paths, 5)  # warm: first-request costs
             one = sequential(base, paths, max(10, requests // per_request))  # about as many images
@@ -186,6 +194,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="clients at saturation")
     parser.add_argument("--baseline-requests", type=int, default=40)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--models", type=_names, default=list(BUNDLED), help="model rows, a comma list")
     parser.add_argument("--serve-venv", type=Path, default=REPO / ".venv-serve")
     parser.add_argument("--tf-venv", type=Path, default=REPO / ".venv")
     parser.add_argument("--out", type=Path, default=None)
@@ -207,22 +216,35 @@ def main() -> None:
     result["install_mb"] = installed_mb(args.serve_venv)
     image_proc, image_base = start_image_server(serve_python)
     try:
-        servers = [("service", args.serve_venv, "app:app", [], args.requests)]
+        jpeg = {"jpeg_1000x750": (by_url(f"{image_base}/jpeg_1000x750"), 1)}
+        servers = [("service", args.serve_venv, "app:app", [], args.requests, {}, workloads("service", image_base))]
         if not args.no_baseline:
             baseline_conf = ["--config", "python:bench.baseline_gunicorn"]
-            servers.append(("baseline", args.tf_venv, "bench.baseline_app:app", baseline_conf, args.baseline_requests))
-        for name, venv, target, extra, requests in servers:
+            baseline_app, baseline = "bench.baseline_app:app", workloads("baseline", image_base)
+            servers.append(
+                ("baseline", args.tf_venv, baseline_app, baseline_conf, args.baseline_requests, {}, baseline)
+            )
+        # One row per model: a server that loads that model alone (NSFW_MODEL), so its worker RSS is
+        # that model's, and one that loads all of them, as NSFW_MODELS would.
+        for model in args.models:
+            env = {"NSFW_MODEL": model, "NSFW_MODELS": model}
+            servers.append((f"model:{model}", args.serve_venv, "app:app", [], args.requests // 2, env, jpeg))
+        if len(args.models) > 1:
+            env = {"NSFW_MODELS": ",".join(args.models)}
+            servers.append(("model:all loaded", args.serve_venv, "app:app", [], args.requests // 2, env, jpeg))
+        for name, venv, target, extra, requests, extra_env, loads in servers:
             port = _free_port()
             env = {
                 "PORT": str(port),
                 "WEB_CONCURRENCY": "2",
                 "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
                 "NSFW_ALLOWED_PORTS": image_base.rsplit(":", 1)[1],
+                **extra_env,
             }
             proc, cold = start_gunicorn(venv, target, extra, env)
             try:
                 result[name] = {"cold_start_s": round(cold, 2)}
-                result[name] |= measure_server(name, f"http://127.0.0.1:{port}", proc, image_base, args, requests)
+                result[name] |= measure_server(name, f"http://127.0.0.1:{port}", proc, args, requests, loads)
             finally:
                 stop(proc)
     finally:
@@ -234,6 +256,10 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     print_table(result)
     print(f"\nJSON: {out}")
+
+
+def _names(raw: str) -> list[str]:
+    return [name for name in raw.split(",") if name]
 
 
 def _cpu_model() -> str:
@@ -295,6 +321,17 @@ def print_table(result: dict[str, Any]) -> None:
             print(
                 f"| {name} | {result[name]['cold_start_s']:.2f} s | {idle['worker_peak_mb']:.0f} MB | "
                 f"{mem['master_peak_mb']:.0f} MB | {mem['worker_peak_mb']:.0f} MB | {mem['total_peak_mb']:.0f} MB |"
+            )
+    models = [name for name in result if name.startswith("model:")]
+    if models:
+        print("\n| model (jpeg 1000x750) | c=1 p50 | p99 | req/s | cold start | idle worker RSS | worker peak |")
+        print("|---|---|---|---|---|---|---|")
+        for name in models:
+            row, idle = result[name]["images"]["jpeg_1000x750"], result[name]["idle_memory"]
+            print(
+                f"| {name[6:]} | {row['c1']['p50_ms']:.1f} ms | {row['c1']['p99_ms']:.1f} ms | {row['rps']:.1f} | "
+                f"{result[name]['cold_start_s']:.2f} s | {idle['worker_peak_mb']:.0f} MB | "
+                f"{result[name]['memory']['worker_peak_mb']:.0f} MB |"
             )
     mo = result["model_only"]
     print(

@@ -58,7 +58,7 @@ def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
             pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
         pytest.skip("needs .venv-serve (scripts/test makes it)")
     out = tmp_path / "result.json"
-    args = ["--no-baseline", "--seconds", "1", "--requests", "3", "--out", str(out)]
+    args = ["--no-baseline", "--seconds", "1", "--requests", "3", "--models", "open_nsfw", "--out", str(out)]
     serve_venv = Path(serve_python).parents[1]
     subprocess.run(
         [sys.executable, "-m", "bench.serve", *args, "--serve-venv", str(serve_venv)],
@@ -72,6 +72,8 @@ def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
         assert row["c1"]["errors"] == 0 and row["saturated"]["errors"] == 0, image
         assert row["rps"] > 0 and row["memory"]["worker_peak_mb"] > 0
     assert result["service"]["cold_start_s"] > 0 and result["model_only"]["median_ms"] > 0
+    model_row = result["model:open_nsfw"]["images"]["jpeg_1000x750"]
+    assert model_row["c1"]["errors"] == 0 and model_row["memory"]["worker_peak_mb"] > 0
     assert set(result["targets"]) >= {"jpeg_1000x750_rps", "worker_peak_mb", "install_mb"}
 
 

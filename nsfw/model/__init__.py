@@ -5,12 +5,13 @@ Only `nsfw.model.tensorflow` imports TensorFlow, and only when NSFW_BACKEND=tens
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from nsfw.config import ConfigError, Settings
-from nsfw.model.specs import MODELS, ModelSpec
+from nsfw.model.specs import MODELS, PRIVATE_DETECTOR, PRIVATE_DETECTOR_SPEC, ModelSpec
 
 
 class Classifier(Protocol):
@@ -18,27 +19,44 @@ class Classifier(Protocol):
 
     spec: ModelSpec
     backend: str
+    path: Path  # the artifact it loaded (GET /models gives its sha256)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """float32 [N, S, S, 3] in [0, 1] -> float32 [N, len(classes)] probabilities."""
+        """The model's inputs [N, ...] (nsfw.imaging.model_input) -> float32 [N, len(classes)] probabilities."""
         ...
 
 
 def warm_up(classifier: Classifier) -> None:
     """One dummy batch, so a broken artifact or runtime fails at boot rather than on a request."""
     size = classifier.spec.input_size
-    probs = classifier.predict(np.zeros((1, size, size, 3), np.float32))
+    if classifier.spec.preprocessing == PRIVATE_DETECTOR:
+        dummy = np.zeros((1, size * size * 3), np.float16)
+    else:
+        dummy = np.zeros((1, size, size, 3), np.float32)
+    probs = classifier.predict(dummy)
     if probs.shape != (1, len(classifier.spec.classes)) or not np.isfinite(probs).all():
         raise RuntimeError(f"{classifier.spec.name}: warm-up gave {probs!r}")
 
 
-def load_classifier(settings: Settings) -> Classifier:
-    """Build and warm the classifier the settings ask for."""
-    spec = MODELS.get(settings.model)
+def load_classifier(settings: Settings, name: str | None = None) -> Classifier:
+    """Build and warm one model of the catalogue (the default model when name is None)."""
+    spec = MODELS.get(name or settings.model)
     if spec is None:
-        raise ConfigError(f"NSFW_MODEL={settings.model!r}: must be one of {', '.join(MODELS)}")
+        raise ConfigError(
+            f"NSFW_MODEL / NSFW_MODELS: unknown model {name or settings.model!r}; one of {', '.join(MODELS)}"
+        )
     classifier: Classifier
-    if settings.backend == "tensorflow":
+    if spec is PRIVATE_DETECTOR_SPEC:
+        if settings.private_detector_path is None:
+            raise ConfigError("NSFW_MODELS has private_detector: set NSFW_PRIVATE_DETECTOR_PATH to its SavedModel")
+        from nsfw.model.tensorflow import SavedModelClassifier
+
+        classifier = SavedModelClassifier(spec, settings.private_detector_path, threads=settings.inference_threads)
+    elif "onnxruntime" in spec.artifacts:
+        from nsfw.model.onnx import OnnxClassifier
+
+        classifier = OnnxClassifier(spec, settings.models_dir, threads=settings.inference_threads)
+    elif settings.backend == "tensorflow":
         from nsfw.model.tensorflow import KerasClassifier
 
         classifier = KerasClassifier(spec, settings.models_dir, threads=settings.inference_threads)
@@ -48,3 +66,13 @@ def load_classifier(settings: Settings) -> Classifier:
         classifier = LiteRTClassifier(spec, settings.models_dir, threads=settings.inference_threads)
     warm_up(classifier)
     return classifier
+
+
+def load_classifiers(settings: Settings) -> dict[str, Classifier]:
+    """Every served model (NSFW_MODEL, then NSFW_MODELS), loaded and warmed."""
+    unknown = [name for name in settings.served_models if name not in MODELS]
+    if unknown:
+        raise ConfigError(
+            f"NSFW_MODELS / NSFW_MODEL: unknown {', '.join(unknown)}; the catalogue is {', '.join(MODELS)}"
+        )
+    return {name: load_classifier(settings, name) for name in settings.served_models}

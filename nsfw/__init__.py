@@ -1,18 +1,19 @@
-"""NSFW image moderation service: GantMan's model with nsfwjs-identical scores behind Flask."""
+"""NSFW image moderation service: GantMan's models with nsfwjs-identical scores (and Yahoo's and
+Bumble's) behind Flask."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from flask import Flask
 
 from nsfw.api import bp, register_error_handlers
 from nsfw.config import ConfigError, Settings
 from nsfw.fetch import Resolver, system_resolver
-from nsfw.model import Classifier, load_classifier
+from nsfw.model import Classifier, load_classifiers
 from nsfw.service import PredictionService, build_service
 
 __all__ = ["ConfigError", "Settings", "create_app"]
@@ -25,23 +26,26 @@ WORKER_BOOT_ERROR = 3
 
 def create_app(
     settings: Settings | None = None,
-    classifier: Classifier | None = None,
+    classifier: Classifier | Sequence[Classifier] | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     resolver: Resolver = system_resolver,
 ) -> Flask:
-    """The one factory: settings (from NSFW_* when not given), the classifier (loaded and warmed
-    here when not given), fetcher, blueprint and error handlers."""
+    """The one factory: settings (from NSFW_* when not given), the classifiers (every served model,
+    loaded and warmed here when not given; the first given is the default), fetcher, blueprint and
+    error handlers."""
     if settings is None:
         settings = Settings.from_env(os.environ if environ is None else environ)
     _configure_logging(settings.log_level)
     service = build_service(settings, resolver)
-    if classifier is not None:
+    if isinstance(classifier, Sequence):
+        service.set_classifiers({c.spec.name: c for c in classifier})
+    elif classifier is not None:
         service.set_classifier(classifier)
     elif settings.load_in_background:
         threading.Thread(target=_load_or_exit, args=(service,), name="model-loader", daemon=True).start()
     else:
-        service.set_classifier(load_classifier(settings))
+        service.set_classifiers(load_classifiers(settings))
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -66,7 +70,7 @@ def _configure_logging(level: str) -> None:
 
 def _load_or_exit(service: PredictionService) -> None:
     try:
-        service.set_classifier(load_classifier(service.settings))
+        service.set_classifiers(load_classifiers(service.settings))
     except BaseException:
         log.critical("model failed to load; stopping the worker", exc_info=True)
         logging.shutdown()

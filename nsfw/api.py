@@ -23,7 +23,7 @@ import io
 import logging
 import re
 import time
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from nsfw import errors
 from nsfw.config import Settings
 from nsfw.imaging import RESIZE_MODES
+from nsfw.model.specs import MODELS, NSFWJS
 from nsfw.policy import OVERRIDABLE, Policy
 from nsfw.service import BatchItem, Prediction, PredictionService
 
@@ -128,18 +129,29 @@ def _request_image() -> tuple[str | None, IO[bytes] | None]:
     return urls[0], None
 
 
-def _options() -> tuple[str | None, bool, Policy]:
-    """The per-request options: resize mode, detail flag, and the verdict policy with overrides."""
+class Options(NamedTuple):
+    model: str | None
+    resize: str | None
+    detail: bool
+    policy: Policy
+
+
+def _options() -> Options:
+    """The per-request options: model, resize mode, detail flag, and the verdict policy with overrides."""
     service = _service()
+    model = _one(request.args.getlist("model"), "model")
+    spec = service.classifier_for(model).spec
     resize = _one(request.args.getlist("resize"), "resize")
     if resize is not None and resize not in RESIZE_MODES:
         raise errors.BadRequest(f"resize={resize!r}")
+    if resize is not None and spec.preprocessing != NSFWJS:
+        raise errors.BadRequest(f"resize applies to GantMan's models, not {spec.name}")
     detail = _one(request.args.getlist("detail"), "detail") or "false"
     if detail.lower() not in _FLAGS:
         raise errors.BadRequest(f"detail={detail!r}")
     for name in OVERRIDABLE:
         _one(request.args.getlist(name), name)
-    return resize, _FLAGS[detail.lower()], service.settings.policy().overridden(request.args)
+    return Options(model, resize, _FLAGS[detail.lower()], service.settings.policy().overridden(request.args))
 
 
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
@@ -179,16 +191,16 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
 def predict() -> Response:
     started = time.perf_counter()
     service = _service()
-    resize, detail, policy = _options()
+    options = _options()
     url, image = _request_image()
     # A verdict (and with it a second tier's opinion) is only worked out when it is asked for.
-    verdict_policy = policy if detail else None
+    kwargs = {"model": options.model, "resize": options.resize, "policy": options.policy if options.detail else None}
     if image is not None:
-        prediction = service.predict_image(image, resize=resize, policy=verdict_policy)
+        prediction = service.predict_image(image, **kwargs)
     else:
         assert url is not None  # _request_image gives one or the other
-        prediction = service.predict_url(url, resize=resize, policy=verdict_policy)
-    return jsonify(_answer(prediction, detail, policy, started))
+        prediction = service.predict_url(url, **kwargs)
+    return jsonify(_answer(prediction, options.detail, options.policy, started))
 
 
 def _batch_item(raw: object) -> BatchItem:
@@ -212,7 +224,7 @@ def _batch_item(raw: object) -> BatchItem:
 def predict_batch() -> Response:
     started = time.perf_counter()
     service = _service()
-    resize, detail, policy = _options()
+    model, resize, detail, policy = _options()
     body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise errors.BadRequest('the body must be JSON {"items": [...]}')
@@ -220,7 +232,7 @@ def predict_batch() -> Response:
     if len(items) > service.settings.max_batch:
         raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
     batch = [_batch_item(raw) for raw in items]
-    results = service.predict_batch(batch, resize=resize, policy=policy if detail else None)
+    results = service.predict_batch(batch, model=model, resize=resize, policy=policy if detail else None)
     return jsonify(
         {
             "results": [
@@ -233,27 +245,60 @@ def predict_batch() -> Response:
 
 @bp.route("/models", methods=["GET"])
 def models() -> Response:
-    """The models this worker serves, with what a client needs to trust and use their scores."""
+    """The catalogue: every model, whether this worker serves it, and what a client needs to trust
+    and use its scores."""
     service = _service()
-    classifier = service.classifier
-    spec = classifier.spec
-    return jsonify(
-        {
-            "models": [
-                {
-                    "name": spec.name,
-                    "version": spec.version,
-                    "default": True,
-                    "backend": classifier.backend,
-                    "input_size": spec.input_size,
-                    "classes": list(spec.classes),
-                    "source": spec.source,
-                    "licence": spec.licence,
-                    "sha256": service.artifact_sha256(),
-                }
-            ]
+    served = service.classifiers
+    listing = []
+    for name, spec in MODELS.items():
+        classifier = served.get(name)
+        entry: dict[str, Any] = {
+            "name": name,
+            "version": spec.version,
+            "served": classifier is not None,
+            "default": name == service.classifier.spec.name,
+            "backend": classifier.backend if classifier else next(iter(spec.artifacts), "tensorflow"),
+            "input_size": spec.input_size,
+            "classes": list(spec.classes),
+            "adult_classes": list(spec.adult_classes),
+            "source": spec.source,
+            "licence": spec.licence,
+            "sha256": service.artifact_sha256(classifier) if classifier else service.bundled_sha256(spec),
         }
-    )
+        listing.append(entry)
+    return jsonify({"models": listing})
+
+
+def _flask_value(prediction: Prediction) -> float | dict[str, float]:
+    """NSFW-FLASK's value for one model: a two-class model's NSFW probability, else the scores."""
+    nsfw_class = prediction.model.nsfw_class
+    return prediction.scores[nsfw_class] if nsfw_class else prediction.scores
+
+
+# NSFW-FLASK called GantMan's MobileNetV2 `nsfw_model` in /models/all/predict.
+_FLASK_NAMES = {"mobilenet_v2": "nsfw_model"}
+
+
+@bp.route("/models/<name>/predict", methods=["POST"])
+def predict_with_model(name: str) -> Response:
+    """NSFW-FLASK's v2 routes: `{"<model>": p or scores, "time": seconds}` for one model, and for
+    `all` every served model on the one image, fetched once."""
+    started = time.perf_counter()
+    service = _service()
+    url, image = _request_image()
+    if name == "all":
+        predictions = service.predict_all(url, image)
+        answer: dict[str, Any] = {
+            _FLASK_NAMES.get(model, model): _flask_value(prediction) for model, prediction in predictions.items()
+        }
+    else:
+        if image is not None:
+            prediction = service.predict_image(image, model=name)
+        else:
+            assert url is not None
+            prediction = service.predict_url(url, model=name)
+        answer = {name: _flask_value(prediction)}
+    return jsonify({**answer, "time": round(time.perf_counter() - started, 4)})
 
 
 @bp.route("/health", methods=["GET"])
@@ -263,7 +308,7 @@ def health() -> tuple[Response, int]:
         return jsonify({"status": "loading"}), 503
     classifier = service.classifier
     body = {"status": "ok", "model": classifier.spec.name, "version": classifier.spec.version}
-    return jsonify({**body, "backend": classifier.backend}), 200
+    return jsonify({**body, "backend": classifier.backend, "models": list(service.classifiers)}), 200
 
 
 def _error_response(error: errors.NsfwError) -> tuple[Response, int, dict[str, str]]:

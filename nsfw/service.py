@@ -6,22 +6,32 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from nsfw.config import Settings
-from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError, Overloaded, Unavailable, UpstreamTimeout
+from nsfw.errors import (
+    ImageTooLarge,
+    InvalidImage,
+    ModelNotServed,
+    NsfwError,
+    Overloaded,
+    Unavailable,
+    UnknownModel,
+    UpstreamTimeout,
+)
 from nsfw.fetch import Fetcher, FetchPolicy, Resolver, system_resolver
 from nsfw.imaging import harden_pillow, preprocess_frames
 from nsfw.model import Classifier
-from nsfw.model.specs import ModelSpec
-from nsfw.policy import ADULT_CLASSES, Policy, Verdict
-from nsfw.tiers import SecondTier
+from nsfw.model.specs import MODELS, ModelSpec
+from nsfw.policy import Policy, Verdict
+from nsfw.tiers import HttpSecondTier, SecondTierPolicy
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:
@@ -70,16 +80,17 @@ class Prediction:
     frame_count: int
     seconds: float
     # Filled when a verdict was asked for: the verdict, the tier that decided it (1 or 2), and what
-    # the second tier said ({"nsfw": p} or {"error": ...}) when it was asked.
+    # the second tier said ({"nsfw": p}, with "model" for a model tier, or {"error": ...}) when asked.
     verdict: Verdict | None = None
     tier: int = 1
     second_tier: dict[str, Any] | None = None
 
 
-def worst_frame(classes: tuple[str, ...], probabilities: np.ndarray) -> int:
-    """Index of the row with the highest hentai + porn + sexy, the verdict's adult sum (the first, on
-    a tie): an animation scores as its least safe frame, so a harmless first frame cannot hide the rest."""
-    unsafe = [classes.index(name) for name in ADULT_CLASSES if name in classes]
+def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probabilities: np.ndarray) -> int:
+    """Index of the row with the highest sum of the model's adult classes (hentai + porn + sexy for
+    GantMan's), the verdict's adult sum (the first, on a tie): an animation scores as its least safe
+    frame, so a harmless first frame cannot hide the rest."""
+    unsafe = [classes.index(name) for name in adult_classes]
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 
@@ -89,8 +100,9 @@ class PredictionService:
     def __init__(self, settings: Settings, fetcher: Fetcher) -> None:
         self.settings = settings
         self.fetcher = fetcher
-        self._classifier: Classifier | None = None
-        self._sha256: str | None = None
+        # Served models by name, the default first; empty until loaded.
+        self._classifiers: dict[str, Classifier] = {}
+        self._sha256: dict[Path, str] = {}
         # Admission: at most max_in_flight predictions per worker; the rest are refused at once.
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         # Decoding and inference run one at a time per worker: on one vCPU more would only
@@ -98,53 +110,70 @@ class PredictionService:
         self._compute = threading.Lock()
         # Batch items overlap their downloads here, a bounded pool per worker (not per request).
         self._batch_pool = ThreadPoolExecutor(settings.batch_concurrency, thread_name_prefix="batch")
-        self.second_tier = (
-            SecondTier(
-                settings.second_tier_url,
-                settings.second_tier_timeout,
-                settings.second_tier_adult_threshold,
-                settings.second_tier_safe_threshold,
-            )
-            if settings.second_tier_url
-            else None
+        self.second_tier_policy = SecondTierPolicy(
+            settings.second_tier_adult_threshold, settings.second_tier_safe_threshold
+        )
+        self.second_tier_http = (
+            HttpSecondTier(settings.second_tier_url, settings.second_tier_timeout) if settings.second_tier_url else None
         )
 
+    def set_classifiers(self, classifiers: Mapping[str, Classifier]) -> None:
+        """Called once, when the models are loaded and warmed (maybe from the loader thread)."""
+        self._classifiers = dict(classifiers)
+
     def set_classifier(self, classifier: Classifier) -> None:
-        """Called once, when the model is loaded and warmed (maybe from the loader thread)."""
-        self._classifier = classifier
+        self.set_classifiers({classifier.spec.name: classifier})
 
     @property
     def ready(self) -> bool:
-        return self._classifier is not None
+        return bool(self._classifiers)
+
+    @property
+    def classifiers(self) -> dict[str, Classifier]:
+        if not self._classifiers:
+            raise Unavailable("model still loading")
+        return self._classifiers
 
     @property
     def classifier(self) -> Classifier:
-        if self._classifier is None:
-            raise Unavailable("model still loading")
-        return self._classifier
+        """The default model's."""
+        return next(iter(self.classifiers.values()))
 
-    def artifact_sha256(self) -> str:
-        """sha256 of the file the runtime loaded (the .tflite for LiteRT, the .keras for TensorFlow)."""
-        if self._sha256 is None:
-            spec = self.classifier.spec
-            path = spec.keras_path(self.settings.models_dir)
-            if self.classifier.backend == "litert":
-                path = spec.tflite_path(self.settings.models_dir)
-            self._sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-        return self._sha256
+    def classifier_for(self, name: str | None) -> Classifier:
+        """The served model called name (the default for None); 400 for any other name."""
+        if name is None:
+            return self.classifier
+        if name not in MODELS:
+            raise UnknownModel(f"model={name!r}")
+        classifier = self.classifiers.get(name)
+        if classifier is None:
+            raise ModelNotServed(f"model={name!r}; served: {', '.join(self.classifiers)}")
+        return classifier
 
-    def scores(self, probabilities: np.ndarray) -> dict[str, float]:
-        """One row of model output -> the flat {class: probability} dict of NSFW-FLASK."""
-        return {name: float(p) for name, p in zip(self.classifier.spec.classes, probabilities, strict=True)}
+    def artifact_sha256(self, classifier: Classifier) -> str:
+        """sha256 of the file the runtime loaded (.tflite, .keras, .onnx, lean .npz, saved_model.pb)."""
+        return self._sha256_of(classifier.path)
+
+    def bundled_sha256(self, spec: ModelSpec) -> str | None:
+        """sha256 of a model's default artifact in NSFW_MODELS_DIR (None when it brings none, or it is missing)."""
+        if not spec.artifacts:
+            return None
+        path = spec.artifact(next(iter(spec.artifacts)), self.settings.models_dir)
+        return self._sha256_of(path) if path.is_file() else None
+
+    def _sha256_of(self, path: Path) -> str:
+        if path not in self._sha256:
+            self._sha256[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return self._sha256[path]
 
     @contextmanager
-    def _admitted(self) -> Iterator[Classifier]:
-        """A prediction slot of this worker, or a fast 503; 503 too before the model is ready."""
-        classifier = self.classifier
+    def _admitted(self) -> Iterator[None]:
+        """A prediction slot of this worker, or a fast 503; 503 too before the models are ready."""
+        self.classifiers  # noqa: B018 - raises Unavailable while loading
         if not self._slots.acquire(blocking=False):
             raise Overloaded(f"{self.settings.max_in_flight} predictions in flight")
         try:
-            yield classifier
+            yield
         finally:
             self._slots.release()
 
@@ -152,20 +181,22 @@ class PredictionService:
         self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
     ) -> Prediction:
         started = time.perf_counter()
+        spec = classifier.spec
         with self._compute:
-            tensors, frames = preprocess_frames(
+            body.seek(0)
+            inputs, frames = preprocess_frames(
                 body,
-                size=classifier.spec.input_size,
-                mode=resize or self.settings.resize,
+                spec=spec,
+                resize=resize or self.settings.resize,
                 max_pixels=self.settings.max_pixels,
                 max_frames=self.settings.max_frames,
             )
-            probabilities = classifier.predict(tensors)
-        per_frame = [self.scores(row) for row in probabilities]
-        chosen = worst_frame(classifier.spec.classes, probabilities)
+            probabilities = classifier.predict(inputs)
+        per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
+        chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
         prediction = Prediction(
             scores=per_frame[chosen],
-            model=classifier.spec,
+            model=spec,
             backend=classifier.backend,
             frame_indices=frames.indices,
             frame_scores=per_frame,
@@ -177,28 +208,54 @@ class PredictionService:
 
     def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
         """The first tier's verdict; when it is unknown and a second tier is set, the second's."""
-        verdict = policy.decide(prediction.scores)
-        if verdict.label != "unknown" or self.second_tier is None:
+        spec = prediction.model
+        verdict = policy.decide(prediction.scores, spec.adult_classes, spec.safe_classes)
+        second_model = self.settings.second_tier_model
+        if verdict.label != "unknown" or not (second_model or self.second_tier_http):
             return replace(prediction, verdict=verdict)
-        body.seek(0)
         try:
-            p, second = self.second_tier.ask(self.fetcher, body.read())
+            if second_model:
+                classifier = self.classifier_for(second_model)
+                scores = self._classify(classifier, body, None).scores
+                p, source = sum(scores[name] for name in classifier.spec.adult_classes), second_model
+            else:
+                assert self.second_tier_http is not None
+                body.seek(0)
+                p, source = self.second_tier_http.ask(self.fetcher, body.read()), "endpoint"
         except NsfwError as exc:
             # The second opinion failed: the first tier's unknown stands (human review), and says why.
             log.info("second tier -> %s: %s", exc.code, exc.detail)
             return replace(prediction, verdict=verdict, second_tier=exc.to_dict())
-        return replace(prediction, verdict=second, tier=2, second_tier={"nsfw": p})
+        second = self.second_tier_policy.decide(source, p)
+        answer = {"model": second_model, "nsfw": p} if second_model else {"nsfw": p}
+        return replace(prediction, verdict=second, tier=2, second_tier=answer)
 
-    def predict_url(self, url: str, *, resize: str | None = None, policy: Policy | None = None) -> Prediction:
+    def predict_url(
+        self, url: str, *, model: str | None = None, resize: str | None = None, policy: Policy | None = None
+    ) -> Prediction:
         """Fetch url and classify the image (with a verdict when a policy is given); raises NsfwError
         subclasses on every failure."""
-        with self._admitted() as classifier, self.fetcher.fetch(url) as body:
+        classifier = self.classifier_for(model)
+        with self._admitted(), self.fetcher.fetch(url) as body:
             return self._classify(classifier, body, resize, policy)
 
-    def predict_image(self, body: IO[bytes], *, resize: str | None = None, policy: Policy | None = None) -> Prediction:
+    def predict_image(
+        self, body: IO[bytes], *, model: str | None = None, resize: str | None = None, policy: Policy | None = None
+    ) -> Prediction:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
-        with self._admitted() as classifier:
+        classifier = self.classifier_for(model)
+        with self._admitted():
             return self._classify_upload(classifier, body, resize, policy)
+
+    def predict_all(self, url: str | None, image: IO[bytes] | None) -> dict[str, Prediction]:
+        """Every served model on one image, fetched once (NSFW-FLASK's /models/all/predict fetched
+        it once per model); one admission slot."""
+        with self._admitted():
+            if image is not None:
+                return {name: self._classify_upload(c, image, None) for name, c in self.classifiers.items()}
+            assert url is not None
+            with self.fetcher.fetch(url) as body:
+                return {name: self._classify(c, body, None) for name, c in self.classifiers.items()}
 
     def _classify_upload(
         self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
@@ -209,15 +266,20 @@ class PredictionService:
             raise ImageTooLarge(f"upload of {size} bytes")
         if size == 0:
             raise InvalidImage("empty upload")
-        body.seek(0)
         return self._classify(classifier, body, resize, policy)
 
     def predict_batch(
-        self, items: Sequence[BatchItem], *, resize: str | None = None, policy: Policy | None = None
+        self,
+        items: Sequence[BatchItem],
+        *,
+        model: str | None = None,
+        resize: str | None = None,
+        policy: Policy | None = None,
     ) -> list[Prediction | NsfwError]:
         """Every item's prediction or its own error, in order. One admission slot for the batch;
         downloads overlap (NSFW_BATCH_CONCURRENCY) under one deadline (NSFW_BATCH_TIMEOUT)."""
-        with self._admitted() as classifier:
+        classifier = self.classifier_for(model)
+        with self._admitted():
             deadline = time.monotonic() + self.settings.batch_timeout
 
             def one(item: BatchItem) -> Prediction | NsfwError:

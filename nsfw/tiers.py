@@ -1,11 +1,15 @@
-"""The second opinion: when the first model's verdict is unknown, the operator's endpoint decides.
+"""The second opinion: when the first model's verdict is unknown, a second tier decides.
 
-Contract: the service POSTs the image's bytes (`Content-Type: application/octet-stream`) to
-NSFW_SECOND_TIER_URL and expects 200 JSON `{"nsfw": p}` with p in [0, 1] (a single NSFW
-probability, as Yahoo's open_nsfw or Bumble's private detector give). p at or above
-NSFW_SECOND_TIER_ADULT_THRESHOLD is adult, at or below NSFW_SECOND_TIER_SAFE_THRESHOLD safe, else
-still unknown. The call goes through the same guarded client as image downloads (an endpoint on a
-private network must be opened with NSFW_ALLOWED_NETWORKS), within NSFW_SECOND_TIER_TIMEOUT.
+Either of two, set by the operator:
+- NSFW_SECOND_TIER_MODEL: a second model of this service (e.g. inception_v3 or open_nsfw) run on the
+  same image; its probability is the sum of its adult classes.
+- NSFW_SECOND_TIER_URL: the operator's endpoint. The service POSTs the image's bytes
+  (`Content-Type: application/octet-stream`) and expects 200 JSON `{"nsfw": p}` with p in [0, 1] (a
+  single NSFW probability, as Yahoo's open_nsfw or Bumble's private detector give). The call goes
+  through the same guarded client as image downloads (an endpoint on a private network must be
+  opened with NSFW_ALLOWED_NETWORKS), within NSFW_SECOND_TIER_TIMEOUT.
+p at or above NSFW_SECOND_TIER_ADULT_THRESHOLD is adult, at or below NSFW_SECOND_TIER_SAFE_THRESHOLD
+safe, else still unknown.
 """
 
 from __future__ import annotations
@@ -22,14 +26,28 @@ MAX_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
-class SecondTier:
-    url: str
-    timeout: float
+class SecondTierPolicy:
     adult_threshold: float
     safe_threshold: float
 
-    def ask(self, fetcher: Fetcher, image: bytes) -> tuple[float, Verdict]:
-        """The endpoint's probability and the verdict it gives; UpstreamError/Timeout on failure."""
+    def decide(self, source: str, p: float) -> Verdict:
+        """The verdict on the second tier's probability; source names it in the reason."""
+        if p >= self.adult_threshold:
+            return Verdict("adult", f"second tier {source} nsfw {p:.3f} >= {self.adult_threshold}")
+        if p <= self.safe_threshold:
+            return Verdict("safe", f"second tier {source} nsfw {p:.3f} <= {self.safe_threshold}")
+        return Verdict(
+            "unknown", f"second tier {source} nsfw {p:.3f} between {self.safe_threshold} and {self.adult_threshold}"
+        )
+
+
+@dataclass(frozen=True)
+class HttpSecondTier:
+    url: str
+    timeout: float
+
+    def ask(self, fetcher: Fetcher, image: bytes) -> float:
+        """The endpoint's probability; UpstreamError/UpstreamTimeout on failure."""
         raw = fetcher.post(
             self.url, image, content_type="application/octet-stream", timeout=self.timeout, max_bytes=MAX_ANSWER_BYTES
         )
@@ -39,10 +57,4 @@ class SecondTier:
             raise UpstreamError(f"second tier answered {raw[:100]!r}: {exc}") from None
         if not 0 <= p <= 1 or math.isnan(p):
             raise UpstreamError(f"second tier answered nsfw={p}")
-        if p >= self.adult_threshold:
-            return p, Verdict("adult", f"second tier nsfw {p:.3f} >= {self.adult_threshold}")
-        if p <= self.safe_threshold:
-            return p, Verdict("safe", f"second tier nsfw {p:.3f} <= {self.safe_threshold}")
-        return p, Verdict(
-            "unknown", f"second tier nsfw {p:.3f} between {self.safe_threshold} and {self.adult_threshold}"
-        )
+        return p

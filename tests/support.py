@@ -148,6 +148,7 @@ class FakeClassifier:
 
     spec: ModelSpec = MOBILENET_V2
     backend: str = "fake"
+    path: Path = REPO / "models" / "mobilenet_v2" / "model.tflite"
     probabilities: tuple[float, ...] = (0.1, 0.2, 0.3, 0.25, 0.15)
     seen: list[np.ndarray] = field(default_factory=list)
 

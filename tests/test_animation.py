@@ -67,8 +67,11 @@ def test_the_decoded_area_bounds_how_far_sampling_reaches() -> None:
 def test_worst_frame_ranks_by_hentai_porn_and_sexy() -> None:
     classes = ("drawings", "hentai", "neutral", "porn", "sexy")
     rows = np.array([[0.0, 0.1, 0.9, 0.0, 0.0], [0.9, 0.0, 0.0, 0.05, 0.05], [0.1, 0.0, 0.5, 0.2, 0.2]])
-    assert worst_frame(classes, rows) == 2
-    assert worst_frame(classes, rows[:2]) == 0  # 0.1 against 0.1: the first wins a tie
+    adult = ("hentai", "porn", "sexy")
+    assert worst_frame(adult, classes, rows) == 2
+    assert worst_frame(adult, classes, rows[:2]) == 0  # 0.1 against 0.1: the first wins a tie
+    # A two-class model ranks by its own adult class.
+    assert worst_frame(("nsfw",), ("sfw", "nsfw"), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])) == 1
 
 
 def _photo(name: str, size: tuple[int, int]) -> Image.Image:

@@ -71,17 +71,18 @@ def test_health_is_ok_once_loaded(client: FlaskClient) -> None:
         "model": "mobilenet_v2",
         "version": "nsfwjs-4.4.0",
         "backend": "litert",
+        "models": ["mobilenet_v2"],
     }
 
 
 def test_health_is_503_while_the_model_loads(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
 
-    def slow_load(s: Settings) -> FakeClassifier:
+    def slow_load(s: Settings) -> dict[str, FakeClassifier]:
         release.wait(5)
-        return FakeClassifier()
+        return {"mobilenet_v2": FakeClassifier()}
 
-    monkeypatch.setattr(nsfw, "load_classifier", slow_load)
+    monkeypatch.setattr(nsfw, "load_classifiers", slow_load)
     from dataclasses import replace
 
     client = nsfw.create_app(replace(settings, load_in_background=True)).test_client()

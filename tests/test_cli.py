@@ -86,3 +86,11 @@ def test_the_module_runs_with_the_serving_dependencies_only() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["neutral"] > 0.5
+
+
+def test_a_model_of_the_catalogue_can_be_chosen(env: None) -> None:
+    path = str(CORPUS / "068_lighthouse.jpg")
+    status, lines = _run(["--model", "open_nsfw", path])
+    assert status == 0 and set(lines[0]) == {"input", "sfw", "nsfw"} and lines[0]["nsfw"] < 0.5
+    with pytest.raises(SystemExit):
+        _run(["--model", "resnet", path])

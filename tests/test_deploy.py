@@ -398,3 +398,49 @@ def test_the_deployed_service_answers_hostile_urls_and_keeps_its_workers(
     assert list(spill.iterdir()) == []
     # The detail the client never sees is in the log.
     assert "017700000002 is refused address 127.0.0.2" in server.log.read_text()
+
+
+UNSEEN = REPO / "tests" / "data" / "unseen"
+
+
+@pytest.mark.slow
+def test_deployed_models_from_outside(start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer) -> None:
+    """GET /models lists the bundled models; ?model=inception_v3 matches nsfwjs's InceptionV3 on images
+    that are not in ../shared (scripts/nsfwjs_reference.py); ?detail=true carries scores, verdict and
+    model; the default stays the flat dict; NSFW-FLASK's /models/all/predict fetches once."""
+    server = start_gunicorn({"NSFW_MODELS": "mobilenet_v2,inception_v3,open_nsfw"})
+    status, listing = _get(f"{server.base}/models")
+    assert status == 200
+    models = {entry["name"]: entry for entry in listing["models"]}
+    assert {"mobilenet_v2", "inception_v3", "open_nsfw"} <= {name for name, m in models.items() if m["served"]}
+    assert models["inception_v3"]["input_size"] == 299 and models["open_nsfw"]["classes"] == ["sfw", "nsfw"]
+    assert models["private_detector"]["served"] is False
+    md = (REPO / "models" / "MODELS.md").read_text()
+    for name, artifact in (("inception_v3", "inception_v3/model.npz"), ("open_nsfw", "open_nsfw/open-nsfw.onnx")):
+        assert f"`{artifact}` | " in md and models[name]["sha256"] in md, name
+
+    expected = json.loads((UNSEEN / "nsfwjs_inception_v3.json").read_text())["probs"]
+    assert len(expected) == 8
+    for name, probs in expected.items():
+        url = image_server.add_file(f"/{name}", (UNSEEN / name).read_bytes())
+        status, scores = _get(f"{server.base}/predict?model=inception_v3&url={url}", method="POST")
+        assert status == 200 and list(scores) == ["drawings", "hentai", "neutral", "porn", "sexy"], scores
+        assert np.abs(np.array(list(scores.values())) - probs).max() <= 1e-3, name
+
+    url = image_server.add_file("/lighthouse.jpg", corpus_bytes("068_lighthouse.jpg"))
+    status, detail = _get(f"{server.base}/predict?model=inception_v3&detail=true&url={url}", method="POST")
+    assert status == 200 and set(detail["scores"]) == {"drawings", "hentai", "neutral", "porn", "sexy"}
+    assert detail["verdict"]["label"] == "safe" and detail["verdict"]["reason"].startswith("drawings+neutral")
+    assert detail["model"]["name"] == "inception_v3" and detail["model"]["backend"] == "onnxruntime"
+    status, flat = _get(f"{server.base}/predict?url={url}", method="POST")
+    assert status == 200 and list(flat) == ["drawings", "hentai", "neutral", "porn", "sexy"]
+
+    hits_before = image_server.hits.count("/lighthouse.jpg")
+    status, everything = _get(f"{server.base}/models/all/predict?url={url}", method="POST")
+    assert status == 200 and image_server.hits.count("/lighthouse.jpg") == hits_before + 1
+    assert set(everything) == {"nsfw_model", "inception_v3", "open_nsfw", "time"}
+    assert everything["nsfw_model"] == flat and 0 <= everything["open_nsfw"] < 0.5
+    status, one = _get(f"{server.base}/models/open_nsfw/predict?url={url}", method="POST")
+    assert status == 200 and set(one) == {"open_nsfw", "time"} and one["open_nsfw"] == everything["open_nsfw"]
+    status, refused = _get(f"{server.base}/models/private_detector/predict?url={url}", method="POST")
+    assert status == 400 and refused["error"]["code"] == "model_not_served"

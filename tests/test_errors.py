@@ -33,6 +33,8 @@ def test_status_table_of_style_md() -> None:
         "invalid_base64": 400,
         "too_many_images": 400,
         "too_many_items": 400,
+        "unknown_model": 400,
+        "model_not_served": 400,
         "unreadable_file": 400,
         "invalid_policy": 400,
         "url_scheme_not_allowed": 400,

@@ -1,4 +1,5 @@
-"""Two tiers: when the first verdict is unknown, the operator's endpoint (a fake here) decides."""
+"""Two tiers: when the first verdict is unknown, a second model or the operator's endpoint (fakes
+here) decides."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from flask.testing import FlaskClient
 
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings
+from nsfw.model.specs import OPEN_NSFW_SPEC
 from tests.support import FakeClassifier, ImageServer, corpus_bytes, send
 
 UNSURE = (0.1, 0.1, 0.4, 0.2, 0.2)  # hentai+porn+sexy 0.5, drawings+neutral 0.5: unknown at 0.7 / 0.7
@@ -58,7 +60,7 @@ def test_the_second_tier_decides_the_gray_zone(
 ) -> None:
     tier = FakeSecondTier(json.dumps({"nsfw": p}).encode())
     answer = _ask(_client(settings, image_server, tier, UNSURE), image_server)
-    assert answer["verdict"]["label"] == label and answer["verdict"]["reason"].startswith("second tier nsfw")
+    assert answer["verdict"]["label"] == label and answer["verdict"]["reason"].startswith("second tier endpoint nsfw")
     assert answer["tier"] == 2 and answer["second_tier"] == {"nsfw": p}
     assert tier.received == [corpus_bytes("068_lighthouse.jpg")]  # the image itself, fetched once
 
@@ -110,3 +112,40 @@ def test_second_tier_settings_are_validated() -> None:
         Settings.from_env({"NSFW_SECOND_TIER_ADULT_THRESHOLD": "0.04"})
     with pytest.raises(ConfigError, match="NSFW_SECOND_TIER_URL"):
         Settings.from_env({"NSFW_SECOND_TIER_URL": "ftp://example.com/"})
+    with pytest.raises(ConfigError, match="NSFW_SECOND_TIER_MODEL"):
+        Settings.from_env({"NSFW_SECOND_TIER_MODEL": "open_nsfw"})  # not served
+    with pytest.raises(ConfigError, match="NSFW_SECOND_TIER_MODEL"):
+        Settings.from_env(
+            {"NSFW_MODELS": "open_nsfw", "NSFW_SECOND_TIER_MODEL": "open_nsfw", "NSFW_SECOND_TIER_URL": "http://x/"}
+        )
+    assert Settings.from_env({"NSFW_MODELS": "open_nsfw", "NSFW_SECOND_TIER_MODEL": "open_nsfw"}).served_models == (
+        "mobilenet_v2",
+        "open_nsfw",
+    )
+
+
+def _model_tiered(settings: Settings, first: tuple, nsfw: float) -> tuple[FlaskClient, FakeClassifier]:
+    second = FakeClassifier(spec=OPEN_NSFW_SPEC, probabilities=(1 - nsfw, nsfw))
+    tiered = replace(settings, models=("open_nsfw",), second_tier_model="open_nsfw")
+    return create_app(tiered, [FakeClassifier(probabilities=first), second]).test_client(), second
+
+
+@pytest.mark.parametrize(("p", "label"), [(0.97, "adult"), (0.02, "safe"), (0.5, "unknown")])
+def test_a_second_model_decides_the_gray_zone(
+    p: float, label: str, settings: Settings, image_server: ImageServer
+) -> None:
+    client, second = _model_tiered(settings, UNSURE, p)
+    answer = _ask(client, image_server)
+    assert answer["verdict"]["label"] == label and answer["tier"] == 2
+    assert answer["verdict"]["reason"].startswith("second tier open_nsfw nsfw")
+    assert answer["second_tier"] == {"model": "open_nsfw", "nsfw": pytest.approx(p)}
+    assert answer["model"]["name"] == "mobilenet_v2"  # the scores are still the first model's
+    (batch,) = second.seen  # it ran on the same image, with its own preprocessing
+    assert batch.shape == (1, 224, 224, 3) and batch.min() < -100  # BGR minus the mean, not [0, 1]
+
+
+def test_a_sure_first_model_never_runs_the_second(settings: Settings, image_server: ImageServer) -> None:
+    client, second = _model_tiered(settings, SURE_SAFE, 0.99)
+    answer = _ask(client, image_server)
+    assert answer["verdict"]["label"] == "safe" and answer["tier"] == 1 and "second_tier" not in answer
+    assert second.seen == []

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from nsfw import errors
+from nsfw import create_app, errors
 from nsfw.config import ConfigError, Settings
+from nsfw.model.specs import OPEN_NSFW_SPEC
 from nsfw.policy import Policy
-from tests.support import MESSAGES, REPO, ImageServer, corpus_bytes
+from tests.support import MESSAGES, REPO, FakeClassifier, ImageServer, corpus_bytes
 
 CLASSES = ("drawings", "hentai", "neutral", "porn", "sexy")
 MODELS_MD = REPO / "models" / "MODELS.md"
@@ -122,21 +124,67 @@ def test_detail_and_policy_on_batches_and_their_errors(client: FlaskClient, imag
     assert client.post("/predict/batch?adult_threshold=2", json=items).get_json()["error"]["code"] == "invalid_policy"
 
 
-def test_models_lists_the_served_model_with_its_provenance(client: FlaskClient) -> None:
+def test_models_lists_the_catalogue_with_provenance(client: FlaskClient) -> None:
     listed = client.get("/models").get_json()["models"]
-    expected_sha = re.search(r"`mobilenet_v2/model.tflite` \| \d+ \| `([0-9a-f]{64})`", MODELS_MD.read_text())
-    assert expected_sha
-    assert listed == [
-        {
-            "name": "mobilenet_v2",
-            "version": "nsfwjs-4.4.0",
-            "default": True,
-            "backend": "litert",
-            "input_size": 224,
-            "classes": list(CLASSES),
-            "source": "GantMan's NSFW MobileNetV2, rebuilt from npm nsfwjs@4.4.0 (models/MODELS.md)",
-            "licence": "MIT (nsfwjs: Infinite Red; weights: GantMan nsfw_model)",
-            "sha256": expected_sha.group(1),
-        }
-    ]
+    md = MODELS_MD.read_text()
+
+    def checksum(artifact: str) -> str:
+        found = re.search(rf"`{re.escape(artifact)}` \| \d+ \| `([0-9a-f]{{64}})`", md)
+        assert found, artifact
+        return found.group(1)
+
+    assert [entry["name"] for entry in listed] == ["mobilenet_v2", "inception_v3", "open_nsfw", "private_detector"]
+    mobilenet, inception, open_nsfw, private = listed
+    assert mobilenet == {
+        "name": "mobilenet_v2",
+        "version": "nsfwjs-4.4.0",
+        "served": True,
+        "default": True,
+        "backend": "litert",
+        "input_size": 224,
+        "classes": list(CLASSES),
+        "adult_classes": ["hentai", "porn", "sexy"],
+        "source": "GantMan's NSFW MobileNetV2, rebuilt from npm nsfwjs@4.4.0 (models/MODELS.md)",
+        "licence": "MIT (nsfwjs: Infinite Red; weights: GantMan nsfw_model)",
+        "sha256": checksum("mobilenet_v2/model.tflite"),
+    }
+    # Not served here (NSFW_MODELS defaults to mobilenet_v2), still listed with their checksums.
+    assert inception["served"] is False and inception["input_size"] == 299 and inception["classes"] == list(CLASSES)
+    assert inception["sha256"] == checksum("inception_v3/model.npz") and inception["backend"] == "onnxruntime"
+    assert open_nsfw["classes"] == ["sfw", "nsfw"] and open_nsfw["adult_classes"] == ["nsfw"]
+    assert open_nsfw["sha256"] == checksum("open_nsfw/open-nsfw.onnx") and "BSD-2-Clause" in open_nsfw["licence"]
+    assert private["served"] is False and private["sha256"] is None and private["input_size"] == 480
+
+
+def test_model_choice_is_checked(client: FlaskClient, image_server: ImageServer) -> None:
+    url = image_server.add_file("/a.jpg", corpus_bytes("068_lighthouse.jpg"))
+    for query, code in (
+        ({"model": "resnet"}, "unknown_model"),
+        ({"model": "inception_v3"}, "model_not_served"),
+        ({"model": ["mobilenet_v2", "mobilenet_v2"]}, "bad_request"),
+    ):
+        answer = client.post("/predict", query_string={"url": url, **query})
+        assert answer.status_code == 400 and answer.get_json()["error"]["code"] == code, query
+    assert client.post("/predict", query_string={"url": url, "model": "mobilenet_v2"}).status_code == 200
+
+
+def test_models_of_their_own_answer_their_classes_and_verdicts(settings: Settings, image_server: ImageServer) -> None:
+    mobilenet = FakeClassifier()
+    yahoo = FakeClassifier(spec=OPEN_NSFW_SPEC, probabilities=(0.2, 0.8))
+    client = create_app(replace(settings, models=("open_nsfw",)), [mobilenet, yahoo]).test_client()
+    url = image_server.add_file("/a.jpg", corpus_bytes("068_lighthouse.jpg"))
+    flat = client.post("/predict", query_string={"url": url, "model": "open_nsfw"}).get_json()
+    assert flat == {"sfw": pytest.approx(0.2), "nsfw": pytest.approx(0.8)}
+    detail = client.post("/predict", query_string={"url": url, "model": "open_nsfw", "detail": "true"}).get_json()
+    assert detail["verdict"] == {"label": "adult", "reason": "nsfw 0.800 >= adult_threshold 0.7"}
+    assert detail["model"]["name"] == "open_nsfw"
+    refused = client.post("/predict", query_string={"url": url, "model": "open_nsfw", "resize": "gantman"})
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "bad_request"
+    one = client.post("/models/open_nsfw/predict", query_string={"url": url}).get_json()
+    assert set(one) == {"open_nsfw", "time"} and one["open_nsfw"] == pytest.approx(0.8)
+    everything = client.post("/models/all/predict", query_string={"url": url}).get_json()
+    assert set(everything) == {"nsfw_model", "open_nsfw", "time"} and set(everything["nsfw_model"]) == set(CLASSES)
+    assert image_server.hits.count("/a.jpg") == 4  # /models/all/predict fetched it once
+    assert len(mobilenet.seen) == 1 and len(yahoo.seen) == 4
+
     assert client.post("/models").status_code == 405

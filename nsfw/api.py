@@ -9,7 +9,11 @@ Endpoints:
 - `&detail=true` on either: scores, verdict (adult | unknown | safe, with its reason and, when the
   first is unknown and NSFW_SECOND_TIER_URL is set, the second tier's), model, timing and frames;
   `&adult_threshold=` / `&safe_threshold=` override the verdict policy for the request.
-- `GET /models`: the served model: name, version, input size, classes, source, licence, sha256.
+- `&model=<name>` on either: another served model (NSFW_MODELS) instead of NSFW_MODEL.
+- `GET /models`: the catalogue: each model's name, version, whether it is served here, backend, input
+  size, classes, adult classes, source, licence, sha256.
+- `POST /models/<name>/predict?url=` (NSFW-FLASK's v2): `{"<name>": p or scores, "time": s}`;
+  `<name>` = `all` runs every served model on the one image, fetched once.
 - `GET /health`: 200 `{"status": "ok", ...}` once the model is loaded and warmed; 503 before. It does
   no network and no inference, so it never waits behind predictions.
 Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors.

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from nsfw import create_app
 from nsfw.config import ConfigError, Settings
 from nsfw.imaging import decode, model_input, open_nsfw_input, preprocess, private_detector_input
 from nsfw.model import Classifier, load_classifier
 from nsfw.model.onnx import expand_lean, initializer_piece
 from nsfw.model.specs import INCEPTION_V3, PRIVATE_DETECTOR_SPEC
-from tests.support import CORPUS, REPO
+from tests.support import CORPUS, REPO, ImageServer
 
 TOLERANCE = 1e-3
 MAX_PIXELS = 40_000_000
@@ -181,6 +183,30 @@ def test_private_detector_loads_an_operators_saved_model(tmp_path: Path) -> None
     for img, row in zip((red, blue), probs, strict=True):
         expected = direct([_tf_reference_input(np.asarray(img), 480)]).numpy()[0]
         np.testing.assert_allclose(row, expected, atol=1e-3)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_nsfw_flasks_private_detector_routes_serve_an_operators_saved_model(
+    tmp_path: Path, settings: Settings, image_server: ImageServer
+) -> None:
+    """NSFW_MODELS=private_detector with NSFW_PRIVATE_DETECTOR_PATH, through create_app's own loading."""
+    _bumble_like_saved_model(tmp_path / "pd")
+    served = replace(settings, models=("private_detector",), private_detector_path=tmp_path / "pd")
+    client = create_app(served).test_client()
+    red = io.BytesIO()
+    Image.new("RGB", (640, 400), (230, 40, 30)).save(red, format="PNG")
+    url = image_server.add_file("/red.png", red.getvalue())
+    one = client.post("/models/private_detector/predict", query_string={"url": url}).get_json()
+    assert set(one) == {"private_detector", "time"} and one["private_detector"] > 0.6 and one["time"] > 0
+    everything = client.post("/models/all/predict", query_string={"url": url}).get_json()
+    assert set(everything) == {"nsfw_model", "private_detector", "time"}
+    assert everything["private_detector"] == pytest.approx(one["private_detector"])
+    assert image_server.hits.count("/red.png") == 2  # once per request, not once per model
+    detail = client.post("/predict", query_string={"url": url, "model": "private_detector", "detail": "true"})
+    assert detail.get_json()["verdict"]["reason"].startswith("lewd ")
+    listed = {m["name"]: m for m in client.get("/models").get_json()["models"]}
+    assert listed["private_detector"]["served"] and listed["private_detector"]["backend"] == "tensorflow"
 
 
 def test_private_detector_needs_its_path() -> None:

@@ -7,7 +7,7 @@ Endpoints:
 - `POST /predict/batch` with JSON `{"items": [{"url": ...} | {"image_base64": ...}, ...]}`:
   `{"results": [...]}` in the same order, each the flat scores or that item's own error.
 - `&detail=true` on either: scores, verdict (adult | unknown | safe, with its reason and, when the
-  first is unknown and NSFW_SECOND_TIER_URL is set, the second tier's), model, timing and frames;
+  first is unknown and a second tier is set, the second tier's), model, timing and frames;
   `&adult_threshold=` / `&safe_threshold=` override the verdict policy for the request.
 - `&model=<name>` on either: another served model (NSFW_MODELS) instead of NSFW_MODEL.
 - `GET /models`: the catalogue: each model's name, version, whether it is served here, backend, input

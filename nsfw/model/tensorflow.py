@@ -1,4 +1,5 @@
-"""TensorFlow/Keras runtime for the .keras artifact (NSFW_BACKEND=tensorflow; requirements-tf.txt).
+"""TensorFlow runtime (requirements-tf.txt): mobilenet_v2's .keras artifact (NSFW_BACKEND=tensorflow)
+and the operator's private_detector SavedModel.
 
 The only module that imports TensorFlow. It costs ~500 MB RSS and seconds of start-up per process,
 so it is the reference and fallback path, not the default.

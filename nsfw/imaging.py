@@ -319,8 +319,9 @@ def private_detector_input(img: Image.Image, size: int) -> np.ndarray:
     before), cast to float16, (x - 128) / 128 in float16, flattened as Bumble's inference.py does."""
     width, height = img.size
     factor = min(np.float32(size) / np.float32(height), np.float32(size) / np.float32(width))
-    new_h = int(np.round(factor * np.float32(height)))
-    new_w = int(np.round(factor * np.float32(width)))
+    # At least one pixel: a 10000x1 strip would round to 0 rows, where TensorFlow would fail outright.
+    new_h = max(1, int(np.round(factor * np.float32(height))))
+    new_w = max(1, int(np.round(factor * np.float32(width))))
     resized = _sampled_bilinear(img, _half_pixel_axis(height, new_h), _half_pixel_axis(width, new_w), normalise=False)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     padded = np.full((size, size, 3), PRIVATE_DETECTOR_PAD, np.float32)

@@ -121,6 +121,11 @@ def test_open_nsfw_preprocessing_is_the_packages(reference: Path) -> None:
 # --- private_detector: preprocessing against TensorFlow, loader against a generated SavedModel.
 
 
+def test_private_detector_preprocessing_survives_a_one_pixel_strip() -> None:
+    out = private_detector_input(Image.new("RGB", (10000, 1), (255, 0, 0)), 480)
+    assert out.shape == (480 * 480 * 3,) and np.isfinite(out.astype(np.float32)).all()
+
+
 def _tf_reference_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """Bumble's preprocess_for_evaluation, written with TensorFlow's ops, as private-detector does."""
     import tensorflow as tf

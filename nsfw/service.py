@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -28,7 +27,7 @@ from nsfw.errors import (
 )
 from nsfw.fetch import Fetcher, FetchPolicy, Resolver, system_resolver
 from nsfw.imaging import harden_pillow, preprocess_frames
-from nsfw.model import Classifier
+from nsfw.model import Classifier, sha256_file
 from nsfw.model.specs import MODELS, ModelSpec
 from nsfw.policy import Policy, Verdict
 from nsfw.tiers import HttpSecondTier, SecondTierPolicy
@@ -163,7 +162,7 @@ class PredictionService:
 
     def _sha256_of(self, path: Path) -> str:
         if path not in self._sha256:
-            self._sha256[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            self._sha256[path] = sha256_file(path)
         return self._sha256[path]
 
     @contextmanager

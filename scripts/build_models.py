@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from nsfw.config import DEFAULT_MODELS_DIR
+from nsfw.model import sha256_file
 from nsfw.model.specs import BUNDLED, MODELS, ModelSpec
 from scripts.keras_to_onnx import LeanModel, QuantizedWeight, translate
 
@@ -83,14 +84,6 @@ class TfjsModel:
     keras_version: str
     weights: dict[str, np.ndarray]  # name -> float32 array, manifest order
     quantized: dict[str, QuantizedWeight]  # the uint8 weights as stored, for the lean ONNX artifacts
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_package(dest: Path) -> Path:

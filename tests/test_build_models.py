@@ -216,3 +216,103 @@ def test_a_lean_artifact_expands_to_its_graph_with_tfjs_values(tmp_path: Path) -
     kernel = (q.astype(np.float64) * 0.1 - 0.5).astype(np.float32)
     bias = (np.array([0, 255]) * 0.01 + 1.0).astype(np.float32)
     np.testing.assert_allclose(session.run(None, {"input": x.reshape(1, 1, 1, 3)})[0], x @ kernel + bias, rtol=1e-6)
+
+
+def _tiny_tfjs_model() -> bm.TfjsModel:
+    """Conv -> BN -> ReLU -> depthwise conv (with bias) -> BN -> Flatten -> Dense, in tfjs's layout."""
+    rng = np.random.default_rng(5)
+
+    def layer(cls: str, name: str, inbound: str | None, **config: object) -> dict[str, object]:
+        nodes = [[[inbound, 0, 0, {}]]] if inbound else []
+        return {"class_name": cls, "name": name, "config": {"name": name, **config}, "inbound_nodes": nodes}
+
+    bn = {"axis": -1, "momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}
+    layers = [
+        layer("InputLayer", "input_1", None, batch_input_shape=[None, 8, 8, 3], dtype="float32"),
+        layer(
+            "Conv2D",
+            "conv",
+            "input_1",
+            filters=4,
+            kernel_size=[3, 3],
+            strides=[1, 1],
+            padding="same",
+            use_bias=False,
+            activation="linear",
+        ),
+        layer("BatchNormalization", "conv_bn", "conv", **bn),
+        layer("ReLU", "relu", "conv_bn", max_value=6.0),
+        layer(
+            "DepthwiseConv2D",
+            "dw",
+            "relu",
+            kernel_size=[3, 3],
+            strides=[1, 1],
+            padding="same",
+            depth_multiplier=1,
+            use_bias=True,
+            activation="linear",
+        ),
+        layer("BatchNormalization", "dw_bn", "dw", **bn),
+        layer("Flatten", "flat", "dw_bn"),
+        layer("Dense", "dense", "flat", units=2, activation="softmax", use_bias=True),
+    ]
+    config = {
+        "class_name": "Model",
+        "config": {
+            "name": "tiny",
+            "layers": layers,
+            "input_layers": [["input_1", 0, 0]],
+            "output_layers": [["dense", 0, 0]],
+        },
+    }
+    shapes = {
+        "conv/kernel": (3, 3, 3, 4),
+        "dw/depthwise_kernel": (3, 3, 4, 1),
+        "dw/bias": (4,),
+        "dense/kernel": (256, 2),
+        "dense/bias": (2,),
+    }
+    weights = {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in shapes.items()}
+    for name in ("conv_bn", "dw_bn"):
+        weights[f"{name}/gamma"] = rng.uniform(0.5, 2, 4).astype(np.float32)
+        weights[f"{name}/beta"] = rng.normal(0, 1, 4).astype(np.float32)
+        weights[f"{name}/moving_mean"] = rng.normal(0, 1, 4).astype(np.float32)
+        weights[f"{name}/moving_variance"] = rng.uniform(0.1, 3, 4).astype(np.float32)
+    return bm.TfjsModel(config, "2.2.4", weights, {})
+
+
+def test_fold_batch_norm_rewires_the_graph_and_folds_per_output_channel() -> None:
+    tiny = _tiny_tfjs_model()
+    folded = bm.fold_batch_norm(tiny)
+    layers = {layer["name"]: layer for layer in folded.model_config["config"]["layers"]}
+    assert "conv_bn" not in layers and "dw_bn" not in layers
+    assert layers["relu"]["inbound_nodes"] == [[["conv", 0, 0, {}]]] and layers["conv"]["config"]["use_bias"]
+    assert layers["flat"]["inbound_nodes"] == [[["dw", 0, 0, {}]]]
+    assert "conv_bn" in {layer["name"] for layer in tiny.model_config["config"]["layers"]}  # input untouched
+    w = {k: v.astype(np.float64) for k, v in tiny.weights.items()}
+    scale = w["conv_bn/gamma"] / np.sqrt(w["conv_bn/moving_variance"] + 1e-3)
+    np.testing.assert_array_equal(folded.weights["conv/kernel"], (w["conv/kernel"] * scale).astype(np.float32))
+    bias = (0 - w["conv_bn/moving_mean"]) * scale + w["conv_bn/beta"]
+    np.testing.assert_array_equal(folded.weights["conv/bias"], bias.astype(np.float32))
+    assert not any(key.startswith(("conv_bn/", "dw_bn/")) for key in folded.weights)
+
+
+def test_fold_batch_norm_refuses_what_it_cannot_fold() -> None:
+    tiny = _tiny_tfjs_model()
+    layers = tiny.model_config["config"]["layers"]
+    layers[2]["config"]["center"] = False  # a batch norm without beta
+    with pytest.raises(bm.BuildError, match="conv_bn"):
+        bm.fold_batch_norm(tiny)
+
+
+@pytest.mark.tensorflow
+def test_the_folded_network_computes_the_same_and_converts_without_arithmetic(tmp_path: Path) -> None:
+    tiny = _tiny_tfjs_model()
+    model, folded = bm.build_keras_model(tiny), bm.build_keras_model(bm.fold_batch_norm(tiny))
+    x = np.random.default_rng(6).random((3, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    bm.convert_tflite(folded, tmp_path / "folded.tflite")  # passes the check
+    with pytest.raises(bm.BuildError, match="computed constant"):
+        bm.convert_tflite(model, tmp_path / "unfolded.tflite")  # TensorFlow folds this one itself
+    assert not (tmp_path / "unfolded.tflite").exists()

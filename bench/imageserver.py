@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageDraw
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "corpus"
-PHOTO = "068_lighthouse.jpg"
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "reference" / "corpus"
+PHOTO = "rocket.jpg"
 
 
 def make_images() -> dict[str, bytes]:

@@ -4,7 +4,7 @@
     .venv/bin/pip install onnxruntime==1.31.1 tf2onnx==1.17.0   # for the ONNX Runtime row
 
 Each runtime is used directly (no service code imported), in a fresh process: the 8 fixed
-tensors of ../shared/reference (max |diff| against nsfwjs), then
+tensors of tests/data/reference (numpy default_rng(0); max |diff| against nsfwjs), then
 60 single-image predictions (median and p90 ms); RSS is the process's peak. This is what chose
 LiteRT for the default path (nsfw/model/litert.py).
 """
@@ -18,13 +18,13 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
+REFERENCE = REPO / "tests" / "data" / "reference"
 
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 which, model_path, ref_dir = sys.argv[1], sys.argv[2], sys.argv[3]
-x = np.fromfile(f"{ref_dir}/synthetic_224.f32", "<f4").reshape(8, 224, 224, 3)
+x = np.random.default_rng(0).random((8, 224, 224, 3)).astype(np.float32)  # scripts/nsfwjs_reference.py
 expected = np.array(json.load(open(f"{ref_dir}/nsfwjs_synthetic_224.json"))["outputs_batch1"])
 t0 = time.perf_counter()
 if which == "onnxruntime":

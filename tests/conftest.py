@@ -6,7 +6,6 @@ import importlib.util
 import ipaddress
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -15,13 +14,14 @@ from flask.testing import FlaskClient
 from nsfw import create_app
 from nsfw.config import Settings
 from nsfw.model import Classifier, load_classifier
-from tests.support import REFERENCE, FakeClassifier, ImageServer
+from tests.reference import CORPORA, Corpus, corpus
+from tests.support import FakeClassifier, ImageServer
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # CI installs everything; there a missing reference or TensorFlow is a failure, not a skip.
+    # CI installs everything; there a missing TensorFlow is a failure, not a skip.
     if os.environ.get("CI"):
         return
     if importlib.util.find_spec("tensorflow") is None:
@@ -31,13 +31,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", params=CORPORA)
+def reference(request: pytest.FixtureRequest) -> Corpus:
+    """Each parity corpus in turn: the repository's own, then ../shared/reference where it exists."""
+    return corpus(request.param)
+
+
 @pytest.fixture(scope="session")
-def reference() -> Path:
-    if not REFERENCE.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"{REFERENCE} is missing")
-        pytest.skip(f"{REFERENCE} is missing")
-    return REFERENCE
+def repo_reference() -> Corpus:
+    """The repository's own corpus alone (for checks that need one image, not every corpus)."""
+    return corpus("repo")
 
 
 @pytest.fixture()

@@ -19,8 +19,10 @@ from nsfw import errors
 from nsfw.model.specs import MOBILENET_V2, ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
-CORPUS = REFERENCE / "corpus"
+CORPUS = REPO / "tests" / "data" / "reference" / "corpus"
+# Stand-ins the tests use by name: an ordinary photo, and a 4096x4096 JPEG (made, not committed).
+PHOTO = "rocket.jpg"
+BIG_JPEG = "big_astronaut_4096.jpg"
 
 Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
 
@@ -158,7 +160,10 @@ class FakeClassifier:
 
 
 def corpus_bytes(name: str) -> bytes:
-    return (CORPUS / name).read_bytes()
+    """A file of the repository's corpus, or one of the big variants made from it."""
+    from tests.reference import corpus
+
+    return corpus("repo").image_bytes(name)
 
 
 class Tripwire:

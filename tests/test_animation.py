@@ -82,7 +82,7 @@ def test_a_harmless_first_frame_does_not_hide_the_rest(
     settings: Settings, litert: Classifier, image_server: ImageServer
 ) -> None:
     """Frame 0 is a neutral photo; the later ones are the reference image the model finds least safe."""
-    neutral, unsafe = _photo("068_lighthouse.jpg", (218, 138)), _photo("080_hover.gif", (218, 138))
+    neutral, unsafe = _photo("rocket.jpg", (218, 138)), _photo("microaneurysms.png", (218, 138))
     url = image_server.add_file("/anim.gif", _animation([neutral] + [unsafe] * 11), "image/gif")
     every = create_app(settings, litert).test_client().post("/predict", query_string={"url": url}).get_json()
     first = create_app(replace(settings, max_frames=1), litert).test_client()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -15,6 +14,7 @@ from flask.testing import FlaskClient
 
 import nsfw
 from nsfw.config import Settings
+from tests.reference import Corpus
 from tests.support import FakeClassifier, ImageServer, corpus_bytes, send
 
 CLASSES = ["drawings", "hentai", "neutral", "porn", "sexy"]
@@ -27,21 +27,21 @@ def _error(response: object) -> dict[str, str]:
 
 
 def test_predict_returns_the_flat_nsfw_flask_shape(
-    client: FlaskClient, image_server: ImageServer, reference: Path
+    client: FlaskClient, image_server: ImageServer, repo_reference: Corpus
 ) -> None:
-    url = image_server.add_file("/hopper.jpg", corpus_bytes("018_grace_hopper.jpg"))
+    url = image_server.add_file("/hopper.jpg", corpus_bytes("grace_hopper.jpg"))
     response = client.post(f"/predict?url={url}")
     assert response.status_code == 200 and response.mimetype == "application/json"
     scores = response.get_json()
     assert list(scores) == CLASSES
     assert all(isinstance(v, float) for v in scores.values())
     assert abs(sum(scores.values()) - 1) < 1e-5
-    expected = json.loads((reference / "nsfwjs_mobilenet_v2.json").read_text())["images"]["018_grace_hopper.jpg"]
+    expected = repo_reference.images()["grace_hopper.jpg"]
     assert np.abs(np.array(list(scores.values())) - expected["variants"]["main"]["probs_array"]).max() <= 1e-3
 
 
 def test_url_by_query_json_form_and_get_answer_the_same(fake_client: FlaskClient, image_server: ImageServer) -> None:
-    url = image_server.add_file("/a.png", corpus_bytes("004_coffee.png"), "image/png")
+    url = image_server.add_file("/a.png", corpus_bytes("coffee.png"), "image/png")
     answers = [
         fake_client.post(f"/predict?url={url}"),
         fake_client.get(f"/predict?url={url}"),
@@ -56,7 +56,7 @@ def test_url_by_query_json_form_and_get_answer_the_same(fake_client: FlaskClient
 def test_resize_can_be_chosen_per_request(
     fake: FakeClassifier, fake_client: FlaskClient, image_server: ImageServer
 ) -> None:
-    url = image_server.add_file("/a.png", corpus_bytes("004_coffee.png"), "image/png")
+    url = image_server.add_file("/a.png", corpus_bytes("coffee.png"), "image/png")
     assert fake_client.get(f"/predict?url={url}&resize=gantman").status_code == 200
     assert fake_client.get(f"/predict?url={url}&resize=nsfwjs").status_code == 200
     assert not np.array_equal(fake.seen[0], fake.seen[1])
@@ -100,7 +100,7 @@ def test_health_is_503_while_the_model_loads(settings: Settings, monkeypatch: py
 
 def _error_cases(server: ImageServer) -> list[tuple[str, str, dict, int, str]]:
     server.add_file("/page.jpg", b"<html>not an image</html>", "image/jpeg")
-    server.add_file("/doc.tif", corpus_bytes("122_v_squirrel_cmyk.tif"), "image/tiff")
+    server.add_file("/doc.tif", corpus_bytes("v_chelsea_cmyk.tif"), "image/tiff")
     server.add_file("/empty.jpg", b"")
     server.routes["/big.jpg"] = send(200, b"x", {"Content-Length": str(50 * 1024 * 1024)})
     server.routes["/500.jpg"] = send(500, b"<h1>upstream secret 10.9.8.7</h1>", {"Content-Type": "text/html"})
@@ -159,7 +159,7 @@ def test_unexpected_exceptions_are_a_generic_500(settings: Settings, image_serve
             raise RuntimeError("secret internals at /srv/model")
 
     client = nsfw.create_app(settings, Broken()).test_client()
-    url = image_server.add_file("/a.png", corpus_bytes("004_coffee.png"), "image/png")
+    url = image_server.add_file("/a.png", corpus_bytes("coffee.png"), "image/png")
     response = client.post(f"/predict?url={url}")
     assert response.status_code == 500 and _error(response)["code"] == "internal_error"
     assert "secret" not in response.get_data(as_text=True)
@@ -188,7 +188,7 @@ def test_no_temporary_file_is_left_behind(
     spill_dir.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill_dir))
     cwd_before = sorted(os.listdir("."))
-    big_jpeg = corpus_bytes("110_v_pixels_4096.jpg")  # over the in-memory spool size
+    big_jpeg = corpus_bytes("big_astronaut_4096.jpg")  # over the in-memory spool size
     assert len(big_jpeg) > 1024 * 1024
     good = image_server.add_file("/big.jpg", big_jpeg)
     truncated = image_server.add_file("/trunc.jpg", big_jpeg[: len(big_jpeg) // 2])

@@ -13,7 +13,7 @@ from nsfw.config import Settings
 from nsfw.model import Classifier
 from tests.support import MESSAGES, FakeClassifier, ImageServer, corpus_bytes, send, stream
 
-PHOTOS = ["068_lighthouse.jpg", "004_coffee.png", "018_grace_hopper.jpg", "080_hover.gif", "058_adwaita-l.webp"]
+PHOTOS = ["rocket.jpg", "coffee.png", "grace_hopper.jpg", "v_coffee.gif", "v_rocket_lossy.webp"]
 
 
 def _err(code: str) -> dict:

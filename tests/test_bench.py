@@ -15,6 +15,7 @@ from PIL import Image
 
 from bench.imageserver import make_images, with_counter
 from bench.load import Sample, percentiles, throughput
+from tests.reference import Corpus
 from tests.support import REPO, ImageServer
 
 
@@ -78,13 +79,14 @@ def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
 
 
 @pytest.mark.tensorflow
-def test_the_baseline_is_nsfw_flasks_path_with_the_same_weights(image_server: ImageServer, reference: Path) -> None:
+def test_the_baseline_is_nsfw_flasks_path_with_the_same_weights(
+    image_server: ImageServer, repo_reference: Corpus
+) -> None:
     """bench.baseline_app (Keras load_img + model.predict) agrees with GantMan's pipeline reference."""
     from bench import baseline_app
 
-    name = "068_lighthouse.jpg"
-    url = image_server.add_file("/a.jpg", (reference / "corpus" / name).read_bytes())
+    name = "rocket.jpg"
+    url = image_server.add_file("/a.jpg", repo_reference.image_bytes(name))
     scores = baseline_app.app.test_client().post(f"/predict?url={url}").get_json()
-    pipelines = json.loads((reference / "nsfwjs_mobilenet_v2_pipelines.json").read_text())["pipelines"]
     got = np.array([scores[c] for c in baseline_app.CLASSES])
-    assert np.abs(got - np.array(pipelines["gantman_keras"][name])).max() <= 1e-3
+    assert np.abs(got - np.array(repo_reference.gantman()[name])).max() <= 1e-3

@@ -25,6 +25,7 @@ from typing import IO
 import numpy as np
 import pytest
 
+from tests.reference import Corpus
 from tests.support import REPO, ImageServer, corpus_bytes, send, stream
 
 RUN = "gunicorn app:app"
@@ -235,13 +236,13 @@ def deployed(start_gunicorn: Callable[..., Gunicorn]) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_deployed_service_predicts_and_stays_healthy_under_load(
-    deployed: tuple[str, str], image_server: ImageServer, reference: Path
+    deployed: tuple[str, str], image_server: ImageServer, repo_reference: Corpus
 ) -> None:
     base, python = deployed
-    image = image_server.add_file("/lighthouse.jpg", corpus_bytes("068_lighthouse.jpg"))
+    image = image_server.add_file("/lighthouse.jpg", corpus_bytes("rocket.jpg"))
     status, scores = _get(f"{base}/predict?url={image}", method="POST")
     assert status == 200 and list(scores) == ["drawings", "hentai", "neutral", "porn", "sexy"]
-    expected = json.loads((reference / "nsfwjs_mobilenet_v2.json").read_text())["images"]["068_lighthouse.jpg"]
+    expected = repo_reference.images()["rocket.jpg"]
     assert np.abs(np.array(list(scores.values())) - expected["variants"]["main"]["probs_array"]).max() <= 1e-3
 
     stop = time.monotonic() + 3
@@ -287,7 +288,7 @@ def test_a_flood_gets_fast_503s_health_stays_up_and_a_dead_worker_is_replaced(
     """Real gunicorn on loopback, as deployed: 40 slow downloads at once against 2 workers x 4 slots."""
     drip = (b"x" for _ in range(10**9))
     image_server.routes["/slow.jpg"] = stream({"Content-Length": "100000"}, drip, delay=0.1)
-    image_server.add_file("/lighthouse.jpg", corpus_bytes("068_lighthouse.jpg"))
+    image_server.add_file("/lighthouse.jpg", corpus_bytes("rocket.jpg"))
     server = start_gunicorn({"NSFW_DOWNLOAD_TIMEOUT": "3"})
     slow_url = f"{server.base}/predict?url={image_server.url('/slow.jpg')}"
     answers: list[tuple[int, str, float, str | None]] = []
@@ -370,8 +371,8 @@ def test_the_deployed_service_answers_hostile_urls_and_keeps_its_workers(
     spill.mkdir()
     image_server.routes["/to-metadata"] = send(302, b"", {"Location": "http://[::ffff:a9fe:a9fe]/latest/"})
     image_server.routes["/bomb"] = send(200, gzip.compress(b"\0" * (64 * 1024 * 1024)), {"Content-Encoding": "gzip"})
-    image_server.add_file("/big.jpg", corpus_bytes("110_v_pixels_4096.jpg"))  # spills to disk
-    image_server.add_file("/cut.jpg", corpus_bytes("110_v_pixels_4096.jpg")[:1_500_000])
+    image_server.add_file("/big.jpg", corpus_bytes("big_astronaut_4096.jpg"))  # spills to disk
+    image_server.add_file("/cut.jpg", corpus_bytes("big_astronaut_4096.jpg")[:1_500_000])
     server = start_gunicorn({"TMPDIR": str(spill), "NSFW_DOWNLOAD_TIMEOUT": "2", "NSFW_READ_TIMEOUT": "1"})
     workers = server.workers()
     cases = [
@@ -406,7 +407,7 @@ UNSEEN = REPO / "tests" / "data" / "unseen"
 @pytest.mark.slow
 def test_deployed_models_from_outside(start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer) -> None:
     """GET /models lists the bundled models; ?model=inception_v3 matches nsfwjs's InceptionV3 on images
-    that are not in ../shared (scripts/nsfwjs_reference.py); ?detail=true carries scores, verdict and
+    that are in neither corpus (scripts/nsfwjs_reference.py --unseen); ?detail=true carries scores, verdict and
     model; the default stays the flat dict; NSFW-FLASK's /models/all/predict fetches once."""
     server = start_gunicorn({"NSFW_MODELS": "mobilenet_v2,inception_v3,open_nsfw"})
     status, listing = _get(f"{server.base}/models")
@@ -427,7 +428,7 @@ def test_deployed_models_from_outside(start_gunicorn: Callable[..., Gunicorn], i
         assert status == 200 and list(scores) == ["drawings", "hentai", "neutral", "porn", "sexy"], scores
         assert np.abs(np.array(list(scores.values())) - probs).max() <= 1e-3, name
 
-    url = image_server.add_file("/lighthouse.jpg", corpus_bytes("068_lighthouse.jpg"))
+    url = image_server.add_file("/lighthouse.jpg", corpus_bytes("rocket.jpg"))
     status, detail = _get(f"{server.base}/predict?model=inception_v3&detail=true&url={url}", method="POST")
     assert status == 200 and set(detail["scores"]) == {"drawings", "hentai", "neutral", "porn", "sexy"}
     assert detail["verdict"]["label"] == "safe" and detail["verdict"]["reason"].startswith("drawings+neutral")

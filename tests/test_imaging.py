@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from nsfw import errors, imaging
+from tests.reference import Corpus
 
 MAX_PIXELS = 40_000_000
 
@@ -24,15 +23,11 @@ def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _reference_images(reference: Path) -> dict[str, dict]:
-    return json.loads((reference / "nsfwjs_mobilenet_v2.json").read_text())["images"]
-
-
-def test_decode_matches_the_reference_pixels_for_every_image(reference: Path) -> None:
+def test_decode_matches_the_reference_pixels_for_every_image(reference: Corpus) -> None:
     """Our decode gives exactly the RGB bytes nsfwjs was fed (variant `main`), for every format."""
     checked = 0
-    for name, info in _reference_images(reference).items():
-        data = (reference / "corpus" / name).read_bytes()
+    for name, info in reference.images().items():
+        data = reference.image_bytes(name)
         if info["format"] == "TIFF":
             with pytest.raises(errors.UnsupportedImageFormat):
                 _decode(data)
@@ -45,14 +40,14 @@ def test_decode_matches_the_reference_pixels_for_every_image(reference: Path) ->
     assert checked >= 60
 
 
-def test_resize_reproduces_the_nsfwjs_tensors(reference: Path) -> None:
-    index = json.loads((reference / "tensors" / "index_224.json").read_text())
-    for entry in index["tensors"]:
-        expected = np.fromfile(reference / "tensors" / entry["tensor_file"], "<f4").reshape(224, 224, 3)
-        rgb = _decode((reference / "corpus" / entry["source_image"]).read_bytes())
+def test_resize_reproduces_the_nsfwjs_tensors(reference: Corpus) -> None:
+    tensors = reference.resize_tensors(224)
+    assert len(tensors) >= 4
+    for tensor in tensors:
+        rgb = _decode(reference.image_bytes(tensor.source))
         ours = imaging.resize_nsfwjs(rgb, 224)
         assert ours.dtype == np.float32
-        assert np.abs(ours - expected).max() <= 1e-6, entry["source_image"]
+        assert np.abs(ours - tensor.x.reshape(224, 224, 3)).max() <= 1e-6, tensor.source
 
 
 @pytest.mark.parametrize(

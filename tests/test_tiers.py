@@ -43,7 +43,7 @@ def _client(settings: Settings, image_server: ImageServer, tier: FakeSecondTier,
 
 
 def _ask(client: FlaskClient, image_server: ImageServer, detail: bool = True) -> dict:
-    data = corpus_bytes("068_lighthouse.jpg")
+    data = corpus_bytes("rocket.jpg")
     url = image_server.add_file("/img.jpg", data)
     query = {"url": url, "detail": "true"} if detail else {"url": url}
     response = client.post("/predict", query_string=query)
@@ -62,7 +62,7 @@ def test_the_second_tier_decides_the_gray_zone(
     answer = _ask(_client(settings, image_server, tier, UNSURE), image_server)
     assert answer["verdict"]["label"] == label and answer["verdict"]["reason"].startswith("second tier endpoint nsfw")
     assert answer["tier"] == 2 and answer["second_tier"] == {"nsfw": p}
-    assert tier.received == [corpus_bytes("068_lighthouse.jpg")]  # the image itself, fetched once
+    assert tier.received == [corpus_bytes("rocket.jpg")]  # the image itself, fetched once
 
 
 def test_a_sure_first_tier_and_a_flat_answer_never_ask(settings: Settings, image_server: ImageServer) -> None:
@@ -101,7 +101,7 @@ def test_the_second_tier_goes_through_the_guard(settings: Settings, image_server
     """An endpoint on a network nobody opened is refused like any URL."""
     tier = FakeSecondTier(b'{"nsfw": 0.99}')
     client = _client(replace(settings, allowed_networks=()), image_server, tier, UNSURE)
-    data = corpus_bytes("068_lighthouse.jpg")
+    data = corpus_bytes("rocket.jpg")
     answer = client.post("/predict?detail=true", data=data, content_type="image/jpeg").get_json()
     assert answer["tier"] == 1 and answer["second_tier"]["error"]["code"] == "url_not_allowed"
     assert tier.received == []

@@ -19,7 +19,7 @@ from nsfw.config import Settings
 from nsfw.model import Classifier
 from tests.support import MESSAGES, FakeClassifier, ImageServer, corpus_bytes, files_open_under
 
-PHOTO = "068_lighthouse.jpg"
+PHOTO = "rocket.jpg"
 
 
 def _error(response: object, status: int, code: str) -> None:
@@ -121,7 +121,7 @@ def test_a_large_multipart_upload_leaves_no_temporary_file(
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
     client = create_app(settings, litert).test_client()
-    big = corpus_bytes("110_v_pixels_4096.jpg")
+    big = corpus_bytes("big_astronaut_4096.jpg")
     assert len(big) > 1024 * 1024
     # Encoded here, in memory: the test client would spool its own copy of a big body to a file.
     boundary, body = encode_multipart({"image": FileStorage(io.BytesIO(big), "big.jpg", "image", "image/jpeg")})

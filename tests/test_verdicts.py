@@ -85,7 +85,7 @@ def test_bad_settings_stop_the_boot_naming_the_variable() -> None:
 
 
 def test_the_default_answer_stays_flat_and_detail_explains_it(client: FlaskClient, image_server: ImageServer) -> None:
-    url = image_server.add_file("/l.jpg", corpus_bytes("068_lighthouse.jpg"))
+    url = image_server.add_file("/l.jpg", corpus_bytes("rocket.jpg"))
     flat = client.post("/predict", query_string={"url": url}).get_json()
     assert list(flat) == list(CLASSES)
     detail = client.post("/predict", query_string={"url": url, "detail": "true"}).get_json()
@@ -112,7 +112,7 @@ def test_detail_lists_an_animations_frames(client: FlaskClient, image_server: Im
 
 
 def test_detail_and_policy_on_batches_and_their_errors(client: FlaskClient, image_server: ImageServer) -> None:
-    url = image_server.add_file("/l.jpg", corpus_bytes("068_lighthouse.jpg"))
+    url = image_server.add_file("/l.jpg", corpus_bytes("rocket.jpg"))
     items = {"items": [{"url": url}, {"url": "http://10.0.0.1/"}]}
     results = client.post("/predict/batch?detail=true", json=items).get_json()["results"]
     assert results[0]["verdict"]["label"] == "safe" and results[1]["error"]["code"] == "url_not_allowed"
@@ -157,7 +157,7 @@ def test_models_lists_the_catalogue_with_provenance(client: FlaskClient) -> None
 
 
 def test_model_choice_is_checked(client: FlaskClient, image_server: ImageServer) -> None:
-    url = image_server.add_file("/a.jpg", corpus_bytes("068_lighthouse.jpg"))
+    url = image_server.add_file("/a.jpg", corpus_bytes("rocket.jpg"))
     for query, code in (
         ({"model": "resnet"}, "unknown_model"),
         ({"model": "inception_v3"}, "model_not_served"),
@@ -172,7 +172,7 @@ def test_models_of_their_own_answer_their_classes_and_verdicts(settings: Setting
     mobilenet = FakeClassifier()
     yahoo = FakeClassifier(spec=OPEN_NSFW_SPEC, probabilities=(0.2, 0.8))
     client = create_app(replace(settings, models=("open_nsfw",)), [mobilenet, yahoo]).test_client()
-    url = image_server.add_file("/a.jpg", corpus_bytes("068_lighthouse.jpg"))
+    url = image_server.add_file("/a.jpg", corpus_bytes("rocket.jpg"))
     flat = client.post("/predict", query_string={"url": url, "model": "open_nsfw"}).get_json()
     assert flat == {"sfw": pytest.approx(0.2), "nsfw": pytest.approx(0.8)}
     detail = client.post("/predict", query_string={"url": url, "model": "open_nsfw", "detail": "true"}).get_json()

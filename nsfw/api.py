@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import re
+import tempfile
 import time
 from typing import IO, Any, NamedTuple
 
@@ -90,18 +90,47 @@ def _decode_base64(value: object) -> IO[bytes]:
     if not isinstance(value, str):
         raise errors.InvalidBase64("image_base64 is not a string")
     text = "".join(_DATA_URI.sub("", value.strip(), count=1).split())  # a data: URI, line breaks
-    if len(text) // 4 * 3 > _service().settings.max_bytes:
+    if len(text) // 4 * 3 - text[-2:].count("=") > _service().settings.max_bytes:  # padding is no data
         raise errors.ImageTooLarge(f"image_base64 of {len(text)} characters")
     try:
         data = base64.b64decode(text.translate(_URLSAFE), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise errors.InvalidBase64(str(exc)) from None
-    return io.BytesIO(data)
+    return _spooled(data)
+
+
+# Decoded images wait for the model in files that keep at most this much in memory.
+_SPOOL_BYTES = 1024 * 1024
+
+
+def _spooled(data: bytes) -> IO[bytes]:
+    """The bytes in a spooled file: a request waiting for the model holds 1 MiB of memory at most."""
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 - the service closes it
+    spool.write(data)
+    spool.seek(0)
+    return spool
+
+
+def _caller() -> str:
+    """Who is asking, for the fair shares of the service (nsfw/slots.py): the client's address."""
+    return request.remote_addr or "-"
+
+
+def _has_body() -> bool:
+    return bool(request.content_length) or "Transfer-Encoding" in request.headers
 
 
 def _request_image() -> tuple[str | None, IO[bytes] | None]:
     """The one image of this request: a url (query, JSON or form), a multipart upload named image,
-    a raw image/* body, or JSON image_base64. Exactly one, once."""
+    a raw image/* body, or JSON image_base64. Exactly one, once. A body is parsed under the
+    service's body-decoding limit (a JSON base64 body takes about three times its size meanwhile)."""
+    if not _has_body():
+        return _parse_request_image()
+    with _service().decoding_body():
+        return _parse_request_image()
+
+
+def _parse_request_image() -> tuple[str | None, IO[bytes] | None]:
     urls: list[str] = request.args.getlist("url")
     images: list[IO[bytes]] = []
     if request.is_json:
@@ -118,14 +147,19 @@ def _request_image() -> tuple[str | None, IO[bytes] | None]:
         urls += request.form.getlist("url")
         images += [upload.stream for upload in request.files.getlist("image")]
     elif request.mimetype.startswith("image/"):
-        images.append(io.BytesIO(request.get_data()))
+        images.append(_spooled(request.get_data()))
     elif request.content_length or request.headers.get("Transfer-Encoding"):
         # HOSTILE_INPUTS.md: a body where none is expected is a 413, as if its cap were zero.
         raise errors.PayloadTooLarge(f"unexpected body of type {request.mimetype or 'unknown'}")
-    if len(urls) > 1:
-        raise errors.InvalidUrl("url given more than once")
-    if urls and images or len(images) > 1:
-        raise errors.TooManyImages(f"{len(urls)} urls and {len(images)} images")
+    try:
+        if len(urls) > 1:
+            raise errors.InvalidUrl("url given more than once")
+        if urls and images or len(images) > 1:
+            raise errors.TooManyImages(f"{len(urls)} urls and {len(images)} images")
+    except errors.NsfwError:
+        for image in images:
+            image.close()
+        raise
     if images:
         return None, images[0]
     if not urls or not urls[0]:
@@ -200,10 +234,11 @@ def predict() -> Response:
     # A verdict (and with it a second tier's opinion) is only worked out when it is asked for.
     kwargs = {"model": options.model, "resize": options.resize, "policy": options.policy if options.detail else None}
     if image is not None:
-        prediction = service.predict_image(image, **kwargs)
+        with image:
+            prediction = service.predict_image(image, **kwargs)
     else:
         assert url is not None  # _request_image gives one or the other
-        prediction = service.predict_url(url, **kwargs)
+        prediction = service.predict_url(url, **kwargs, caller=_caller())
     return jsonify(_answer(prediction, options.detail, options.policy, started))
 
 
@@ -229,14 +264,23 @@ def predict_batch() -> Response:
     started = time.perf_counter()
     service = _service()
     model, resize, detail, policy = _options()
-    body = request.get_json(silent=True) if request.is_json else None
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        raise errors.BadRequest('the body must be JSON {"items": [...]}')
-    items = body["items"]
-    if len(items) > service.settings.max_batch:
-        raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
-    batch = [_batch_item(raw) for raw in items]
-    results = service.predict_batch(batch, model=model, resize=resize, policy=policy if detail else None)
+    with service.decoding_body():
+        body = request.get_json(silent=True) if request.is_json else None
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise errors.BadRequest('the body must be JSON {"items": [...]}')
+        items = body["items"]
+        if len(items) > service.settings.max_batch:
+            raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
+        batch = [_batch_item(raw) for raw in items]
+        del body, items  # the JSON text goes; the decoded images wait in spooled files
+    try:
+        results = service.predict_batch(
+            batch, model=model, resize=resize, policy=policy if detail else None, caller=_caller()
+        )
+    finally:
+        for item in batch:
+            if item.image is not None:
+                item.image.close()
     return jsonify(
         {
             "results": [
@@ -290,29 +334,36 @@ def predict_with_model(name: str) -> Response:
     started = time.perf_counter()
     service = _service()
     url, image = _request_image()
-    if name == "all":
-        predictions = service.predict_all(url, image)
-        answer: dict[str, Any] = {
-            _FLASK_NAMES.get(model, model): _flask_value(prediction) for model, prediction in predictions.items()
-        }
-    else:
-        if image is not None:
-            prediction = service.predict_image(image, model=name)
+    try:
+        if name == "all":
+            predictions = service.predict_all(url, image, caller=_caller())
+            answer: dict[str, Any] = {
+                _FLASK_NAMES.get(model, model): _flask_value(prediction) for model, prediction in predictions.items()
+            }
+        elif image is not None:
+            answer = {name: _flask_value(service.predict_image(image, model=name))}
         else:
             assert url is not None
-            prediction = service.predict_url(url, model=name)
-        answer = {name: _flask_value(prediction)}
+            answer = {name: _flask_value(service.predict_url(url, model=name, caller=_caller()))}
+    finally:
+        if image is not None:
+            image.close()
     return jsonify({**answer, "time": round(time.perf_counter() - started, 4)})
+
+
+def health_answer(service: PredictionService) -> tuple[dict[str, Any], int]:
+    """/health's body and status; also answered by nsfw/frontend.py on its event loop, never queued."""
+    if not service.ready:
+        return {"status": "loading"}, 503
+    classifier = service.classifier
+    body = {"status": "ok", "model": classifier.spec.name, "version": classifier.spec.version}
+    return {**body, "backend": classifier.backend, "models": list(service.classifiers)}, 200
 
 
 @bp.route("/health", methods=["GET"])
 def health() -> tuple[Response, int]:
-    service = _service()
-    if not service.ready:
-        return jsonify({"status": "loading"}), 503
-    classifier = service.classifier
-    body = {"status": "ok", "model": classifier.spec.name, "version": classifier.spec.version}
-    return jsonify({**body, "backend": classifier.backend, "models": list(service.classifiers)}), 200
+    body, status = health_answer(_service())
+    return jsonify(body), status
 
 
 def _error_response(error: errors.NsfwError) -> tuple[Response, int, dict[str, str]]:

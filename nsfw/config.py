@@ -66,10 +66,28 @@ class Settings:
     allowed_ports: tuple[int, ...] = (80, 443)
     # CIDRs that may be fetched although private, loopback or otherwise refused. Empty by default.
     allowed_networks: tuple[IPNetwork, ...] = field(default=())
-    # Predictions one worker runs at once (downloads included); more get a fast 503 `overloaded`
-    # with Retry-After instead of a queue. Keep it below gunicorn's threads (8), so /health and the
-    # 503s always find a free thread; the worker refuses to boot otherwise.
+    # Downloads one caller (client address) may have in flight per worker; more from that caller get a
+    # fast 503 `overloaded` with Retry-After. A batch's items wait for their caller's share instead.
+    # Below gunicorn's threads, so that one caller never holds them all; the worker refuses to boot
+    # otherwise.
     max_in_flight: int = 4
+    # Downloads per worker in flight at once, all callers together; resolving a host name counts.
+    max_downloads: int = 16
+    # Seconds a request waits for a download slot of its caller before that 503 (a few concurrent
+    # requests of one client are a burst, not an attack; a batch waits up to its own deadline).
+    download_wait: float = 0.1
+    # Requests one worker holds at once (receiving their body, downloading, waiting for or using the
+    # model); past it a fast 503 before any of the body is read. At most gunicorn's threads.
+    max_queue: int = 32
+    # Of those, what one caller may hold.
+    max_queue_per_caller: int = 24
+    # Seconds an admitted request waits for the worker's model (one image at a time) before a 503.
+    compute_wait: float = 5.0
+    # Seconds a client has to send a request body once its headers are in; 408 past them.
+    body_timeout: float = 20.0
+    # Request bodies (JSON with image_base64, uploads) one worker parses at once: each may take
+    # about three times its size in memory while it is parsed. Others wait up to compute_wait.
+    max_body_decodes: int = 2
     # Verdicts (?detail=true): adult when hentai + porn + sexy reaches this...
     adult_threshold: float = 0.7
     # ...safe when drawings + neutral reaches this, unknown (human review) otherwise. The two must add
@@ -149,6 +167,13 @@ class Settings:
             ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
             ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
             ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
+            ("max_downloads", self.max_in_flight <= self.max_downloads <= 1024, "must be NSFW_MAX_IN_FLIGHT..1024"),
+            ("download_wait", 0 <= self.download_wait <= 10, "must be 0..10 seconds"),
+            ("max_queue", 1 <= self.max_queue <= 1024, "must be 1..1024"),
+            ("max_queue_per_caller", 1 <= self.max_queue_per_caller <= self.max_queue, "must be 1..NSFW_MAX_QUEUE"),
+            ("compute_wait", 0 <= self.compute_wait <= 60, "must be 0..60 seconds"),
+            ("body_timeout", 0 < self.body_timeout <= 600, "must be in (0, 600] seconds"),
+            ("max_body_decodes", 1 <= self.max_body_decodes <= 64, "must be 1..64"),
             ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
             ("adult_threshold", not self.policy().problems(), "; ".join(self.policy().problems())),
             (

@@ -105,6 +105,12 @@ class MethodNotAllowed(NsfwError):
     message = "The method is not allowed for this route."
 
 
+class RequestTimeout(NsfwError):
+    status = 408
+    code = "request_timeout"
+    message = "The request body did not arrive in time."
+
+
 class PayloadTooLarge(NsfwError):
     status = 413
     code = "payload_too_large"

@@ -43,6 +43,7 @@ def test_status_table_of_style_md() -> None:
         "not_found": 404,
         "method_not_allowed": 405,
         "payload_too_large": 413,
+        "request_timeout": 408,
         "image_too_large": 422,
         "invalid_image": 422,
         "unsupported_image_format": 422,

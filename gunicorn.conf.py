@@ -9,11 +9,15 @@ from typing import Any
 # PORT and WEB_CONCURRENCY are the platform's (DigitalOcean, Heroku, Docker); NSFW_* are the app's.
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# Threads let /health (and fetches, which wait on the network) run while another thread predicts;
-# the worker decodes and infers one image at a time. NSFW_MAX_IN_FLIGHT (default 4) predictions may
-# be admitted at once; the other threads answer /health and the fast 503s, never stuck behind them.
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# nsfw/frontend.py: gunicorn's asyncio worker reads every request whole (headers within `keepalive`
+# seconds, body within NSFW_BODY_TIMEOUT, spooled to disk past 1 MiB) and admits it before its body
+# (NSFW_MAX_QUEUE per worker) before a thread of the Flask app sees it, so slow clients cost sockets,
+# not threads. `threads` is that app's pool: downloads wait on the network there while the model
+# runs one image at a time; /health has two threads of its own.
+worker_class = "nsfw.frontend.Worker"
+threads = int(os.environ.get("GUNICORN_THREADS", "32"))
+# Open connections per worker (idle keep-alive ones included); each costs a socket, not a thread.
+worker_connections = 1000
 # Above the slowest measured model load (TensorFlow backend: up to ~19 s on one core) and the
 # longest request (a 10 s download deadline plus decoding); never 0.
 timeout = 60
@@ -33,13 +37,21 @@ WORKER_BOOT_ERROR = 3
 
 
 def post_worker_init(worker: Any) -> None:
-    """Refuse to serve when the admission limit leaves no thread free for /health."""
-    max_in_flight = worker.wsgi.extensions["nsfw"].settings.max_in_flight
-    if max_in_flight >= worker.cfg.threads:
+    """Refuse to serve when an admitted request could find no thread, or one caller could hold them all."""
+    settings = worker.wsgi.extensions["nsfw"].settings
+    threads = worker.cfg.threads
+    if settings.max_in_flight >= threads:
         worker.log.error(
             "NSFW_MAX_IN_FLIGHT=%d needs more gunicorn threads than %d (GUNICORN_THREADS)",
-            max_in_flight,
-            worker.cfg.threads,
+            settings.max_in_flight,
+            threads,
+        )
+        sys.exit(WORKER_BOOT_ERROR)
+    if settings.max_queue > threads:
+        worker.log.error(
+            "NSFW_MAX_QUEUE=%d needs at least as many gunicorn threads, not %d (GUNICORN_THREADS)",
+            settings.max_queue,
+            threads,
         )
         sys.exit(WORKER_BOOT_ERROR)
 

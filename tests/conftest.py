@@ -15,6 +15,7 @@ from nsfw import create_app
 from nsfw.config import Settings
 from nsfw.model import Classifier, load_classifier
 from tests.reference import CORPORA, Corpus, corpus
+from tests.served import start_gunicorn  # noqa: F401 - a fixture, for the tests from outside
 from tests.support import FakeClassifier, ImageServer
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)

@@ -90,3 +90,25 @@ def test_the_baseline_is_nsfw_flasks_path_with_the_same_weights(
     scores = baseline_app.app.test_client().post(f"/predict?url={url}").get_json()
     got = np.array([scores[c] for c in baseline_app.CLASSES])
     assert np.abs(got - np.array(repo_reference.gantman()[name])).max() <= 1e-3
+
+
+@pytest.mark.slow
+def test_the_abuse_scenarios_run_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.abuse` in miniature: two scenarios, one second each, against this checkout."""
+    serve_python = os.environ.get("TEST_SERVING_PYTHON")
+    if not serve_python:
+        if os.environ.get("CI"):
+            pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
+        pytest.skip("needs .venv-serve (scripts/test makes it)")
+    out = tmp_path / "abuse.json"
+    args = ["--seconds", "1", "--only", "slow_upstreams", "--only", "keepalive_c8", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, "-m", "bench.abuse", *args, "--venv", str(Path(serve_python).parents[1])],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    assert set(result) == {"slow_upstreams", "keepalive_c8"}
+    assert result["slow_upstreams"]["other_caller_n"] > 0 and result["keepalive_c8"]["c4_rps"] > 0

@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,22 +16,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pytest
 
 from tests.reference import Corpus
+from tests.served import Gunicorn, _dockerfile, _get
 from tests.support import REPO, ImageServer, corpus_bytes, send, stream
 
 RUN = "gunicorn app:app"
-
-
-def _dockerfile() -> str:
-    return (REPO / "Dockerfile").read_text()
 
 
 def test_every_deployment_runs_the_same_command() -> None:
@@ -75,7 +69,7 @@ def _gunicorn_conf(env: dict[str, str]) -> dict[str, object]:
 def test_gunicorn_conf() -> None:
     conf = _gunicorn_conf({})
     assert conf["bind"] == "0.0.0.0:8080" and conf["workers"] == 2
-    assert conf["worker_class"] == "gthread" and int(conf["threads"]) >= 2  # type: ignore[arg-type]
+    assert conf["worker_class"] == "nsfw.frontend.Worker" and int(conf["threads"]) >= 24  # type: ignore[arg-type]
     assert conf["worker_tmp_dir"] == "/dev/shm" and conf["preload_app"] is False
     assert 30 <= int(conf["timeout"]) <= 120  # type: ignore[arg-type]
     conf = _gunicorn_conf({"PORT": "9000", "WEB_CONCURRENCY": "3"})
@@ -136,96 +130,6 @@ def test_dockerfile_lints_clean() -> None:
         pytest.fail("hadolint missing: pip install -r requirements-dev.txt")
     result = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _serving_python() -> str:
-    """The serving-only virtualenv (the Dockerfile's install step) when scripts/test made one."""
-    path = os.environ.get("TEST_SERVING_PYTHON")
-    if path:
-        return path
-    if os.environ.get("CI"):
-        pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
-    return sys.executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
-    request = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@dataclass
-class Gunicorn:
-    base: str
-    python: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def workers(self) -> set[int]:
-        """Pids of the arbiter's children, from /proc."""
-        children = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            if int(fields[1]) == self.proc.pid:
-                children.add(int(stat.parent.name))
-        return children
-
-
-@pytest.fixture()
-def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
-    """gunicorn started with the Dockerfile's CMD from the serving virtualenv, as a container would."""
-    started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
-
-    def start(extra_env: dict[str, str] | None = None, *, wait_healthy: bool = True) -> Gunicorn:
-        python = _serving_python()
-        port = _free_port()
-        env = {
-            "PATH": f"{Path(python).parent}:{os.environ['PATH']}",
-            "PORT": str(port),
-            "WEB_CONCURRENCY": "2",
-            "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
-            "NSFW_ALLOWED_PORTS": f"80,443,{image_server.port}",
-            **(extra_env or {}),
-        }
-        cmd = json.loads(re.search(r"^CMD (\[.*\])$", _dockerfile(), re.M).group(1))  # type: ignore[union-attr]
-        log_path = tmp_path / f"gunicorn-{len(started)}.log"
-        log = log_path.open("wb")
-        proc = subprocess.Popen(
-            [str(Path(python).parent / cmd[0]), *cmd[1:]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        started.append((proc, log))
-        server = Gunicorn(f"http://127.0.0.1:{port}", python, proc, log_path)
-        deadline = time.monotonic() + 60
-        while wait_healthy and time.monotonic() < deadline:
-            try:
-                if _get(f"{server.base}/health", timeout=1)[0] == 200:
-                    return server
-            except OSError:
-                time.sleep(0.1)
-        if wait_healthy:
-            pytest.fail("gunicorn never became healthy:\n" + log_path.read_text())
-        return server
-
-    yield start
-    for proc, log in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture()
@@ -346,7 +250,7 @@ def test_a_flood_gets_fast_503s_health_stays_up_and_a_dead_worker_is_replaced(
     assert all(a[1] == "overloaded" and a[3] == "1" for a in refused)
     assert max(a[2] for a in refused) < 1.0, sorted(a[2] for a in refused)[-5:]
     assert all(a[2] < 3 + 1.5 for a in answers if a[0] == 504)  # admitted ones end at the deadline
-    assert health and all(status == 200 for status, _ in health), health
+    assert health and all(status == 200 for status, _ in health), [h for h in health if h[0] != 200]
     assert max(seconds for _, seconds in health) < 1.0, max(seconds for _, seconds in health)
     status, scores = _get(f"{server.base}/predict?url={image_server.url('/lighthouse.jpg')}", method="POST")
     assert status == 200 and len(scores) == 5

@@ -1,0 +1,298 @@
+"""The worker's front door: requests are read whole on an event loop before a thread of the app sees one.
+
+gunicorn's gthread worker reads each request in the thread that answers it, so a client that drips its
+headers or its body holds a thread for as long as it likes (measured: 24 such connections took /health
+down). This module is the gunicorn worker class that `gunicorn.conf.py` names instead:
+
+- gunicorn's own asyncio worker (gunicorn.workers.gasgi) accepts and parses connections; a slow client
+  costs a socket and a coroutine, never a thread. Its keep-alive timer bounds the headers of every
+  request after the first; `_HeaderDeadline` arms the same timer at connect, so the first request's
+  headers have the same deadline (gunicorn 27 has no setting for it).
+- `Front` (ASGI) then decides admission *before* reading the body: at most NSFW_MAX_QUEUE requests per
+  worker, a fair share of them per client address (nsfw.slots), the rest a fast 503 `overloaded`
+  without a byte of their body read. An admitted body is read within NSFW_BODY_TIMEOUT (408 past it)
+  under its cap (413 from Content-Length alone when it says too much), into a spooled file: at most
+  1 MiB of it in memory, the rest on disk.
+- The complete request goes to the Flask app on a pool of GUNICORN_THREADS threads, with the environ
+  a2wsgi builds from the ASGI scope and the spooled body as `wsgi.input`; the app's whole answer comes
+  back in one hand-over (a2wsgi's own adapter crossed threads once per message, and those crossings
+  were a third of the event loop's time under a flood). Responses are written by the event loop: a
+  client that never reads costs no thread either.
+- `GET /health` is answered on the event loop itself (nsfw.api.health_answer, the view's own body),
+  never queued behind a thread: under a flood of 1,400 requests a second it answered with p99 244 ms
+  through a thread of its own, because that thread waited for the GIL behind the app's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
+
+from a2wsgi.wsgi import build_environ
+from gunicorn.asgi import protocol as gunicorn_protocol
+from gunicorn.workers import gasgi
+
+from nsfw import errors
+from nsfw.api import health_answer
+from nsfw.config import Settings
+from nsfw.service import PredictionService
+from nsfw.slots import FairSlots
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+HEALTH_PATH = "/health"
+SPOOL_IN_MEMORY = 1024 * 1024
+LINGER_SECONDS = 2.0
+SWITCH_INTERVAL = 0.001
+APP_NICENESS = 5
+
+
+def body_cap(settings: Settings, path: str) -> int:
+    """The largest body any request to path may send; the app applies its finer caps after."""
+    if path == "/predict/batch":
+        return settings.max_batch_bytes
+    # An image upload, or one image in base64 (4 characters per 3 bytes) with a few fields.
+    return -(-settings.max_bytes // 3) * 4 + settings.max_request_bytes
+
+
+class Front:
+    """ASGI: admission, then the whole body, then the WSGI app on a thread (module docstring)."""
+
+    def __init__(self, wsgi_app: Any, service: PredictionService, threads: int) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.app = wsgi_app
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="app", initializer=_yield_to_the_loop)
+        self.admission = FairSlots(self.settings.max_queue, self.settings.max_queue_per_caller)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets: not served
+            return
+        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
+            body, status = health_answer(self.service)
+            await _send_json(send, status, body, [])
+            return
+        caller = scope["client"][0] if scope.get("client") else "-"
+        if not self.admission.try_acquire(caller):
+            await _answer(send, errors.Overloaded(f"{self.admission.total} requests queued in this worker"))
+            await _linger(scope, receive)
+            return
+        try:
+            await self._admitted(scope, receive, send)
+        finally:
+            self.admission.release(caller)
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        cap = body_cap(self.settings, scope["path"])
+        try:
+            body = await asyncio.wait_for(_read_body(scope, receive, cap), self.settings.body_timeout)
+        except errors.NsfwError as error:
+            await _answer(send, error)
+            await _linger(scope, receive)
+            return
+        except TimeoutError:
+            await _answer(send, errors.RequestTimeout(f"body not complete in {self.settings.body_timeout} s"))
+            return
+        if body is None:  # the client left while sending
+            return
+        with body:
+            size = body.seek(0, 2)
+            body.seek(0)
+            environ = build_environ(_with_length(scope, size), body)  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            status, headers, payload = await loop.run_in_executor(self.pool, _call_wsgi, self.app, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.pool.shutdown(wait=False)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, cap: int) -> IO[bytes] | None:
+    """The whole body in a spooled file, or None when the client disconnected; 413 past the cap."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise errors.PayloadTooLarge(f"Content-Length {int(declared)} over {cap}")
+    body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by caller
+    size = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body.close()
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > cap:
+                raise errors.PayloadTooLarge(f"body passed {cap} bytes")
+            body.write(chunk)
+            if not message.get("more_body", False):
+                return body
+    except BaseException:
+        body.close()
+        raise
+
+
+def _with_length(scope: Scope, size: int) -> Scope:
+    """The scope as the app should see it: a known Content-Length, since the body is all here."""
+    framing = (b"content-length", b"transfer-encoding")
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() not in framing]
+    if size or scope["method"] not in ("GET", "HEAD"):
+        headers.append((b"content-length", str(size).encode()))
+    return {**scope, "headers": headers}
+
+
+def _yield_to_the_loop() -> None:
+    """App threads run at a lower CPU priority (nice +APP_NICENESS, Linux: per thread) than the event
+    loop, so that on one busy core the loop, and /health with it, is scheduled first; when the loop is
+    idle they get the whole core as before."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + APP_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not permitted: same priority as the loop
+        pass
+
+
+def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The whole WSGI call on an app thread: status, headers and the body, joined (the answers are small
+    JSON). One hand-over to the event loop per request; the body the app reads is the spooled file."""
+    started: list[tuple[int, list[tuple[bytes, bytes]]]] = []
+    chunks: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None and started:
+            raise exc_info[1].with_traceback(exc_info[2])
+        encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        started[:] = [(int(status.split(" ", 1)[0]), encoded)]
+        return chunks.append
+
+    result = app(environ, start_response)
+    try:
+        chunks.extend(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers = started[0]
+    return status, headers, b"".join(chunks)
+
+
+class _OverloadLog:
+    """Overload refusals come by the thousand a second in a flood: one log line a second counts them."""
+
+    def __init__(self) -> None:
+        self.count, self.since = 0, time.monotonic()
+
+    def note(self, error: errors.NsfwError) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.since >= 1.0:
+            log.info("front -> 503 overloaded x%d in %.1f s (last: %s)", self.count, now - self.since, error.detail)
+            self.count, self.since = 0, now
+
+
+_overloads = _OverloadLog()
+
+
+async def _answer(send: Send, error: errors.NsfwError) -> None:
+    """An error the front decided, in the app's JSON shape; the connection closes (its body is unread)."""
+    if isinstance(error, errors.Overloaded):
+        _overloads.note(error)
+    else:
+        log.info("front -> %d %s: %s", error.status, error.code, error.detail)
+    extra = [(b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]
+    await _send_json(send, error.status, error.to_dict(), extra)
+
+
+async def _send_json(send: Send, status: int, body: object, extra: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _linger(scope: Scope, receive: Receive) -> None:
+    """After an early answer, read and drop what the client is still sending, for a moment, so that it
+    reads our answer instead of a reset (nginx's lingering close). A client that asked to wait
+    (Expect: 100-continue) sends nothing more, and reading would invite it to."""
+    expect = _header(scope, b"expect")
+    if expect is not None and expect.lower() == b"100-continue":
+        return
+    try:
+        async with asyncio.timeout(LINGER_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
+
+
+class _HeaderDeadline(gunicorn_protocol.ASGIProtocol):
+    """gunicorn's protocol, with the keep-alive timer also armed at connect: a first request whose
+    headers are not complete within `keepalive` seconds is closed, as later ones already are."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._closed and self._keepalive_handle is None:
+            self._arm_keepalive_timer()
+
+
+class Worker(gasgi.ASGIWorker):
+    """gunicorn's asyncio worker serving the Flask app through Front (`worker_class` in gunicorn.conf.py)."""
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """gasgi warns that threads are unused; here they size the app's pool."""
+
+    def init_process(self) -> None:
+        # The event loop (every connection, /health) shares the GIL with the app's threads; handing it
+        # over every 1 ms instead of Python's 5 ms keeps the loop responsive while they compute.
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = self.asgi  # the Flask app, as gunicorn.conf.py's hooks expect
+        self.asgi = Front(self.wsgi, self.wsgi.extensions["nsfw"], threads=self.cfg.threads)
+        # Everything loaded so far lives as long as the worker: out of the collector's sight, a full
+        # collection under load no longer walks the model runtime's and Flask's objects (it paused the
+        # event loop, and so /health, for tens of milliseconds).
+        gc.collect()
+        gc.freeze()
+
+    async def _serve(self) -> None:
+        # gasgi builds each connection's protocol from its module global; this worker's has the deadline.
+        gasgi.ASGIProtocol = _HeaderDeadline
+        await super()._serve()

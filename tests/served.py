@@ -1,0 +1,124 @@
+"""A real gunicorn, started as the Dockerfile's CMD from the serving virtualenv, for tests from outside."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from tests.support import REPO, ImageServer
+
+
+def _dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def _serving_python() -> str:
+    """The serving-only virtualenv (the Dockerfile's install step) when scripts/test made one."""
+    path = os.environ.get("TEST_SERVING_PYTHON")
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
+    return sys.executable
+
+
+def _free_port() -> int:
+    """A free port below Linux's ephemeral range (32768 and up), so that the tests' own client
+    connections, thousands of them in TIME_WAIT after a flood, never hold the port a server wants."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
+def _get(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@dataclass
+class Gunicorn:
+    base: str
+    python: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def workers(self) -> set[int]:
+        """Pids of the arbiter's children, from /proc."""
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[1]) == self.proc.pid:
+                children.add(int(stat.parent.name))
+        return children
+
+
+@pytest.fixture()
+def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
+    """gunicorn started with the Dockerfile's CMD from the serving virtualenv, as a container would."""
+    started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(extra_env: dict[str, str] | None = None, *, wait_healthy: bool = True) -> Gunicorn:
+        python = _serving_python()
+        port = _free_port()
+        env = {
+            "PATH": f"{Path(python).parent}:{os.environ['PATH']}",
+            "PORT": str(port),
+            "WEB_CONCURRENCY": "2",
+            "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
+            "NSFW_ALLOWED_PORTS": f"80,443,{image_server.port}",
+            **(extra_env or {}),
+        }
+        cmd = json.loads(re.search(r"^CMD (\[.*\])$", _dockerfile(), re.M).group(1))  # type: ignore[union-attr]
+        log_path = tmp_path / f"gunicorn-{len(started)}.log"
+        log = log_path.open("wb")
+        proc = subprocess.Popen(
+            [str(Path(python).parent / cmd[0]), *cmd[1:]], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        started.append((proc, log))
+        server = Gunicorn(f"http://127.0.0.1:{port}", python, proc, log_path)
+        deadline = time.monotonic() + 60
+        while wait_healthy and time.monotonic() < deadline:
+            try:
+                if _get(f"{server.base}/health", timeout=1)[0] == 200:
+                    return server
+            except (OSError, http.client.HTTPException):  # not listening yet (or a self-connect to the port)
+                time.sleep(0.1)
+        if wait_healthy:
+            pytest.fail("gunicorn never became healthy:\n" + log_path.read_text())
+        return server
+
+    yield start
+    for proc, log in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -1,0 +1,175 @@
+"""The front door as an ASGI app, driven directly: admission before the body, caps, deadlines, the
+whole body handed to the app, /health on the loop. (tests/test_load.py has it under real gunicorn.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from nsfw import create_app
+from nsfw.config import Settings
+from nsfw.frontend import Front, _call_wsgi, body_cap
+from tests.support import FakeClassifier, ImageServer, corpus_bytes
+
+
+class Conversation:
+    """One request: scripted receive() messages (then waiting forever), and what was sent back."""
+
+    def __init__(self, messages: list[dict[str, Any]], *, wait_after: bool = True) -> None:
+        self.messages = list(messages)
+        self.received = 0
+        self.sent: list[dict[str, Any]] = []
+        self.wait_after = wait_after
+
+    async def receive(self) -> dict[str, Any]:
+        if self.messages:
+            self.received += 1
+            return self.messages.pop(0)
+        if self.wait_after:
+            await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    @property
+    def status(self) -> int:
+        return self.sent[0]["status"]
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.sent[0]["headers"])
+
+    @property
+    def json(self) -> Any:
+        return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
+
+
+def _scope(path: str, method: str = "POST", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+    path, _, query = path.partition("?")
+    return {
+        "type": "http",
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "query_string": query.encode(),
+        "headers": headers or [],
+        "client": ("10.0.0.1", 5000),
+        "server": ("127.0.0.1", 8080),
+    }
+
+
+@pytest.fixture()
+def app(settings: Settings) -> Flask:
+    return create_app(replace(settings, body_timeout=0.2, max_queue=2, max_queue_per_caller=2), FakeClassifier())
+
+
+@pytest.fixture()
+def front(app: Flask) -> Iterator[Front]:
+    front = Front(app, app.extensions["nsfw"], threads=4)
+    yield front
+    front.pool.shutdown(wait=True)
+
+
+def _run(front: Front, scope: dict[str, Any], talk: Conversation, timeout: float = 5) -> Conversation:
+    asyncio.run(asyncio.wait_for(front(scope, talk.receive, talk.send), timeout))
+    return talk
+
+
+def test_health_is_answered_on_the_loop_without_the_app(front: Front) -> None:
+    front.app = None  # any call into the WSGI app would fail
+    talk = _run(front, _scope("/health", "GET"), Conversation([]))
+    assert talk.status == 200 and talk.json["status"] == "ok" and talk.json["model"] == "mobilenet_v2"
+
+
+def test_a_chunked_body_reaches_the_app_whole_with_its_length(front: Front) -> None:
+    jpeg = corpus_bytes("grace_hopper.jpg")
+    pieces = [jpeg[i : i + 1000] for i in range(0, len(jpeg), 1000)]
+    messages = [{"type": "http.request", "body": p, "more_body": True} for p in pieces]
+    messages.append({"type": "http.request", "body": b"", "more_body": False})
+    headers = [(b"content-type", b"image/jpeg"), (b"transfer-encoding", b"chunked")]
+    talk = _run(front, _scope("/predict", headers=headers), Conversation(messages))
+    assert talk.status == 200 and set(talk.json) == {"drawings", "hentai", "neutral", "porn", "sexy"}
+
+
+def test_a_content_length_over_the_cap_is_413_before_any_body(front: Front) -> None:
+    cap = body_cap(front.settings, "/predict")
+    headers = [(b"content-type", b"image/jpeg"), (b"content-length", str(cap + 1).encode())]
+    talk = _run(front, _scope("/predict", headers=headers), Conversation([], wait_after=False))
+    assert talk.status == 413 and talk.json["error"]["code"] == "payload_too_large"
+    assert talk.headers[b"connection"] == b"close"
+
+
+def test_a_body_passing_the_cap_while_it_streams_is_413(front: Front) -> None:
+    cap = body_cap(front.settings, "/predict/batch")
+    chunk = b"x" * (1 << 20)
+    messages = [{"type": "http.request", "body": chunk, "more_body": True}] * (cap // len(chunk) + 2)
+    talk = _run(front, _scope("/predict/batch", headers=[(b"transfer-encoding", b"chunked")]), Conversation(messages))
+    assert talk.status == 413
+
+
+def test_a_body_that_stalls_is_408(front: Front) -> None:
+    headers = [(b"content-type", b"image/jpeg"), (b"content-length", b"5000")]
+    talk = _run(
+        front,
+        _scope("/predict", headers=headers),
+        Conversation([{"type": "http.request", "body": b"ab", "more_body": True}]),
+    )
+    assert talk.status == 408 and talk.json["error"]["code"] == "request_timeout"
+
+
+def test_past_the_queue_the_answer_comes_before_the_body(front: Front) -> None:
+    """Two admitted requests wait for bodies that never come; the third is refused unread."""
+
+    async def scenario() -> Conversation:
+        stalled = [Conversation([]) for _ in range(2)]
+        tasks = [asyncio.create_task(front(_scope("/predict"), t.receive, t.send)) for t in stalled]
+        await asyncio.sleep(0.05)
+        third = Conversation([{"type": "http.request", "body": b"x", "more_body": False}])
+        await front(_scope("/predict"), third.receive, third.send)
+        for task in tasks:
+            await task  # their bodies time out (408)
+        assert [t.status for t in stalled] == [408, 408]
+        return third
+
+    third = asyncio.run(scenario())
+    assert third.status == 503 and third.headers[b"retry-after"] == b"1"
+    assert third.json["error"]["code"] == "overloaded"
+    assert front.admission.in_use == 0
+
+
+def test_a_refused_client_that_asked_to_wait_is_not_read_from(front: Front) -> None:
+    cap = body_cap(front.settings, "/predict")
+    headers = [(b"content-length", str(cap + 1).encode()), (b"expect", b"100-continue")]
+    talk = Conversation([{"type": "http.request", "body": b"x", "more_body": True}])
+    _run(front, _scope("/predict", headers=headers), talk)
+    assert talk.status == 413 and talk.received == 0
+
+
+def test_a_url_prediction_goes_through_the_app(front: Front, image_server: ImageServer) -> None:
+    url = image_server.add_file("/a.jpg", corpus_bytes("grace_hopper.jpg"))
+    talk = _run(front, _scope(f"/predict?url={url}"), Conversation([{"type": "http.request", "body": b""}]))
+    assert talk.status == 200 and "neutral" in talk.json
+
+
+def test_call_wsgi_joins_the_answer_and_closes_the_iterable() -> None:
+    closed = []
+
+    class Body(list):
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        write = start_response("201 Created", [("X-A", "1")])
+        write(b"early ")
+        return Body([b"then ", b"late"])
+
+    status, headers, body = _call_wsgi(app, {})
+    assert (status, headers, body, closed) == (201, [(b"x-a", b"1")], b"early then late", [True])

@@ -1,0 +1,398 @@
+"""Volume-and-time abuse of the deployed service, measured: slow clients, big bodies, slow upstreams,
+keep-alive imbalance and floods, each from outside against `gunicorn app:app` on one core.
+
+    .venv/bin/python -m bench.abuse [--checkout DIR] [--seconds 10] [--json out.json]
+
+`--checkout` runs the service from another work tree (e.g. `git worktree add /tmp/before <commit>`), so
+one command measures before and after. The service runs as deployed (its gunicorn.conf.py,
+WEB_CONCURRENCY=2) under `taskset -c 0`; the image host and the load run on CPU 1. Loopback only, every
+loop bounded in time. Scenarios (the load issue's red-team classes):
+
+- slow_headers: 64 connections dripping header bytes (one every 0.5 s) and 200 idle ones, while
+  /health is probed every 50 ms and a prediction is asked every 200 ms;
+- big_bodies: 16 concurrent maximal `image_base64` bodies (10 MiB images, 14 MB of JSON), peak RSS of
+  every process of the service;
+- slow_upstreams: caller A asks 2 predictions a second of a URL that drips until the download
+  deadline, caller B (another loopback address) one every 100 ms of a fast image: B's success rate;
+- keepalive_c8: 8 keep-alive clients against 4, requests/s and 503s;
+- base64_flood: small base64 bodies at 10 times the measured capacity (open loop, 64 senders), /health
+  p50/p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from bench.load import TreeMemory
+from bench.serve import LOAD_CPU, SERVICE_CPU, _free_port, start_image_server, stop
+
+REPO = Path(__file__).resolve().parents[1]
+CALLER_B = "127.0.0.2"
+
+
+def _service_port() -> int:
+    """A free port below Linux's ephemeral range: the floods' own client ports (tens of thousands in
+    TIME_WAIT) would otherwise take the one the next service wants to bind."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
+
+
+class Service:
+    """gunicorn app:app from a checkout, pinned to the service CPU, allowed to fetch the image host."""
+
+    def __init__(self, checkout: Path, venv: Path, image_port: int, env: dict[str, str] | None = None) -> None:
+        self.port = _service_port()
+        environment = {
+            **os.environ,
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": "2",
+            "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
+            "NSFW_ALLOWED_PORTS": f"80,443,{image_port}",
+            "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+            **(env or {}),
+        }
+        self.log = tempfile.NamedTemporaryFile(prefix="abuse-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", SERVICE_CPU, str(venv / "bin" / "gunicorn"), "app:app"],
+            cwd=checkout,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.ask("GET", "/health", timeout=1)[0] == 200:
+                return
+            time.sleep(0.05)
+        output = Path(self.log.name).read_text()[-3000:]
+        self.close()
+        raise RuntimeError(f"the service never became healthy: {output}")
+
+    def ask(
+        self, method: str, path: str, body: bytes | None = None, *, source: str = "127.0.0.1", timeout: float = 20
+    ) -> tuple[int, float]:
+        """(status, seconds); status 0 when the connection failed or timed out."""
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout, source_address=(source, 0))
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            return response.status, time.monotonic() - started
+        except (OSError, http.client.HTTPException):  # HTTPException: e.g. a self-connect while polling
+            return 0, time.monotonic() - started
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        stop(self.proc)
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
+
+
+def _health_watch(service: Service, stop_at: float) -> Callable[[], dict[str, float]]:
+    samples: list[tuple[int, float]] = []
+
+    def run() -> None:
+        while time.monotonic() < stop_at:
+            samples.append(service.ask("GET", "/health", timeout=3))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def result() -> dict[str, float]:
+        thread.join()
+        seconds = [s for _, s in samples]
+        return {
+            "health_n": len(samples),
+            "health_failed": sum(1 for status, _ in samples if status != 200),
+            "health_p50_ms": round(_percentile(seconds, 0.5) * 1000, 1),
+            "health_p99_ms": round(_percentile(seconds, 0.99) * 1000, 1),
+        }
+
+    return result
+
+
+def slow_headers(service: Service, image: str, seconds: float) -> dict[str, Any]:
+    idle = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(200)]
+    drippers = [socket.create_connection(("127.0.0.1", service.port)) for _ in range(64)]
+    stop_at = time.monotonic() + seconds
+
+    def drip(sock: socket.socket) -> None:
+        for byte in b"POST /predict HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+            if time.monotonic() > stop_at:
+                return
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(0.5)
+
+    threads = [threading.Thread(target=drip, args=(s,)) for s in drippers]
+    for t in threads:
+        t.start()
+    health = _health_watch(service, stop_at)
+    predictions = []
+    while time.monotonic() < stop_at:
+        predictions.append(service.ask("POST", f"/predict?url={image}", timeout=5)[0])
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    for sock in idle + drippers:
+        sock.close()
+    return {**health(), "predictions": len(predictions), "predictions_ok": predictions.count(200)}
+
+
+def _maximal_body() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 90)).save(out, "JPEG")
+    data = out.getvalue()
+    data += b"\0" * (10 * 1024 * 1024 - 1 - len(data))  # NSFW_MAX_BYTES, less one: no base64 padding
+    return json.dumps({"image_base64": base64.b64encode(data).decode()}).encode()
+
+
+def big_bodies(service: Service, image: str, seconds: float) -> dict[str, Any]:
+    body = _maximal_body()
+    statuses: list[int] = []
+    with TreeMemory(service.proc.pid) as memory:
+        memory.window()
+        threads = [
+            threading.Thread(target=lambda: statuses.append(service.ask("POST", "/predict", body, timeout=60)[0]))
+            for _ in range(16)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        peaks = memory.window().summary(service.proc.pid)
+    return {"statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))}, **peaks}
+
+
+def slow_upstreams(service: Service, slow: str, fast: str, seconds: float) -> dict[str, Any]:
+    stop_at = time.monotonic() + seconds
+    attacker: list[int] = []
+    other: list[int] = []
+    threads = []
+
+    def attack() -> None:
+        attacker.append(service.ask("POST", f"/predict?url={slow}")[0])
+
+    while time.monotonic() < stop_at:  # caller A: 2 slow URLs a second, each its own request
+        for _ in range(2):
+            threads.append(threading.Thread(target=attack))
+            threads[-1].start()
+        for _ in range(10):  # caller B meanwhile: one fast prediction every 100 ms
+            other.append(service.ask("POST", f"/predict?url={fast}", source=CALLER_B, timeout=15)[0])
+            time.sleep(0.1)
+    for t in threads:
+        t.join()
+    return {
+        "other_caller_ok_pct": round(100 * other.count(200) / max(len(other), 1), 1),
+        "other_caller_n": len(other),
+        "slow_caller": {str(s): attacker.count(s) for s in sorted(set(attacker))},
+    }
+
+
+def _keepalive(service: Service, image: str, clients: int, seconds: float) -> tuple[float, int, int]:
+    stop_at = time.monotonic() + seconds
+    statuses: list[int] = []
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=20)
+        while time.monotonic() < stop_at:
+            try:
+                connection.request("POST", f"/predict?url={image}")
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+            except OSError:
+                statuses.append(0)
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=20)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    return statuses.count(200) / elapsed, statuses.count(503), len(statuses) - statuses.count(200)
+
+
+def keepalive_c8(service: Service, image: str, seconds: float) -> dict[str, Any]:
+    rps4, _, failed4 = _keepalive(service, image, 4, seconds)
+    rps8, refused8, failed8 = _keepalive(service, image, 8, seconds)
+    return {
+        "c4_rps": round(rps4, 1),
+        "c4_failed": failed4,
+        "c8_rps": round(rps8, 1),
+        "c8_503": refused8,
+        "c8_failed": failed8,
+        "c8_over_c4_pct": round(100 * rps8 / rps4, 1) if rps4 else 0.0,
+    }
+
+
+def base64_flood(service: Service, image_bytes: bytes, seconds: float, times: float = 10.0) -> dict[str, Any]:
+    """Open loop: first the capacity (4 closed-loop senders, 3 s), then `times` that rate of requests."""
+    body = json.dumps({"image_base64": base64.b64encode(image_bytes).decode()}).encode()
+    measured: list[int] = []
+    stop_at = time.monotonic() + 3
+
+    def closed() -> None:
+        while time.monotonic() < stop_at:
+            measured.append(service.ask("POST", "/predict", body, timeout=10)[0])
+
+    senders = [threading.Thread(target=closed) for _ in range(4)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    capacity = measured.count(200) / 3
+    rate = capacity * times
+    answers: list[int] = []
+    started = time.monotonic()
+    stop_at = started + seconds
+    ticket = iter(range(10**9))
+    lock = threading.Lock()
+
+    def flood() -> None:  # each sender takes the next slot of the schedule, waits for it, sends
+        while True:
+            with lock:
+                due = started + next(ticket) / rate
+            if due > stop_at:
+                return
+            time.sleep(max(0.0, due - time.monotonic()))
+            answers.append(service.ask("POST", "/predict", body, timeout=10)[0])
+
+    threads = [threading.Thread(target=flood) for _ in range(64)]
+    for t in threads:
+        t.start()
+    health = _health_watch(service, stop_at)
+    for t in threads:
+        t.join()
+    return {
+        **health(),
+        "capacity_rps": round(capacity, 1),
+        "target_rps": round(rate, 1),
+        "flood_rps": round(len(answers) / seconds, 1),
+        "flood_statuses": {str(s): answers.count(s) for s in sorted(set(answers))},
+    }
+
+
+def run(checkout: Path, venv: Path, seconds: float, only: list[str], extra: dict[str, str]) -> dict[str, Any]:
+    os.sched_setaffinity(0, {LOAD_CPU})
+    image_proc, image_base = start_image_server(str(venv / "bin" / "python"))
+    image_port = int(image_base.rsplit(":", 1)[1])
+    image = f"{image_base}/jpeg_1000x750"
+    slow_port = _free_port()
+    slow_server = _drip_server(slow_port)
+    slow = f"http://127.0.0.1:{slow_port}/slow.jpg"
+    results: dict[str, Any] = {}
+    small = io.BytesIO()
+    Image.new("RGB", (160, 120), (90, 140, 200)).save(small, "JPEG")
+    scenarios: list[tuple[str, dict[str, str], Callable[[Service], dict[str, Any]]]] = [
+        ("slow_headers", {}, lambda s: slow_headers(s, image, seconds)),
+        ("big_bodies", {}, lambda s: big_bodies(s, image, seconds)),
+        (
+            "slow_upstreams",
+            {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
+            lambda s: slow_upstreams(s, slow, image, seconds),
+        ),
+        ("keepalive_c8", {}, lambda s: keepalive_c8(s, image, seconds)),
+        ("base64_flood", {}, lambda s: base64_flood(s, small.getvalue(), seconds)),
+    ]
+    try:
+        for name, env, scenario in scenarios:
+            if only and name not in only:
+                continue
+            service = Service(checkout, venv, image_port, {**extra, **env})
+            try:
+                results[name] = scenario(service)
+            finally:
+                service.close()
+            print(name, json.dumps(results[name]), flush=True)
+    finally:
+        stop(image_proc)
+        slow_server.shutdown()
+    return results
+
+
+def _drip_server(port: int) -> Any:
+    """An upstream that drips one byte every 0.1 s of a 100 kB body: past any download deadline."""
+    import http.server
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkout", type=Path, default=REPO, help="work tree to serve from (default: this one)")
+    parser.add_argument("--venv", type=Path, default=REPO / ".venv-serve", help="virtualenv with the serving set")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--only", action="append", default=[], help="run this scenario (repeatable)")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service (repeatable)")
+    args = parser.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.env)
+    results = run(args.checkout.resolve(), args.venv.resolve(), args.seconds, args.only, extra)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,7 +27,6 @@ import http.client
 import io
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -40,31 +39,18 @@ from typing import Any
 
 from PIL import Image
 
-from bench.load import TreeMemory
+from bench.load import TreeMemory, free_port_below_ephemeral
 from bench.serve import LOAD_CPU, SERVICE_CPU, _free_port, start_image_server, stop
 
 REPO = Path(__file__).resolve().parents[1]
 CALLER_B = "127.0.0.2"
 
 
-def _service_port() -> int:
-    """A free port below Linux's ephemeral range: the floods' own client ports (tens of thousands in
-    TIME_WAIT) would otherwise take the one the next service wants to bind."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
-
-
 class Service:
     """gunicorn app:app from a checkout, pinned to the service CPU, allowed to fetch the image host."""
 
     def __init__(self, checkout: Path, venv: Path, image_port: int, env: dict[str, str] | None = None) -> None:
-        self.port = _service_port()
+        self.port = free_port_below_ephemeral()
         environment = {
             **os.environ,
             "PORT": str(self.port),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -240,3 +242,17 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
+
+
+def free_port_below_ephemeral() -> int:
+    """A free loopback port below Linux's ephemeral range (32768 and up): after a flood, tens of
+    thousands of the load's own client ports sit in TIME_WAIT, and one of them may be the port the
+    next server wants to bind."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")

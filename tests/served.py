@@ -5,11 +5,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import re
-import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from typing import IO
 
 import pytest
 
+from bench.load import free_port_below_ephemeral
 from tests.support import REPO, ImageServer
 
 
@@ -38,16 +38,7 @@ def _serving_python() -> str:
 
 
 def _free_port() -> int:
-    """A free port below Linux's ephemeral range (32768 and up), so that the tests' own client
-    connections, thousands of them in TIME_WAIT after a flood, never hold the port a server wants."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
+    return free_port_below_ephemeral()
 
 
 def _get(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
@@ -122,3 +113,23 @@ def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callab
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def health_probe(
+    server: Gunicorn, stop: threading.Event, out: list[tuple[int, float]], timeout: float = 3
+) -> threading.Thread:
+    """Ask /health every 50 ms until stop is set; (status, seconds) into out, status 0 when it failed."""
+
+    def probe() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                status = _get(f"{server.base}/health", timeout=timeout)[0]
+            except (OSError, http.client.HTTPException):
+                status = 0
+            out.append((status, time.monotonic() - started))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    return thread

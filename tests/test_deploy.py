@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.reference import Corpus
-from tests.served import Gunicorn, _dockerfile, _get
+from tests.served import Gunicorn, _dockerfile, _get, health_probe
 from tests.support import REPO, ImageServer, corpus_bytes, send, stream
 
 RUN = "gunicorn app:app"
@@ -209,18 +209,7 @@ def test_a_flood_gets_fast_503s_health_stays_up_and_a_dead_worker_is_replaced(
             code = json.loads(exc.read())["error"]["code"]
             answers.append((exc.code, code, time.monotonic() - started, exc.headers.get("Retry-After")))
 
-    def watch_health() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                status = _get(f"{server.base}/health", timeout=5)[0]
-            except OSError:
-                status = 0
-            health.append((status, time.monotonic() - started))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch_health)
-    watcher.start()
+    watcher = health_probe(server, stop, health, timeout=5)
     flood = [threading.Thread(target=ask) for _ in range(40)]
     for t in flood:
         t.start()

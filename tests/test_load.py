@@ -24,7 +24,7 @@ from PIL import Image
 
 from nsfw import create_app
 from nsfw.config import Settings
-from tests.served import Gunicorn, _get
+from tests.served import Gunicorn, _get, health_probe
 from tests.support import FakeClassifier, ImageServer, corpus_bytes, stream
 
 pytestmark = pytest.mark.slow
@@ -62,22 +62,6 @@ def _read_status(sock: socket.socket) -> tuple[int, bytes]:
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), head + b"\r\n\r\n" + rest
-
-
-def _health_probe(server: Gunicorn, stop: threading.Event, out: list[tuple[int, float]]) -> threading.Thread:
-    def probe() -> None:
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                status = _get(f"{server.base}/health", timeout=3)[0]
-            except OSError:
-                status = 0
-            out.append((status, time.monotonic() - started))
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=probe)
-    thread.start()
-    return thread
 
 
 def _all_workers_ready(server: Gunicorn) -> Gunicorn:
@@ -119,7 +103,7 @@ def test_slow_and_idle_connections_cost_sockets_not_threads(
     threads = [threading.Thread(target=drip, args=(s,)) for s in drippers]
     health: list[tuple[int, float]] = []
     stop = threading.Event()
-    probe = _health_probe(server, stop, health)
+    probe = health_probe(server, stop, health)
     for t in threads:
         t.start()
     predictions = []
@@ -282,7 +266,7 @@ def test_a_base64_flood_leaves_health_answering(start_gunicorn: Callable[..., Gu
             answers.append(_ask(server, "/predict", body=body)[0])
 
     health: list[tuple[int, float]] = []
-    probe = _health_probe(server, stop, health)
+    probe = health_probe(server, stop, health)
     flooders = [threading.Thread(target=flood) for _ in range(32)]
     for t in flooders:
         t.start()

@@ -95,12 +95,18 @@ class Front:
             await _answer(send, errors.Overloaded(f"{self.admission.total} requests queued in this worker"))
             await _linger(scope, receive)
             return
+        handed_over: list[asyncio.Future[Any]] = []
         try:
-            await self._admitted(scope, receive, send)
+            await self._admitted(scope, receive, send, handed_over)
         finally:
-            self.admission.release(caller)
+            # A request the app is working on keeps its slot until the app is done, even when the
+            # client left (gunicorn cancels this coroutine then): the slots bound the app's threads.
+            if handed_over:
+                handed_over[0].add_done_callback(lambda _: self.admission.release(caller))
+            else:
+                self.admission.release(caller)
 
-    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send, handed_over: list[Any]) -> None:
         cap = body_cap(self.settings, scope["path"])
         try:
             body = await asyncio.wait_for(_read_body(scope, receive, cap), self.settings.body_timeout)
@@ -113,12 +119,14 @@ class Front:
             return
         if body is None:  # the client left while sending
             return
-        with body:
-            size = body.seek(0, 2)
-            body.seek(0)
-            environ = build_environ(_with_length(scope, size), body)  # type: ignore[arg-type]
-            loop = asyncio.get_running_loop()
-            status, headers, payload = await loop.run_in_executor(self.pool, _call_wsgi, self.app, environ)
+        size = body.seek(0, 2)
+        body.seek(0)
+        environ = build_environ(_with_length(scope, size), body)  # type: ignore[arg-type]
+        # The app's thread closes the body when it is done with it, however this coroutine ends.
+        future = asyncio.get_running_loop().run_in_executor(self.pool, _call_wsgi, self.app, environ)
+        handed_over.append(future)
+        # shield: a cancelled wait (the client left) must not cancel the future the slot waits on.
+        status, headers, payload = await asyncio.shield(future)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -197,13 +205,18 @@ def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes
         started[:] = [(int(status.split(" ", 1)[0]), encoded)]
         return chunks.append
 
-    result = app(environ, start_response)
     try:
-        chunks.extend(result)
+        result = app(environ, start_response)
+        try:
+            chunks.extend(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
     finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+        body = environ.get("wsgi.input")
+        if body is not None:
+            body.close()
     status, headers = started[0]
     return status, headers, b"".join(chunks)
 

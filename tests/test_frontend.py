@@ -173,3 +173,35 @@ def test_call_wsgi_joins_the_answer_and_closes_the_iterable() -> None:
 
     status, headers, body = _call_wsgi(app, {})
     assert (status, headers, body, closed) == (201, [(b"x-a", b"1")], b"early then late", [True])
+
+
+def test_a_request_whose_client_left_keeps_its_slot_and_body_until_the_app_is_done(front: Front) -> None:
+    import threading
+
+    release, read = threading.Event(), []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        release.wait(5)
+        read.append(environ["wsgi.input"].read())  # still open: the thread closes it, not the coroutine
+        start_response("200 OK", [])
+        return [b"done"]
+
+    front.app = app
+
+    async def scenario() -> None:
+        talk = Conversation([{"type": "http.request", "body": b"the body", "more_body": False}])
+        task = asyncio.create_task(
+            front(_scope("/predict", headers=[(b"content-length", b"8")]), talk.receive, talk.send)
+        )
+        await asyncio.sleep(0.1)
+        task.cancel()  # gunicorn does this when the client disconnects
+        await asyncio.gather(task, return_exceptions=True)
+        assert front.admission.in_use == 1  # the app still works on it
+        release.set()
+        for _ in range(100):
+            if front.admission.in_use == 0:
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(scenario())
+    assert read == [b"the body"] and front.admission.in_use == 0

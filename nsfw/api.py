@@ -68,7 +68,7 @@ def _body_limit(settings: Settings) -> int:
     if request.endpoint == "api.predict_batch":
         return settings.max_batch_bytes
     if request.is_json:  # may carry image_base64: 4 characters per 3 bytes
-        return -(-settings.max_bytes // 3) * 4 + settings.max_request_bytes
+        return settings.max_json_image_bytes
     return settings.max_request_bytes
 
 
@@ -148,7 +148,7 @@ def _parse_request_image() -> tuple[str | None, IO[bytes] | None]:
         images += [upload.stream for upload in request.files.getlist("image")]
     elif request.mimetype.startswith("image/"):
         images.append(_spooled(request.get_data()))
-    elif request.content_length or request.headers.get("Transfer-Encoding"):
+    elif _has_body():
         # HOSTILE_INPUTS.md: a body where none is expected is a 413, as if its cap were zero.
         raise errors.PayloadTooLarge(f"unexpected body of type {request.mimetype or 'unknown'}")
     try:

@@ -147,6 +147,11 @@ class Settings:
         """The models each worker loads: the default first, then NSFW_MODELS."""
         return (self.model, *(name for name in self.models if name != self.model))
 
+    @property
+    def max_json_image_bytes(self) -> int:
+        """Largest JSON body carrying one image in base64 (4 characters per 3 bytes) and a few fields."""
+        return -(-self.max_bytes // 3) * 4 + self.max_request_bytes
+
     def policy(self) -> Policy:
         """The verdict policy these settings define (requests may override its thresholds)."""
         return Policy(self.adult_threshold, self.safe_threshold)

@@ -66,8 +66,8 @@ def body_cap(settings: Settings, path: str) -> int:
     """The largest body any request to path may send; the app applies its finer caps after."""
     if path == "/predict/batch":
         return settings.max_batch_bytes
-    # An image upload, or one image in base64 (4 characters per 3 bytes) with a few fields.
-    return -(-settings.max_bytes // 3) * 4 + settings.max_request_bytes
+    # An image upload, or one image in base64 with a few fields: the larger of the two.
+    return settings.max_json_image_bytes
 
 
 class Front:

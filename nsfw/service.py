@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -96,6 +96,17 @@ def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probab
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 
+@contextmanager
+def _holding(lock: threading.Lock | threading.BoundedSemaphore, timeout: float, refuse: NsfwError) -> Iterator[None]:
+    """Hold lock for the block, waiting at most timeout seconds for it; raise `refuse` otherwise."""
+    if not lock.acquire(timeout=timeout):
+        raise refuse
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class PredictionService:
     """Everything a request needs, set up once per worker by create_app."""
 
@@ -178,26 +189,17 @@ class PredictionService:
         with self._downloads.holding(caller, wait, refuse):
             yield
 
-    @contextmanager
-    def decoding_body(self) -> Iterator[None]:
+    def decoding_body(self) -> AbstractContextManager[None]:
         """Held while a request body is parsed (api.py), so that few are in memory at once."""
-        if not self._body_decodes.acquire(timeout=self.settings.compute_wait):
-            raise Overloaded(f"{self.settings.max_body_decodes} bodies being parsed")
-        try:
-            yield
-        finally:
-            self._body_decodes.release()
+        refuse = Overloaded(f"{self.settings.max_body_decodes} bodies being parsed")
+        return _holding(self._body_decodes, self.settings.compute_wait, refuse)
 
-    @contextmanager
-    def _computing(self) -> Iterator[None]:
+    def _computing(self) -> AbstractContextManager[None]:
         """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line, or a 503."""
         self.classifiers  # noqa: B018 - raises Unavailable while loading
-        if not self._compute.acquire(timeout=self.settings.compute_wait):
-            raise Overloaded(f"model busy for {self.settings.compute_wait} s")
-        try:
-            yield
-        finally:
-            self._compute.release()
+        return _holding(
+            self._compute, self.settings.compute_wait, Overloaded(f"model busy for {self.settings.compute_wait} s")
+        )
 
     def _fetch(self, url: str, caller: str, *, timeout: float | None = None, wait: float | None = None) -> IO[bytes]:
         """url's bytes, downloaded under one of caller's download slots (released once they are here),

@@ -50,17 +50,22 @@ def test_percentiles_count_only_successes() -> None:
     assert percentiles(samples) == {"p50_ms": 50.5, "p90_ms": 90.1, "p99_ms": 99.01}
 
 
-@pytest.mark.slow
-def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
-    """`python -m bench.serve` in miniature, against the serving virtualenv as deployed."""
+def _serving_venv() -> Path:
+    """The serving-only virtualenv scripts/test made (the benchmarks run the service from it)."""
     serve_python = os.environ.get("TEST_SERVING_PYTHON")
     if not serve_python:
         if os.environ.get("CI"):
             pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
         pytest.skip("needs .venv-serve (scripts/test makes it)")
+    return Path(serve_python).parents[1]
+
+
+@pytest.mark.slow
+def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.serve` in miniature, against the serving virtualenv as deployed."""
+    serve_venv = _serving_venv()
     out = tmp_path / "result.json"
     args = ["--no-baseline", "--seconds", "1", "--requests", "3", "--models", "open_nsfw", "--out", str(out)]
-    serve_venv = Path(serve_python).parents[1]
     subprocess.run(
         [sys.executable, "-m", "bench.serve", *args, "--serve-venv", str(serve_venv)],
         cwd=REPO,
@@ -95,15 +100,11 @@ def test_the_baseline_is_nsfw_flasks_path_with_the_same_weights(
 @pytest.mark.slow
 def test_the_abuse_scenarios_run_as_documented(tmp_path: Path) -> None:
     """`python -m bench.abuse` in miniature: two scenarios, one second each, against this checkout."""
-    serve_python = os.environ.get("TEST_SERVING_PYTHON")
-    if not serve_python:
-        if os.environ.get("CI"):
-            pytest.fail("TEST_SERVING_PYTHON is not set; scripts/test makes .venv-serve")
-        pytest.skip("needs .venv-serve (scripts/test makes it)")
+    serve_venv = _serving_venv()
     out = tmp_path / "abuse.json"
     args = ["--seconds", "1", "--only", "slow_upstreams", "--only", "keepalive_c8", "--json", str(out)]
     subprocess.run(
-        [sys.executable, "-m", "bench.abuse", *args, "--venv", str(Path(serve_python).parents[1])],
+        [sys.executable, "-m", "bench.abuse", *args, "--venv", str(serve_venv)],
         cwd=REPO,
         check=True,
         timeout=300,

@@ -27,7 +27,12 @@ keepalive = 5
 worker_tmp_dir = "/dev/shm"
 # Each worker imports the app and loads its own model: TensorFlow is not fork-safe.
 preload_app = False
+# The request line may be 8190 bytes (gunicorn's most; its default 4094 refused a 2,048-character URL
+# once percent-encoded, 3 bytes a character): longer is 414, in our JSON shape (nsfw/frontend.py).
+limit_request_line = 8190
 accesslog = "-"
+# Query strings are redacted in the access log: pre-signed image URLs carry their signatures there.
+logger_class = "nsfw.accesslog.Logger"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import re
 import tempfile
 import time
+from collections import Counter
 from typing import IO, Any, NamedTuple
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nsfw import errors
-from nsfw.config import Settings
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model.specs import MODELS, NSFWJS
 from nsfw.policy import OVERRIDABLE, Policy
@@ -58,20 +59,6 @@ _DATA_URI = re.compile(r"data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.I)
 _URLSAFE = str.maketrans("-_", "+/")
 
 
-def _body_limit(settings: Settings) -> int:
-    """The cap of this request's body, by what it carries: an image, or a few fields."""
-    mimetype = request.mimetype
-    if mimetype.startswith("image/"):
-        return settings.max_bytes
-    if mimetype == "multipart/form-data":
-        return settings.max_bytes + settings.max_request_bytes
-    if request.endpoint == "api.predict_batch":
-        return settings.max_batch_bytes
-    if request.is_json:  # may carry image_base64: 4 characters per 3 bytes
-        return settings.max_json_image_bytes
-    return settings.max_request_bytes
-
-
 @bp.before_app_request
 def _limit_the_body() -> None:
     """Each body is capped by what it carries, and refused with 413 before it is read whole.
@@ -79,11 +66,36 @@ def _limit_the_body() -> None:
     A chunked body (no Content-Length) that reaches the cap is refused here too: Werkzeug stops
     reading such a stream at the cap and returns what it has (one byte of slack: exactly-the-cap
     counts as over)."""
-    limit = request.max_content_length = _body_limit(_service().settings)
+    limit = request.max_content_length = _service().settings.body_limit(request.path, request.mimetype)
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
         return
     if len(request.get_data(cache=True)) >= limit:
         raise errors.PayloadTooLarge(f"streamed body reached {limit} bytes")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members; a key given twice is refused (parsers disagree on which one counts)."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        twice = next(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise errors.InvalidJson(f"key {twice[:40]!r} given twice")
+    return members
+
+
+def _no_constant(name: str) -> None:
+    raise errors.InvalidJson(f"{name} is not JSON")
+
+
+def _json_body() -> object:
+    """The request's JSON body, strictly (RFC 8259): invalid, duplicate keys, NaN or Infinity, or
+    nested past the interpreter's recursion limit (Flask let that RecursionError through: a 500) are
+    a 400 invalid_json. Numbers are JSON's, so ASCII digits only."""
+    try:
+        return json.loads(request.get_data(cache=True), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise errors.InvalidJson("nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise errors.InvalidJson(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def _decode_base64(value: object) -> IO[bytes]:
@@ -134,7 +146,7 @@ def _parse_request_image() -> tuple[str | None, IO[bytes] | None]:
     urls: list[str] = request.args.getlist("url")
     images: list[IO[bytes]] = []
     if request.is_json:
-        body = request.get_json(silent=True)
+        body = _json_body()
         if not isinstance(body, dict):
             raise errors.BadRequest("JSON body is not an object")
         if "url" in body:
@@ -265,7 +277,7 @@ def predict_batch() -> Response:
     service = _service()
     model, resize, detail, policy = _options()
     with service.decoding_body():
-        body = request.get_json(silent=True) if request.is_json else None
+        body = _json_body() if request.is_json else None
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise errors.BadRequest('the body must be JSON {"items": [...]}')
         items = body["items"]

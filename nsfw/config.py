@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from nsfw.numbers import parse_float, parse_int
 from nsfw.policy import Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -152,6 +153,20 @@ class Settings:
         """Largest JSON body carrying one image in base64 (4 characters per 3 bytes) and a few fields."""
         return -(-self.max_bytes // 3) * 4 + self.max_request_bytes
 
+    def body_limit(self, path: str, mimetype: str) -> int:
+        """The cap of a request body, by what it carries: an image, an image in base64, or a few
+        fields. The front (nsfw/frontend.py) refuses past it from Content-Length alone, before any
+        100 Continue; the app applies it again to what it reads."""
+        if mimetype.startswith("image/"):
+            return self.max_bytes
+        if mimetype == "multipart/form-data":
+            return self.max_bytes + self.max_request_bytes
+        if path == "/predict/batch":
+            return self.max_batch_bytes
+        if mimetype == "application/json" or mimetype.startswith("application/") and mimetype.endswith("+json"):
+            return self.max_json_image_bytes  # may carry image_base64: 4 characters per 3 bytes
+        return self.max_request_bytes
+
     def policy(self) -> Policy:
         """The verdict policy these settings define (requests may override its thresholds)."""
         return Policy(self.adult_threshold, self.safe_threshold)
@@ -226,7 +241,7 @@ def _parse_networks(raw: str) -> tuple[IPNetwork, ...]:
 
 
 def _parse_ports(raw: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in _split(raw))
+    return tuple(parse_int(part) for part in _split(raw))
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -250,4 +265,4 @@ def _parse_bool(raw: str) -> bool:
 
 def _parser_for(annotation: Any) -> Callable[[str], Any]:
     # Field annotations are strings under `from __future__ import annotations`.
-    return {"int": int, "float": float, "str": str, "bool": _parse_bool}[str(annotation)]
+    return {"int": parse_int, "float": parse_float, "str": str, "bool": _parse_bool}[str(annotation)]

@@ -60,6 +60,11 @@ class InvalidPolicy(BadRequest):
     message = "The verdict thresholds are invalid: each in (0, 1], and together above 1."
 
 
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+    message = "The body is not valid JSON (duplicate keys, NaN, Infinity and very deep nesting are refused)."
+
+
 class UnknownModel(BadRequest):
     code = "unknown_model"
     message = "No such model; GET /models lists them."
@@ -83,8 +88,11 @@ class TooManyItems(BadRequest):
 
 
 class UrlNotAllowed(BadRequest):
+    """Also a host name that does not resolve: outsiders must not tell the two apart (the internal
+    DNS would otherwise be enumerable through us); the log keeps the difference."""
+
     code = "url_not_allowed"
-    message = "The url points to a destination that is not allowed."
+    message = "The url points to a destination that is not allowed, or its host name does not resolve."
 
 
 class UrlPortNotAllowed(UrlNotAllowed):
@@ -117,6 +125,25 @@ class PayloadTooLarge(NsfwError):
     message = "The request body is too large, or not expected here."
 
 
+# 414 / 431 / 501: answered by the HTTP server (nsfw/frontend.py) before the app sees the request.
+class UriTooLong(NsfwError):
+    status = 414
+    code = "uri_too_long"
+    message = "The request line is longer than 8190 bytes."
+
+
+class HeadersTooLarge(NsfwError):
+    status = 431
+    code = "headers_too_large"
+    message = "The request has too many header fields, or one too large."
+
+
+class TransferCodingNotImplemented(NsfwError):
+    status = 501
+    code = "not_implemented"
+    message = "The request's transfer coding is not supported (chunked is)."
+
+
 # 422: the fetched bytes are not an image we classify.
 class ImageTooLarge(NsfwError):
     status = 422
@@ -140,6 +167,25 @@ class ImageTooManyPixels(InvalidImage):
     message = "The image has more pixels than allowed."
 
 
+class ImageTooLargeToDecode(InvalidImage):
+    code = "image_too_large_to_decode"
+    message = (
+        "Decoding the image would take more memory than allowed (every frame decoded, on its real canvas, "
+        "at the decoder's sample size)."
+    )
+
+
+class ImageTooComplex(InvalidImage):
+    code = "image_too_complex"
+    message = "Decoding the image would take more work than allowed (JPEG scans, frames), or took too long."
+
+
+class DownloadBudgetExceeded(NsfwError):
+    status = 422
+    code = "download_budget_exceeded"
+    message = "The request's images together are larger than the bytes one request may fetch."
+
+
 # 502 / 504: the image host misbehaved.
 class UpstreamError(NsfwError):
     status = 502
@@ -156,6 +202,12 @@ class UpstreamTimeout(NsfwError):
     status = 504
     code = "upstream_timeout"
     message = "The image host did not answer in time."
+
+
+class DeadlineExceeded(NsfwError):
+    status = 504
+    code = "deadline_exceeded"
+    message = "The batch's deadline passed before this item was classified."
 
 
 # 503: we cannot serve right now.

@@ -31,9 +31,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import certifi
+import idna
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -120,8 +121,9 @@ class FetchPolicy:
 @dataclass(frozen=True)
 class Target:
     scheme: str
-    host: str
+    host: str  # ASCII: an internationalised name in its punycode form
     port: int
+    url: str  # the URL with that host, as it is requested
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -176,6 +178,7 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         raise InvalidUrl("whitespace or control character in url")
     try:
+        url = _ascii_host(url)
         split = urlsplit(url)
         parsed = urllib3.util.parse_url(url)
         split_port = split.port
@@ -196,7 +199,29 @@ def check_url(url: str, policy: FetchPolicy) -> Target:
     port = parsed.port or DEFAULT_PORTS[scheme]
     if port not in policy.allowed_ports:
         raise UrlPortNotAllowed(f"port {port}")
-    return Target(scheme, host, port)
+    return Target(scheme, host, port, url)
+
+
+def _ascii_host(url: str) -> str:
+    """url with an internationalised host name in its ASCII form, by UTS #46 as browsers map it
+    (http://bücher.example/ -> http://xn--bcher-kva.example/); other URLs unchanged.
+
+    Both parsers then read the same host: urllib3 punycodes a non-ASCII host and urllib.parse does
+    not, so every such URL used to fail the parsers' agreement check below.
+    """
+    split = urlsplit(url)
+    host = split.hostname or ""
+    if host.isascii():
+        return url
+    if "@" in split.netloc or "[" in split.netloc:
+        raise ValueError("credentials or brackets around an internationalised host")
+    try:
+        ascii_host = idna.encode(host, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise ValueError(f"host is not a valid internationalised name: {exc}") from None
+    _, colon, port = split.netloc.rpartition(":")
+    netloc = f"{ascii_host}:{port}" if colon and port.isascii() and port.isdigit() else ascii_host
+    return urlunsplit(split._replace(netloc=netloc))
 
 
 class _Guard:
@@ -215,14 +240,17 @@ class _Guard:
             answers: Sequence[str] = [str(literal)]
         else:  # resolving is part of connecting, and bounded like it
             answers = self._resolve(host, port, min(timeout, self._policy.connect_timeout))
+        # A name that does not resolve answers as one that resolves to a refused address (and about
+        # as fast: both end when the resolver answers), so that nobody outside can tell which
+        # internal names exist; the log says which it was.
         if not answers:
-            raise UpstreamError(f"{host} resolved to nothing")
+            raise UrlNotAllowed(f"{host} resolved to nothing")
         addresses = []
         for answer in answers:
             try:
                 addresses.append(ipaddress.ip_address(answer.split("%", 1)[0]))
             except ValueError:
-                raise UpstreamError(f"{host} resolved to {answer!r}") from None
+                raise UrlNotAllowed(f"{host} resolved to {answer!r}") from None
         for ip in addresses:
             if is_refused(ip, self._policy.allowed_networks):
                 how = "is" if literal is not None else "resolves to"
@@ -246,9 +274,10 @@ class _Guard:
         try:
             return future.result(timeout=max(timeout, 0.001))
         except FutureTimeout:
+            # No answer says nothing about the name (refused and unknown ones alike get an answer).
             raise UpstreamTimeout(f"resolving {host}") from None
         except (OSError, UnicodeError, ValueError) as exc:
-            raise UpstreamError(f"resolving {host}: {exc}") from None
+            raise UrlNotAllowed(f"resolving {host} failed: {exc}") from None
 
 
 class _Deadline:
@@ -371,7 +400,7 @@ class Fetcher:
         with self._deadline(seconds) as deadline:
             for _hop in range(self.policy.max_redirects + 1):
                 target = check_url(url, self.policy)
-                with self._get(target, url, deadline) as response:
+                with self._get(target, deadline) as response:
                     if response.status in _REDIRECTS:
                         # The connection closes with the pool, unread: a redirect's body may be
                         # endless or a bomb.
@@ -379,7 +408,7 @@ class Fetcher:
                         if not location:
                             raise UpstreamError(f"redirect {response.status} without Location")
                         log.info("redirect %d to %r", response.status, location[:200])
-                        url = urljoin(url, location)
+                        url = urljoin(target.url, location)
                         continue
                     if response.status != 200:
                         raise UpstreamError(f"upstream status {response.status}")
@@ -398,9 +427,9 @@ class Fetcher:
 
     @contextmanager
     def _get(
-        self, target: Target, url: str, deadline: _Deadline, body: bytes | None = None, content_type: str = ""
+        self, target: Target, deadline: _Deadline, body: bytes | None = None, content_type: str = ""
     ) -> Iterator[urllib3.BaseHTTPResponse]:
-        """The response to GET url (POST when there is a body), its headers read; the pool and its
+        """The response to GET target.url (POST when there is a body), its headers read; the pool and its
         connection close on exit."""
         left = deadline.left()
         if left <= 0:
@@ -433,7 +462,7 @@ class Fetcher:
         try:
             response = pool.urlopen(
                 "GET" if body is None else "POST",
-                urllib3.util.parse_url(url).request_uri,
+                urllib3.util.parse_url(target.url).request_uri,
                 body=body,
                 headers=headers,
                 redirect=False,
@@ -462,7 +491,7 @@ class Fetcher:
         the answer's body, at most max_bytes, within timeout seconds."""
         with self._deadline(timeout) as deadline:
             target = check_url(url, self.policy)
-            with self._get(target, url, deadline, body, content_type) as response:
+            with self._get(target, deadline, body, content_type) as response:
                 if response.status != 200:
                     raise UpstreamError(f"{url}: status {response.status}")
                 with self._read_body(response, deadline, max_bytes) as answer:

@@ -6,7 +6,7 @@ down). This module is the gunicorn worker class that `gunicorn.conf.py` names in
 
 - gunicorn's own asyncio worker (gunicorn.workers.gasgi) accepts and parses connections; a slow client
   costs a socket and a coroutine, never a thread. Its keep-alive timer bounds the headers of every
-  request after the first; `_HeaderDeadline` arms the same timer at connect, so the first request's
+  request after the first; `_Protocol` arms the same timer at connect, so the first request's
   headers have the same deadline (gunicorn 27 has no setting for it).
 - `Front` (ASGI) then decides admission *before* reading the body: at most NSFW_MAX_QUEUE requests per
   worker, a fair share of them per client address (nsfw.slots), the rest a fast 503 `overloaded`
@@ -36,6 +36,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
 from typing import IO, Any
 
 from a2wsgi.wsgi import build_environ
@@ -44,7 +45,6 @@ from gunicorn.workers import gasgi
 
 from nsfw import errors
 from nsfw.api import health_answer
-from nsfw.config import Settings
 from nsfw.service import PredictionService
 from nsfw.slots import FairSlots
 
@@ -62,12 +62,10 @@ SWITCH_INTERVAL = 0.001
 APP_NICENESS = 5
 
 
-def body_cap(settings: Settings, path: str) -> int:
-    """The largest body any request to path may send; the app applies its finer caps after."""
-    if path == "/predict/batch":
-        return settings.max_batch_bytes
-    # An image upload, or one image in base64 with a few fields: the larger of the two.
-    return settings.max_json_image_bytes
+def _mimetype(scope: Scope) -> str:
+    """The Content-Type's media type, lower case, as Werkzeug reads it for the app."""
+    value = _header(scope, b"content-type") or b""
+    return value.decode("latin-1").split(";", 1)[0].strip().lower()
 
 
 class Front:
@@ -107,7 +105,7 @@ class Front:
                 self.admission.release(caller)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, handed_over: list[Any]) -> None:
-        cap = body_cap(self.settings, scope["path"])
+        cap = self.settings.body_limit(scope["path"], _mimetype(scope))
         try:
             body = await asyncio.wait_for(_read_body(scope, receive, cap), self.settings.body_timeout)
         except errors.NsfwError as error:
@@ -149,7 +147,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 async def _read_body(scope: Scope, receive: Receive, cap: int) -> IO[bytes] | None:
-    """The whole body in a spooled file, or None when the client disconnected; 413 past the cap."""
+    """The whole body in a spooled file, or None when the client disconnected; 413 past the cap.
+    Refused before any of it is read (and before any 100 Continue): a Content-Length over the cap,
+    and a transfer coding other than chunked (gunicorn lets gzip and deflate through undecoded)."""
+    coding = _header(scope, b"transfer-encoding")
+    if coding is not None and coding.strip().lower() != b"chunked":
+        raise errors.TransferCodingNotImplemented(f"Transfer-Encoding {coding[:100]!r}")
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise errors.PayloadTooLarge(f"Content-Length {int(declared)} over {cap}")
@@ -272,14 +275,57 @@ async def _linger(scope: Scope, receive: Receive) -> None:
         return
 
 
-class _HeaderDeadline(gunicorn_protocol.ASGIProtocol):
-    """gunicorn's protocol, with the keep-alive timer also armed at connect: a first request whose
-    headers are not complete within `keepalive` seconds is closed, as later ones already are."""
+# gunicorn's own answers to requests it cannot parse (its protocol's _send_error_response), as ours.
+_SERVER_ERRORS: dict[int, type[errors.NsfwError]] = {
+    400: errors.BadRequest,
+    414: errors.UriTooLong,
+    431: errors.HeadersTooLarge,
+    501: errors.TransferCodingNotImplemented,
+}
+
+
+def server_error(status: int) -> errors.NsfwError:
+    """The error of our tree for a status gunicorn answers by itself."""
+    if status in _SERVER_ERRORS:
+        return _SERVER_ERRORS[status]()
+    if 400 <= status < 500:
+        error = errors.BadRequest()
+        error.status = status  # e.g. 426 for a bad upgrade: its status, our shape
+        return error
+    return errors.NsfwError()
+
+
+class _Protocol(gunicorn_protocol.ASGIProtocol):
+    """gunicorn's protocol, with two changes:
+
+    - the keep-alive timer is also armed at connect: a first request whose headers are not complete
+      within `keepalive` seconds is closed, as later ones already are;
+    - the answers gunicorn writes itself, for requests it cannot parse (a malformed request line or
+      header, a bad chunk size, a request line over `limit_request_line`, too many headers, an unknown
+      transfer coding) and for an app that failed to start its response, are our JSON error shape,
+      not its text/plain page. Its message, which may quote the request, goes to the log only.
+    """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         if not self._closed and self._keepalive_handle is None:
             self._arm_keepalive_timer()
+
+    def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
+        if self._closed:  # e.g. gunicorn's 500 for a client that left before the app answered
+            log.debug("server -> %d to a closed connection: %s", status, message[:200])
+            return
+        error = server_error(status)
+        log.info("server -> %d %s: %s", error.status, error.code, message[:200])
+        payload = json.dumps(error.to_dict(), separators=(",", ":")).encode() + b"\n"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
+        head = (
+            f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n"
+            f"{extra}Connection: close\r\n\r\n"
+        )
+        self._safe_write(head.encode("latin-1") + payload)
 
 
 class Worker(gasgi.ASGIWorker):
@@ -307,5 +353,5 @@ class Worker(gasgi.ASGIWorker):
 
     async def _serve(self) -> None:
         # gasgi builds each connection's protocol from its module global; this worker's has the deadline.
-        gasgi.ASGIProtocol = _HeaderDeadline
+        gasgi.ASGIProtocol = _Protocol
         await super()._serve()

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from nsfw.errors import InvalidPolicy
+from nsfw.numbers import parse_float
 
 # GantMan's groups, the default; other models bring their own (nsfw/model/specs.py).
 ADULT_CLASSES = ("hentai", "porn", "sexy")
@@ -50,9 +51,9 @@ class Policy:
         for name in OVERRIDABLE:
             if name in values:
                 try:
-                    changes[name] = float(values[name])
+                    changes[name] = parse_float(values[name])
                 except ValueError:
-                    raise InvalidPolicy(f"{name}={values[name]!r} is not a number") from None
+                    raise InvalidPolicy(f"{name}={values[name]!r} is not an ASCII decimal number") from None
         policy = replace(self, **changes)
         if problems := policy.problems():
             raise InvalidPolicy("; ".join(problems))

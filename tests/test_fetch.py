@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from nsfw import errors
-from nsfw.fetch import Fetcher, FetchPolicy, check_url, is_refused
+from nsfw.fetch import Fetcher, FetchPolicy, Resolver, check_url, is_refused
 from tests.support import ImageServer, send, stream
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -149,12 +149,72 @@ def test_fetch_connects_to_the_address_it_checked(image_server: ImageServer) -> 
     assert image_server.hits == ["/a.jpg"]
 
 
-def test_dns_failure_is_upstream_error() -> None:
-    def fail(host: str, port: int) -> list[str]:
-        raise socket.gaierror("no such host")
+@pytest.mark.parametrize(
+    "resolver",
+    [
+        lambda host, port: (_ for _ in ()).throw(socket.gaierror(socket.EAI_NONAME, "Name or service not known")),
+        lambda host, port: (_ for _ in ()).throw(socket.gaierror(socket.EAI_AGAIN, "Temporary failure")),
+        lambda host, port: [],
+        lambda host, port: ["not-an-address"],
+        lambda host, port: ["10.1.2.3"],
+        lambda host, port: ["93.184.216.34", "192.168.0.7"],
+    ],
+    ids=["nxdomain", "servfail", "no-answer", "garbage", "private", "one-private"],
+)
+def test_a_name_that_does_not_resolve_answers_as_a_refused_one(resolver: Resolver) -> None:
+    """Outsiders must not enumerate internal names through us: unknown and refused alike (400
+    url_not_allowed, the same message); only the log's detail differs."""
+    with pytest.raises(errors.UrlNotAllowed) as info:
+        Fetcher(_policy(allowed_networks=()), resolver=resolver).fetch("http://internal.example/a.jpg")
+    assert type(info.value) is errors.UrlNotAllowed
+    assert info.value.to_dict() == errors.UrlNotAllowed().to_dict()
 
-    with pytest.raises(errors.UpstreamError):
-        Fetcher(_policy(), resolver=fail).fetch("http://nonexistent.example/a.jpg")
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://bücher.example/a.jpg", "xn--bcher-kva.example"),
+        ("https://BÜCHER.example/a.jpg", "xn--bcher-kva.example"),  # UTS #46 maps case
+        ("http://faß.example/a.jpg", "xn--fa-hia.example"),  # IDNA 2008: ß is kept, not "fass"
+        ("http://例え.テスト/a.jpg", "xn--r8jz45g.xn--zckzah"),
+        ("http://bücher。example/a.jpg", "xn--bcher-kva.example"),  # an ideographic full stop
+        ("http://xn--bcher-kva.example/a.jpg", "xn--bcher-kva.example"),
+    ],
+)
+def test_internationalised_host_names_are_read_as_browsers_read_them(url: str, host: str) -> None:
+    target = check_url(url, _policy())
+    assert target.host == host and target.url.startswith(("http://" + host, "https://" + host))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://\u00fc-.example/",  # a hyphen at a label's end
+        "http://\u0301a.example/",  # a combining mark first
+        "http://a\u202eb.example/",  # a right-to-left override
+        "http://" + "\u00fc" * 70 + ".example/",  # a label over 63 bytes once encoded
+    ],
+)
+def test_invalid_internationalised_names_are_invalid_urls(url: str) -> None:
+    with pytest.raises(errors.InvalidUrl):
+        check_url(url, _policy())
+
+
+def test_an_internationalised_name_is_resolved_and_sent_in_its_ascii_form(image_server: ImageServer) -> None:
+    asked: list[str] = []
+    sent_hosts: list[str] = []
+
+    def handler(request: object) -> None:
+        sent_hosts.append(request.headers["Host"])  # type: ignore[attr-defined]
+        send(200, b"\xff\xd8\xffimage")(request)  # type: ignore[arg-type]
+
+    image_server.routes["/b\xfccher.jpg"] = handler
+    image_server.routes["/b%C3%BCcher.jpg"] = handler
+    fetcher = Fetcher(_policy(image_server.port), resolver=lambda host, port: asked.append(host) or ["127.0.0.1"])
+    with fetcher.fetch(f"http://bücher.example:{image_server.port}/b%C3%BCcher.jpg") as body:
+        assert body.read() == b"\xff\xd8\xffimage"
+    assert asked == ["xn--bcher-kva.example"]
+    assert sent_hosts == [f"xn--bcher-kva.example:{image_server.port}"]
 
 
 def test_upstream_errors_are_502(image_server: ImageServer) -> None:

@@ -14,7 +14,7 @@ from flask import Flask
 
 from nsfw import create_app
 from nsfw.config import Settings
-from nsfw.frontend import Front, _call_wsgi, body_cap
+from nsfw.frontend import Front, _call_wsgi
 from tests.support import FakeClassifier, ImageServer, corpus_bytes
 
 
@@ -100,7 +100,7 @@ def test_a_chunked_body_reaches_the_app_whole_with_its_length(front: Front) -> N
 
 
 def test_a_content_length_over_the_cap_is_413_before_any_body(front: Front) -> None:
-    cap = body_cap(front.settings, "/predict")
+    cap = front.settings.body_limit("/predict", "image/jpeg")
     headers = [(b"content-type", b"image/jpeg"), (b"content-length", str(cap + 1).encode())]
     talk = _run(front, _scope("/predict", headers=headers), Conversation([], wait_after=False))
     assert talk.status == 413 and talk.json["error"]["code"] == "payload_too_large"
@@ -108,7 +108,7 @@ def test_a_content_length_over_the_cap_is_413_before_any_body(front: Front) -> N
 
 
 def test_a_body_passing_the_cap_while_it_streams_is_413(front: Front) -> None:
-    cap = body_cap(front.settings, "/predict/batch")
+    cap = front.settings.body_limit("/predict/batch", "application/json")
     chunk = b"x" * (1 << 20)
     messages = [{"type": "http.request", "body": chunk, "more_body": True}] * (cap // len(chunk) + 2)
     talk = _run(front, _scope("/predict/batch", headers=[(b"transfer-encoding", b"chunked")]), Conversation(messages))
@@ -145,9 +145,16 @@ def test_past_the_queue_the_answer_comes_before_the_body(front: Front) -> None:
     assert front.admission.in_use == 0
 
 
-def test_a_refused_client_that_asked_to_wait_is_not_read_from(front: Front) -> None:
-    cap = body_cap(front.settings, "/predict")
+@pytest.mark.parametrize(
+    "content_type", ["image/jpeg", "application/json", "application/x-www-form-urlencoded", "text/plain", ""]
+)
+def test_a_refused_client_that_asked_to_wait_is_not_read_from(front: Front, content_type: str) -> None:
+    """The front refuses by the same cap as the app (a form body's is 64 KiB, a JSON one's an image
+    in base64): never a 100 Continue (the first receive) for a body the app would refuse with 413."""
+    cap = front.settings.body_limit("/predict", content_type)
     headers = [(b"content-length", str(cap + 1).encode()), (b"expect", b"100-continue")]
+    if content_type:
+        headers.append((b"content-type", f"{content_type}; charset=utf-8".encode()))
     talk = Conversation([{"type": "http.request", "body": b"x", "more_body": True}])
     _run(front, _scope("/predict", headers=headers), talk)
     assert talk.status == 413 and talk.received == 0

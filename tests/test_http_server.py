@@ -1,0 +1,142 @@
+"""From outside, through gunicorn: every request it cannot parse still gets our JSON error shape.
+
+One server for the lot (each start costs seconds); every case is a raw request on its own connection.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.parse
+from collections.abc import Callable
+
+from tests.served import Gunicorn
+
+# (what is wrong, the raw request, the status we answer)
+MALFORMED: list[tuple[str, bytes, int]] = [
+    (
+        "bad chunk size",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bad chunk extension",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2;\x01\r\n{}\r\n0\r\n\r\n",
+        400,
+    ),
+    ("request line with extra words", b"GET /health HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400),
+    ("bad method token", b"G(T /health HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("unknown protocol version", b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    ("header without a colon", b"GET /health HTTP/1.1\r\nHost: x\r\nNoColonHere\r\n\r\n", 400),
+    ("space in a header name", b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400),
+    ("NUL in a header value", b"GET /health HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", 400),
+    (
+        "two different lengths",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        400,
+    ),
+    ("negative length", b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    (
+        "length and chunked",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    ("unknown transfer coding", b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br, chunked\r\n\r\n", 501),
+    (
+        "compressed transfer coding",
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        501,
+    ),
+    ("request line over 8190 bytes", b"GET /predict?url=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (
+        "101 headers",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n",
+        431,
+    ),
+    ("a header over 8190 bytes", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431),
+]
+
+
+def _exchange(server: Gunicorn, data: bytes, *, read_all: bool = True) -> bytes:
+    host, port = server.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the server may answer and close before it has read everything
+        answer = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            answer += chunk
+            if not read_all and b"\r\n\r\n" in answer:
+                break
+        return answer
+
+
+def _parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_what_gunicorn_cannot_parse_is_answered_in_json(start_gunicorn: Callable[..., Gunicorn]) -> None:
+    server = start_gunicorn()
+    wrong = []
+    for name, request, status in MALFORMED:
+        got, headers, body = _parse(_exchange(server, request))
+        shape_ok = headers.get("content-type") == "application/json" and set(json.loads(body)) == {"error"}
+        if got != status or not shape_ok:
+            wrong.append(f"{name}: {got} {headers.get('content-type')} {body[:80]!r}")
+    assert not wrong, "\n".join(wrong)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "[ERROR]" not in log, log[-3000:]
+
+
+def test_documented_limits_fit_and_bodies_are_refused_before_100_continue(
+    start_gunicorn: Callable[..., Gunicorn],
+) -> None:
+    server = start_gunicorn()
+    # A URL of the documented 2,048 characters, every character percent-encoded (6,144 bytes): read
+    # whole by the app, which answers as for any unresolvable host (the test's DNS has no such name).
+    url = "http://images.invalid/" + "a" * (2048 - len("http://images.invalid/"))
+    encoded = "".join(f"%{b:02X}" for b in url.encode())
+    status, headers, body = _parse(
+        _exchange(server, f"GET /predict?url={encoded} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    )
+    assert (status, json.loads(body)["error"]["code"]) == (400, "url_not_allowed")
+    # One character more is the app's invalid_url, still JSON.
+    status, _, body = _parse(
+        _exchange(server, f"GET /predict?url={encoded}%61 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    )
+    assert (status, json.loads(body)["error"]["code"]) == (400, "invalid_url")
+    # Deep JSON through the whole stack.
+    deep = ("[" * 50_000 + "]" * 50_000).encode()
+    for route in ("/predict", "/predict/batch"):
+        request = (
+            f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(deep)}\r\nConnection: close\r\n\r\n"
+        ).encode() + deep
+        status, _, body = _parse(_exchange(server, request))
+        assert (status, json.loads(body)["error"]["code"]) == (400, "invalid_json")
+    # A form body over its 64 KiB cap, waiting for 100 Continue: 413 at once, and no 100 first.
+    head = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    answer = _exchange(server, head, read_all=False)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+    # The access log keeps the path and the options, never the URL's query.
+    signed = urllib.parse.quote("http://images.invalid/a.jpg?X-Amz-Signature=cafe1234secret", safe="")
+    _exchange(
+        server, f"GET /predict?url={signed}&detail=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    log = server.log.read_text()
+    assert "cafe1234secret" not in log and "GET /predict?url=REDACTED&detail=true HTTP/1.1" in log
+    assert "Traceback" not in log, log[-3000:]

@@ -57,8 +57,24 @@ class Settings:
     download_timeout: float = 10.0
     # Largest image body fetched, in bytes (counted after any content decoding).
     max_bytes: int = 10 * 1024 * 1024
-    # Largest image decoded, in pixels (width x height), checked before decoding.
+    # Largest image decoded, in pixels (width x height) of its real canvas, checked before decoding;
+    # also the canvas area an animation's decoded frames may add up to (each seek decodes the frames
+    # before it).
     max_pixels: int = 40_000_000
+    # Most memory one decode may take at its peak, in bytes, as the container headers price it before
+    # any pixel is decoded (nsfw/imaging/budget.py: every frame decoded, the real canvas, the
+    # decoder's sample size); past it a 422 image_too_large_to_decode. 224 MiB decodes a 16 MP WebP
+    # (its decoder holds 13 bytes a pixel), keeps a worker (88 MB with the model) under 350 MB, and
+    # 2 workers decoding at once under 700 MB with the master (bench/hostile.py measures it).
+    max_decode_bytes: int = 224 * 1024 * 1024
+    # Scans a JPEG may have: each walks every coefficient again (a progressive JPEG has about 10;
+    # a file of repeated scans held a core for minutes). More is a 422 image_too_complex.
+    max_jpeg_scans: int = 64
+    # Frames of an animation decoded at most to reach the sampled ones (tiny frames cost time each).
+    max_decoded_frames: int = 1000
+    # Seconds one image's decoding and preprocessing may take; past it a 422 image_too_complex
+    # (checked between frames and between the decoder's input blocks). A batch's deadline cuts it shorter.
+    decode_timeout: float = 5.0
     # Longest accepted URL, in characters.
     max_url_length: int = 2048
     # Redirect hops followed; each hop is checked like the first URL.
@@ -113,6 +129,12 @@ class Settings:
     batch_timeout: float = 20.0
     # Items of one batch fetched and decoded at once (decoding and inference still run one at a time).
     batch_concurrency: int = 4
+    # Bytes one request (a batch: all its items) may download from image hosts in total; an item
+    # whose download would pass it answers 422 download_budget_exceeded. With one fetch per distinct
+    # URL this bounds what one small request can make us pull from a third party.
+    max_request_download_bytes: int = 32 * 1024 * 1024
+    # Connections one request (a batch) holds to one image host at once.
+    max_host_connections: int = 2
     # Frames classified per animation (GIF, WebP, APNG), spread from the first to the last; the
     # answer is the frame with the highest hentai + porn + sexy. 1 classifies the first frame only.
     max_frames: int = 8
@@ -183,6 +205,10 @@ class Settings:
             ("download_timeout", 0 < self.download_timeout <= 300, "must be in (0, 300]"),
             ("max_bytes", 1024 <= self.max_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("max_pixels", 1 <= self.max_pixels <= 200_000_000, "must be 1..200000000"),
+            ("max_decode_bytes", 1 << 20 <= self.max_decode_bytes <= 1 << 34, "must be 1 MiB..16 GiB"),
+            ("max_jpeg_scans", 1 <= self.max_jpeg_scans <= 10_000, "must be 1..10000"),  # budget.SCAN_COUNT_CAP
+            ("max_decoded_frames", 1 <= self.max_decoded_frames <= 1_000_000, "must be 1..1000000"),
+            ("decode_timeout", 0 < self.decode_timeout <= 600, "must be in (0, 600] seconds"),
             ("max_url_length", 16 <= self.max_url_length <= 65536, "must be 16..65536"),
             ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
             ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
@@ -221,6 +247,12 @@ class Settings:
             ("max_batch_bytes", 1024 <= self.max_batch_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("batch_timeout", 0 < self.batch_timeout <= 600, "must be in (0, 600]"),
             ("batch_concurrency", 1 <= self.batch_concurrency <= 64, "must be 1..64"),
+            (
+                "max_request_download_bytes",
+                self.max_bytes <= self.max_request_download_bytes <= 1 << 34,
+                "must be NSFW_MAX_BYTES..16 GiB",
+            ),
+            ("max_host_connections", 1 <= self.max_host_connections <= 64, "must be 1..64"),
             ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),

@@ -40,6 +40,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from nsfw.errors import (
+    DownloadBudgetExceeded,
     ImageTooLarge,
     InvalidImage,
     InvalidUrl,
@@ -377,6 +378,42 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
 
 
+class RequestShare:
+    """What one client request may take from image hosts over all its fetches (a batch's items, each
+    hop of each): at most `per_host` connections to one host at once, `max_bytes` bytes in total.
+    Shared by the request's threads; `fetched` is what it took."""
+
+    def __init__(self, max_bytes: int, per_host: int) -> None:
+        self.max_bytes = max_bytes
+        self.fetched = 0
+        self._per_host = per_host
+        self._lock = threading.Lock()
+        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+
+    def take(self, size: int) -> None:
+        """Count `size` more bytes downloaded, or refuse the download that would pass the total."""
+        with self._lock:
+            if self.fetched + size > self.max_bytes:
+                raise DownloadBudgetExceeded(f"the request's downloads passed {self.max_bytes} bytes")
+            self.fetched += size
+
+    def left(self) -> int:
+        with self._lock:
+            return self.max_bytes - self.fetched
+
+    @contextmanager
+    def connection(self, host: str, deadline: _Deadline) -> Iterator[None]:
+        """One of the request's connections to host, waiting for one until the fetch's deadline."""
+        with self._lock:
+            slots = self._hosts.setdefault(host, threading.BoundedSemaphore(self._per_host))
+        if not slots.acquire(timeout=max(deadline.left(), 0.0)):
+            raise UpstreamTimeout(f"deadline passed waiting for one of {self._per_host} connections to {host}")
+        try:
+            yield
+        finally:
+            slots.release()
+
+
 class Fetcher:
     """Downloads one image per call under a FetchPolicy; safe to share between threads.
 
@@ -391,16 +428,20 @@ class Fetcher:
         self._guard = _Guard(policy, resolver)
         self._watchdog = _Watchdog()
 
-    def fetch(self, url: str, *, timeout: float | None = None, caller: str = "-") -> IO[bytes]:
+    def fetch(
+        self, url: str, *, timeout: float | None = None, caller: str = "-", share: RequestShare | None = None
+    ) -> IO[bytes]:
         """The image bytes, rewound, in a SpooledTemporaryFile the caller must close; within the
         policy's download timeout, or `timeout` seconds if that is shorter (a batch's time left).
-        `caller` (a client address) gets its fair share of the host-name lookups."""
+        `caller` (a client address) gets its fair share of the host-name lookups; `share` (the
+        request's) bounds its connections per host and its bytes, with the request's other fetches."""
         seconds = self.policy.download_timeout if timeout is None else min(timeout, self.policy.download_timeout)
         _current.caller = caller
+        share = share or RequestShare(self.policy.max_bytes, 1)
         with self._deadline(seconds) as deadline:
             for _hop in range(self.policy.max_redirects + 1):
                 target = check_url(url, self.policy)
-                with self._get(target, deadline) as response:
+                with share.connection(target.host, deadline), self._get(target, deadline) as response:
                     if response.status in _REDIRECTS:
                         # The connection closes with the pool, unread: a redirect's body may be
                         # endless or a bomb.
@@ -412,7 +453,7 @@ class Fetcher:
                         continue
                     if response.status != 200:
                         raise UpstreamError(f"upstream status {response.status}")
-                    return self._read_body(response, deadline)
+                    return self._read_body(response, deadline, share=share)
             raise TooManyRedirects(f"more than {self.policy.max_redirects} redirects")
 
     @contextmanager
@@ -497,11 +538,19 @@ class Fetcher:
                 with self._read_body(response, deadline, max_bytes) as answer:
                     return answer.read()
 
-    def _read_body(self, raw: urllib3.BaseHTTPResponse, deadline: _Deadline, limit: int | None = None) -> IO[bytes]:
+    def _read_body(
+        self,
+        raw: urllib3.BaseHTTPResponse,
+        deadline: _Deadline,
+        limit: int | None = None,
+        share: RequestShare | None = None,
+    ) -> IO[bytes]:
         max_bytes = self.policy.max_bytes if limit is None else limit
         declared = raw.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > max_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise ImageTooLarge(f"Content-Length {declared}")
+        if share is not None and declared.isascii() and declared.isdigit() and int(declared) > share.left():
+            raise DownloadBudgetExceeded(f"Content-Length {declared} over the request's {share.left()} bytes left")
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
         try:
             total = 0
@@ -525,6 +574,8 @@ class Fetcher:
                 total += len(chunk)
                 if total > max_bytes:
                     raise ImageTooLarge(f"body passed {max_bytes} bytes")
+                if share is not None:
+                    share.take(len(chunk))
                 spool.write(chunk)
             if deadline.expired:  # the watchdog's shutdown looks like the end of a body
                 raise UpstreamTimeout(f"download deadline passed after {total} bytes")

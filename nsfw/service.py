@@ -16,6 +16,7 @@ import numpy as np
 
 from nsfw.config import Settings
 from nsfw.errors import (
+    DeadlineExceeded,
     ImageTooLarge,
     InvalidImage,
     ModelNotServed,
@@ -25,8 +26,9 @@ from nsfw.errors import (
     UnknownModel,
     UpstreamTimeout,
 )
-from nsfw.fetch import Fetcher, FetchPolicy, Resolver, system_resolver
+from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
 from nsfw.imaging import harden_pillow, preprocess_frames
+from nsfw.imaging.budget import Limits
 from nsfw.model import Classifier, sha256_file
 from nsfw.model.specs import MODELS, ModelSpec
 from nsfw.policy import Policy, Verdict
@@ -47,6 +49,11 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
         max_lookups=settings.max_downloads,
         max_lookups_per_caller=settings.max_in_flight,
     )
+
+
+def decode_limits(settings: Settings) -> Limits:
+    """The limits every decode runs under (nsfw/imaging/budget.py)."""
+    return Limits(settings.max_pixels, settings.max_decode_bytes, settings.max_jpeg_scans, settings.max_decoded_frames)
 
 
 log = logging.getLogger(__name__)
@@ -113,6 +120,7 @@ class PredictionService:
     def __init__(self, settings: Settings, fetcher: Fetcher) -> None:
         self.settings = settings
         self.fetcher = fetcher
+        self._limits = decode_limits(settings)
         # Served models by name, the default first; empty until loaded.
         self._classifiers: dict[str, Classifier] = {}
         self._sha256: dict[Path, str] = {}
@@ -194,32 +202,56 @@ class PredictionService:
         refuse = Overloaded(f"{self.settings.max_body_decodes} bodies being parsed")
         return _holding(self._body_decodes, self.settings.compute_wait, refuse)
 
-    def _computing(self) -> AbstractContextManager[None]:
-        """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line, or a 503."""
+    def _computing(self, deadline: float | None) -> AbstractContextManager[None]:
+        """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line (a 503), or until the
+        batch's deadline (that item's 504)."""
         self.classifiers  # noqa: B018 - raises Unavailable while loading
-        return _holding(
-            self._compute, self.settings.compute_wait, Overloaded(f"model busy for {self.settings.compute_wait} s")
-        )
+        wait = self.settings.compute_wait
+        if deadline is not None and deadline - time.monotonic() < wait:
+            left = max(0.0, deadline - time.monotonic())
+            return _holding(self._compute, left, DeadlineExceeded("the deadline passed waiting for the model"))
+        return _holding(self._compute, wait, Overloaded(f"model busy for {wait} s"))
 
-    def _fetch(self, url: str, caller: str, *, timeout: float | None = None, wait: float | None = None) -> IO[bytes]:
+    def _fetch(
+        self,
+        url: str,
+        caller: str,
+        share: RequestShare,
+        *,
+        timeout: float | None = None,
+        wait: float | None = None,
+    ) -> IO[bytes]:
         """url's bytes, downloaded under one of caller's download slots (released once they are here),
-        waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default)."""
+        waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default), within the request's share."""
         with self._downloading(caller, self.settings.download_wait if wait is None else wait):
-            return self.fetcher.fetch(url, timeout=timeout, caller=caller)
+            return self.fetcher.fetch(url, timeout=timeout, caller=caller, share=share)
+
+    def _request_share(self) -> RequestShare:
+        """What one client request may take from image hosts, all its fetches together."""
+        return RequestShare(self.settings.max_request_download_bytes, self.settings.max_host_connections)
 
     def _classify(
-        self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
+        self,
+        classifier: Classifier,
+        body: IO[bytes],
+        resize: str | None,
+        policy: Policy | None = None,
+        deadline: float | None = None,
     ) -> Prediction:
+        """Decode, preprocess and predict under the worker's model lock; decoding ends by
+        NSFW_DECODE_TIMEOUT, or by `deadline` (a batch's) when that comes first."""
         started = time.perf_counter()
         spec = classifier.spec
-        with self._computing():
+        with self._computing(deadline):
+            decode_deadline = time.monotonic() + self.settings.decode_timeout
             body.seek(0)
             inputs, frames = preprocess_frames(
                 body,
                 spec=spec,
                 resize=resize or self.settings.resize,
-                max_pixels=self.settings.max_pixels,
+                limits=self._limits,
                 max_frames=self.settings.max_frames,
+                deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
             )
             probabilities = classifier.predict(inputs)
         per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
@@ -272,7 +304,7 @@ class PredictionService:
         """Fetch url and classify the image (with a verdict when a policy is given); raises NsfwError
         subclasses on every failure. `caller` (the client's address) draws on its own download share."""
         classifier = self.classifier_for(model)
-        with self._fetch(url, caller) as body:
+        with self._fetch(url, caller, self._request_share()) as body:
             return self._classify(classifier, body, resize, policy)
 
     def predict_image(
@@ -288,11 +320,16 @@ class PredictionService:
         if image is not None:
             return {name: self._classify_upload(c, image, None) for name, c in self.classifiers.items()}
         assert url is not None
-        with self._fetch(url, caller) as body:
+        with self._fetch(url, caller, self._request_share()) as body:
             return {name: self._classify(c, body, None) for name, c in self.classifiers.items()}
 
     def _classify_upload(
-        self, classifier: Classifier, body: IO[bytes], resize: str | None, policy: Policy | None = None
+        self,
+        classifier: Classifier,
+        body: IO[bytes],
+        resize: str | None,
+        policy: Policy | None = None,
+        deadline: float | None = None,
     ) -> Prediction:
         body.seek(0, 2)
         size = body.tell()
@@ -300,7 +337,7 @@ class PredictionService:
             raise ImageTooLarge(f"upload of {size} bytes")
         if size == 0:
             raise InvalidImage("empty upload")
-        return self._classify(classifier, body, resize, policy)
+        return self._classify(classifier, body, resize, policy, deadline)
 
     def predict_batch(
         self,
@@ -313,22 +350,29 @@ class PredictionService:
     ) -> list[Prediction | NsfwError]:
         """Every item's prediction or its own error, in order. Items overlap their downloads
         (NSFW_BATCH_CONCURRENCY at most, on threads of this batch's own) under one deadline
-        (NSFW_BATCH_TIMEOUT), and wait for their caller's download share rather than being refused:
-        a batch of slow URLs holds that share, never other callers' slots or batches."""
+        (NSFW_BATCH_TIMEOUT) that covers fetching, decoding and inference of every item, base64 ones
+        too, and wait for their caller's download share rather than being refused: a batch of slow
+        URLs holds that share, never other callers' slots or batches.
+
+        No amplification: a URL named several times is fetched and classified once (every item
+        naming it gets that answer), the batch holds at most NSFW_MAX_HOST_CONNECTIONS connections to
+        one host at once, and its downloads together stop at NSFW_MAX_REQUEST_DOWNLOAD_BYTES."""
         classifier = self.classifier_for(model)
         deadline = time.monotonic() + self.settings.batch_timeout
+        share = self._request_share()
 
         def one(item: BatchItem) -> Prediction | NsfwError:
             try:
                 if item.error is not None:
                     raise item.error
+                if deadline - time.monotonic() <= 0:
+                    raise (UpstreamTimeout if item.url else DeadlineExceeded)("batch deadline passed before this item")
                 if item.image is not None:
-                    return self._classify_upload(classifier, item.image, resize, policy)
+                    return self._classify_upload(classifier, item.image, resize, policy, deadline)
+                assert item.url is not None
                 left = deadline - time.monotonic()
-                if left <= 0 or item.url is None:
-                    raise UpstreamTimeout("batch deadline passed before this item started")
-                with self._fetch(item.url, caller, timeout=left, wait=left) as body:
-                    return self._classify(classifier, body, resize, policy)
+                with self._fetch(item.url, caller, share, timeout=left, wait=left) as body:
+                    return self._classify(classifier, body, resize, policy, deadline)
             except NsfwError as exc:
                 log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
                 return exc
@@ -336,6 +380,22 @@ class PredictionService:
                 log.exception("batch item failed unexpectedly")
                 return NsfwError(repr(exc))
 
-        lanes = max(1, min(self.settings.batch_concurrency, self.settings.max_in_flight, len(items)))
+        # One task per distinct URL; images and malformed items are each their own.
+        first_of: dict[str, int] = {}
+        tasks: list[BatchItem] = []
+        task_of: list[int] = []
+        for item in items:
+            if item.url is not None and item.error is None and item.image is None:
+                if item.url not in first_of:
+                    first_of[item.url] = len(tasks)
+                    tasks.append(item)
+                task_of.append(first_of[item.url])
+            else:
+                task_of.append(len(tasks))
+                tasks.append(item)
+        if len(tasks) < len(items):
+            log.info("batch of %d items: %d distinct tasks", len(items), len(tasks))
+        lanes = max(1, min(self.settings.batch_concurrency, self.settings.max_in_flight, len(tasks)))
         with ThreadPoolExecutor(lanes, thread_name_prefix="batch") as pool:
-            return list(pool.map(one, items))
+            results = list(pool.map(one, tasks))
+        return [results[task] for task in task_of]

@@ -95,10 +95,14 @@ def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callab
         started.append((proc, log))
         server = Gunicorn(f"http://127.0.0.1:{port}", python, proc, log_path)
         deadline = time.monotonic() + 60
+        # Healthy means every worker booted: /health answers from the first one up, and a test that
+        # counts the workers must not see the second one arrive later.
+        workers = int(env["WEB_CONCURRENCY"])
         while wait_healthy and time.monotonic() < deadline:
             try:
-                if _get(f"{server.base}/health", timeout=1)[0] == 200:
+                if _get(f"{server.base}/health", timeout=1)[0] == 200 and len(server.workers()) >= workers:
                     return server
+                time.sleep(0.1)
             except (OSError, http.client.HTTPException):  # not listening yet (or a self-connect to the port)
                 time.sleep(0.1)
         if wait_healthy:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import http.server
+import io
+import threading
 import time
 from dataclasses import replace
 
+import numpy as np
 from flask.testing import FlaskClient
+from PIL import Image
 
 from nsfw import create_app
 from nsfw.config import Settings
 from nsfw.model import Classifier
+from scripts import hostile_images
 from tests.support import MESSAGES, FakeClassifier, ImageServer, corpus_bytes, send, stream
 
 PHOTOS = ["rocket.jpg", "coffee.png", "grace_hopper.jpg", "v_coffee.gif", "v_rocket_lossy.webp"]
@@ -81,17 +87,45 @@ def test_batch_level_errors(fake_client: FlaskClient) -> None:
     assert fake_client.get("/predict/batch").status_code == 405
 
 
+class _Counting:
+    """A route that counts the connections it serves at once, each held `delay` seconds."""
+
+    def __init__(self, body: bytes, delay: float) -> None:
+        self.body, self.delay = body, delay
+        self.now = self.most = self.served = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, req: http.server.BaseHTTPRequestHandler) -> None:
+        with self.lock:
+            self.now += 1
+            self.served += 1
+            self.most = max(self.most, self.now)
+        try:  # the body's first bytes, a pause, the rest: done when the client has it all
+            req.send_response(200)
+            req.send_header("Content-Length", str(len(self.body)))
+            req.end_headers()
+            req.wfile.write(self.body[:100])
+            req.wfile.flush()
+            time.sleep(self.delay)
+            req.wfile.write(self.body[100:])
+            req.wfile.flush()
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
 def test_downloads_overlap_and_one_deadline_bounds_the_batch(settings: Settings, image_server: ImageServer) -> None:
-    """Eight items that each take 0.4 s to arrive, four at a time: about 0.8 s, not 3.2 s. With a 1 s
-    batch deadline, a stalled item ends as upstream_timeout and the others still answer."""
+    """Eight items on one host that each take 0.4 s to arrive overlap, two at a time (the most one
+    request holds to one host). With a 1 s batch deadline, a stalled item ends as upstream_timeout
+    and the others still answer."""
     jpeg = corpus_bytes(PHOTOS[0])
-    image_server.routes["/slow.jpg"] = stream({"Content-Length": str(len(jpeg))}, [jpeg[:100], jpeg[100:]], delay=0.4)
+    slow = image_server.routes["/slow.jpg"] = _Counting(jpeg, 0.4)
     image_server.routes["/stall.jpg"] = stream({"Content-Length": "100000"}, (b"x" for _ in range(10**6)), delay=0.3)
     client = create_app(replace(settings, batch_concurrency=4), FakeClassifier()).test_client()
-    started = time.monotonic()
-    results = client.post("/predict/batch", json={"items": [{"url": image_server.url("/slow.jpg")}] * 8}).get_json()
+    items = [{"url": image_server.url(f"/slow.jpg?item={i}")} for i in range(8)]
+    results = client.post("/predict/batch", json={"items": items}).get_json()
     assert [set(r) for r in results["results"]] == [{"drawings", "hentai", "neutral", "porn", "sexy"}] * 8
-    assert time.monotonic() - started < 2.0
+    assert (slow.served, slow.most) == (8, 2)
 
     client = create_app(replace(settings, batch_timeout=1.0), FakeClassifier()).test_client()
     items = [{"url": image_server.url("/stall.jpg")}, {"url": image_server.url("/slow.jpg")}]
@@ -110,3 +144,61 @@ def test_a_batch_takes_one_admission_slot(settings: Settings, litert: Classifier
     assert client.post("/predict/batch", json={"items": [{"url": image_server.url("/e")}]}).get_json() == {
         "results": [_err("upstream_error")]
     }
+
+
+def test_a_url_named_32_times_is_fetched_and_classified_once(
+    settings: Settings, fake: FakeClassifier, image_server: ImageServer
+) -> None:
+    url = image_server.add_file("/once.jpg", corpus_bytes(PHOTOS[0]))
+    client = create_app(settings, fake).test_client()
+    results = client.post("/predict/batch", json={"items": [{"url": url}] * 32}).get_json()["results"]
+    assert len(results) == 32 and all(r == results[0] for r in results) and "neutral" in results[0]
+    assert image_server.hits == ["/once.jpg"] and len(fake.seen) == 1
+    # The same URL's error is every such item's too.
+    bad = [{"url": image_server.url("/missing.jpg")}] * 3 + [{"url": url}]
+    answers = client.post("/predict/batch", json={"items": bad}).get_json()["results"]
+    assert answers[:3] == [_err("upstream_error")] * 3 and "neutral" in answers[3]
+    assert image_server.hits.count("/missing.jpg") == 1
+
+
+def test_distinct_urls_on_one_host_hold_two_connections_at_most(settings: Settings, image_server: ImageServer) -> None:
+    counting = image_server.routes["/img.jpg"] = _Counting(corpus_bytes(PHOTOS[0]), 0.2)
+    app = create_app(replace(settings, batch_concurrency=8, max_in_flight=8, max_downloads=16), FakeClassifier())
+    items = [{"url": image_server.url(f"/img.jpg?n={i}")} for i in range(8)]
+    results = app.test_client().post("/predict/batch", json={"items": items}).get_json()["results"]
+    assert all("neutral" in r for r in results)
+    assert counting.served == 8 and counting.most == 2
+
+
+def test_a_requests_downloads_stop_at_its_budget(settings: Settings, image_server: ImageServer) -> None:
+    """Four distinct 60 KB images with 150 KB for the request: two are fetched, two refused, and no
+    more than the budget (and one chunk) is ever read."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (200, 260, 3), dtype=np.uint8))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=95)
+    jpeg = out.getvalue()
+    assert 50_000 < len(jpeg) < 75_000
+    image_server.add_file("/n.jpg", jpeg)
+    limited = replace(settings, max_bytes=100_000, max_request_download_bytes=150_000)
+    client = create_app(limited, FakeClassifier()).test_client()
+    items = [{"url": image_server.url(f"/n.jpg?n={i}")} for i in range(4)]
+    results = client.post("/predict/batch", json={"items": items}).get_json()["results"]
+    codes = sorted(r.get("error", {}).get("code", "ok") for r in results)
+    assert codes == ["download_budget_exceeded", "download_budget_exceeded", "ok", "ok"]
+    # A single request has the whole budget again.
+    assert "neutral" in client.post("/predict", query_string={"url": image_server.url("/n.jpg?n=9")}).get_json()
+
+
+def test_base64_bombs_end_within_the_batch_deadline(settings: Settings, litert: Classifier) -> None:
+    """Four repeated-scan JPEGs let through the scan limit would each decode for minutes; the batch
+    deadline covers decoding too, so every item answers when it passes."""
+    bomb = base64.b64encode(hostile_images.jpeg_repeated_scans(300_000, (1024, 1024))).decode()
+    app = create_app(replace(settings, batch_timeout=1.0, max_jpeg_scans=10**6), litert)
+    results = app.test_client().post("/predict/batch", json={"items": [{"image_base64": bomb}] * 4}).get_json()
+    codes = {r["error"]["code"] for r in results["results"]}
+    assert codes <= {"image_too_complex", "deadline_exceeded"} and "image_too_complex" in codes
+    # With the default scan limit they are refused before decoding.
+    app = create_app(settings, litert)
+    results = app.test_client().post("/predict/batch", json={"items": [{"image_base64": bomb}] * 4}).get_json()
+    assert results["results"] == [_err("image_too_complex")] * 4

@@ -325,7 +325,8 @@ def test_a_batch_of_slow_urls_does_not_hold_another_callers_batch(
     fast = image_server.add_file("/a.jpg", corpus_bytes("grace_hopper.jpg"))
     settings = replace(load_settings, download_timeout=3.0, batch_timeout=4.0)
     app = create_app(settings, FakeClassifier())
-    slow_items = {"items": [{"url": image_server.url("/slow.jpg")}] * 8}
+    # Distinct URLs: a batch fetches each URL once, however often it is named.
+    slow_items = {"items": [{"url": image_server.url(f"/slow.jpg?n={n}")} for n in range(8)]}
     slow_result: list[int] = []
 
     def slow_batch() -> None:
@@ -334,7 +335,8 @@ def test_a_batch_of_slow_urls_does_not_hold_another_callers_batch(
 
     thread = threading.Thread(target=slow_batch)
     thread.start()
-    while image_server.hits.count("/slow.jpg") < 2:
+    waited = time.monotonic() + 10
+    while sum(hit.startswith("/slow.jpg") for hit in image_server.hits) < 2 and time.monotonic() < waited:
         time.sleep(0.02)
     started = time.monotonic()
     response = app.test_client().post(

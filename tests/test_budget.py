@@ -1,0 +1,296 @@
+"""Pricing a decode from the container headers (nsfw/imaging/budget.py), and the bomb classes it refuses.
+
+The bombs come from scripts/hostile_images.py, made here; none is committed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nsfw import errors, imaging
+from nsfw.imaging import budget
+from nsfw.imaging.budget import Limits, read_layout
+from nsfw.model.specs import MOBILENET_V2
+from scripts import hostile_images as bombs
+from tests.support import REPO
+
+MiB = 1024 * 1024
+
+
+def _save(img: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def _decode(data: bytes, limits: Limits | None = None, max_frames: int = 8) -> imaging.Frames[np.ndarray]:
+    limits = limits or Limits()
+    _, frames = imaging.preprocess_frames(
+        io.BytesIO(data), spec=MOBILENET_V2, resize="nsfwjs", limits=limits, max_frames=max_frames
+    )
+    return frames
+
+
+# --- What the headers say --------------------------------------------------------------------------
+
+
+def test_a_gif_canvas_grows_with_its_frames() -> None:
+    layout = read_layout(bombs.gif_growing_canvas(600, 400, frames=3), "GIF")
+    assert (layout.width, layout.height) == (8, 8)
+    assert layout.frame_areas == [64, 600 * 400, 600 * 400]
+
+
+@pytest.mark.parametrize(
+    ("options", "mode", "samples", "scans"),
+    [
+        ({}, "RGB", 1.5, 1),  # baseline 4:2:0
+        ({"progressive": True}, "RGB", 1.5, 10),
+        ({"progressive": True, "subsampling": 0}, "RGB", 3.0, 10),
+        ({"progressive": True}, "L", 1.0, 5),
+        ({}, "CMYK", 4.0, 1),
+    ],
+)
+def test_jpeg_frame_and_scans(options: dict[str, object], mode: str, samples: float, scans: int) -> None:
+    data = _save(Image.new("RGB", (300, 200), (30, 90, 150)).convert(mode), "JPEG", **options)
+    layout = read_layout(data, "JPEG")
+    assert (layout.width, layout.height, layout.jpeg_samples, layout.jpeg_scans) == (300, 200, samples, scans)
+
+
+def test_jpeg_scans_are_counted_to_the_first_image_only() -> None:
+    """An EXIF thumbnail (a JPEG inside APP1) and an MPO's later images are not the first image's scans."""
+    thumb = _save(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    app1 = b"Exif\0\0" + exif.tobytes() + thumb
+    plain = _save(Image.new("RGB", (300, 200)), "JPEG")
+    with_thumb = plain[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + plain[2:]
+    assert read_layout(with_thumb, "JPEG").jpeg_scans == 1
+    mpo = bombs.mpo_big_entries((640, 480))
+    layout = read_layout(mpo, "JPEG")
+    assert (layout.width, layout.height, layout.jpeg_scans) == (8, 8, 1)
+
+
+def test_a_repeated_scan_is_counted_each_time() -> None:
+    data = bombs.jpeg_repeated_scans(100_000, (256, 256))
+    assert read_layout(data, "JPEG").jpeg_scans == bombs.jpeg_scan_count(data) > 1000
+    many = bombs.jpeg_repeated_scans(2_000_000, (256, 256))
+    assert read_layout(many, "JPEG").jpeg_scans == budget.SCAN_COUNT_CAP  # enough to say "more"
+
+
+def test_png_and_apng_headers() -> None:
+    layout = read_layout(bombs.png16_grey(300, 200), "PNG")
+    assert (layout.width, layout.height, layout.png_bit_depth, layout.png_colour_type) == (300, 200, 16, 0)
+    apng = read_layout(bombs.apng_many_frames(30, (120, 80)), "PNG")
+    assert apng.frame_count == 30 and apng.canvas_area == 120 * 80
+
+
+@pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 60}, {"lossless": True, "exif": b"Exif\0\0"}])
+def test_webp_sizes_and_frames(options: dict[str, object]) -> None:
+    layout = read_layout(_save(Image.new("RGBA", (321, 123), (1, 2, 3, 4)), "WEBP", **options), "WEBP")
+    assert (layout.width, layout.height, layout.frame_count) == (321, 123, 1)
+    animated = read_layout(bombs.webp_many_frames(500, (40, 30)), "WEBP")
+    assert (animated.width, animated.height, animated.frame_count) == (40, 30, 500)
+
+
+def test_bmp_rle_is_seen() -> None:
+    layout = read_layout(bombs.bmp_rle8(100, 10), "BMP")
+    assert (layout.width, layout.height, layout.bmp_rle) == (100, 10, True)
+    assert not read_layout(_save(Image.new("RGB", (5, 5)), "BMP"), "BMP").bmp_rle
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "JPEG", "BMP"])
+def test_truncated_headers_price_nothing_and_raise_nothing(fmt: str) -> None:
+    data = _save(Image.new("RGB", (50, 40)), fmt)
+    for cut in (0, 5, 11, 20, 30):
+        read_layout(data[:cut], fmt)  # Pillow refuses such files; pricing them must not fail first
+
+
+# --- The bomb classes, refused before decoding or decoded within bounds -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "code"),
+    [
+        (
+            "GIF whose canvas grows to 36 MP after the first frame",
+            bombs.gif_growing_canvas,
+            "image_too_large_to_decode",
+        ),
+        ("WebP of 40 MP", bombs.webp_big, "image_too_large_to_decode"),
+        ("progressive JPEG of repeated scans", bombs.jpeg_repeated_scans, "image_too_complex"),
+    ],
+)
+def test_bombs_are_refused_before_any_pixel_is_decoded(
+    name: str, make: object, code: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make()  # type: ignore[operator]
+    loads: list[str] = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.format) or None)
+    with pytest.raises(errors.InvalidImage) as info:
+        _decode(data)
+    assert info.value.code == code, info.value.detail
+    assert loads == [], "a pixel was decoded before the refusal"
+
+
+def test_an_mpo_is_its_first_image_only() -> None:
+    frames = _decode(bombs.mpo_big_entries())
+    assert (frames.indices, frames.total) == ([0], 1)
+
+
+def test_a_16_bit_grey_png_of_40_mp_is_priced_at_4_bytes_a_pixel() -> None:
+    layout = read_layout(bombs.png16_grey(), "PNG")
+    peak = budget.peak_bytes(layout, "I;16", rotated=False, frames=1, file_size=90_000)
+    assert peak < 170 * MiB  # was 723 MB measured: int64 copies of every sample
+
+
+@pytest.mark.parametrize(
+    ("make", "reachable"),
+    [
+        (lambda: bombs.webp_many_frames(5000, (8, 8)), 1000),  # tiny frames: NSFW_MAX_DECODED_FRAMES
+        (lambda: bombs.apng_many_frames(300, (2000, 2000)), 10),  # 4 MP canvases: 40 MP of canvas
+        (lambda: bombs.gif_growing_canvas(2000, 2000, frames=30, screen=2000), 10),
+    ],
+    ids=["webp-5000-tiny", "apng-300-large", "gif-30-large"],
+)
+def test_animations_are_sampled_within_the_frames_the_budget_reaches(make: object, reachable: int) -> None:
+    frames = _decode(make())  # type: ignore[operator]
+    assert frames.indices == imaging.frame_indices(reachable, 8)
+
+
+def test_limits_are_the_settings() -> None:
+    from nsfw.config import Settings
+    from nsfw.service import decode_limits
+
+    assert decode_limits(Settings()) == Limits()
+    custom = decode_limits(replace(Settings(), max_decode_bytes=2 * MiB, max_jpeg_scans=3))
+    assert (custom.max_decode_bytes, custom.max_jpeg_scans) == (2 * MiB, 3)
+
+
+def test_the_scan_limit_is_a_setting() -> None:
+    data = _save(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
+    assert _decode(data).total == 1
+    with pytest.raises(errors.ImageTooComplex):
+        _decode(data, Limits(max_jpeg_scans=9))
+
+
+def test_a_late_exif_orientation_is_priced_before_the_upright_copy() -> None:
+    """A PNG whose eXIf comes after its pixels: the rotation is only known once they are decoded,
+    and the upright copy it needs must fit the budget too."""
+    img = Image.new("RGB", (1000, 1000), (9, 9, 9))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _save(img, "PNG")
+    iend = data.rindex(b"IEND") - 4
+    chunk = bombs._chunk(b"eXIf", exif.tobytes())
+    late = data[:iend] + chunk + data[iend:]
+    layout = read_layout(late, "PNG")
+    unrotated = budget.peak_bytes(layout, "RGB", rotated=False, frames=1, file_size=len(late))
+    rotated = budget.peak_bytes(layout, "RGB", rotated=True, frames=1, file_size=len(late))
+    assert _decode(late, Limits(max_decode_bytes=rotated + MiB)).total == 1
+    with pytest.raises(errors.ImageTooLargeToDecode):  # the first price fits; the upright copy does not
+        _decode(late, Limits(max_decode_bytes=(unrotated + rotated) // 2))
+
+
+# --- The deadline ----------------------------------------------------------------------------------
+
+
+def test_a_decode_that_runs_past_its_deadline_stops() -> None:
+    """A repeated-scan JPEG let through the scan limit would take minutes; it stops at its deadline."""
+    data = bombs.jpeg_repeated_scans(400_000, (1024, 1024))
+    with pytest.raises(errors.ImageTooComplex):
+        imaging.preprocess_frames(
+            io.BytesIO(data),
+            spec=MOBILENET_V2,
+            resize="nsfwjs",
+            limits=Limits(max_jpeg_scans=10**6),
+            max_frames=1,
+            deadline=time.monotonic() + 0.2,
+        )
+
+
+def test_an_animation_stops_between_frames_at_its_deadline() -> None:
+    with pytest.raises(errors.ImageTooComplex):
+        imaging.preprocess_frames(
+            io.BytesIO(bombs.webp_many_frames(50, (8, 8))),
+            spec=MOBILENET_V2,
+            resize="nsfwjs",
+            limits=Limits(),
+            max_frames=8,
+            deadline=time.monotonic() - 1,
+        )
+
+
+# --- The estimate is not below what a decode takes ---------------------------------------------------
+
+_MEASURE = """
+import ctypes, io, sys, tempfile, time
+ctypes.CDLL("libc.so.6").mallopt(-3, 4 * 1024 * 1024)  # gunicorn.conf.py's post_fork
+sys.path.insert(0, sys.argv[1])
+from nsfw.imaging import preprocess_frames
+from nsfw.imaging.budget import Limits
+from nsfw.model.specs import MOBILENET_V2
+spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+spool.write(sys.stdin.buffer.read())
+def status(field):
+    line = next(line for line in open("/proc/self/status") if line.startswith(field))
+    return int(line.split()[1]) * 1024
+base = status("VmRSS:")
+open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) starts again from here
+preprocess_frames(spool, spec=MOBILENET_V2, resize="nsfwjs", limits=Limits(max_decode_bytes=1 << 34),
+                  max_frames=8, deadline=time.monotonic() + 60)
+print(status("VmHWM:") - base)
+"""
+
+
+def _noise(size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(7)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _save(_noise((3000, 2000)), "JPEG", progressive=True, quality=80),
+        lambda: _save(_noise((3000, 2000)).convert("CMYK"), "JPEG"),
+        lambda: _save(_noise((3000, 2000)).convert("RGBA"), "PNG", compress_level=1),
+        lambda: _save(_noise((3000, 2000)), "WEBP", quality=50),
+        lambda: bombs.png16_grey(3000, 2000),
+        lambda: bombs.gif_growing_canvas(3000, 2000, frames=3),
+    ],
+    ids=["progressive-jpeg", "cmyk-jpeg", "rgba-png", "lossy-webp", "16-bit-png", "growing-gif"],
+)
+def test_the_estimate_covers_the_measured_peak(make: object) -> None:
+    """Measured in a fresh process (the serving virtualenv's when there is one), as a worker decodes."""
+    import os
+
+    data = make()  # type: ignore[operator]
+    python = os.environ.get("TEST_SERVING_PYTHON", sys.executable)
+    measured = json.loads(
+        subprocess.run(
+            [python, "-c", _MEASURE, str(REPO)], input=data, capture_output=True, check=True, timeout=120
+        ).stdout
+    )
+    fmt = imaging.sniff_format(data[:16])
+    img = imaging.open_image(io.BytesIO(data), max_pixels=10**9)
+    total = getattr(img, "n_frames", 1) if fmt != "JPEG" else 1
+    plan = budget.plan(
+        read_layout(data, fmt),
+        img.mode,
+        rotated=False,
+        total=total,
+        wanted_frames=8,
+        file_size=len(data),
+        limits=Limits(max_decode_bytes=1 << 34),
+    )
+    assert measured <= plan.peak_bytes * 1.1, (
+        f"measured {measured / MiB:.1f} MiB > estimate {plan.peak_bytes / MiB:.1f}"
+    )

@@ -448,7 +448,8 @@ class Fetcher:
                         location = response.headers.get("Location")
                         if not location:
                             raise UpstreamError(f"redirect {response.status} without Location")
-                        log.info("redirect %d to %r", response.status, location[:200])
+                        # Without its query: a signed URL's signature would land in the log.
+                        log.info("redirect %d to %r", response.status, location.split("?", 1)[0][:200])
                         url = urljoin(target.url, location)
                         continue
                     if response.status != 200:
@@ -534,7 +535,7 @@ class Fetcher:
             target = check_url(url, self.policy)
             with self._get(target, deadline, body, content_type) as response:
                 if response.status != 200:
-                    raise UpstreamError(f"{url}: status {response.status}")
+                    raise UpstreamError(f"{url.split('?', 1)[0]}: status {response.status}")
                 with self._read_body(response, deadline, max_bytes) as answer:
                     return answer.read()
 

@@ -18,6 +18,8 @@ down). This module is the gunicorn worker class that `gunicorn.conf.py` names in
   back in one hand-over (a2wsgi's own adapter crossed threads once per message, and those crossings
   were a third of the event loop's time under a flood). Responses are written by the event loop: a
   client that never reads costs no thread either.
+- What gunicorn answers by itself (a request it cannot parse: 400, 414, 431, 501) is our JSON error
+  shape (`_Protocol`), and a transfer coding other than chunked is refused (501) before the body.
 - `GET /health` is answered on the event loop itself (nsfw.api.health_answer, the view's own body),
   never queued behind a thread: under a flood of 1,400 requests a second it answered with p99 244 ms
   through a thread of its own, because that thread waited for the GIL behind the app's threads.

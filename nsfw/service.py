@@ -203,13 +203,13 @@ class PredictionService:
         return _holding(self._body_decodes, self.settings.compute_wait, refuse)
 
     def _computing(self, deadline: float | None) -> AbstractContextManager[None]:
-        """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line (a 503), or until the
-        batch's deadline (that item's 504)."""
+        """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line (a 503); a batch's item
+        waits up to the batch's deadline instead (that item's 504), its items taking turns."""
         self.classifiers  # noqa: B018 - raises Unavailable while loading
-        wait = self.settings.compute_wait
-        if deadline is not None and deadline - time.monotonic() < wait:
+        if deadline is not None:
             left = max(0.0, deadline - time.monotonic())
             return _holding(self._compute, left, DeadlineExceeded("the deadline passed waiting for the model"))
+        wait = self.settings.compute_wait
         return _holding(self._compute, wait, Overloaded(f"model busy for {wait} s"))
 
     def _fetch(

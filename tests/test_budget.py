@@ -101,10 +101,13 @@ def test_webp_sizes_and_frames(options: dict[str, object]) -> None:
     assert (animated.width, animated.height, animated.frame_count) == (40, 30, 500)
 
 
-def test_bmp_rle_is_seen() -> None:
+def test_bmp_rle_is_seen_and_its_runs_bounded() -> None:
     layout = read_layout(bombs.bmp_rle8(100, 10), "BMP")
     assert (layout.width, layout.height, layout.bmp_rle) == (100, 10, True)
     assert not read_layout(_save(Image.new("RGB", (5, 5)), "BMP"), "BMP").bmp_rle
+    assert _decode(bombs.bmp_rle8(400, 300)).total == 1  # 120 KB of runs: decoded
+    with pytest.raises(errors.ImageTooComplex):
+        _decode(bombs.bmp_rle8())  # 5 MB of runs: 1.7 s of Python
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "JPEG", "BMP"])
@@ -265,8 +268,9 @@ def _noise(size: tuple[int, int]) -> Image.Image:
         lambda: _save(_noise((3000, 2000)), "WEBP", quality=50),
         lambda: bombs.png16_grey(3000, 2000),
         lambda: bombs.gif_growing_canvas(3000, 2000, frames=3),
+        lambda: bombs.webp_many_frames(130_000, (8, 8)),
     ],
-    ids=["progressive-jpeg", "cmyk-jpeg", "rgba-png", "lossy-webp", "16-bit-png", "growing-gif"],
+    ids=["progressive-jpeg", "cmyk-jpeg", "rgba-png", "lossy-webp", "16-bit-png", "growing-gif", "webp-130000-frames"],
 )
 def test_the_estimate_covers_the_measured_peak(make: object) -> None:
     """Measured in a fresh process (the serving virtualenv's when there is one), as a worker decodes."""

@@ -1,6 +1,7 @@
-"""From outside, through gunicorn: every request it cannot parse still gets our JSON error shape.
+"""From outside, through gunicorn: every request it cannot parse still gets our JSON error shape, and
+the decoding bombs are answered without losing a worker.
 
-One server for the lot (each start costs seconds); every case is a raw request on its own connection.
+One server per test (each start costs seconds); every case is a raw request on its own connection.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import socket
 import urllib.parse
 from collections.abc import Callable
 
-from tests.served import Gunicorn
+from scripts import hostile_images as bombs
+from tests.served import Gunicorn, _get
+from tests.support import ImageServer
 
 # (what is wrong, the raw request, the status we answer)
 MALFORMED: list[tuple[str, bytes, int]] = [
@@ -140,3 +143,33 @@ def test_documented_limits_fit_and_bodies_are_refused_before_100_continue(
     log = server.log.read_text()
     assert "cafe1234secret" not in log and "GET /predict?url=REDACTED&detail=true HTTP/1.1" in log
     assert "Traceback" not in log, log[-3000:]
+
+
+BOMBS = [
+    ("gif canvas growth", bombs.gif_growing_canvas, 422, "image_too_large_to_decode"),
+    ("mpo with 40 MP entries", bombs.mpo_big_entries, 200, None),
+    ("16-bit grey png, 40 MP", bombs.png16_grey, 200, None),
+    ("webp, 40 MP", bombs.webp_big, 422, "image_too_large_to_decode"),
+    ("jpeg of repeated scans", bombs.jpeg_repeated_scans, 422, "image_too_complex"),
+    ("webp of 130,000 frames", bombs.webp_many_frames, 200, None),
+    ("rle bmp of 2.5 M runs", bombs.bmp_rle8, 422, "image_too_complex"),
+]
+
+
+def test_decoding_bombs_from_outside_keep_every_worker(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer
+) -> None:
+    """The default deployment (bench/hostile.py measures the memory and CPU of the same files)."""
+    for name, make, _, _ in BOMBS:
+        image_server.add_file("/" + name.replace(" ", "_"), make())
+    server = start_gunicorn()
+    workers = server.workers()
+    wrong = []
+    for name, _, status, code in BOMBS:
+        query = urllib.parse.urlencode({"url": image_server.url("/" + name.replace(" ", "_"))})
+        got, body = _get(f"{server.base}/predict?{query}", method="POST", timeout=30)
+        if (got, body.get("error", {}).get("code")) != (status, code):
+            wrong.append(f"{name}: {got} {body}")
+    assert not wrong, "\n".join(wrong)
+    assert server.workers() == workers
+    assert "Traceback" not in server.log.read_text()

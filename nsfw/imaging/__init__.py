@@ -6,6 +6,11 @@ pixels, as nsfwjs's `tf.node.decodeImage(buf, 3)` does (compositing over a colou
 away from the reference, and it never hides a visible pixel: opaque pixels keep their RGB);
 CMYK converted by Pillow; 16-bit samples reduced to their high byte (Pillow's own convert clips
 16-bit grey to white).
+
+What a decode may cost is priced first, from the container headers (budget.py), and every decode
+runs against a deadline; grey and RGBA frames are sampled as they are (never copied whole to RGB),
+each frame becomes the model's input as soon as it is decoded, and WebP is read through libwebp's
+decoder directly (_webp_frames), so that one image's memory stays what budget.py says.
 """
 
 from __future__ import annotations
@@ -248,20 +253,28 @@ def decode_frames(
     assert data is not None
     layout = budget.read_layout(data, fmt)
     file_size = len(data)
-    if fmt != "WEBP":  # WebP is decoded from these bytes (_webp_frames); the others from fp
-        data = None
-    source: IO[bytes] = _Deadlined(fp, deadline) if deadline is not None else fp  # type: ignore[assignment]
-    img = open_image(source, max_pixels=limits.max_pixels)
+    img: Image.Image | None = None
     try:
-        # An MPO's other images are views of the same scene (a stereo pair, a preview), each a
-        # JPEG of any size: only the first is an image of ours.
-        total = getattr(img, "n_frames", 1) if max_frames > 1 and fmt != "JPEG" else 1
-        rotated = apply_exif and _orientation(img) != 1
+        if fmt == "WEBP":
+            # Pillow's WebP plugin is not used (_webp_frames says why): the headers' canvas and frame
+            # count price the decode before libwebp's decoder exists.
+            mode, total = ("RGBA" if layout.webp_alpha else "RGB"), layout.frame_count if max_frames > 1 else 1
+            orientation = 1
+        else:
+            data = None  # decoded from fp, by Pillow
+            source: IO[bytes] = _Deadlined(fp, deadline) if deadline is not None else fp  # type: ignore[assignment]
+            img = open_image(source, max_pixels=limits.max_pixels)
+            img.decodermaxblock = _DECODER_BLOCK  # type: ignore[attr-defined]
+            # An MPO's other images are views of the same scene (a stereo pair, a preview), each a
+            # JPEG of any size: only the first is an image of ours.
+            mode, total = img.mode, getattr(img, "n_frames", 1) if max_frames > 1 and fmt != "JPEG" else 1
+            orientation = _orientation(img.info.get("exif"))
+        rotated = apply_exif and orientation != 1
 
         def priced(rotated: bool) -> budget.Plan:
             return budget.plan(
                 layout,
-                img.mode,
+                mode,
                 rotated=rotated,
                 total=total,
                 wanted_frames=max_frames,
@@ -271,14 +284,8 @@ def decode_frames(
 
         plan = priced(rotated)
         indices = frame_indices(plan.reachable, max_frames)
-        if data is not None:
-            exif = img.info.get("exif")
-            img.close()  # its decoder, before ours
-            frames = _webp_frames(data, indices, deadline, exif)
-            del data
-        else:
-            img.decodermaxblock = _DECODER_BLOCK  # type: ignore[attr-defined]
-            frames = _pillow_frames(img, indices, deadline)
+        frames = _pillow_frames(img, indices, deadline) if img is not None else _webp_frames(data, indices, deadline)
+        del data
         make = convert or _rgb_copy
         results = []
         for decoded in frames:
@@ -301,7 +308,8 @@ def decode_frames(
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types on hostile input; all are 422
         raise InvalidImage(f"{type(exc).__name__}: {exc}") from None
     finally:
-        img.close()
+        if img is not None:
+            img.close()
     if total > plan.reachable:
         log.info("animation of %d frames: sampled the first %d within the decode budget", total, plan.reachable)
     return Frames(results, indices, total)
@@ -322,17 +330,21 @@ def _pillow_frames(img: Image.Image, indices: list[int], deadline: float | None)
         yield img
 
 
-def _webp_frames(data: bytes, indices: list[int], deadline: float | None, exif: bytes | None) -> Iterator[Image.Image]:
+def _webp_frames(data: bytes | None, indices: list[int], deadline: float | None) -> Iterator[Image.Image]:
     """WebP frames from libwebp's animation decoder (Pillow's own C module), read directly.
 
-    Pillow's plugin holds every frame twice more than the decoder's two canvases: as the bytes the
-    decoder returns and as the image it copies them into (16 bytes a pixel: a 40 MP WebP of 1.6 KB
-    took 600 MB). Here the returned bytes are the image (frombuffer shares them), and the decoder
-    goes with its canvases as soon as the last sampled frame is out: 12 bytes a pixel at the peak,
-    4 after. The deadline is checked between frames (the decoder takes a whole frame at a time).
+    Pillow's plugin makes a decoder to open the file and holds every frame twice more than the
+    decoder's two canvases: as the bytes the decoder returns and as the image it copies them into
+    (16 bytes a pixel: a 40 MP WebP of 1.6 KB took 600 MB). Here one decoder is made once the
+    headers have priced the decode, the returned bytes are the image (frombuffer shares them), and
+    the decoder goes with its canvases as soon as the last sampled frame is out: 12 bytes a pixel at
+    the peak, 4 after. The deadline is checked between frames (the decoder takes a frame at a time).
     """
+    assert data is not None
     decoder = _webp.WebPAnimDecoder(data)
+    del data
     size, _, _, _, rawmode = decoder.get_info()
+    exif = decoder.get_chunk("EXIF")
     current = -1
     for index in indices:
         while current < index:
@@ -357,11 +369,10 @@ def _rgb_copy(frame: Image.Image) -> Image.Image:
     return rgb.copy() if rgb is frame else rgb  # frame may be the file's image, redrawn by the next seek
 
 
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation the file gave at open (JPEG APP1, WebP's chunk, a PNG eXIf before its
-    pixels), without decoding: Pillow's getexif() would load a PNG's pixels to look past them, and
-    an error doing so must surface from the decode, not vanish here."""
-    raw = img.info.get("exif")
+def _orientation(raw: bytes | None) -> int:
+    """The EXIF orientation the file gave at open (JPEG APP1, a PNG eXIf before its pixels), without
+    decoding: Pillow's getexif() would load a PNG's pixels to look past them, and an error doing so
+    must surface from the decode, not vanish here."""
     if not raw:
         return 1
     try:

@@ -12,14 +12,16 @@ memory they need at the peak, or refuses:
 - more pixels on the canvas than NSFW_MAX_PIXELS: 422 `image_too_many_pixels`;
 - a JPEG with more than NSFW_MAX_JPEG_SCANS scans (libjpeg-turbo's scan limit, for the same
   reason): 422 `image_too_complex`;
+- an RLE BMP of more than MAX_BMP_RLE_BYTES (Pillow decodes RLE in Python): 422 `image_too_complex`;
 - a peak over NSFW_MAX_DECODE_BYTES: 422 `image_too_large_to_decode`.
 
 Animations are sampled over the leading frames whose decoding (each seek draws every frame before
 it) stays within NSFW_MAX_PIXELS of canvas area and NSFW_MAX_DECODED_FRAMES frames.
 
-The bytes per pixel below are Pillow 13's (and this package's conversions'), measured by
-`bench/hostile.py --calibrate`, which prints each estimate next to the peak it measures; the tests
-check that the estimate is not below what a decode takes.
+The bytes per pixel below are Pillow 13's (and this package's conversions'), measured as the peak
+RSS of a fresh process decoding 6 MP to 16 MP images of each kind; tests/test_budget.py checks, the
+same way, that the estimate is not below what a decode takes (measured/estimate was 0.72 to 0.97),
+and bench/hostile.py measures the workers of the deployed service.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Layout:
     png_colour_type: int = 2
     png_interlaced: bool = False
     bmp_rle: bool = False
+    webp_alpha: bool = False
 
     @property
     def frame_count(self) -> int:
@@ -141,12 +144,14 @@ def _read_webp(data: bytes, layout: Layout) -> None:
         kind, size = struct.unpack_from("<4sI", data, pos)
         payload = pos + 8
         if kind == b"VP8X":
+            layout.webp_alpha = bool(data[payload] & 0x10)
             layout.width = 1 + int.from_bytes(data[payload + 4 : payload + 7], "little")
             layout.height = 1 + int.from_bytes(data[payload + 7 : payload + 10], "little")
         elif kind == b"ANMF":
             frames += 1
         elif kind in (b"VP8 ", b"VP8L") and not layout.width:
             layout.width, layout.height = _vp8_size(kind, data, payload)
+            layout.webp_alpha = kind == b"VP8L" and bool(data[payload + 4] & 0x10)  # alpha_is_used
         pos = payload + size + (size & 1)
     if frames:
         layout.frame_areas = [layout.width * layout.height] * frames
@@ -236,10 +241,15 @@ LATER_FRAME_BYTES = 13
 # pixel, and a lossy file its YUV planes (about 1 more), beside the frame it returns, which is the
 # image (imaging._webp_frames).
 WEBP_DECODER_BYTES = 9
+# libwebp's demuxer keeps a record of every frame in the file (measured: 27.5 MB for 200,000 frames).
+WEBP_FRAME_BYTES = 160
 # libjpeg keeps every DCT coefficient (2 bytes a sample) of a JPEG with more than one scan.
 JPEG_COEFFICIENT_BYTES = 2
 # Pillow's Python RLE decoder for BMP builds the pixels in a bytearray, then copies them.
 BMP_RLE_BYTES = 2
+# ...and decodes one run at a time in Python, about 0.7 s per 2 MiB of runs (bench/hostile.py: 1.7 s
+# for 5 MB on one core): RLE data past this is 422 image_too_complex. A BMP's runs are its bytes.
+MAX_BMP_RLE_BYTES = 2 * 1024 * 1024
 # Allocator slack and small buffers (row buffers, palettes, the decoder objects).
 FIXED_BYTES = 4 * 1024 * 1024
 
@@ -277,7 +287,7 @@ def peak_bytes(layout: Layout, mode: str, *, rotated: bool, frames: int, file_si
     if layout.format == "JPEG" and layout.jpeg_scans > 1:
         decoder = int(canvas * layout.jpeg_samples * JPEG_COEFFICIENT_BYTES)
     elif layout.format == "WEBP":
-        decoder = canvas * WEBP_DECODER_BYTES
+        decoder = canvas * WEBP_DECODER_BYTES + layout.frame_count * WEBP_FRAME_BYTES
     elif layout.format == "BMP" and layout.bmp_rle:
         decoder = canvas * BMP_RLE_BYTES
     if frames > 1 and layout.format in ("GIF", "PNG"):
@@ -298,6 +308,8 @@ def plan(
         raise ImageTooManyPixels(f"{layout.format} canvas of {layout.canvas_area} pixels > {limits.max_pixels}")
     if layout.format == "JPEG" and layout.jpeg_scans > limits.max_jpeg_scans:
         raise ImageTooComplex(f"JPEG of {layout.jpeg_scans} scans > {limits.max_jpeg_scans}")
+    if layout.format == "BMP" and layout.bmp_rle and file_size > MAX_BMP_RLE_BYTES:
+        raise ImageTooComplex(f"RLE BMP of {file_size} bytes > {MAX_BMP_RLE_BYTES}")
     reachable = 1
     if wanted_frames > 1 and total > 1:
         # Each seek decodes every frame before it: the frames within reach are a prefix, whose

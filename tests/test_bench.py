@@ -113,3 +113,23 @@ def test_the_abuse_scenarios_run_as_documented(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result) == {"slow_upstreams", "keepalive_c8"}
     assert result["slow_upstreams"]["other_caller_n"] > 0 and result["keepalive_c8"]["c4_rps"] > 0
+
+
+@pytest.mark.slow
+def test_the_hostile_measurements_run_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.hostile` in miniature: two file classes one at a time, and the HTTP cases."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "hostile.json"
+    files = ["--file", "webp 40 MP", "--file", "accepted: jpeg 40 MP"]
+    args = ["--only", "one_at_a_time", "--only", "http", *files, "--json", str(out)]
+    subprocess.run(
+        [sys.executable, "-m", "bench.hostile", *args, "--venv", str(serve_venv)],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    assert result["one_at_a_time"]["webp 40 MP"]["code"] == "image_too_large_to_decode"
+    assert result["one_at_a_time"]["accepted: jpeg 40 MP"]["status"] == 200
+    assert {case["type"] for case in result["http"].values()} == {"application/json"}

@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -297,6 +298,9 @@ def server_error(status: int) -> errors.NsfwError:
     return errors.NsfwError()
 
 
+_QUERY = re.compile(r"\?[^\s'\"]*")
+
+
 class _Protocol(gunicorn_protocol.ASGIProtocol):
     """gunicorn's protocol, with two changes:
 
@@ -318,7 +322,8 @@ class _Protocol(gunicorn_protocol.ASGIProtocol):
             log.debug("server -> %d to a closed connection: %s", status, message[:200])
             return
         error = server_error(status)
-        log.info("server -> %d %s: %s", error.status, error.code, message[:200])
+        # gunicorn's message may quote the request line, and with it a signed URL's query.
+        log.info("server -> %d %s: %s", error.status, error.code, _QUERY.sub("?REDACTED", message[:200]))
         payload = json.dumps(error.to_dict(), separators=(",", ":")).encode() + b"\n"
         extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
         head = (

@@ -41,6 +41,21 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 WORKER_BOOT_ERROR = 3
 
 
+def on_starting(server: Any) -> None:
+    """Once per start, in the arbiter: say so when the service is open to anyone who can reach it."""
+    from nsfw.config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError:
+        return  # each worker stops the boot with the message that names the variable
+    if not settings.api_keys:
+        server.log.warning(
+            "NSFW_API_KEYS is empty: every route is open to anyone who can reach this service "
+            "(python -m nsfw keys new NAME makes a key)"
+        )
+
+
 def post_worker_init(worker: Any) -> None:
     """Refuse to serve when an admitted request could find no thread, or one caller could hold them all."""
     settings = worker.wsgi.extensions["nsfw"].settings

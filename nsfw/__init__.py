@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from flask import Flask
 
+from nsfw import access
 from nsfw.api import bp, register_error_handlers
 from nsfw.config import ConfigError, Settings
 from nsfw.fetch import Resolver, system_resolver
@@ -51,6 +52,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
     app.extensions["nsfw"] = service
+    access.install(app, settings.api_keys)  # before the blueprint's hooks: no body is read for a stranger
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app

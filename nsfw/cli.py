@@ -1,4 +1,6 @@
-"""The command line: `python -m nsfw PATH_OR_URL...` classifies files, folders and URLs.
+"""The command line: `python -m nsfw PATH_OR_URL...` classifies files, folders and URLs;
+`python -m nsfw keys new NAME [--scopes predict+review]` makes an API key (a file called `keys` is
+then `./keys`).
 
 One JSON line per image on stdout, in input order: `{"input": ..., <the model's scores>}` or
 `{"input": ..., "error": {"code", "message"}}`, exactly what the HTTP API answers for that image
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -21,7 +24,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from nsfw import errors
-from nsfw.config import ConfigError, Settings
+from nsfw.config import SCOPES, ConfigError, Settings, parse_api_keys
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model import load_classifier
 from nsfw.model.specs import MODELS
@@ -54,7 +57,29 @@ def classify(service: PredictionService, item: str, resize: str | None) -> dict[
         return exc.to_dict()
 
 
+def keys_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """`keys new NAME [--scopes ...]`: a fresh random token (32 bytes from the OS's CSPRNG, URL-safe)
+    and the NSFW_API_KEYS entry that defines it."""
+    parser = argparse.ArgumentParser(prog="python -m nsfw keys", description="API keys for NSFW_API_KEYS")
+    commands = parser.add_subparsers(dest="command", required=True)
+    new = commands.add_parser("new", help="make a fresh key and print its NSFW_API_KEYS entry")
+    new.add_argument("name", help="the key's name: what logs and metrics show (A-Z a-z 0-9 _ . -)")
+    new.add_argument("--scopes", default="predict", help=f"{' or '.join(SCOPES)}, joined with + (default predict)")
+    args = parser.parse_args(argv)
+    token = secrets.token_urlsafe(32)
+    try:
+        (key,) = parse_api_keys(f"{args.name}:{token}:{args.scopes}")
+    except ValueError as exc:
+        parser.error(str(exc))
+    out.write(f"token: {token}\nNSFW_API_KEYS entry: {key.entry()}\n")
+    out.write("Add the entry to NSFW_API_KEYS (comma-separated); the token is not stored anywhere else.\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:
+        return keys_main(argv[1:], out)
     parser = argparse.ArgumentParser(prog="python -m nsfw", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files, folders, http(s) URLs")
     parser.add_argument("--model", choices=list(MODELS), help="model to run (default NSFW_MODEL)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +22,51 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 class ConfigError(ValueError):
     """A setting is wrong; raised at boot, before any request is served."""
+
+
+# What a key may be used for: `predict` (every prediction and catalogue route) and `review` (the
+# review queue, a later part of the service). A key without scopes has `predict`.
+SCOPES = ("predict", "review")
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# URL-safe base64, as `python -m nsfw keys new` makes them; at least 32 characters (192 bits).
+_KEY_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,512}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One entry of NSFW_API_KEYS. The token never appears in a repr, a log line or a metric."""
+
+    name: str
+    token: str = field(repr=False)
+    scopes: frozenset[str] = frozenset({"predict"})
+
+    def entry(self) -> str:
+        """The NSFW_API_KEYS entry that defines this key."""
+        scopes = "+".join(scope for scope in SCOPES if scope in self.scopes)
+        return f"{self.name}:{self.token}" + ("" if self.scopes == {"predict"} else f":{scopes}")
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """`name:token[:scope+scope],...` -> the keys; ValueError naming what is wrong (never the token)."""
+    keys: list[ApiKey] = []
+    for number, entry in enumerate(_split(raw), 1):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"entry {number} is not name:token or name:token:scopes")
+        name, token = parts[0], parts[1]
+        scopes = frozenset(parts[2].split("+")) if len(parts) == 3 else frozenset({"predict"})
+        if not _KEY_NAME.fullmatch(name):
+            raise ValueError(f"entry {number}: the name must be 1-64 of A-Z a-z 0-9 _ . -")
+        if not _KEY_TOKEN.fullmatch(token):
+            raise ValueError(f"key {name}: the token must be 32-512 URL-safe characters (python -m nsfw keys new)")
+        if not scopes or not scopes <= set(SCOPES):
+            raise ValueError(f"key {name}: scopes are {' and '.join(SCOPES)}, joined with +")
+        keys.append(ApiKey(name, token, scopes))
+    if len({key.name for key in keys}) != len(keys):
+        raise ValueError("two keys have the same name")
+    if len({key.token for key in keys}) != len(keys):
+        raise ValueError("two keys have the same token")
+    return tuple(keys)
 
 
 @dataclass(frozen=True)
@@ -146,6 +192,10 @@ class Settings:
     max_request_bytes: int = 64 * 1024
     # Log level of the nsfw logger.
     log_level: str = "INFO"
+    # API keys, `name:token[:scope+scope]` comma-separated (scopes: predict, the default, and review).
+    # When any is set, every route but /health needs one (Authorization: Bearer, or X-API-Key);
+    # when none is, the service is open, as NSFW-FLASK was, and says so at boot.
+    api_keys: tuple[ApiKey, ...] = field(default=())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -162,7 +212,8 @@ class Settings:
             try:
                 values[f.name] = parse(environ[var].strip())
             except ValueError as exc:
-                raise ConfigError(f"{var}={environ[var]!r}: {exc}") from None
+                shown = "(hidden)" if f.name in _SECRETS else repr(environ[var])
+                raise ConfigError(f"{var}={shown}: {exc}") from None
         return replace(cls(), **values).validate()
 
     @property
@@ -276,6 +327,9 @@ def _parse_ports(raw: str) -> tuple[int, ...]:
     return tuple(parse_int(part) for part in _split(raw))
 
 
+# Settings whose values are never echoed, in an error or anywhere else.
+_SECRETS = frozenset({"api_keys"})
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,
     "allowed_ports": _parse_ports,
@@ -283,6 +337,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "models": lambda raw: tuple(_split(raw)),
     "private_detector_path": lambda raw: Path(raw) if raw else None,
     "log_level": str.upper,
+    "api_keys": parse_api_keys,
 }
 
 

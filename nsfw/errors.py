@@ -100,6 +100,20 @@ class UrlPortNotAllowed(UrlNotAllowed):
     message = "The url's port is not allowed."
 
 
+# 401 / 403: keys (nsfw/access.py).
+class Unauthorized(NsfwError):
+    status = 401
+    code = "unauthorized"
+    message = "An API key is needed: Authorization: Bearer <token>, or X-API-Key: <token>."
+    headers = {"WWW-Authenticate": 'Bearer realm="nsfw-api"'}
+
+
+class Forbidden(NsfwError):
+    status = 403
+    code = "forbidden"
+    message = "This API key does not have the scope this route needs."
+
+
 # 404 / 405 / 413: Flask's own HTTP errors, in our JSON shape.
 class NotFound(NsfwError):
     status = 404

@@ -46,7 +46,7 @@ from a2wsgi.wsgi import build_environ
 from gunicorn.asgi import protocol as gunicorn_protocol
 from gunicorn.workers import gasgi
 
-from nsfw import errors
+from nsfw import access, errors
 from nsfw.api import health_answer
 from nsfw.service import PredictionService
 from nsfw.slots import FairSlots
@@ -63,6 +63,14 @@ SPOOL_IN_MEMORY = 1024 * 1024
 LINGER_SECONDS = 2.0
 SWITCH_INTERVAL = 0.001
 APP_NICENESS = 5
+
+
+def _header_getter(scope: Scope) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        value = _header(scope, name.lower().encode())
+        return None if value is None else value.decode("latin-1")
+
+    return get
 
 
 def _mimetype(scope: Scope) -> str:
@@ -91,6 +99,13 @@ class Front:
             body, status = health_answer(self.service)
             await _send_json(send, status, body, [])
             return
+        if self.settings.api_keys:
+            try:  # before admission and before any of the body: a stranger costs neither
+                access.check(scope["path"], _header_getter(scope), self.settings.api_keys)
+            except errors.NsfwError as error:
+                await _answer(send, error)
+                await _linger(scope, receive)
+                return
         caller = scope["client"][0] if scope.get("client") else "-"
         if not self.admission.try_acquire(caller):
             await _answer(send, errors.Overloaded(f"{self.admission.total} requests queued in this worker"))

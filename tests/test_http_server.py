@@ -176,3 +176,25 @@ def test_decoding_bombs_from_outside_keep_every_worker(
     assert not wrong, "\n".join(wrong)
     assert server.workers() == workers
     assert "Traceback" not in server.log.read_text()
+
+
+def test_with_keys_a_stranger_is_401_and_a_key_holder_served(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer
+) -> None:
+    url = image_server.add_file("/a.jpg", bombs.jpeg_flat(64, 48))
+    token = "k" * 43
+    server = start_gunicorn({"NSFW_API_KEYS": f"app:{token}"})
+    query = urllib.parse.urlencode({"url": url})
+    status, body = _get(f"{server.base}/predict?{query}", method="POST")
+    assert (status, body["error"]["code"]) == (401, "unauthorized")
+    request = f"POST /predict?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    status, headers, answer = _parse(_exchange(server, request.encode()))
+    assert status == 200 and "neutral" in json.loads(answer)
+    assert _get(f"{server.base}/health")[0] == 200
+    log = server.log.read_text()
+    assert token not in log and "NSFW_API_KEYS is empty" not in log
+
+
+def test_an_open_service_says_so_once_at_boot(start_gunicorn: Callable[..., Gunicorn]) -> None:
+    server = start_gunicorn()
+    assert server.log.read_text().count("NSFW_API_KEYS is empty") == 1

@@ -1,0 +1,85 @@
+"""Who may call: API keys and their scopes (NSFW_API_KEYS).
+
+- With no key set the service is open, as NSFW-FLASK's clients expect (gunicorn.conf.py warns once at
+  boot). With any key set, every route but the open ones needs a key with the route's scope: none,
+  or a wrong one, is 401 `unauthorized` with `WWW-Authenticate: Bearer`; a key without the scope is
+  403 `forbidden`.
+- The token comes from `Authorization: Bearer <token>` or `X-API-Key: <token>`, never from the query
+  string: a URL ends up in access logs, proxies' logs and browser history.
+- Tokens are compared in constant time: the presented token's sha256 is compared with every key's
+  with hmac.compare_digest, all of them every time, so neither its length nor which key matched
+  shows in the timing.
+- The front door (nsfw/frontend.py) checks before it reads a body, so a stranger cannot make a worker
+  receive 14 MB; the app checks again (for any other server in front of it). The key's name, never
+  its token, is what the logs see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+
+from flask import Flask, g, request
+
+from nsfw.config import ApiKey
+from nsfw.errors import Forbidden, Unauthorized
+
+# Answered to anyone: the platform's probe (and, later, the API's description).
+OPEN_PATHS = frozenset({"/health"})
+_BEARER = "bearer "
+
+
+def scope_for(path: str) -> str | None:
+    """The scope a path needs; None for an open one. Unknown paths need `predict`, so that a stranger
+    learns nothing about which routes exist."""
+    if path in OPEN_PATHS:
+        return None
+    if path.startswith("/review"):  # the review queue and its pages (/reviews, /review/...)
+        return "review"
+    return "predict"
+
+
+def presented_token(header: Callable[[str], str | None]) -> str | None:
+    """The token of `Authorization: Bearer <token>`, else of `X-API-Key`; None when neither is there."""
+    authorization = header("Authorization") or ""
+    if authorization[: len(_BEARER)].lower() == _BEARER:
+        return authorization[len(_BEARER) :].strip() or None
+    return (header("X-API-Key") or "").strip() or None
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def authenticate(token: str, keys: Sequence[ApiKey]) -> ApiKey | None:
+    """The key whose token this is, comparing against every key in constant time."""
+    presented = _digest(token)
+    found = None
+    for key in keys:
+        if hmac.compare_digest(presented, _digest(key.token)):
+            found = key
+    return found
+
+
+def check(path: str, header: Callable[[str], str | None], keys: Sequence[ApiKey]) -> ApiKey | None:
+    """The caller's key for path (None when the service is open or the path is), or raise 401 / 403."""
+    scope = scope_for(path)
+    if not keys or scope is None:
+        return None
+    token = presented_token(header)
+    key = authenticate(token, keys) if token else None
+    if key is None:
+        raise Unauthorized("no API key" if token is None else "unknown API key")
+    if scope not in key.scopes:
+        raise Forbidden(f"key {key.name} lacks the {scope} scope for {path}")
+    return key
+
+
+def install(app: Flask, keys: Sequence[ApiKey]) -> None:
+    """Check every request of the Flask app before anything else reads it; `g.api_key` is the key's name."""
+
+    @app.before_request
+    def _require_a_key() -> None:
+        key = check(request.path, request.headers.get, keys)
+        g.api_key = key.name if key else "-"

@@ -31,6 +31,8 @@ preload_app = False
 # once percent-encoded, 3 bytes a character): longer is 414, in our JSON shape (nsfw/frontend.py).
 limit_request_line = 8190
 accesslog = "-"
+# gunicorn's default format, and the request id every answer carries (nsfw/observe.py).
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
 # Query strings are redacted in the access log: pre-signed image URLs carry their signatures there.
 logger_class = "nsfw.accesslog.Logger"
 errorlog = "-"

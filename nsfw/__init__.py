@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from flask import Flask
 
-from nsfw import access
+from nsfw import access, observe
 from nsfw.api import bp, register_error_handlers
 from nsfw.config import ConfigError, Settings
 from nsfw.fetch import Resolver, system_resolver
@@ -52,6 +52,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
     app.extensions["nsfw"] = service
+    observe.install(app)  # first: every answer, a refusal too, carries the request's id
     access.install(app, settings.api_keys)  # before the blueprint's hooks: no body is read for a stranger
     app.register_blueprint(bp)
     register_error_handlers(app)
@@ -66,7 +67,10 @@ def _configure_logging(level: str) -> None:
     logger.setLevel(level)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        handler.addFilter(observe.RequestIdFilter())
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s")
+        )
         logger.addHandler(handler)
 
 

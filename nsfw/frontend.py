@@ -46,7 +46,7 @@ from a2wsgi.wsgi import build_environ
 from gunicorn.asgi import protocol as gunicorn_protocol
 from gunicorn.workers import gasgi
 
-from nsfw import access, errors
+from nsfw import access, errors, observe
 from nsfw.api import health_answer
 from nsfw.service import PredictionService
 from nsfw.slots import FairSlots
@@ -63,6 +63,25 @@ SPOOL_IN_MEMORY = 1024 * 1024
 LINGER_SECONDS = 2.0
 SWITCH_INTERVAL = 0.001
 APP_NICENESS = 5
+
+
+def _with_request_id(scope: Scope, rid: str) -> Scope:
+    """The scope with the request id the front decided, so that the app decides the same."""
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != b"x-request-id"]
+    return {**scope, "headers": [*headers, (b"x-request-id", rid.encode())]}
+
+
+def _stamped(send: Send, rid: str) -> Send:
+    """send, with the request id on every answer's headers (the app's carry it already)."""
+    stamp = (b"x-request-id", rid.encode())
+
+    async def stamped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"x-request-id"]
+            message = {**message, "headers": [*headers, stamp]}
+        await send(message)
+
+    return stamped
 
 
 def _header_getter(scope: Scope) -> Callable[[str], str | None]:
@@ -95,6 +114,9 @@ class Front:
             return
         if scope["type"] != "http":  # websockets: not served
             return
+        rid = observe.request_id(_header_getter(scope)(observe.HEADER))
+        observe.current.set(rid)  # this request's task: the front's own log lines name it
+        scope, send = _with_request_id(scope, rid), _stamped(send, rid)
         if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
             body, status = health_answer(self.service)
             await _send_json(send, status, body, [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -397,5 +398,7 @@ class PredictionService:
             log.info("batch of %d items: %d distinct tasks", len(items), len(tasks))
         lanes = max(1, min(self.settings.batch_concurrency, self.settings.max_in_flight, len(tasks)))
         with ThreadPoolExecutor(lanes, thread_name_prefix="batch") as pool:
-            results = list(pool.map(one, tasks))
+            # Each item in a copy of this request's context: its log lines name the request's id.
+            futures = [pool.submit(contextvars.copy_context().run, one, task) for task in tasks]
+            results = [future.result() for future in futures]
         return [results[task] for task in task_of]

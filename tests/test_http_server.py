@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.parse
 from collections.abc import Callable
 
@@ -195,6 +196,16 @@ def test_with_keys_a_stranger_is_401_and_a_key_holder_served(
     assert token not in log and "NSFW_API_KEYS is empty" not in log
 
 
-def test_an_open_service_says_so_once_at_boot(start_gunicorn: Callable[..., Gunicorn]) -> None:
+def test_an_open_service_says_so_once_at_boot_and_ids_every_answer(start_gunicorn: Callable[..., Gunicorn]) -> None:
     server = start_gunicorn()
     assert server.log.read_text().count("NSFW_API_KEYS is empty") == 1
+    for path, rid in (("/health", "probe-7"), ("/models", "models-8"), ("/nowhere", "lost-9")):
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: {rid}\r\nConnection: close\r\n\r\n"
+        _, headers, _ = _parse(_exchange(server, request.encode()))
+        assert headers["x-request-id"] == rid, path
+    _, headers, _ = _parse(_exchange(server, b"GET /models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    made = headers["x-request-id"]
+    assert len(made) == 32
+    time.sleep(0.2)  # the access log line is written after the answer
+    log = server.log.read_text()
+    assert all(f'" {rid}' in log for rid in ("models-8", "lost-9", made)), log[-2000:]

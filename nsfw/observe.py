@@ -1,0 +1,58 @@
+"""Request ids, and the log lines that carry them.
+
+Every answer has an `X-Request-Id`: the client's, when it is 1 to 128 visible ASCII characters (no
+spaces or control characters, which would forge or break a log line), else a fresh one (32 hex
+digits). The front door (nsfw/frontend.py) decides it first, so its own answers (401, 413, 503, 408,
+/health) carry it too and the app sees the same one; the app decides it again when it runs under
+another server. Each log line of the request names it: a context variable, read by a filter on the
+service's log handler (the batch's item threads get a copy of the context).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from contextvars import ContextVar
+
+from flask import Flask, Response, g, request
+
+HEADER = "X-Request-Id"
+_VALID = re.compile(r"[\x21-\x7e]{1,128}")
+
+current: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+def request_id(given: str | None) -> str:
+    """The client's id when it is safe to log and echo, else a new one."""
+    if given is not None and _VALID.fullmatch(given):
+        return given
+    return secrets.token_hex(16)
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives every record the request id of the context it was logged in ("-" outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current.get()
+        return True
+
+
+def install(app: Flask) -> None:
+    """The id of every request of the app: decided first, set for its log lines, echoed on its answer."""
+
+    @app.before_request
+    def _decide_the_id() -> None:
+        g.request_id = request_id(request.headers.get(HEADER))
+        g.request_id_token = current.set(g.request_id)
+
+    @app.after_request
+    def _echo_the_id(response: Response) -> Response:
+        response.headers[HEADER] = g.get("request_id") or request_id(request.headers.get(HEADER))
+        return response
+
+    @app.teardown_request
+    def _forget_the_id(_: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            current.reset(token)

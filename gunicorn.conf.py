@@ -44,7 +44,7 @@ WORKER_BOOT_ERROR = 3
 
 
 def on_starting(server: Any) -> None:
-    """Once per start, in the arbiter: say so when the service is open to anyone who can reach it."""
+    """Once per start, in the arbiter: a warning when the service is open to anyone who can reach it."""
     from nsfw.config import ConfigError, Settings
 
     try:
@@ -56,6 +56,41 @@ def on_starting(server: Any) -> None:
             "NSFW_API_KEYS is empty: every route is open to anyone who can reach this service "
             "(python -m nsfw keys new NAME makes a key)"
         )
+
+
+# prometheus_client's multiprocess mode (nsfw/metrics.py): each worker writes its samples to files in
+# this folder, /metrics reads them all. Made fresh at each start, so a restart does not add the last
+# run's counts; on tmpfs, like the heartbeat files. Made when gunicorn reads this file: prometheus_client
+# decides its mode when it is first imported, and the arbiter imports it (with nsfw.frontend, the worker
+# class) before any hook runs.
+_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _fresh_metrics_folder() -> None:
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = os.environ.get(_METRICS_ENV)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.makedirs(folder)
+        return
+    folder = tempfile.mkdtemp(prefix="nsfw-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.environ[_METRICS_ENV] = folder  # before any worker is forked, so every worker writes here
+    # Removed when the arbiter exits; workers inherit the hook, and the pid keeps them off it.
+    creator = os.getpid()
+    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(folder, ignore_errors=True))
+
+
+_fresh_metrics_folder()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges (in flight) stop counting; its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -53,7 +53,8 @@ def create_app(
     app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
     app.extensions["nsfw"] = service
     observe.install(app)  # first: every answer, a refusal too, carries the request's id
-    access.install(app, settings.api_keys)  # before the blueprint's hooks: no body is read for a stranger
+    # Before the blueprint's hooks: no body is read for a stranger.
+    access.install(app, settings.api_keys, settings.metrics_token)
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app

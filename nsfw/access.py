@@ -62,8 +62,19 @@ def authenticate(token: str, keys: Sequence[ApiKey]) -> ApiKey | None:
     return found
 
 
-def check(path: str, header: Callable[[str], str | None], keys: Sequence[ApiKey]) -> ApiKey | None:
-    """The caller's key for path (None when the service is open or the path is), or raise 401 / 403."""
+METRICS_PATH = "/metrics"
+
+
+def check(
+    path: str, header: Callable[[str], str | None], keys: Sequence[ApiKey], metrics_token: str = ""
+) -> ApiKey | None:
+    """The caller's key for path (None when the service is open or the path is), or raise 401 / 403.
+    With NSFW_METRICS_TOKEN set, /metrics asks for that token instead of a key."""
+    if path == METRICS_PATH and metrics_token:
+        token = presented_token(header)
+        if token is None or not hmac.compare_digest(_digest(token), _digest(metrics_token)):
+            raise Unauthorized("no or a wrong metrics token")
+        return None
     scope = scope_for(path)
     if not keys or scope is None:
         return None
@@ -76,10 +87,10 @@ def check(path: str, header: Callable[[str], str | None], keys: Sequence[ApiKey]
     return key
 
 
-def install(app: Flask, keys: Sequence[ApiKey]) -> None:
+def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None:
     """Check every request of the Flask app before anything else reads it; `g.api_key` is the key's name."""
 
     @app.before_request
     def _require_a_key() -> None:
-        key = check(request.path, request.headers.get, keys)
+        key = check(request.path, request.headers.get, keys, metrics_token)
         g.api_key = key.name if key else "-"

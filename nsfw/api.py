@@ -34,7 +34,7 @@ from typing import IO, Any, NamedTuple
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from nsfw import errors
+from nsfw import errors, metrics
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model.specs import MODELS, NSFWJS
 from nsfw.policy import OVERRIDABLE, Policy
@@ -370,6 +370,12 @@ def health_answer(service: PredictionService) -> tuple[dict[str, Any], int]:
     classifier = service.classifier
     body = {"status": "ok", "model": classifier.spec.name, "version": classifier.spec.version}
     return {**body, "backend": classifier.backend, "models": list(service.classifiers)}, 200
+
+
+@bp.route("/metrics", methods=["GET"])
+def metrics_page() -> Response:
+    """Prometheus' text format, every worker of this instance together (nsfw/metrics.py)."""
+    return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
 
 
 @bp.route("/health", methods=["GET"])

@@ -196,6 +196,9 @@ class Settings:
     # When any is set, every route but /health needs one (Authorization: Bearer, or X-API-Key);
     # when none is, the service is open, as NSFW-FLASK was, and says so at boot.
     api_keys: tuple[ApiKey, ...] = field(default=())
+    # A bearer token for GET /metrics alone (a Prometheus scraper needs no API key then); empty:
+    # /metrics is asked like every other route (open without keys, a predict key with them).
+    metrics_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -307,10 +310,16 @@ class Settings:
             ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
+            (
+                "metrics_token",
+                not self.metrics_token or bool(_KEY_TOKEN.fullmatch(self.metrics_token)),
+                "must be 32-512 URL-safe characters (python -m nsfw keys new makes one)",
+            ),
         ]
         for name, ok, why in checks:
             if not ok:
-                raise ConfigError(f"{PREFIX}{name.upper()}={getattr(self, name)!r}: {why}")
+                shown = "(hidden)" if name in _SECRETS else repr(getattr(self, name))
+                raise ConfigError(f"{PREFIX}{name.upper()}={shown}: {why}")
         return self
 
 
@@ -328,7 +337,7 @@ def _parse_ports(raw: str) -> tuple[int, ...]:
 
 
 # Settings whose values are never echoed, in an error or anywhere else.
-_SECRETS = frozenset({"api_keys"})
+_SECRETS = frozenset({"api_keys", "metrics_token"})
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,

@@ -45,6 +45,7 @@ from typing import IO, Any
 from a2wsgi.wsgi import build_environ
 from gunicorn.asgi import protocol as gunicorn_protocol
 from gunicorn.workers import gasgi
+from werkzeug.exceptions import HTTPException
 
 from nsfw import access, errors, observe
 from nsfw.api import health_answer
@@ -107,6 +108,8 @@ class Front:
         self.app = wsgi_app
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="app", initializer=_yield_to_the_loop)
         self.admission = FairSlots(self.settings.max_queue, self.settings.max_queue_per_caller)
+        # The app's route rules, to label the front's own answers as the app labels its answers.
+        self._routes = wsgi_app.url_map.bind("localhost")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -117,20 +120,22 @@ class Front:
         rid = observe.request_id(_header_getter(scope)(observe.HEADER))
         observe.current.set(rid)  # this request's task: the front's own log lines name it
         scope, send = _with_request_id(scope, rid), _stamped(send, rid)
+        scope["nsfw.started"] = time.perf_counter()
         if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
             body, status = health_answer(self.service)
             await _send_json(send, status, body, [])
+            self._count(scope, status)
             return
-        if self.settings.api_keys:
+        if self.settings.api_keys or self.settings.metrics_token:
             try:  # before admission and before any of the body: a stranger costs neither
-                access.check(scope["path"], _header_getter(scope), self.settings.api_keys)
+                access.check(scope["path"], _header_getter(scope), self.settings.api_keys, self.settings.metrics_token)
             except errors.NsfwError as error:
-                await _answer(send, error)
+                await self._refuse(scope, send, error)
                 await _linger(scope, receive)
                 return
         caller = scope["client"][0] if scope.get("client") else "-"
         if not self.admission.try_acquire(caller):
-            await _answer(send, errors.Overloaded(f"{self.admission.total} requests queued in this worker"))
+            await self._refuse(scope, send, errors.Overloaded(f"{self.admission.total} requests queued in this worker"))
             await _linger(scope, receive)
             return
         handed_over: list[asyncio.Future[Any]] = []
@@ -149,11 +154,13 @@ class Front:
         try:
             body = await asyncio.wait_for(_read_body(scope, receive, cap), self.settings.body_timeout)
         except errors.NsfwError as error:
-            await _answer(send, error)
+            await self._refuse(scope, send, error)
             await _linger(scope, receive)
             return
         except TimeoutError:
-            await _answer(send, errors.RequestTimeout(f"body not complete in {self.settings.body_timeout} s"))
+            await self._refuse(
+                scope, send, errors.RequestTimeout(f"body not complete in {self.settings.body_timeout} s")
+            )
             return
         if body is None:  # the client left while sending
             return
@@ -167,6 +174,19 @@ class Front:
         status, headers, payload = await asyncio.shield(future)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
+
+    async def _refuse(self, scope: Scope, send: Send, error: errors.NsfwError) -> None:
+        await _answer(send, error)
+        self._count(scope, error.status)
+
+    def _count(self, scope: Scope, status: int) -> None:
+        """An answer the front gave itself, in the metrics (the app counts its own), by route rule."""
+        try:
+            rule, _ = self._routes.match(scope["path"], method=scope["method"], return_rule=True)
+            route = rule.rule
+        except HTTPException:
+            route = observe.UNMATCHED
+        observe.count(scope["method"], route, status, time.perf_counter() - scope["nsfw.started"])
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -13,11 +13,17 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 from contextvars import ContextVar
 
 from flask import Flask, Response, g, request
 
+from nsfw import metrics
+
 HEADER = "X-Request-Id"
+# The route label of a request that matched no rule (a 404): never the raw path, which a stranger
+# could vary to make a metric per request.
+UNMATCHED = "unmatched"
 _VALID = re.compile(r"[\x21-\x7e]{1,128}")
 
 current: ContextVar[str] = ContextVar("request_id", default="-")
@@ -38,21 +44,35 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def count(method: str, route: str, status: int, seconds: float) -> None:
+    """One answered request, in the metrics (the app's answers, and the front's own)."""
+    metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    metrics.HTTP_DURATION.labels(route).observe(seconds)
+
+
 def install(app: Flask) -> None:
-    """The id of every request of the app: decided first, set for its log lines, echoed on its answer."""
+    """Every request of the app: its id decided first, set for its log lines and echoed on its
+    answer; counted and timed by its route rule (`/models/<name>/predict`, never the raw path)."""
 
     @app.before_request
     def _decide_the_id() -> None:
+        g.started = time.perf_counter()
         g.request_id = request_id(request.headers.get(HEADER))
         g.request_id_token = current.set(g.request_id)
+        metrics.IN_FLIGHT.inc()
+        g.in_flight = True
 
     @app.after_request
     def _echo_the_id(response: Response) -> Response:
         response.headers[HEADER] = g.get("request_id") or request_id(request.headers.get(HEADER))
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        count(request.method, route, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
     @app.teardown_request
     def _forget_the_id(_: BaseException | None) -> None:
+        if g.pop("in_flight", False):
+            metrics.IN_FLIGHT.dec()
         token = g.pop("request_id_token", None)
         if token is not None:
             current.reset(token)

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from nsfw import metrics
 from nsfw.config import Settings
 from nsfw.errors import (
     DeadlineExceeded,
@@ -144,6 +145,9 @@ class PredictionService:
     def set_classifiers(self, classifiers: Mapping[str, Classifier]) -> None:
         """Called once, when the models are loaded and warmed (maybe from the loader thread)."""
         self._classifiers = dict(classifiers)
+        for classifier in self._classifiers.values():
+            spec = classifier.spec
+            metrics.MODEL_INFO.labels(spec.name, spec.version, self.artifact_sha256(classifier)).set(1)
 
     def set_classifier(self, classifier: Classifier) -> None:
         self.set_classifiers({classifier.spec.name: classifier})
@@ -225,7 +229,15 @@ class PredictionService:
         """url's bytes, downloaded under one of caller's download slots (released once they are here),
         waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default), within the request's share."""
         with self._downloading(caller, self.settings.download_wait if wait is None else wait):
-            return self.fetcher.fetch(url, timeout=timeout, caller=caller, share=share)
+            started = time.perf_counter()
+            try:
+                return self.fetcher.fetch(url, timeout=timeout, caller=caller, share=share)
+            except NsfwError as exc:
+                if exc.status in (502, 504):
+                    metrics.UPSTREAM_ERRORS.labels(exc.code).inc()
+                raise
+            finally:
+                metrics.STAGE_DURATION.labels("fetch", "-").observe(time.perf_counter() - started)
 
     def _request_share(self) -> RequestShare:
         """What one client request may take from image hosts, all its fetches together."""
@@ -244,17 +256,25 @@ class PredictionService:
         started = time.perf_counter()
         spec = classifier.spec
         with self._computing(deadline):
+            begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             body.seek(0)
-            inputs, frames = preprocess_frames(
-                body,
-                spec=spec,
-                resize=resize or self.settings.resize,
-                limits=self._limits,
-                max_frames=self.settings.max_frames,
-                deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
-            )
+            try:
+                inputs, frames = preprocess_frames(
+                    body,
+                    spec=spec,
+                    resize=resize or self.settings.resize,
+                    limits=self._limits,
+                    max_frames=self.settings.max_frames,
+                    deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
+                )
+            except InvalidImage as exc:
+                metrics.REFUSED_IMAGES.labels(exc.code).inc()
+                raise
+            decoded = time.perf_counter()
+            metrics.STAGE_DURATION.labels("decode", spec.name).observe(decoded - begun)
             probabilities = classifier.predict(inputs)
+            metrics.STAGE_DURATION.labels("inference", spec.name).observe(time.perf_counter() - decoded)
         per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
         chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
         prediction = Prediction(
@@ -267,7 +287,13 @@ class PredictionService:
             frame_count=frames.total,
             seconds=time.perf_counter() - started,
         )
-        return self._decide(prediction, body, policy) if policy is not None else prediction
+        if policy is None:
+            metrics.PREDICTIONS.labels(spec.name, "none").inc()
+            return prediction
+        decided = self._decide(prediction, body, policy)
+        assert decided.verdict is not None
+        metrics.PREDICTIONS.labels(spec.name, decided.verdict.label).inc()
+        return decided
 
     def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
         """The first tier's verdict; when it is unknown and a second tier is set, the second's."""

@@ -209,3 +209,27 @@ def test_an_open_service_says_so_once_at_boot_and_ids_every_answer(start_gunicor
     time.sleep(0.2)  # the access log line is written after the answer
     log = server.log.read_text()
     assert all(f'" {rid}' in log for rid in ("models-8", "lost-9", made)), log[-2000:]
+
+
+def test_metrics_count_every_answer_of_both_workers(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer
+) -> None:
+    url = image_server.add_file("/m.jpg", bombs.jpeg_flat(64, 48))
+    server = start_gunicorn()
+    query = urllib.parse.urlencode({"url": url})
+    answered = [_get(f"{server.base}/predict?{query}", method="POST")[0] for _ in range(12)]
+    answered += [_get(f"{server.base}/models")[0] for _ in range(12)]
+    assert answered == [200] * 24
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    status, headers, text = _parse(_exchange(server, request))
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['nsfw_http_requests_total{method="POST",route="/predict",status="200"}'] == 12
+    assert samples['nsfw_http_requests_total{method="GET",route="/models",status="200"}'] == 12
+    assert samples['nsfw_predictions_total{model="mobilenet_v2",verdict="none"}'] == 12
+    assert samples['nsfw_stage_duration_seconds_count{model="-",stage="fetch"}'] == 12
+    assert any(name.startswith('nsfw_model_info{name="mobilenet_v2"') for name in samples)

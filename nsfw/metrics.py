@@ -1,0 +1,53 @@
+"""The service's Prometheus metrics: module-level objects, as prometheus_client's multiprocess mode wants.
+
+Under gunicorn every worker writes its samples to files in PROMETHEUS_MULTIPROC_DIR, which
+gunicorn.conf.py makes fresh at start (and marks each dead worker's files); `/metrics` builds a
+registry over that folder per scrape, so the numbers are the instance's, all workers together.
+Without that variable (tests, the command line) the process's own registry is used. No Flask here:
+the service counts its stages, nsfw/observe.py the requests.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+# Request latency buckets, in seconds: a prediction takes 15 ms to a few seconds (downloads).
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+HTTP_REQUESTS = Counter(
+    "nsfw_http_requests_total", "HTTP requests answered, by route rule and status.", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "nsfw_http_request_duration_seconds", "Time to answer, by route rule.", ["route"], buckets=_SECONDS
+)
+STAGE_DURATION = Histogram(
+    "nsfw_stage_duration_seconds",
+    "Time in each stage of a prediction: fetch, decode (and preprocess), inference.",
+    ["stage", "model"],
+    buckets=_SECONDS,
+)
+PREDICTIONS = Counter("nsfw_predictions_total", "Images classified, by model and verdict.", ["model", "verdict"])
+UPSTREAM_ERRORS = Counter("nsfw_upstream_errors_total", "Fetches that failed, by error code.", ["code"])
+REFUSED_IMAGES = Counter(
+    "nsfw_refused_images_total", "Images refused before or while decoding (422), by code.", ["code"]
+)
+IN_FLIGHT = Gauge("nsfw_in_flight", "Requests the app is working on.", multiprocess_mode="livesum")
+MODEL_INFO = Gauge(
+    "nsfw_model_info",
+    "The models this instance serves (1 each).",
+    ["name", "version", "sha256"],
+    multiprocess_mode="max",
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def exposition() -> bytes:
+    """The text format of every metric: all workers' when PROMETHEUS_MULTIPROC_DIR is set."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest()

@@ -58,32 +58,46 @@ def on_starting(server: Any) -> None:
         )
 
 
-# prometheus_client's multiprocess mode (nsfw/metrics.py): each worker writes its samples to files in
-# this folder, /metrics reads them all. Made fresh at each start, so a restart does not add the last
-# run's counts; on tmpfs, like the heartbeat files. Made when gunicorn reads this file: prometheus_client
-# decides its mode when it is first imported, and the arbiter imports it (with nsfw.frontend, the worker
-# class) before any hook runs.
-_METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The folder this instance's workers share (NSFW_INSTANCE_DIR): the rate limit counters
+# (limits.sqlite, nsfw/limitstore.py) and prometheus_client's multiprocess files (metrics/, nsfw/metrics.py:
+# each worker writes its samples there, /metrics reads them all). Made fresh at each start, so a
+# restart does not add the last run's counts; on tmpfs, like the heartbeat files. Made when gunicorn
+# reads this file: prometheus_client decides its mode when it is first imported, and the arbiter
+# imports it (with nsfw.frontend, the worker class) before any hook runs. Removed when the arbiter
+# exits. An operator's own NSFW_INSTANCE_DIR or PROMETHEUS_MULTIPROC_DIR is emptied instead.
+_INSTANCE_ENV, _METRICS_ENV = "NSFW_INSTANCE_DIR", "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _fresh_metrics_folder() -> None:
+def _fresh(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+
+
+def _fresh_instance_folder() -> None:
     import atexit
     import shutil
     import tempfile
 
-    folder = os.environ.get(_METRICS_ENV)
-    if folder:
-        shutil.rmtree(folder, ignore_errors=True)
-        os.makedirs(folder)
-        return
-    folder = tempfile.mkdtemp(prefix="nsfw-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    os.environ[_METRICS_ENV] = folder  # before any worker is forked, so every worker writes here
-    # Removed when the arbiter exits; workers inherit the hook, and the pid keeps them off it.
-    creator = os.getpid()
-    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(folder, ignore_errors=True))
+    instance = os.environ.get(_INSTANCE_ENV)
+    if instance:
+        _fresh(instance)
+    else:
+        instance = tempfile.mkdtemp(prefix="nsfw-instance-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        os.environ[_INSTANCE_ENV] = instance  # before any worker is forked: every worker shares it
+        # Workers inherit the exit hook; the pid keeps them off it.
+        creator = os.getpid()
+        atexit.register(lambda: os.getpid() == creator and shutil.rmtree(instance, ignore_errors=True))
+    metrics = os.environ.get(_METRICS_ENV)
+    if metrics:
+        _fresh(metrics)
+    else:
+        os.environ[_METRICS_ENV] = os.path.join(instance, "metrics")
+        os.makedirs(os.environ[_METRICS_ENV])
 
 
-_fresh_metrics_folder()
+_fresh_instance_folder()
 
 
 def child_exit(server: Any, worker: Any) -> None:

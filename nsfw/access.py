@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from flask import Flask, g, request
+from flask_limiter import Limiter
 
 from nsfw.config import ApiKey
 from nsfw.errors import Forbidden, Unauthorized
+from nsfw.limitstore import SCHEME
 
 # Answered to anyone: the platform's probe (and, later, the API's description).
 OPEN_PATHS = frozenset({"/health"})
@@ -85,6 +88,34 @@ def check(
     if scope not in key.scopes:
         raise Forbidden(f"key {key.name} lacks the {scope} scope for {path}")
     return key
+
+
+# Never limited: the platform's probe, and the scraper's page.
+UNLIMITED_PATHS = frozenset({"/health", METRICS_PATH})
+
+
+def limit_key() -> str:
+    """Whose requests count together: the key's name, or the client's address without a key."""
+    name = g.get("api_key", "-")
+    return f"key:{name}" if name != "-" else f"address:{request.remote_addr or '-'}"
+
+
+def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None) -> Limiter | None:
+    """Flask-Limiter over every route but UNLIMITED_PATHS, per limit_key, its counters in the
+    instance's shared SQLite file (nsfw/limitstore.py) when there is an instance folder, else in
+    the process. Installed after `install`, so the key is known when the limit is checked."""
+    if not rate_limit:
+        return None
+    storage = f"{SCHEME}://{instance_dir / 'limits.sqlite'}" if instance_dir else "memory://"
+    return Limiter(
+        limit_key,
+        app=app,
+        default_limits=[rate_limit],
+        default_limits_exempt_when=lambda: request.path in UNLIMITED_PATHS,
+        storage_uri=storage,
+        strategy="fixed-window",
+        headers_enabled=True,
+    )
 
 
 def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None:

@@ -398,6 +398,7 @@ _HTTP_ERRORS: dict[int, type[errors.NsfwError]] = {
     404: errors.NotFound,
     405: errors.MethodNotAllowed,
     413: errors.PayloadTooLarge,
+    429: errors.RateLimited,
 }
 
 

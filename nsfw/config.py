@@ -199,6 +199,13 @@ class Settings:
     # A bearer token for GET /metrics alone (a Prometheus scraper needs no API key then); empty:
     # /metrics is asked like every other route (open without keys, a predict key with them).
     metrics_token: str = field(default="", repr=False)
+    # Requests allowed per key (per client address without one), in Flask-Limiter's notation:
+    # `120/minute;5000/day`. Empty: no limit. Over it: 429 rate_limited with Retry-After.
+    rate_limit: str = ""
+    # A folder this instance's workers share: the rate limit counters (limits.sqlite) and the metrics
+    # (metrics/). gunicorn.conf.py makes a fresh one on tmpfs at each start; empty without gunicorn
+    # (the counters are then the process's own).
+    instance_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -327,6 +334,18 @@ def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def _check_rate_limit(raw: str) -> None:
+    """ValueError unless raw is empty or limits in Flask-Limiter's notation (`10/second;100/day`)."""
+    if not raw:
+        return
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError as exc:
+        raise ValueError(f"not limits like 120/minute;5000/day ({exc})") from None
+
+
 def _parse_networks(raw: str) -> tuple[IPNetwork, ...]:
     # strict=False: "10.1.2.3/8" means 10.0.0.0/8, as an operator would expect.
     return tuple(ipaddress.ip_network(part, strict=False) for part in _split(raw))
@@ -347,6 +366,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "private_detector_path": lambda raw: Path(raw) if raw else None,
     "log_level": str.upper,
     "api_keys": parse_api_keys,
+    "rate_limit": lambda raw: _check_rate_limit(raw) or raw,
+    "instance_dir": lambda raw: Path(raw) if raw else None,
 }
 
 

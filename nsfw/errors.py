@@ -114,6 +114,12 @@ class Forbidden(NsfwError):
     message = "This API key does not have the scope this route needs."
 
 
+class RateLimited(NsfwError):
+    status = 429
+    code = "rate_limited"
+    message = "Too many requests for this key (or address); retry after the seconds in Retry-After."
+
+
 # 404 / 405 / 413: Flask's own HTTP errors, in our JSON shape.
 class NotFound(NsfwError):
     status = 404

@@ -233,3 +233,12 @@ def test_metrics_count_every_answer_of_both_workers(
     assert samples['nsfw_predictions_total{model="mobilenet_v2",verdict="none"}'] == 12
     assert samples['nsfw_stage_duration_seconds_count{model="-",stage="fetch"}'] == 12
     assert any(name.startswith('nsfw_model_info{name="mobilenet_v2"') for name in samples)
+
+
+def test_a_limit_holds_across_both_workers(start_gunicorn: Callable[..., Gunicorn]) -> None:
+    """Each request on a new connection, so both workers answer some: exactly 7 of 12 get through."""
+    server = start_gunicorn({"NSFW_RATE_LIMIT": "7/minute"})
+    statuses = [_get(f"{server.base}/models")[0] for _ in range(12)]
+    assert sorted(statuses) == [200] * 7 + [429] * 5 and statuses[:7] == [200] * 7
+    answered_by = {line.split("]")[1] for line in server.log.read_text().splitlines() if "429 rate_limited" in line}
+    assert answered_by  # the refusals are logged, with the worker's pid

@@ -1,0 +1,85 @@
+"""A `limits` storage that every worker of one instance shares, with no server: one SQLite file.
+
+Flask-Limiter's memory storage is per process, so with 2 workers it alone lets twice the limit
+through. gunicorn.conf.py makes NSFW_INSTANCE_DIR fresh on tmpfs at each start; the counters live in
+`limits.sqlite` there, and every increment is one `BEGIN IMMEDIATE` transaction, which SQLite
+serialises across processes (about 0.1 ms on tmpfs). Fixed windows only (Flask-Limiter's default
+strategy): a key's count and the time its window ends.
+
+URI: `nsfw+sqlite:///path/to/limits.sqlite` (registered with `limits` by this class's scheme).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from typing import Any
+
+from limits.storage import Storage
+
+SCHEME = "nsfw+sqlite"
+
+
+class SqliteStorage(Storage):
+    STORAGE_SCHEME = [SCHEME]
+
+    def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
+        self._path = uri.split("://", 1)[1]
+        self._local = threading.local()
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        with self._db() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, count INTEGER, ends REAL)")
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return sqlite3.Error
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection (sqlite3 connections are not shared between threads)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=5.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")  # on tmpfs; the counters need no durability
+            self._local.db = db
+        return db
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        db = self._db()
+        now = time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT count, ends FROM windows WHERE key = ?", (key,)).fetchone()
+            if row is None or row[1] <= now:
+                count, ends = amount, now + expiry
+            else:
+                count, ends = row[0] + amount, row[1]
+            db.execute("INSERT OR REPLACE INTO windows (key, count, ends) VALUES (?, ?, ?)", (key, count, ends))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return int(count)
+
+    def get(self, key: str) -> int:
+        row = self._db().execute("SELECT count FROM windows WHERE key = ? AND ends > ?", (key, time.time())).fetchone()
+        return int(row[0]) if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = self._db().execute("SELECT ends FROM windows WHERE key = ?", (key,)).fetchone()
+        return float(row[0]) if row and row[0] > time.time() else time.time()
+
+    def check(self) -> bool:
+        try:
+            self._db().execute("SELECT 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        with self._db() as db:
+            return db.execute("DELETE FROM windows").rowcount
+
+    def clear(self, key: str) -> None:
+        self._db().execute("DELETE FROM windows WHERE key = ?", (key,))

@@ -1,0 +1,93 @@
+"""Rate limits (NSFW_RATE_LIMIT, nsfw/access.py) and the storage every worker shares (nsfw/limitstore.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from nsfw import create_app
+from nsfw.config import ConfigError, Settings, parse_api_keys
+from nsfw.limitstore import SCHEME
+from tests.support import FakeClassifier
+
+A, B = "a" * 40, "b" * 40
+
+
+@pytest.mark.parametrize("raw", ["lots", "10/fortnight", "ten/minute", "10/minute;;x", "-1/minute"])
+def test_a_malformed_limit_stops_the_boot(raw: str) -> None:
+    with pytest.raises(ConfigError, match="NSFW_RATE_LIMIT"):
+        Settings.from_env({"NSFW_RATE_LIMIT": raw})
+
+
+def test_limits_in_flask_limiters_notation_are_taken() -> None:
+    assert Settings.from_env({"NSFW_RATE_LIMIT": "120/minute;5000/day"}).rate_limit == "120/minute;5000/day"
+
+
+def test_over_the_limit_is_429_with_its_headers(settings: Settings) -> None:
+    client = create_app(replace(settings, rate_limit="3/minute"), FakeClassifier()).test_client()
+    answers = [client.get("/models") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    over = answers[-1]
+    assert over.get_json()["error"]["code"] == "rate_limited"
+    assert int(over.headers["Retry-After"]) > 0 and over.headers["X-RateLimit-Limit"] == "3"
+    assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0", "0"]
+    assert "X-Request-Id" in over.headers
+
+
+def test_each_key_and_each_address_has_its_own_count(settings: Settings) -> None:
+    keyed = replace(settings, rate_limit="2/minute", api_keys=parse_api_keys(f"a:{A},b:{B}"))
+    client = create_app(keyed, FakeClassifier()).test_client()
+    statuses = [client.get("/models", headers={"X-API-Key": key}).status_code for key in (A, A, A, B, B, B)]
+    assert statuses == [200, 200, 429, 200, 200, 429]
+    open_client = create_app(replace(settings, rate_limit="2/minute"), FakeClassifier()).test_client()
+    by_address = [
+        open_client.get("/models", environ_base={"REMOTE_ADDR": address}).status_code
+        for address in ("10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2")
+    ]
+    assert by_address == [200, 200, 429, 200]
+
+
+def test_health_and_metrics_are_never_limited(settings: Settings) -> None:
+    client = create_app(replace(settings, rate_limit="1/minute"), FakeClassifier()).test_client()
+    assert [client.get("/health").status_code for _ in range(5)] == [200] * 5
+    assert [client.get("/metrics").status_code for _ in range(5)] == [200] * 5
+    assert [client.get("/models").status_code for _ in range(2)] == [200, 429]
+
+
+def _hit_many(path: str, count: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    import nsfw.limitstore  # noqa: F401 - registers the scheme in this process
+
+    limiter = FixedWindowRateLimiter(storage_from_string(f"{SCHEME}://{path}"))
+    out.put(sum(limiter.hit(parse("60/minute"), "caller") for _ in range(count)))
+
+
+def test_the_shared_storage_holds_a_limit_across_processes(tmp_path: Path) -> None:
+    """Two processes hitting one limit of 60, 50 times each: 60 allowed in total, not 100."""
+    path = str(tmp_path / "limits.sqlite")
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    workers = [context.Process(target=_hit_many, args=(path, 50, out)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    allowed = [out.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert sum(allowed) == 60
+
+
+def test_the_shared_storage_keeps_windows(tmp_path: Path) -> None:
+    import nsfw.limitstore  # noqa: F401
+
+    storage = storage_from_string(f"{SCHEME}://{tmp_path / 'limits.sqlite'}")
+    assert storage.check() and storage.get("k") == 0
+    assert [storage.incr("k", 60) for _ in range(3)] == [1, 2, 3]
+    assert storage.get("k") == 3 and storage.get_expiry("k") > 0
+    assert storage.incr("short", -1) == 1 and storage.incr("short", -1) == 1  # an ended window starts again
+    storage.clear("k")
+    assert storage.get("k") == 0 and storage.reset() == 1

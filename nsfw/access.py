@@ -115,6 +115,9 @@ def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None) -> Li
         storage_uri=storage,
         strategy="fixed-window",
         headers_enabled=True,
+        # A failing counter store (a full tmpfs) lets requests through, logged by Flask-Limiter:
+        # a limit never turns a prediction into a 500.
+        swallow_errors=True,
     )
 
 

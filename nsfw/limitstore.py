@@ -11,14 +11,36 @@ URI: `nsfw+sqlite:///path/to/limits.sqlite` (registered with `limits` by this cl
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from limits.storage import Storage
 
+from nsfw import metrics
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 SCHEME = "nsfw+sqlite"
+
+
+def _counted(method: Callable[P, R]) -> Callable[P, R]:
+    """The store's failures, in nsfw_rate_limit_errors_total (Flask-Limiter logs them and lets the
+    request through)."""
+
+    @functools.wraps(method)
+    def counted(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error:
+            metrics.RATE_LIMIT_ERRORS.inc()
+            raise
+
+    return counted
 
 
 class SqliteStorage(Storage):
@@ -28,23 +50,25 @@ class SqliteStorage(Storage):
         self._path = uri.split("://", 1)[1]
         self._local = threading.local()
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, count INTEGER, ends REAL)")
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
         return sqlite3.Error
 
     def _db(self) -> sqlite3.Connection:
-        """This thread's connection (sqlite3 connections are not shared between threads)."""
+        """This thread's connection (sqlite3 connections are not shared between threads), opened on
+        first use: a store that cannot be opened fails the requests' limit checks, which let them
+        through (access.install_limits), not the boot."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self._path, timeout=5.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=OFF")  # on tmpfs; the counters need no durability
+            db.execute("CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, count INTEGER, ends REAL)")
             self._local.db = db
         return db
 
+    @_counted
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         db = self._db()
         now = time.time()
@@ -62,10 +86,12 @@ class SqliteStorage(Storage):
             raise
         return int(count)
 
+    @_counted
     def get(self, key: str) -> int:
         row = self._db().execute("SELECT count FROM windows WHERE key = ? AND ends > ?", (key, time.time())).fetchone()
         return int(row[0]) if row else 0
 
+    @_counted
     def get_expiry(self, key: str) -> float:
         row = self._db().execute("SELECT ends FROM windows WHERE key = ?", (key,)).fetchone()
         return float(row[0]) if row and row[0] > time.time() else time.time()

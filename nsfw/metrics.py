@@ -33,6 +33,9 @@ UPSTREAM_ERRORS = Counter("nsfw_upstream_errors_total", "Fetches that failed, by
 REFUSED_IMAGES = Counter(
     "nsfw_refused_images_total", "Images refused before or while decoding (422), by code.", ["code"]
 )
+RATE_LIMIT_ERRORS = Counter(
+    "nsfw_rate_limit_errors_total", "Rate limit checks the counter store failed (the requests went through)."
+)
 IN_FLIGHT = Gauge("nsfw_in_flight", "Requests the app is working on.", multiprocess_mode="livesum")
 MODEL_INFO = Gauge(
     "nsfw_model_info",

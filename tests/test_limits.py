@@ -10,6 +10,7 @@ import pytest
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
+from prometheus_client import REGISTRY
 
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings, parse_api_keys
@@ -91,3 +92,19 @@ def test_the_shared_storage_keeps_windows(tmp_path: Path) -> None:
     assert storage.incr("short", -1) == 1 and storage.incr("short", -1) == 1  # an ended window starts again
     storage.clear("k")
     assert storage.get("k") == 0 and storage.reset() == 1
+
+
+def test_a_failing_counter_store_lets_requests_through(settings: Settings, tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    app = create_app(replace(settings, rate_limit="1/minute", instance_dir=instance), FakeClassifier())
+    client = app.test_client()
+    assert [client.get("/models").status_code for _ in range(2)] == [200, 429]
+    (instance / "limits.sqlite").unlink()
+    (instance / "limits.sqlite").mkdir()  # the counters' file is now a folder: every query fails
+    for name in ("limits.sqlite-wal", "limits.sqlite-shm"):
+        (instance / name).unlink(missing_ok=True)
+    fresh = create_app(replace(settings, rate_limit="1/minute", instance_dir=instance), FakeClassifier())
+    errors_before = REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0
+    assert [fresh.test_client().get("/models").status_code for _ in range(3)] == [200, 200, 200]
+    assert (REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0) > errors_before

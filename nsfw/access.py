@@ -1,4 +1,4 @@
-"""Who may call: API keys and their scopes (NSFW_API_KEYS).
+"""Who may call, and how often: API keys and their scopes (NSFW_API_KEYS), rate limits (NSFW_RATE_LIMIT).
 
 - With no key set the service is open, as NSFW-FLASK's clients expect (gunicorn.conf.py warns once at
   boot). With any key set, every route but the open ones needs a key with the route's scope: none,
@@ -12,6 +12,8 @@
 - The front door (nsfw/frontend.py) checks before it reads a body, so a stranger cannot make a worker
   receive 14 MB; the app checks again (for any other server in front of it). The key's name, never
   its token, is what the logs see.
+- Rate limits are Flask-Limiter's, per key (per client address without one), their counters shared
+  by the instance's workers (nsfw/limitstore.py) and failing open when that store fails.
 """
 
 from __future__ import annotations

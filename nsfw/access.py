@@ -96,10 +96,16 @@ def check(
 UNLIMITED_PATHS = frozenset({"/health", METRICS_PATH})
 
 
+def client_address() -> str:
+    """The address of the client of this request: the fair shares (nsfw/slots.py) and the rate
+    limits count by it; the one place trusted proxies will change it."""
+    return request.remote_addr or "-"
+
+
 def limit_key() -> str:
     """Whose requests count together: the key's name, or the client's address without a key."""
     name = g.get("api_key", "-")
-    return f"key:{name}" if name != "-" else f"address:{request.remote_addr or '-'}"
+    return f"key:{name}" if name != "-" else f"address:{client_address()}"
 
 
 def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None) -> Limiter | None:

@@ -34,7 +34,7 @@ from typing import IO, Any, NamedTuple
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from nsfw import errors, metrics
+from nsfw import access, errors, metrics
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model.specs import MODELS, NSFWJS
 from nsfw.policy import OVERRIDABLE, Policy
@@ -121,11 +121,6 @@ def _spooled(data: bytes) -> IO[bytes]:
     spool.write(data)
     spool.seek(0)
     return spool
-
-
-def _caller() -> str:
-    """Who is asking, for the fair shares of the service (nsfw/slots.py): the client's address."""
-    return request.remote_addr or "-"
 
 
 def _has_body() -> bool:
@@ -250,7 +245,7 @@ def predict() -> Response:
             prediction = service.predict_image(image, **kwargs)
     else:
         assert url is not None  # _request_image gives one or the other
-        prediction = service.predict_url(url, **kwargs, caller=_caller())
+        prediction = service.predict_url(url, **kwargs, caller=access.client_address())
     return jsonify(_answer(prediction, options.detail, options.policy, started))
 
 
@@ -287,7 +282,7 @@ def predict_batch() -> Response:
         del body, items  # the JSON text goes; the decoded images wait in spooled files
     try:
         results = service.predict_batch(
-            batch, model=model, resize=resize, policy=policy if detail else None, caller=_caller()
+            batch, model=model, resize=resize, policy=policy if detail else None, caller=access.client_address()
         )
     finally:
         for item in batch:
@@ -348,7 +343,7 @@ def predict_with_model(name: str) -> Response:
     url, image = _request_image()
     try:
         if name == "all":
-            predictions = service.predict_all(url, image, caller=_caller())
+            predictions = service.predict_all(url, image, caller=access.client_address())
             answer: dict[str, Any] = {
                 _FLASK_NAMES.get(model, model): _flask_value(prediction) for model, prediction in predictions.items()
             }
@@ -356,7 +351,7 @@ def predict_with_model(name: str) -> Response:
             answer = {name: _flask_value(service.predict_image(image, model=name))}
         else:
             assert url is not None
-            answer = {name: _flask_value(service.predict_url(url, model=name, caller=_caller()))}
+            answer = {name: _flask_value(service.predict_url(url, model=name, caller=access.client_address()))}
     finally:
         if image is not None:
             image.close()

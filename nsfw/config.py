@@ -334,16 +334,17 @@ def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
-def _check_rate_limit(raw: str) -> None:
-    """ValueError unless raw is empty or limits in Flask-Limiter's notation (`10/second;100/day`)."""
+def _parse_rate_limit(raw: str) -> str:
+    """raw, when it is empty or limits in Flask-Limiter's notation (`10/second;100/day`); else ValueError."""
     if not raw:
-        return
+        return raw
     from limits import parse_many
 
     try:
         parse_many(raw)
     except ValueError as exc:
         raise ValueError(f"not limits like 120/minute;5000/day ({exc})") from None
+    return raw
 
 
 def _parse_networks(raw: str) -> tuple[IPNetwork, ...]:
@@ -366,7 +367,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "private_detector_path": lambda raw: Path(raw) if raw else None,
     "log_level": str.upper,
     "api_keys": parse_api_keys,
-    "rate_limit": lambda raw: _check_rate_limit(raw) or raw,
+    "rate_limit": _parse_rate_limit,
     "instance_dir": lambda raw: Path(raw) if raw else None,
 }
 

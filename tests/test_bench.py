@@ -60,20 +60,19 @@ def _serving_venv() -> Path:
     return Path(serve_python).parents[1]
 
 
+def _run_bench(module: str, args: list[str], out: Path) -> dict:
+    """`python -m <module> <args>` from the repository, as the README says; its JSON result from out."""
+    subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, check=True, timeout=300, capture_output=True)
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
     """`python -m bench.serve` in miniature, against the serving virtualenv as deployed."""
     serve_venv = _serving_venv()
     out = tmp_path / "result.json"
     args = ["--no-baseline", "--seconds", "1", "--requests", "3", "--models", "open_nsfw", "--out", str(out)]
-    subprocess.run(
-        [sys.executable, "-m", "bench.serve", *args, "--serve-venv", str(serve_venv)],
-        cwd=REPO,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    result = json.loads(out.read_text())
+    result = _run_bench("bench.serve", [*args, "--serve-venv", str(serve_venv)], out)
     for image, row in result["service"]["images"].items():
         assert row["c1"]["errors"] == 0 and row["saturated"]["errors"] == 0, image
         assert row["rps"] > 0 and row["memory"]["worker_peak_mb"] > 0
@@ -103,14 +102,7 @@ def test_the_abuse_scenarios_run_as_documented(tmp_path: Path) -> None:
     serve_venv = _serving_venv()
     out = tmp_path / "abuse.json"
     args = ["--seconds", "1", "--only", "slow_upstreams", "--only", "keepalive_c8", "--json", str(out)]
-    subprocess.run(
-        [sys.executable, "-m", "bench.abuse", *args, "--venv", str(serve_venv)],
-        cwd=REPO,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    result = json.loads(out.read_text())
+    result = _run_bench("bench.abuse", [*args, "--venv", str(serve_venv)], out)
     assert set(result) == {"slow_upstreams", "keepalive_c8"}
     assert result["slow_upstreams"]["other_caller_n"] > 0 and result["keepalive_c8"]["c4_rps"] > 0
 
@@ -122,14 +114,7 @@ def test_the_hostile_measurements_run_as_documented(tmp_path: Path) -> None:
     out = tmp_path / "hostile.json"
     files = ["--file", "webp 40 MP", "--file", "accepted: jpeg 40 MP"]
     args = ["--only", "one_at_a_time", "--only", "http", *files, "--json", str(out)]
-    subprocess.run(
-        [sys.executable, "-m", "bench.hostile", *args, "--venv", str(serve_venv)],
-        cwd=REPO,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    result = json.loads(out.read_text())
+    result = _run_bench("bench.hostile", [*args, "--venv", str(serve_venv)], out)
     assert result["one_at_a_time"]["webp 40 MP"]["code"] == "image_too_large_to_decode"
     assert result["one_at_a_time"]["accepted: jpeg 40 MP"]["status"] == 200
     assert {case["type"] for case in result["http"].values()} == {"application/json"}

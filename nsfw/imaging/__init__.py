@@ -115,10 +115,19 @@ def open_image(fp: IO[bytes], *, max_pixels: int) -> Image.Image:
 _ORIENTATION = 0x0112
 
 
-def _exif_upright(img: Image.Image) -> Image.Image:
+def _frame_orientation(img: Image.Image) -> int:
+    """The decoded frame's EXIF orientation; 1 for none, or for malformed EXIF (ignored, not a failure)."""
     try:
-        if img.getexif().get(_ORIENTATION, 1) == 1:
-            return img  # upright already; exif_transpose would still copy the whole image
+        return int(img.getexif().get(_ORIENTATION, 1))
+    except Exception as exc:  # noqa: BLE001 - malformed EXIF is ignored, not a failure
+        log.info("ignoring malformed EXIF: %s: %s", type(exc).__name__, exc)
+        return 1
+
+
+def _exif_upright(img: Image.Image, orientation: int) -> Image.Image:
+    if orientation == 1:
+        return img  # upright already; exif_transpose would still copy the whole image
+    try:
         return ImageOps.exif_transpose(img)
     except Exception as exc:  # noqa: BLE001 - malformed EXIF is ignored, not a failure
         log.info("ignoring malformed EXIF: %s: %s", type(exc).__name__, exc)
@@ -289,10 +298,11 @@ def decode_frames(
         make = convert or _rgb_copy
         results = []
         for decoded in frames:
-            if apply_exif and not rotated and decoded.getexif().get(_ORIENTATION, 1) != 1:
+            orientation = _frame_orientation(decoded) if apply_exif else 1
+            if orientation != 1 and not rotated:
                 rotated = True  # an orientation found past the pixels (a late PNG eXIf): priced again
                 priced(rotated)
-            frame = to_model_image(_exif_upright(decoded) if apply_exif else decoded)
+            frame = to_model_image(_exif_upright(decoded, orientation))
             del decoded
             try:
                 results.append(make(frame))
@@ -379,7 +389,7 @@ def _orientation(raw: bytes | None) -> int:
         exif = Image.Exif()
         exif.load(raw)
         return int(exif.get(_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - malformed EXIF is ignored, as _exif_upright does
+    except Exception:  # noqa: BLE001 - malformed EXIF is ignored, as _frame_orientation does
         return 1
 
 

@@ -14,24 +14,28 @@
   its token, is what the logs see.
 - Rate limits are Flask-Limiter's, per key (per client address without one), their counters shared
   by the instance's workers (nsfw/limitstore.py) and failing open when that store fails.
+- The client address is the socket's, unless the socket's peer is one of NSFW_TRUSTED_PROXIES: then
+  the forwarded-for header (NSFW_CLIENT_ADDRESS_HEADER) says it, read from the right.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
 
-from nsfw.config import ApiKey
+from nsfw.config import ApiKey, IPNetwork
 from nsfw.errors import Forbidden, Unauthorized
 from nsfw.limitstore import SCHEME
 
 # Answered to anyone: the platform's probe (and, later, the API's description).
 OPEN_PATHS = frozenset({"/health"})
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _BEARER = "bearer "
 
 
@@ -96,10 +100,57 @@ def check(
 UNLIMITED_PATHS = frozenset({"/health", METRICS_PATH})
 
 
+def _address(hop: str) -> IPAddress | None:
+    """One hop of a forwarded-for list as an address: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1 : hop.find("]")] if "]" in hop else ""
+    elif hop.count(":") == 1:
+        hop = hop.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(hop)
+    except ValueError:
+        return None
+    # An IPv4 client on a dual-stack socket is ::ffff:a.b.c.d; the proxies are written as IPv4.
+    return address.ipv4_mapped or address if isinstance(address, ipaddress.IPv6Address) else address
+
+
+def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
+    return any(address.version == network.version and address in network for network in proxies)
+
+
+def client_of(peer: str, forwarded: Sequence[str], proxies: Sequence[IPNetwork]) -> str:
+    """The client's address: the socket's peer, unless that peer is a trusted proxy; then the
+    forwarded-for header's hops are read from the right (each proxy appends the address it saw),
+    and the first one that is not a trusted proxy is the client. A hop that is not an address ends
+    the walk at the proxy that wrote it. Hops left of the client are whatever the client sent, and
+    are never read."""
+    address = _address(peer)
+    if address is None or not _trusted(address, proxies):
+        return peer or "-"
+    client = str(address)
+    for hop in reversed([hop for value in forwarded for hop in value.split(",")]):
+        hop_address = _address(hop)
+        if hop_address is None:
+            return client
+        client = str(hop_address)
+        if not _trusted(hop_address, proxies):
+            return client
+    return client
+
+
 def client_address() -> str:
-    """The address of the client of this request: the fair shares (nsfw/slots.py) and the rate
-    limits count by it; the one place trusted proxies will change it."""
-    return request.remote_addr or "-"
+    """The address of the client of this request, which the fair shares (nsfw/slots.py) and the rate
+    limits count by: the socket's peer, or what trusted proxies say (NSFW_TRUSTED_PROXIES)."""
+    if "client_address" not in g:
+        settings = current_app.extensions["nsfw"].settings
+        peer = request.remote_addr or "-"
+        if settings.trusted_proxies:
+            forwarded = request.headers.getlist(settings.client_address_header)
+            g.client_address = client_of(peer, forwarded, settings.trusted_proxies)
+        else:
+            g.client_address = peer
+    return str(g.client_address)
 
 
 def limit_key() -> str:

@@ -202,6 +202,14 @@ class Settings:
     # Requests allowed per key (per client address without one), in Flask-Limiter's notation:
     # `120/minute;5000/day`. Empty: no limit. Over it: 429 rate_limited with Retry-After.
     rate_limit: str = ""
+    # Proxies whose forwarded-for header is believed (CIDRs, comma-separated): when the socket's peer is
+    # in one, the client address (rate limits, fair shares) is read from NSFW_CLIENT_ADDRESS_HEADER,
+    # from the right, up to the first address that is not one of them. Empty: the socket's address.
+    trusted_proxies: tuple[IPNetwork, ...] = field(default=())
+    # The header trusted proxies put the client's address in: X-Forwarded-For (Heroku and most
+    # proxies append to it), or a single-address header such as DigitalOcean App Platform's
+    # DO-Connecting-IP (README, "Behind a proxy").
+    client_address_header: str = "X-Forwarded-For"
     # A folder this instance's workers share: the rate limit counters (limits.sqlite) and the metrics
     # (metrics/). gunicorn.conf.py makes a fresh one on tmpfs at each start; empty without gunicorn
     # (the counters are then the process's own).
@@ -318,6 +326,11 @@ class Settings:
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
             (
+                "client_address_header",
+                bool(_HEADER_NAME.fullmatch(self.client_address_header)),
+                "must be a header name (letters, digits and -)",
+            ),
+            (
                 "metrics_token",
                 not self.metrics_token or bool(_KEY_TOKEN.fullmatch(self.metrics_token)),
                 "must be 32-512 URL-safe characters (python -m nsfw keys new makes one)",
@@ -352,6 +365,14 @@ def _parse_networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(part, strict=False) for part in _split(raw))
 
 
+def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
+    # strict: a trusted range is a security decision; "10.1.2.3/8" is more likely a typo than 10.0.0.0/8.
+    return tuple(ipaddress.ip_network(part) for part in _split(raw))
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
 def _parse_ports(raw: str) -> tuple[int, ...]:
     return tuple(parse_int(part) for part in _split(raw))
 
@@ -362,6 +383,7 @@ _SECRETS = frozenset({"api_keys", "metrics_token"})
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,
     "allowed_ports": _parse_ports,
+    "trusted_proxies": _parse_proxies,
     "models_dir": Path,
     "models": lambda raw: tuple(_split(raw)),
     "private_detector_path": lambda raw: Path(raw) if raw else None,

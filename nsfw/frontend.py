@@ -133,7 +133,7 @@ class Front:
                 await self._refuse(scope, send, error)
                 await _linger(scope, receive)
                 return
-        caller = scope["client"][0] if scope.get("client") else "-"
+        caller = self._caller(scope)
         if not self.admission.try_acquire(caller):
             await self._refuse(scope, send, errors.Overloaded(f"{self.admission.total} requests queued in this worker"))
             await _linger(scope, receive)
@@ -148,6 +148,16 @@ class Front:
                 handed_over[0].add_done_callback(lambda _: self.admission.release(caller))
             else:
                 self.admission.release(caller)
+
+    def _caller(self, scope: Scope) -> str:
+        """Whose share of the worker this request takes: the client address, as the app reads it
+        (nsfw.access.client_of), trusted proxies' forwarded-for header included."""
+        peer = scope["client"][0] if scope.get("client") else "-"
+        if not self.settings.trusted_proxies:
+            return peer
+        name = self.settings.client_address_header.lower().encode()
+        forwarded = [value.decode("latin-1") for key, value in scope["headers"] if key.lower() == name]
+        return access.client_of(peer, forwarded, self.settings.trusted_proxies)
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, handed_over: list[Any]) -> None:
         cap = self.settings.body_limit(scope["path"], _mimetype(scope))

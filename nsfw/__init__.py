@@ -55,7 +55,7 @@ def create_app(
     observe.install(app)  # first: every answer, a refusal too, carries the request's id
     # Before the blueprint's hooks: no body is read for a stranger.
     access.install(app, settings.api_keys, settings.metrics_token)
-    access.install_limits(app, settings.rate_limit, settings.instance_dir)
+    access.install_limits(app, settings.rate_limit, settings.instance_dir, settings.rate_limit_storage)
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app

@@ -31,7 +31,7 @@ from flask_limiter import Limiter
 
 from nsfw.config import ApiKey, IPNetwork
 from nsfw.errors import Forbidden, Unauthorized
-from nsfw.limitstore import SCHEME
+from nsfw.limitstore import storage_uri
 
 # Answered to anyone: the platform's probe (and, later, the API's description).
 OPEN_PATHS = frozenset({"/health"})
@@ -159,23 +159,28 @@ def limit_key() -> str:
     return f"key:{name}" if name != "-" else f"address:{client_address()}"
 
 
-def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None) -> Limiter | None:
-    """Flask-Limiter over every route but UNLIMITED_PATHS, per limit_key, its counters in the
-    instance's shared SQLite file (nsfw/limitstore.py) when there is an instance folder, else in
-    the process. Installed after `install`, so the key is known when the limit is checked."""
+def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None, storage: str = "") -> Limiter | None:
+    """Flask-Limiter over every route but UNLIMITED_PATHS, per limit_key, its counters in Redis
+    (storage, NSFW_RATE_LIMIT_STORAGE), else in the instance's shared SQLite file (nsfw/limitstore.py)
+    when there is an instance folder, else in the process. Installed after `install`, so the key is
+    known when the limit is checked."""
     if not rate_limit:
         return None
-    storage = f"{SCHEME}://{instance_dir / 'limits.sqlite'}" if instance_dir else "memory://"
     return Limiter(
         limit_key,
         app=app,
         default_limits=[rate_limit],
         default_limits_exempt_when=lambda: request.path in UNLIMITED_PATHS,
-        storage_uri=storage,
+        storage_uri=storage_uri(storage, instance_dir),
+        # Redis: a connection that hangs fails the check in a second, not a request's worth of time.
+        storage_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0} if storage else {},
         strategy="fixed-window",
         headers_enabled=True,
-        # A failing counter store (a full tmpfs) lets requests through, logged by Flask-Limiter:
-        # a limit never turns a prediction into a 500.
+        # A failing counter store (Redis down, a full tmpfs) degrades to counters in this process's
+        # memory until it answers again (Flask-Limiter checks it with a backoff); a failure of that
+        # lets the request through. Both are logged by Flask-Limiter and counted by
+        # nsfw_rate_limit_errors_total: a limit never turns a prediction into a 500.
+        in_memory_fallback_enabled=True,
         swallow_errors=True,
     )
 

@@ -13,6 +13,8 @@ from nsfw.numbers import parse_float, parse_int
 from nsfw.policy import Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# NSFW_RATE_LIMIT_STORAGE's schemes (limits' RedisStorage; nsfw/limitstore.py maps them).
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 
 BACKENDS = ("litert", "tensorflow")
 RESIZE_MODES = ("nsfwjs", "gantman")
@@ -202,6 +204,9 @@ class Settings:
     # Requests allowed per key (per client address without one), in Flask-Limiter's notation:
     # `120/minute;5000/day`. Empty: no limit. Over it: 429 rate_limited with Retry-After.
     rate_limit: str = ""
+    # Where the rate limit counters live: a Redis URI (redis://[:password@]host:port/db, rediss://, or
+    # redis+unix://) shared by several instances; empty: the instance's own SQLite file on tmpfs.
+    rate_limit_storage: str = field(default="", repr=False)
     # Proxies whose forwarded-for header is believed (CIDRs, comma-separated): when the socket's peer is
     # in one, the client address (rate limits, fair shares) is read from NSFW_CLIENT_ADDRESS_HEADER,
     # from the right, up to the first address that is not one of them. Empty: the socket's address.
@@ -326,6 +331,11 @@ class Settings:
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
             (
+                "rate_limit_storage",
+                not self.rate_limit_storage or self.rate_limit_storage.split("://", 1)[0] in REDIS_SCHEMES,
+                "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
+            ),
+            (
                 "client_address_header",
                 bool(_HEADER_NAME.fullmatch(self.client_address_header)),
                 "must be a header name (letters, digits and -)",
@@ -378,7 +388,7 @@ def _parse_ports(raw: str) -> tuple[int, ...]:
 
 
 # Settings whose values are never echoed, in an error or anywhere else.
-_SECRETS = frozenset({"api_keys", "metrics_token"})
+_SECRETS = frozenset({"api_keys", "metrics_token", "rate_limit_storage"})  # a Redis URI may hold a password
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,

@@ -1,4 +1,5 @@
-"""A `limits` storage that every worker of one instance shares, with no server: one SQLite file.
+"""Where the rate limit counters live: a SQLite file every worker of one instance shares (no server),
+or Redis for several instances.
 
 Flask-Limiter's memory storage is per process, so with 2 workers it alone lets twice the limit
 through. gunicorn.conf.py makes NSFW_INSTANCE_DIR fresh on tmpfs at each start; the counters live in
@@ -7,6 +8,9 @@ serialises across processes (about 0.1 ms on tmpfs). Fixed windows only (Flask-L
 strategy): a key's count and the time its window ends.
 
 URI: `nsfw+sqlite:///path/to/limits.sqlite` (registered with `limits` by this class's scheme).
+
+NSFW_RATE_LIMIT_STORAGE=redis://… puts them in Redis instead, shared by every instance that names
+it: `limits`' own RedisStorage, whose failures are counted like the SQLite file's (`CountedRedisStorage`).
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from limits.storage import Storage
+from limits.storage import RedisStorage, Storage
 
 from nsfw import metrics
+from nsfw.config import REDIS_SCHEMES
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 SCHEME = "nsfw+sqlite"
+_COUNTED = "nsfw+"
 
 
 def _counted(method: Callable[P, R]) -> Callable[P, R]:
@@ -36,7 +43,7 @@ def _counted(method: Callable[P, R]) -> Callable[P, R]:
     def counted(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except sqlite3.Error:
+        except Exception:
             metrics.RATE_LIMIT_ERRORS.inc()
             raise
 
@@ -109,3 +116,27 @@ class SqliteStorage(Storage):
 
     def clear(self, key: str) -> None:
         self._db().execute("DELETE FROM windows WHERE key = ?", (key,))
+
+
+class CountedRedisStorage(RedisStorage):
+    """limits' Redis storage, its failures counted in nsfw_rate_limit_errors_total (Flask-Limiter logs
+    them and lets the request through). URI: `nsfw+redis://…`, which is `redis://…` to the client."""
+
+    STORAGE_SCHEME = [_COUNTED + scheme for scheme in REDIS_SCHEMES]
+
+    def __init__(self, uri: str, wrap_exceptions: bool = False, **options: Any) -> None:
+        super().__init__(uri.removeprefix(_COUNTED), wrap_exceptions=wrap_exceptions, **options)
+
+    incr = _counted(RedisStorage.incr)
+    get = _counted(RedisStorage.get)
+    get_expiry = _counted(RedisStorage.get_expiry)
+
+
+def storage_uri(configured: str, instance_dir: Path | None) -> str:
+    """The `limits` URI of the counters: NSFW_RATE_LIMIT_STORAGE's Redis, else the instance's SQLite
+    file, else (no gunicorn, no instance folder) the process's memory."""
+    if configured:
+        return _COUNTED + configured
+    if instance_dir is not None:
+        return f"{SCHEME}://{instance_dir / 'limits.sqlite'}"
+    return "memory://"

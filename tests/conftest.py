@@ -16,6 +16,7 @@ from nsfw.config import Settings
 from nsfw.model import Classifier, load_classifier
 from tests.reference import CORPORA, Corpus, corpus
 from tests.served import start_gunicorn  # noqa: F401 - a fixture, for the tests from outside
+from tests.servers import RedisServer
 from tests.support import FakeClassifier, ImageServer
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -86,3 +87,11 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture()
 def fake_client(settings: Settings, fake: FakeClassifier) -> FlaskClient:
     return create_app(settings, fake).test_client()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port, for the whole run; each test flushes what it used."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

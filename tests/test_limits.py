@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings, parse_api_keys
 from nsfw.limitstore import SCHEME
+from tests.servers import RedisServer
 from tests.support import FakeClassifier
 
 A, B = "a" * 40, "b" * 40
@@ -94,7 +95,7 @@ def test_the_shared_storage_keeps_windows(tmp_path: Path) -> None:
     assert storage.get("k") == 0 and storage.reset() == 1
 
 
-def test_a_failing_counter_store_lets_requests_through(settings: Settings, tmp_path: Path) -> None:
+def test_a_failing_counter_store_falls_back_to_the_process_counters(settings: Settings, tmp_path: Path) -> None:
     instance = tmp_path / "instance"
     instance.mkdir()
     app = create_app(replace(settings, rate_limit="1/minute", instance_dir=instance), FakeClassifier())
@@ -106,5 +107,37 @@ def test_a_failing_counter_store_lets_requests_through(settings: Settings, tmp_p
         (instance / name).unlink(missing_ok=True)
     fresh = create_app(replace(settings, rate_limit="1/minute", instance_dir=instance), FakeClassifier())
     errors_before = REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0
-    assert [fresh.test_client().get("/models").status_code for _ in range(3)] == [200, 200, 200]
+    # No 500: the limit holds per process (Flask-Limiter's in-memory fallback) until the store answers.
+    assert [fresh.test_client().get("/models").status_code for _ in range(3)] == [200, 429, 429]
+    assert (REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0) > errors_before
+
+
+@pytest.mark.parametrize("raw", ["memcached://127.0.0.1:11211", "127.0.0.1:6379", "http://redis"])
+def test_a_storage_that_is_not_redis_stops_the_boot_without_echoing_it(raw: str) -> None:
+    with pytest.raises(ConfigError, match="NSFW_RATE_LIMIT_STORAGE=\\(hidden\\)") as refused:
+        Settings.from_env({"NSFW_RATE_LIMIT_STORAGE": raw})
+    assert raw not in str(refused.value)
+
+
+def test_instances_sharing_redis_share_the_limit(settings: Settings, redis_server: RedisServer) -> None:
+    """Two instances (two apps, each with its own instance folder) on one Redis: 3 allowed in all."""
+    redis_server.client.flushdb()
+    shared = replace(settings, rate_limit="3/minute", rate_limit_storage=redis_server.uri)
+    first = create_app(shared, FakeClassifier()).test_client()
+    second = create_app(shared, FakeClassifier()).test_client()
+    statuses = [client.get("/models").status_code for client in (first, second, first, second, first, second)]
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    assert redis_server.client.dbsize() > 0  # the counters are in Redis, not in either process
+
+
+def test_a_redis_that_goes_away_degrades_and_is_counted(settings: Settings, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    limited = replace(settings, rate_limit="2/minute", rate_limit_storage=server.uri)
+    client = create_app(limited, FakeClassifier()).test_client()
+    assert client.get("/models").status_code == 200
+    server.stop()
+    errors_before = REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0
+    statuses = [client.get("/models").status_code for _ in range(3)]
+    # The process counts on by itself: no 500, and the limit still holds within it.
+    assert statuses == [200, 200, 429]
     assert (REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0) > errors_before

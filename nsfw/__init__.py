@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from flask import Flask
 
-from nsfw import access, observe
+from nsfw import access, observe, openapi
 from nsfw.api import bp, register_error_handlers
 from nsfw.config import ConfigError, Settings
 from nsfw.fetch import Resolver, system_resolver
@@ -48,7 +48,7 @@ def create_app(
     else:
         service.set_classifiers(load_classifiers(settings))
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no /static route: nothing of ours is static but /docs
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
     app.extensions["nsfw"] = service
@@ -57,6 +57,7 @@ def create_app(
     access.install(app, settings.api_keys, settings.metrics_token)
     access.install_limits(app, settings.rate_limit, settings.instance_dir, settings.rate_limit_storage)
     app.register_blueprint(bp)
+    openapi.install(app)
     register_error_handlers(app)
     return app
 

@@ -33,8 +33,9 @@ from nsfw.config import ApiKey, IPNetwork
 from nsfw.errors import Forbidden, Unauthorized
 from nsfw.limitstore import storage_uri
 
-# Answered to anyone: the platform's probe (and, later, the API's description).
-OPEN_PATHS = frozenset({"/health"})
+# Answered to anyone: the platform's probe, and the API's description with its Swagger UI.
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
+_OPEN_PREFIX = "/docs/"
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _BEARER = "bearer "
 
@@ -42,7 +43,7 @@ _BEARER = "bearer "
 def scope_for(path: str) -> str | None:
     """The scope a path needs; None for an open one. Unknown paths need `predict`, so that a stranger
     learns nothing about which routes exist."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(_OPEN_PREFIX):
         return None
     if path.startswith("/review"):  # the review queue and its pages (/reviews, /review/...)
         return "review"

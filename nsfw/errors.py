@@ -6,6 +6,8 @@ upstream status or an exception text).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class NsfwError(Exception):
     """Base of every failure a request can end in; unexpected exceptions become this (500)."""
@@ -242,3 +244,10 @@ class Overloaded(Unavailable):
     code = "overloaded"
     message = "All inference slots are busy; retry shortly."
     headers = {"Retry-After": "1"}
+
+
+def every_error(cls: type[NsfwError] = NsfwError) -> Iterator[type[NsfwError]]:
+    """cls and every error class under it: the codes the API can answer (nsfw/openapi.py lists them)."""
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from every_error(sub)

@@ -75,7 +75,7 @@ def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callab
     """gunicorn started with the Dockerfile's CMD from the serving virtualenv, as a container would."""
     started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
 
-    def start(extra_env: dict[str, str] | None = None, *, wait_healthy: bool = True) -> Gunicorn:
+    def start(extra_env: dict[str, str] | None = None, *, wait_healthy: bool = True, app: str = "app:app") -> Gunicorn:
         python = _serving_python()
         port = _free_port()
         env = {
@@ -87,6 +87,7 @@ def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callab
             **(extra_env or {}),
         }
         cmd = json.loads(re.search(r"^CMD (\[.*\])$", _dockerfile(), re.M).group(1))  # type: ignore[union-attr]
+        cmd = [app if part == "app:app" else part for part in cmd]  # another WSGI app, same server
         log_path = tmp_path / f"gunicorn-{len(started)}.log"
         log = log_path.open("wb")
         proc = subprocess.Popen(

@@ -9,7 +9,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +31,7 @@ Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
 LEAKS = ("127.0.0.1", "169.254", "10.0.0", "secret", "Traceback", "Error:", "urllib3", "requests", "PIL", "/tmp")
 
 
-def _all_error_classes(cls: type[errors.NsfwError]) -> Iterator[type[errors.NsfwError]]:
-    yield cls
-    for sub in cls.__subclasses__():
-        yield from _all_error_classes(sub)
-
-
-MESSAGES = {cls.code: cls.message for cls in _all_error_classes(errors.NsfwError)}
+MESSAGES = {cls.code: cls.message for cls in errors.every_error()}
 
 
 def send(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> Handler:

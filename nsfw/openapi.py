@@ -1,0 +1,434 @@
+"""The API's description: one OpenAPI 3.1 document for every route, served at /openapi.json and
+rendered by Swagger UI at /docs (flask-swagger-ui's pinned files: Swagger UI 5 renders 3.1; the
+swagger-ui-bundle package stopped at 4.15, which cannot).
+
+Kept in one place, this module, and held to the app: tests/test_openapi.py fails when a route of the
+app's table is missing here or a path here is not served, validates the document with
+openapi-spec-validator, and runs schemathesis against a live gunicorn (statuses, content types and
+bodies as written here). The error codes come from the error tree (nsfw/errors.py), by status.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cache
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from flask_swagger_ui import get_swaggerui_blueprint
+
+from nsfw import errors
+from nsfw.config import SCOPES
+from nsfw.imaging import RESIZE_MODES
+from nsfw.model.specs import MODELS
+from nsfw.policy import OVERRIDABLE
+
+OPENAPI_PATH = "/openapi.json"
+DOCS_PATH = "/docs"
+VERSION = "1.0.0"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+
+SCHEMAS: dict[str, Schema] = {
+    "Scores": {
+        "description": "The model's classes and their probabilities, which sum to 1: GantMan's "
+        "drawings, hentai, neutral, porn, sexy (NSFW-FLASK's flat shape); open_nsfw's sfw, nsfw; "
+        "private_detector's lewd, not_lewd.",
+        "type": "object",
+        "minProperties": 2,
+        "additionalProperties": _PROBABILITY,
+        "examples": [{"drawings": 0.0014, "hentai": 0.0001, "neutral": 0.9983, "porn": 0.0001, "sexy": 0.0001}],
+    },
+    "Verdict": {
+        "type": "object",
+        "required": ["label", "reason"],
+        "properties": {
+            "label": {"enum": ["adult", "unknown", "safe"]},
+            "reason": {"type": "string", "description": "The rule that decided, with the numbers it compared."},
+        },
+    },
+    "Detailed": {
+        "description": "?detail=true: the scores, the verdict and everything behind it.",
+        "type": "object",
+        "required": ["scores", "verdict", "model", "tier", "policy", "timing_ms"],
+        "properties": {
+            "scores": _ref("Scores"),
+            "verdict": _ref("Verdict"),
+            "model": {
+                "type": "object",
+                "required": ["name", "version", "backend"],
+                "properties": {name: {"type": "string"} for name in ("name", "version", "backend")},
+            },
+            "tier": {"enum": [1, 2], "description": "2 when the second tier decided."},
+            "policy": {
+                "type": "object",
+                "required": list(OVERRIDABLE),
+                "properties": {name: _PROBABILITY for name in OVERRIDABLE},
+            },
+            "timing_ms": {
+                "type": "object",
+                "required": ["classify", "total"],
+                "properties": {"classify": {"type": "number"}, "total": {"type": "number"}},
+            },
+            "second_tier": {
+                "type": "object",
+                "description": "The second tier's answer ({nsfw: p}, with model for a model tier), or its error.",
+            },
+            "frames": {
+                "type": "object",
+                "description": "Animations only: the frames classified and the one that answered.",
+                "required": ["count", "chosen", "classified"],
+                "properties": {
+                    "count": {"type": "integer", "minimum": 2},
+                    "chosen": {"type": "integer", "minimum": 0},
+                    "classified": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["index", "scores"],
+                            "properties": {"index": {"type": "integer"}, "scores": _ref("Scores")},
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "Prediction": {"anyOf": [_ref("Scores"), _ref("Detailed")]},
+    "Batch": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {
+            "results": {
+                "type": "array",
+                "description": "One per item, in order: its answer, or its own error.",
+                "items": {"anyOf": [_ref("Scores"), _ref("Detailed"), _ref("Error")]},
+            }
+        },
+    },
+    "ModelPrediction": {
+        "description": "NSFW-FLASK's v2 shape: each model's NSFW probability (two-class models) or "
+        "scores, by name (mobilenet_v2 as nsfw_model for /models/all/predict), and the seconds taken.",
+        "type": "object",
+        "required": ["time"],
+        "properties": {"time": {"type": "number"}},
+        "additionalProperties": {"anyOf": [_PROBABILITY, _ref("Scores")]},
+    },
+    "Models": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "version", "served", "default", "backend", "classes", "sha256"],
+                    "properties": {
+                        "name": {"enum": list(MODELS)},
+                        "version": {"type": "string"},
+                        "served": {"type": "boolean"},
+                        "default": {"type": "boolean"},
+                        "backend": {"type": "string"},
+                        "input_size": {"type": "integer"},
+                        "classes": {"type": "array", "items": {"type": "string"}},
+                        "adult_classes": {"type": "array", "items": {"type": "string"}},
+                        "source": {"type": "string"},
+                        "licence": {"type": "string"},
+                        "sha256": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["ok", "loading"]},
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "backend": {"type": "string"},
+            "models": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"enum": sorted({cls.code for cls in errors.every_error()})},
+                    "message": {"type": "string"},
+                },
+            }
+        },
+    },
+    "UrlBody": {
+        "type": "object",
+        "required": ["url"],
+        "properties": {"url": {"type": "string", "description": "An http(s) URL of the image."}},
+    },
+    "Base64Body": {
+        "type": "object",
+        "required": ["image_base64"],
+        "properties": {
+            "image_base64": {
+                "type": "string",
+                "description": "The image in base64 (plain or URL-safe, line breaks allowed, or a data: URI).",
+            }
+        },
+    },
+}
+
+
+def _codes_by_status() -> dict[int, list[str]]:
+    by_status: dict[int, set[str]] = defaultdict(set)
+    for cls in errors.every_error():
+        by_status[cls.status].add(cls.code)
+    return {status: sorted(codes) for status, codes in sorted(by_status.items())}
+
+
+def _error_response(status: int, codes: list[str]) -> Schema:
+    error = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"enum": codes}, "message": {"type": "string"}},
+            }
+        },
+    }
+    return {
+        "description": "Error: " + ", ".join(f"`{code}`" for code in codes),
+        "headers": _HEADERS,
+        "content": {"application/json": {"schema": error}},
+    }
+
+
+_HEADERS: Schema = {
+    "X-Request-Id": {
+        "description": "The client's id (1-128 visible ASCII characters) or a fresh one.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    }
+}
+
+# What any request may meet before its route runs: the front door (a malformed request 400, a long
+# line 414, large headers 431, a transfer coding 501, a slow body 408, a large one 413, a full worker
+# 503), the keys (401, 403), the limits (429), and a failure of ours (500).
+_FRONT = (400, 401, 403, 408, 413, 414, 429, 431, 500, 501, 503)
+# Of a prediction: the image (422), its host (502, 504), the deadline (504).
+_PREDICTION = (*_FRONT, 422, 502, 504)
+
+
+def _responses(ok: Schema, statuses: tuple[int, ...]) -> Schema:
+    return {"200": ok, **_errors(*sorted(statuses))}
+
+
+def _errors(*statuses: int) -> Schema:
+    return {str(status): {"$ref": f"#/components/responses/Error{status}"} for status in statuses}
+
+
+def error_responses() -> dict[str, Schema]:
+    """Every error status with its codes, from the error tree: the document's table of errors (404
+    and 405 are answered for paths and methods it does not list)."""
+    return {f"Error{status}": _error_response(status, codes) for status, codes in _codes_by_status().items()}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "headers": _HEADERS, "content": {"application/json": {"schema": schema}}}
+
+
+def _query(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+_OPTIONS = [
+    _query("model", {"enum": list(MODELS)}, "A served model (GET /models); default NSFW_MODEL."),
+    _query("resize", {"enum": list(RESIZE_MODES)}, "GantMan's models: the resize (default NSFW_RESIZE)."),
+    _query("detail", {"enum": ["true", "false", "1", "0"]}, "true: the verdict and everything behind it."),
+    *(_query(name, _PROBABILITY, f"Override NSFW_{name.upper()} for this request.") for name in OVERRIDABLE),
+]
+_URL = _query("url", {"type": "string", "maxLength": 2048}, "An http(s) URL of the image.")
+
+_IMAGE_BODY: Schema = {
+    "required": False,
+    "description": "The image, when not given as ?url=: JSON with url or image_base64, a form, an "
+    "upload named image, or the raw image.",
+    "content": {
+        "application/json": {"schema": {"anyOf": [_ref("UrlBody"), _ref("Base64Body")]}},
+        "application/x-www-form-urlencoded": {"schema": _ref("UrlBody")},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "contentMediaType": "application/octet-stream"}},
+            }
+        },
+        "image/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}},
+    },
+}
+
+_BATCH_BODY: Schema = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["items"],
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "maxItems": 32,
+                        "description": "At most NSFW_MAX_BATCH items, each a url or an image_base64.",
+                        "items": {"anyOf": [_ref("UrlBody"), _ref("Base64Body")]},
+                    }
+                },
+            }
+        }
+    },
+}
+
+_KEYED = [{"bearer": []}, {"apiKey": []}, {}]  # {}: with no NSFW_API_KEYS the service is open
+
+
+def _operation(summary: str, responses: Schema, **more: Any) -> Schema:
+    return {"summary": summary, "security": _KEYED, "responses": responses, **more}
+
+
+def _predict(method: str) -> Schema:
+    operation = _operation(
+        "Classify one image: the flat scores, or with detail=true the verdict.",
+        _responses(_json(_ref("Prediction"), "The scores (or the detailed answer)."), _PREDICTION),
+        operationId=f"predict_{method}",
+        parameters=[_URL, *_OPTIONS],
+    )
+    if method == "post":
+        operation["requestBody"] = _IMAGE_BODY
+    return operation
+
+
+def _open(summary: str, responses: Schema, **more: Any) -> Schema:
+    return {"summary": summary, "security": [{}], "responses": responses, **more}
+
+
+@cache
+def document() -> Schema:
+    """The OpenAPI document (built once; a dict, served as JSON)."""
+    text_ok = {"description": "Prometheus' text format.", "headers": _HEADERS, "content": {"text/plain": {}}}
+    html_ok = {"description": "Swagger UI.", "content": {"text/html": {}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nsfw-api",
+            "version": VERSION,
+            "description": "GantMan's NSFW model with nsfwjs-identical scores. With NSFW_API_KEYS set, "
+            f"every route but /health, {OPENAPI_PATH} and {DOCS_PATH} needs a key (scopes: "
+            f"{', '.join(SCOPES)}).",
+        },
+        "paths": {
+            "/predict": {"get": _predict("get"), "post": _predict("post")},
+            "/predict/batch": {
+                "post": _operation(
+                    "Classify up to NSFW_MAX_BATCH images; each item answers for itself.",
+                    _responses(_json(_ref("Batch"), "One result per item."), _PREDICTION),
+                    operationId="predict_batch",
+                    parameters=_OPTIONS,
+                    requestBody=_BATCH_BODY,
+                )
+            },
+            "/models": {
+                "get": _operation(
+                    "The catalogue: every model, whether it is served, its provenance and checksum.",
+                    _responses(_json(_ref("Models"), "The catalogue."), _FRONT),
+                    operationId="models",
+                )
+            },
+            "/models/{name}/predict": {
+                "post": _operation(
+                    "NSFW-FLASK's v2 route: one served model, or all of them on one image.",
+                    _responses(_json(_ref("ModelPrediction"), "The model's answer and the time."), _PREDICTION),
+                    operationId="predict_with_model",
+                    parameters=[
+                        {"name": "name", "in": "path", "required": True, "schema": {"enum": [*MODELS, "all"]}},
+                        _URL,
+                    ],
+                    requestBody=_IMAGE_BODY,
+                )
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of every worker of this instance.",
+                    "security": [{"metricsToken": []}, *_KEYED],
+                    "operationId": "metrics",
+                    "responses": _responses(text_ok, _FRONT),
+                }
+            },
+            "/health": {
+                "get": _open(
+                    "Ready once the models are loaded and warmed; no network, no inference.",
+                    {
+                        "200": _json(_ref("Health"), "Ready."),
+                        "503": _json(_ref("Health"), "Still loading."),
+                        **_errors(400, 414, 431),
+                    },
+                    operationId="health",
+                )
+            },
+            OPENAPI_PATH: {
+                "get": _open(
+                    "This document.",
+                    _responses(_json({"type": "object"}, "OpenAPI 3.1."), (400, 414, 429, 431, 500, 503)),
+                    operationId="openapi",
+                )
+            },
+            f"{DOCS_PATH}/": {
+                "get": _open(
+                    f"Swagger UI for this document ({DOCS_PATH} redirects here).",
+                    {"200": html_ok},
+                    operationId="docs",
+                )
+            },
+            f"{DOCS_PATH}/{{path}}": {
+                "get": _open(
+                    "Swagger UI's own files.",
+                    {
+                        "200": {"description": "A file of Swagger UI.", "content": {"*/*": {}}},
+                        **_errors(404, 429, 500, 503),
+                    },
+                    operationId="docs_asset",
+                    parameters=[{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+                )
+            },
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": error_responses(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An NSFW_API_KEYS token."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "NSFW_METRICS_TOKEN."},
+            },
+        },
+    }
+
+
+def install(app: Flask) -> None:
+    """GET /openapi.json, and Swagger UI at /docs/ from flask-swagger-ui's files (nothing from a CDN)."""
+
+    @app.get(OPENAPI_PATH)
+    def openapi_document() -> Response:
+        return jsonify(document())
+
+    app.register_blueprint(
+        get_swaggerui_blueprint(DOCS_PATH, OPENAPI_PATH, config={"app_name": "nsfw-api"}), name="docs"
+    )

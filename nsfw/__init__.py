@@ -37,7 +37,7 @@ def create_app(
     error handlers."""
     if settings is None:
         settings = Settings.from_env(os.environ if environ is None else environ)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     service = build_service(settings, resolver)
     if isinstance(classifier, Sequence):
         service.set_classifiers({c.spec.name: c for c in classifier})
@@ -62,18 +62,16 @@ def create_app(
     return app
 
 
-def _configure_logging(level: str) -> None:
-    """The nsfw logger at NSFW_LOG_LEVEL; to stderr (gunicorn's error log) unless the host process
-    configured logging itself. Without a handler, Python would print only warnings and above, and the
-    detail of every refused request (kept out of the response) would be lost."""
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    """The nsfw logger at NSFW_LOG_LEVEL, in NSFW_LOG_FORMAT; to stderr (gunicorn's error log) unless
+    the host process configured logging itself. Without a handler, Python would print only warnings
+    and above, and the detail of every refused request (kept out of the response) would be lost."""
     logger = logging.getLogger("nsfw")
     logger.setLevel(level)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.addFilter(observe.RequestIdFilter())
-        handler.setFormatter(
-            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s")
-        )
+        handler.setFormatter(observe.formatter(log_format))
         logger.addHandler(handler)
 
 

@@ -1,4 +1,5 @@
-"""gunicorn's access log without secrets: query strings are redacted (`logger_class` in gunicorn.conf.py).
+"""gunicorn's logs: without secrets (query strings redacted), and in JSON lines with
+NSFW_LOG_FORMAT=json (`logger_class` in gunicorn.conf.py).
 
 A pre-signed image URL carries its signature in its query (`X-Amz-Signature=…`), and it arrives in
 ours (`/predict?url=…`): the whole request line would put it in the log, for as long as the log is
@@ -6,14 +7,23 @@ kept and for whoever reads it. Parameter names stay, and the values of the servi
 (detail, model, resize, the thresholds), which say how a request was asked and are never secret;
 every other value, `url` first, becomes REDACTED. The Referer's query goes too, and credentials
 headers never reach a format.
+
+With NSFW_LOG_FORMAT=json both of gunicorn's logs are JSON lines (python-json-logger's formatter), and
+each access line has the fields an operator filters on: request id, key name, route rule, status,
+duration, verdict, and the client address (after trusted proxies) beside the socket's. The app and
+the front fill those facts in a dict that gunicorn's environ for this log carries (nsfw/frontend.py).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from gunicorn.glogging import Logger as GunicornLogger
+
+from nsfw.config import ConfigError, Settings
+from nsfw.observe import FACTS, formatter
 
 REDACTED = "REDACTED"
 # Options whose values are the service's own vocabulary: kept in the log as they were sent.
@@ -47,7 +57,49 @@ def _redact_url(url: str) -> str:
 
 
 class Logger(GunicornLogger):
-    """gunicorn's logger, with the request line, query and Referer redacted (module docstring)."""
+    """gunicorn's logger, with the request line, query and Referer redacted, and JSON lines with
+    NSFW_LOG_FORMAT=json (module docstring)."""
+
+    json_lines = False
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.json_lines = _log_format() == "json"
+        if self.json_lines:
+            for handler in self.error_log.handlers:
+                handler.setFormatter(formatter("json", fields=("asctime", "levelname", "name", "message", "process")))
+            # An access line's own fields come with the record (access below).
+            for handler in self.access_log.handlers:
+                handler.setFormatter(formatter("json", fields=("asctime", "name", "message")))
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.json_lines:
+            super().access(resp, req, environ, request_time)
+            return
+        if not self.access_log_enabled:
+            return
+        atoms = self.atoms(resp, req, environ, request_time)
+        facts = environ.get(FACTS) or {}
+        method, target = environ.get("REQUEST_METHOD", "-"), redact_target(environ.get("RAW_URI", "") or "")
+        fields = {
+            "request_id": atoms.get("{x-request-id}o", "-"),
+            "method": method,
+            "path": target,
+            "route": facts.get("route", "-"),
+            "status": int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else None,
+            "duration_ms": round(int(atoms.get("D", 0)) / 1e3, 2),  # gunicorn gives microseconds
+            "bytes": atoms.get("B"),
+            "key": facts.get("key", "-"),
+            "verdict": facts.get("verdict"),
+            "client": facts.get("client", atoms.get("h", "-")),
+            "peer": atoms.get("h", "-"),
+            "user_agent": atoms.get("a", "-"),
+            "referer": atoms.get("f", "-"),
+        }
+        try:
+            self.access_log.info("%s %s %s", method, target, fields["status"], extra=fields)
+        except Exception:  # noqa: BLE001 - as gunicorn's own access(): a log line never fails a request
+            self.error("access log line failed")
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)
@@ -62,3 +114,10 @@ class Logger(GunicornLogger):
             if name in atoms:
                 atoms[name] = REDACTED
         return atoms
+
+
+def _log_format() -> str:
+    try:
+        return Settings.from_env(os.environ).log_format
+    except ConfigError:
+        return "text"  # each worker stops the boot, naming the variable

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from typing import IO, Any, NamedTuple
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from nsfw import access, errors, metrics
@@ -207,6 +207,7 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     if not detail:
         return prediction.scores
     assert prediction.verdict is not None  # detail passes the policy down, so the service decided
+    g.setdefault("verdicts", []).append(prediction.verdict.label)  # for the access log (nsfw/observe.py)
     answer: dict[str, Any] = {
         "scores": prediction.scores,
         "verdict": prediction.verdict.to_dict(),

@@ -18,6 +18,7 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 
 BACKENDS = ("litert", "tensorflow")
 RESIZE_MODES = ("nsfwjs", "gantman")
+LOG_FORMATS = ("text", "json")
 PREFIX = "NSFW_"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
@@ -194,6 +195,9 @@ class Settings:
     max_request_bytes: int = 64 * 1024
     # Log level of the nsfw logger.
     log_level: str = "INFO"
+    # text (default), or json: the service's log lines and gunicorn's (its access log too) as one
+    # JSON object a line, with the request id, key name, route, status, duration and verdict.
+    log_format: str = "text"
     # API keys, `name:token[:scope+scope]` comma-separated (scopes: predict, the default, and review).
     # When any is set, every route but /health needs one (Authorization: Bearer, or X-API-Key);
     # when none is, the service is open, as NSFW-FLASK was, and says so at boot.
@@ -330,6 +334,7 @@ class Settings:
             ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
+            ("log_format", self.log_format in LOG_FORMATS, f"must be one of {', '.join(LOG_FORMATS)}"),
             (
                 "rate_limit_storage",
                 not self.rate_limit_storage or self.rate_limit_storage.split("://", 1)[0] in REDIS_SCHEMES,
@@ -398,6 +403,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "models": lambda raw: tuple(_split(raw)),
     "private_detector_path": lambda raw: Path(raw) if raw else None,
     "log_level": str.upper,
+    "log_format": str.lower,
     "api_keys": parse_api_keys,
     "rate_limit": _parse_rate_limit,
     "instance_dir": lambda raw: Path(raw) if raw else None,

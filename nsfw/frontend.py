@@ -117,6 +117,8 @@ class Front:
             return
         if scope["type"] != "http":  # websockets: not served
             return
+        if FACTS in scope:  # the client address as the access log shows it, refusals included
+            scope[FACTS]["client"] = self._caller(scope)
         rid = observe.request_id(_header_getter(scope)(observe.HEADER))
         observe.current.set(rid)  # this request's task: the front's own log lines name it
         scope, send = _with_request_id(scope, rid), _stamped(send, rid)
@@ -128,7 +130,11 @@ class Front:
             return
         if self.settings.api_keys or self.settings.metrics_token:
             try:  # before admission and before any of the body: a stranger costs neither
-                access.check(scope["path"], _header_getter(scope), self.settings.api_keys, self.settings.metrics_token)
+                key = access.check(
+                    scope["path"], _header_getter(scope), self.settings.api_keys, self.settings.metrics_token
+                )
+                if key is not None and FACTS in scope:
+                    scope[FACTS]["key"] = key.name
             except errors.NsfwError as error:
                 await self._refuse(scope, send, error)
                 await _linger(scope, receive)
@@ -177,6 +183,7 @@ class Front:
         size = body.seek(0, 2)
         body.seek(0)
         environ = build_environ(_with_length(scope, size), body)  # type: ignore[arg-type]
+        environ[FACTS] = scope.get(FACTS, {})  # the app's facts reach gunicorn's access log
         # The app's thread closes the body when it is done with it, however this coroutine ends.
         future = asyncio.get_running_loop().run_in_executor(self.pool, _call_wsgi, self.app, environ)
         handed_over.append(future)
@@ -196,6 +203,7 @@ class Front:
             route = rule.rule
         except HTTPException:
             route = observe.UNMATCHED
+        scope.get(FACTS, {})["route"] = route
         observe.count(scope["method"], route, status, time.perf_counter() - scope["nsfw.started"])
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -368,16 +376,37 @@ def server_error(status: int) -> errors.NsfwError:
 _QUERY = re.compile(r"\?[^\s'\"]*")
 
 
+# The scope's and the WSGI environ's key for what the app and the front learn about a request and
+# gunicorn's access log prints (nsfw/accesslog.py): route rule, key name, client address, verdicts.
+FACTS = observe.FACTS
+_FACTS_KEPT = 8  # per connection: its requests are answered one after another
+
+
 class _Protocol(gunicorn_protocol.ASGIProtocol):
-    """gunicorn's protocol, with two changes:
+    """gunicorn's protocol, with three changes:
 
     - the keep-alive timer is also armed at connect: a first request whose headers are not complete
       within `keepalive` seconds is closed, as later ones already are;
     - the answers gunicorn writes itself, for requests it cannot parse (a malformed request line or
       header, a bad chunk size, a request line over `limit_request_line`, too many headers, an unknown
       transfer coding) and for an app that failed to start its response, are our JSON error shape,
-      not its text/plain page. Its message, which may quote the request, goes to the log only.
+      not its text/plain page. Its message, which may quote the request, goes to the log only;
+    - each request's scope gets a dict of facts (FACTS) that the front and the app fill, and the
+      environ gunicorn builds for its access log (only for that) carries the same dict.
     """
+
+    def _build_http_scope(self, request: Any, sockname: Any, peername: Any) -> dict[str, Any]:
+        scope: dict[str, Any] = super()._build_http_scope(request, sockname, peername)
+        facts = self.__dict__.setdefault("_nsfw_facts", {})
+        while len(facts) >= _FACTS_KEPT:  # access logging off: nothing takes them
+            facts.pop(next(iter(facts)))
+        facts[id(request)] = scope[FACTS] = {}
+        return scope
+
+    def _build_environ(self, request: Any, sockname: Any, peername: Any) -> dict[str, Any]:
+        environ: dict[str, Any] = super()._build_environ(request, sockname, peername)
+        environ[FACTS] = self.__dict__.get("_nsfw_facts", {}).pop(id(request), {})
+        return environ
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -16,11 +16,14 @@ import secrets
 import time
 from contextvars import ContextVar
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
+from pythonjsonlogger.json import JsonFormatter
 
-from nsfw import metrics
+from nsfw import access, metrics
 
 HEADER = "X-Request-Id"
+# The WSGI environ's dict of facts for gunicorn's access log (nsfw/frontend.py makes it).
+FACTS = "nsfw.facts"
 # The route label of a request that matched no rule (a 404): never the raw path, which a stranger
 # could vary to make a metric per request.
 UNMATCHED = "unmatched"
@@ -37,11 +40,27 @@ def request_id(given: str | None) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Gives every record the request id of the context it was logged in ("-" outside a request)."""
+    """Gives every record the request id of the context it was logged in ("-" outside a request),
+    and the name of the request's key ("-" without one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current.get()
+        record.key = g.get("api_key", "-") if has_request_context() else "-"
         return True
+
+
+# The service's own lines in NSFW_LOG_FORMAT=text; json has the same fields, named.
+TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] [%(request_id)s] %(name)s: %(message)s"
+JSON_FIELDS = ("asctime", "levelname", "name", "message", "request_id", "key", "process")
+JSON_NAMES = {"asctime": "time", "levelname": "level", "name": "logger"}
+
+
+def formatter(log_format: str, fields: tuple[str, ...] = JSON_FIELDS) -> logging.Formatter:
+    """The formatter of NSFW_LOG_FORMAT: text lines, or one JSON object a line (python-json-logger),
+    with fields of the record and whatever the line's `extra` adds."""
+    if log_format == "json":
+        return JsonFormatter(list(fields), rename_fields=JSON_NAMES)
+    return logging.Formatter(TEXT_FORMAT)
 
 
 def count(method: str, route: str, status: int, seconds: float) -> None:
@@ -66,6 +85,11 @@ def install(app: Flask) -> None:
     def _echo_the_id(response: Response) -> Response:
         response.headers[HEADER] = g.get("request_id") or request_id(request.headers.get(HEADER))
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        facts = request.environ.get(FACTS)
+        if isinstance(facts, dict):  # served by nsfw/frontend.py: for gunicorn's access log
+            facts.update(route=route, key=g.get("api_key", "-"), client=access.client_address())
+            if "verdicts" in g:
+                facts["verdict"] = g.verdicts[0] if len(g.verdicts) == 1 else g.verdicts
         count(request.method, route, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 

@@ -242,3 +242,39 @@ def test_a_limit_holds_across_both_workers(start_gunicorn: Callable[..., Gunicor
     assert sorted(statuses) == [200] * 7 + [429] * 5 and statuses[:7] == [200] * 7
     answered_by = {line.split("]")[1] for line in server.log.read_text().splitlines() if "429 rate_limited" in line}
     assert answered_by  # the refusals are logged, with the worker's pid
+
+
+def test_json_logs_carry_the_request_id_key_route_status_duration_and_verdict(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer
+) -> None:
+    url = image_server.add_file("/j.jpg", bombs.jpeg_flat(64, 48))
+    token = "j" * 43
+    server = start_gunicorn(
+        {"NSFW_LOG_FORMAT": "json", "NSFW_API_KEYS": f"app:{token}", "NSFW_TRUSTED_PROXIES": "127.0.0.0/8"}
+    )
+    query = urllib.parse.urlencode({"url": url, "detail": "true"})
+    request = (
+        f"POST /predict?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "X-Request-Id: json-1\r\nX-Forwarded-For: 198.51.100.7\r\nConnection: close\r\n\r\n"
+    )
+    status, _, answer = _parse(_exchange(server, request.encode()))
+    assert status == 200
+    verdict = json.loads(answer)["verdict"]["label"]
+    stranger = b"GET /models?secret=s3 HTTP/1.1\r\nHost: x\r\nX-Request-Id: json-2\r\nConnection: close\r\n\r\n"
+    assert _parse(_exchange(server, stranger))[0] == 401
+    time.sleep(0.3)  # the access log line is written after the answer
+    lines = server.log.read_text().splitlines()
+    # Every line of ours and gunicorn's is JSON; LiteRT's C++ runtime prints one line of its own.
+    records = [json.loads(line) for line in lines if not line.startswith("INFO: Created TensorFlow Lite")]
+    access = {record.get("request_id"): record for record in records if record.get("logger") == "gunicorn.access"}
+    served = access["json-1"]
+    assert served["key"] == "app" and served["route"] == "/predict" and served["status"] == 200
+    assert served["verdict"] == verdict and served["duration_ms"] > 0
+    assert served["client"] == "198.51.100.7" and served["peer"] == "127.0.0.1"
+    assert "url=REDACTED" in served["path"] and url not in json.dumps(records)
+    refused = access["json-2"]
+    assert (refused["status"], refused["key"], refused["route"]) == (401, "-", "/models")
+    assert "s3" not in refused["path"]
+    app_lines = [record for record in records if record.get("logger", "").startswith("nsfw")]
+    assert any(record["request_id"] == "json-2" for record in app_lines)
+    assert token not in server.log.read_text()

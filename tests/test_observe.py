@@ -78,3 +78,30 @@ def test_the_fronts_own_answers_carry_it(settings: Settings) -> None:
             assert talk.status == status and (echoed == given.decode() if status == 401 else MADE.fullmatch(echoed))
     finally:
         front.pool.shutdown(wait=True)
+
+
+def test_json_lines_name_the_request_id_and_the_key() -> None:
+    import json
+    import logging
+
+    from nsfw.observe import RequestIdFilter, current, formatter
+
+    record = logging.LogRecord("nsfw.api", logging.INFO, __file__, 1, "refused %s", ("x",), None)
+    token = current.set("rid-5")
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        current.reset(token)
+    line = json.loads(formatter("json").format(record))
+    assert line["message"] == "refused x" and line["request_id"] == "rid-5" and line["key"] == "-"
+    assert line["level"] == "INFO" and line["logger"] == "nsfw.api"
+
+
+def test_a_log_format_other_than_text_or_json_stops_the_boot() -> None:
+    import pytest
+
+    from nsfw.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match="NSFW_LOG_FORMAT"):
+        Settings.from_env({"NSFW_LOG_FORMAT": "xml"})
+    assert Settings.from_env({"NSFW_LOG_FORMAT": "JSON"}).log_format == "json"

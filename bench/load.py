@@ -58,20 +58,25 @@ class Client:
             self._conn = None
 
 
-# What one request sends: path, body and headers (always a POST).
+# What one request sends: path, body and headers (a POST, unless the caller names another method).
 Request = tuple[str, bytes | None, dict[str, str]]
 
 
-def sequential(base: str, make: Callable[[], Request], count: int) -> list[Sample]:
+def sequential(base: str, make: Callable[[], Request], count: int, method: str = "POST") -> list[Sample]:
     client = Client(base)
     try:
-        return [client.request("POST", *make()) for _ in range(count)]
+        return [client.request(method, *make()) for _ in range(count)]
     finally:
         client.close()
 
 
 def saturate(
-    base: str, make: Callable[[], Request], concurrency: int, seconds: float, health_every: float = 0.05
+    base: str,
+    make: Callable[[], Request],
+    concurrency: int,
+    seconds: float,
+    health_every: float = 0.05,
+    method: str = "POST",
 ) -> tuple[list[Sample], list[Sample]]:
     """`concurrency` clients posting back to back for `seconds`, and one probing /health meanwhile."""
     stop_at = time.perf_counter() + seconds
@@ -81,7 +86,7 @@ def saturate(
     def post() -> None:
         client = Client(base)
         while time.perf_counter() < stop_at:
-            samples.append(client.request("POST", *make()))
+            samples.append(client.request(method, *make()))
         client.close()
 
     def probe() -> None:

@@ -118,3 +118,17 @@ def test_the_hostile_measurements_run_as_documented(tmp_path: Path) -> None:
     assert result["one_at_a_time"]["webp 40 MP"]["code"] == "image_too_large_to_decode"
     assert result["one_at_a_time"]["accepted: jpeg 40 MP"]["status"] == 200
     assert {case["type"] for case in result["http"].values()} == {"application/json"}
+
+
+@pytest.mark.slow
+def test_the_public_cost_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.public` in miniature: one off/on pair, keys, limit and scraper on."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "public.json"
+    args = ["--rounds", "1", "--requests", "5", "--seconds", "1.5", "--out", str(out)]
+    result = _run_bench("bench.public", [*args, "--venv", str(serve_venv)], out)
+    for row in ("models", "jpeg_1000x750"):
+        summary = result["summary"][row]
+        assert summary["off"]["errors"] == 0 and summary["on"]["errors"] == 0, row  # the key was taken
+        assert summary["off"]["rps"] > 0 and summary["on"]["rps"] > 0
+    assert result["summary"]["scrapes_ok"] >= 1

@@ -338,3 +338,16 @@ def test_deployed_models_from_outside(start_gunicorn: Callable[..., Gunicorn], i
     assert status == 200 and set(one) == {"open_nsfw", "time"} and one["open_nsfw"] == everything["open_nsfw"]
     status, refused = _get(f"{server.base}/models/private_detector/predict?url={url}", method="POST")
     assert status == 400 and refused["error"]["code"] == "model_not_served"
+
+
+def test_the_do_specs_settings_boot() -> None:
+    """Every NSFW_* value the App Platform spec sets is one the service takes (secrets are set later)."""
+    import yaml
+
+    from nsfw.config import Settings
+
+    spec = yaml.safe_load((REPO / ".do" / "app.yaml").read_text())
+    envs = {env["key"]: env["value"] for env in spec["services"][0]["envs"] if env.get("type") != "SECRET"}
+    settings = Settings.from_env({key: value for key, value in envs.items() if key.startswith("NSFW_")})
+    assert settings.rate_limit and settings.client_address_header == "DO-Connecting-IP"
+    assert [str(network) for network in settings.trusted_proxies] == ["0.0.0.0/0", "::/0"]

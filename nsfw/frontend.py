@@ -203,8 +203,10 @@ class Front:
             route = rule.rule
         except HTTPException:
             route = observe.UNMATCHED
-        scope.get(FACTS, {})["route"] = route
-        observe.count(scope["method"], route, status, time.perf_counter() - scope["nsfw.started"])
+        facts = scope.get(FACTS, {})
+        facts["route"] = route
+        seconds = time.perf_counter() - scope["nsfw.started"]
+        observe.count(scope["method"], route, status, seconds, facts.get("key", "-"))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

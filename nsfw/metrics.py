@@ -19,6 +19,11 @@ _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HTTP_REQUESTS = Counter(
     "nsfw_http_requests_total", "HTTP requests answered, by route rule and status.", ["method", "route", "status"]
 )
+# By API key name (never a token; "-" without a key): who uses the service, and who hits the limit
+# (status 429). Names are the operator's NSFW_API_KEYS entries, so the label stays small.
+KEY_REQUESTS = Counter(
+    "nsfw_key_requests_total", "HTTP requests answered, by API key name and status.", ["key", "status"]
+)
 HTTP_DURATION = Histogram(
     "nsfw_http_request_duration_seconds", "Time to answer, by route rule.", ["route"], buckets=_SECONDS
 )

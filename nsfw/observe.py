@@ -63,9 +63,10 @@ def formatter(log_format: str, fields: tuple[str, ...] = JSON_FIELDS) -> logging
     return logging.Formatter(TEXT_FORMAT)
 
 
-def count(method: str, route: str, status: int, seconds: float) -> None:
+def count(method: str, route: str, status: int, seconds: float, key: str = "-") -> None:
     """One answered request, in the metrics (the app's answers, and the front's own)."""
     metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    metrics.KEY_REQUESTS.labels(key, str(status)).inc()
     metrics.HTTP_DURATION.labels(route).observe(seconds)
 
 
@@ -90,7 +91,8 @@ def install(app: Flask) -> None:
             facts.update(route=route, key=g.get("api_key", "-"), client=access.client_address())
             if "verdicts" in g:
                 facts["verdict"] = g.verdicts[0] if len(g.verdicts) == 1 else g.verdicts
-        count(request.method, route, response.status_code, time.perf_counter() - g.get("started", time.perf_counter()))
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        count(request.method, route, response.status_code, seconds, g.get("api_key", "-"))
         return response
 
     @app.teardown_request

@@ -98,3 +98,21 @@ def test_a_malformed_metrics_token_stops_the_boot_without_showing_it() -> None:
     with pytest.raises(ConfigError, match="NSFW_METRICS_TOKEN") as info:
         Settings.from_env({"NSFW_METRICS_TOKEN": "short-secret"})
     assert "short-secret" not in str(info.value)
+
+
+def test_requests_are_counted_by_key_name_never_by_token(settings: Settings) -> None:
+    token = "n" * 40
+    keys = parse_api_keys(f"mobile-app:{token}")
+    client = create_app(replace(settings, api_keys=keys, rate_limit="2/minute"), FakeClassifier()).test_client()
+
+    def sample(key: str, status: str) -> float:
+        return REGISTRY.get_sample_value("nsfw_key_requests_total", {"key": key, "status": status}) or 0
+
+    before = {(k, s): sample(k, s) for k in ("mobile-app", "-") for s in ("200", "429", "401")}
+    for _ in range(3):
+        client.get("/models", headers={"X-API-Key": token})
+    client.get("/models")
+    assert sample("mobile-app", "200") - before[("mobile-app", "200")] == 2
+    assert sample("mobile-app", "429") - before[("mobile-app", "429")] == 1
+    assert sample("-", "401") - before[("-", "401")] == 1
+    assert token not in client.get("/metrics", headers={"X-API-Key": token}).get_data(as_text=True)

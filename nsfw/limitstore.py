@@ -50,6 +50,26 @@ def _counted(method: Callable[P, R]) -> Callable[P, R]:
     return counted
 
 
+_BUSY_SECONDS = 5.0
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """WAL mode and the table, on a fresh connection. Two workers' first requests may do this at once
+    on a new file, and SQLite answers a journal-mode change that meets another connection's lock with
+    "database is locked" at once, without waiting the busy timeout: so wait here, up to that timeout."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")  # on tmpfs; the counters need no durability
+            db.execute("CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, count INTEGER, ends REAL)")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStorage(Storage):
     STORAGE_SCHEME = [SCHEME]
 
@@ -64,14 +84,16 @@ class SqliteStorage(Storage):
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection (sqlite3 connections are not shared between threads), opened on
-        first use: a store that cannot be opened fails the requests' limit checks, which let them
-        through (access.install_limits), not the boot."""
+        first use: a store that cannot be opened fails the requests' limit checks, which fall back
+        to the process's counters (access.install_limits), not the boot."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self._path, timeout=5.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")  # on tmpfs; the counters need no durability
-            db.execute("CREATE TABLE IF NOT EXISTS windows (key TEXT PRIMARY KEY, count INTEGER, ends REAL)")
+            db = sqlite3.connect(self._path, timeout=_BUSY_SECONDS, isolation_level=None)
+            try:
+                _prepare(db)
+            except BaseException:
+                db.close()
+                raise
             self._local.db = db
         return db
 

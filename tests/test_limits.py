@@ -141,3 +141,21 @@ def test_a_redis_that_goes_away_degrades_and_is_counted(settings: Settings, tmp_
     # The process counts on by itself: no 500, and the limit still holds within it.
     assert statuses == [200, 200, 429]
     assert (REGISTRY.get_sample_value("nsfw_rate_limit_errors_total") or 0) > errors_before
+
+
+def test_a_new_counter_file_contended_at_first_use_is_waited_for(tmp_path: Path) -> None:
+    """Another process holding the file's write lock while this one switches it to WAL: SQLite
+    answers "database is locked" at once (no busy wait, a deadlock is possible), as it did when two
+    processes' first hits met on a fresh file. The store waits for the lock instead of failing."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "limits.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE held (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO held VALUES (1)")
+    threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+    storage = storage_from_string(f"{SCHEME}://{path}")
+    assert storage.incr("caller", 60) == 1
+    holder.close()

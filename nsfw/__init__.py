@@ -57,6 +57,10 @@ def create_app(
     access.install(app, settings.api_keys, settings.metrics_token)
     access.install_limits(app, settings.rate_limit, settings.instance_dir, settings.rate_limit_storage)
     app.register_blueprint(bp)
+    if settings.review:
+        from nsfw import review  # the queue's code and its SQL stack load only when it is on
+
+        review.install(app, settings, service)
     openapi.install(app)
     register_error_handlers(app)
     return app

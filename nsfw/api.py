@@ -38,7 +38,7 @@ from nsfw import access, errors, metrics
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model.specs import MODELS, NSFWJS
 from nsfw.policy import OVERRIDABLE, Policy
-from nsfw.service import BatchItem, Prediction, PredictionService
+from nsfw.service import BatchItem, Prediction, PredictionService, ReviewContext
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -221,6 +221,8 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     }
     if prediction.second_tier is not None:
         answer["second_tier"] = prediction.second_tier
+    if prediction.review is not None:
+        answer["review"] = prediction.review
     if prediction.frame_count > 1:
         answer["frames"] = {
             "count": prediction.frame_count,
@@ -233,6 +235,27 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     return answer
 
 
+_REF_CHARACTERS = 200
+
+
+def _ref(value: object) -> str | None:
+    """A client's reference for the review queue (a user or upload id): 1-200 printable characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= _REF_CHARACTERS or not value.isprintable():
+        raise errors.BadRequest(f"ref must be 1-{_REF_CHARACTERS} printable characters")
+    return value
+
+
+def _review_context(detail: bool, source_url: str | None = None) -> ReviewContext | None:
+    """What the review queue needs of this request: detailed answers only, and only with the queue on
+    (answers without detail never touch the store)."""
+    ref = _ref(_one(request.args.getlist("ref"), "ref"))
+    if not detail or _service().review_hook is None:
+        return None
+    return ReviewContext(key_name=g.get("api_key", "-"), ref=ref, source_url=source_url)
+
+
 @bp.route("/predict", methods=["GET", "POST"])
 def predict() -> Response:
     started = time.perf_counter()
@@ -240,7 +263,12 @@ def predict() -> Response:
     options = _options()
     url, image = _request_image()
     # A verdict (and with it a second tier's opinion) is only worked out when it is asked for.
-    kwargs = {"model": options.model, "resize": options.resize, "policy": options.policy if options.detail else None}
+    kwargs: dict[str, Any] = {
+        "model": options.model,
+        "resize": options.resize,
+        "policy": options.policy if options.detail else None,
+        "review": _review_context(options.detail, url),
+    }
     if image is not None:
         with image:
             prediction = service.predict_image(image, **kwargs)
@@ -255,14 +283,15 @@ def _batch_item(raw: object) -> BatchItem:
     try:
         if not isinstance(raw, dict) or len({"url", "image_base64"} & raw.keys()) != 1:
             raise errors.TooManyImages("a batch item needs exactly one of url and image_base64")
+        ref = _ref(raw.get("ref"))
         if "image_base64" in raw:
-            return BatchItem(image=_decode_base64(raw["image_base64"]))
+            return BatchItem(image=_decode_base64(raw["image_base64"]), ref=ref)
         url = raw["url"]
         if not isinstance(url, str):
             raise errors.InvalidUrl("url is not a string")
         if not url:
             raise errors.MissingUrl()
-        return BatchItem(url=url)
+        return BatchItem(url=url, ref=ref)
     except errors.NsfwError as exc:
         return BatchItem(error=exc)
 
@@ -283,7 +312,12 @@ def predict_batch() -> Response:
         del body, items  # the JSON text goes; the decoded images wait in spooled files
     try:
         results = service.predict_batch(
-            batch, model=model, resize=resize, policy=policy if detail else None, caller=access.client_address()
+            batch,
+            model=model,
+            resize=resize,
+            policy=policy if detail else None,
+            caller=access.client_address(),
+            review=_review_context(detail),
         )
     finally:
         for item in batch:

@@ -76,10 +76,37 @@ def keys_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def db_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """`db upgrade [REVISION]`: migrate the review store (NSFW_DATABASE_URL, or SQLite in
+    NSFW_DATA_DIR) to REVISION (default head); gunicorn.conf.py runs it once at each start."""
+    parser = argparse.ArgumentParser(prog="python -m nsfw db", description="the review store's schema")
+    commands = parser.add_subparsers(dest="command", required=True)
+    upgrade = commands.add_parser("upgrade", help="apply the migrations (Alembic) up to a revision")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    from nsfw.review.store import make_engine, revisions
+    from nsfw.review.store import upgrade as migrate
+
+    migrate(settings.database, args.revision)
+    engine = make_engine(settings.database)
+    try:
+        current, head = revisions(engine)
+    finally:
+        engine.dispose()
+    out.write(f"review store at revision {current} (head {head})\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:], out)
+    if argv[:1] == ["db"]:
+        return db_main(argv[1:], out)
     parser = argparse.ArgumentParser(prog="python -m nsfw", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files, folders, http(s) URLs")
     parser.add_argument("--model", choices=list(MODELS), help="model to run (default NSFW_MODEL)")

@@ -224,6 +224,32 @@ class Settings:
     # (the counters are then the process's own).
     instance_dir: Path | None = None
 
+    # The review queue (nsfw/review/): off unless true; needs a key with the review scope. With it on,
+    # ?detail=true requests that end unknown are queued for a human, and human decisions are
+    # remembered as verdicts for the same bytes.
+    review: bool = False
+    # The review store: SQLAlchemy URL (postgresql+psycopg://user:pass@host/db); empty: SQLite at
+    # NSFW_DATA_DIR/nsfw.db (lost with the container's disk on App Platform: use PostgreSQL there).
+    database_url: str = field(default="", repr=False)
+    # Where the default SQLite store lives.
+    data_dir: Path = Path("data")
+    # Share of automatic adult and safe verdicts also queued (kind audit), so humans keep checking
+    # the model; 0 (default) to 1.
+    review_audit_rate: float = 0.0
+    # Seconds a moderator's claim on an item lasts.
+    review_lease: float = 300.0
+    # Decisions are POSTed here (Standard Webhooks signatures); empty: no webhooks.
+    review_webhook_url: str = ""
+    # The webhook signing secret, whsec_<base64>; needed with NSFW_REVIEW_WEBHOOK_URL.
+    review_webhook_secret: str = field(default="", repr=False)
+    # Days a decided item keeps its thumbnail; its scores, label and hash stay (they are the memory).
+    review_retention_days: int = 30
+
+    @property
+    def database(self) -> str:
+        """The review store's SQLAlchemy URL: NSFW_DATABASE_URL, else SQLite in NSFW_DATA_DIR."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'nsfw.db').resolve()}"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Defaults overridden by NSFW_* variables; unknown NSFW_* names are refused (typos)."""
@@ -341,6 +367,29 @@ class Settings:
                 "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
             ),
             (
+                "review",
+                not self.review or any("review" in key.scopes for key in self.api_keys),
+                "needs a key with the review scope in NSFW_API_KEYS (the queue holds images)",
+            ),
+            (
+                "database_url",
+                not self.database_url or self.database_url.startswith(DATABASE_SCHEMES),
+                f"must start with one of {', '.join(DATABASE_SCHEMES)}",
+            ),
+            ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
+            ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
+            (
+                "review_webhook_url",
+                not self.review_webhook_url or self.review_webhook_url.startswith(("http://", "https://")),
+                "must be an http(s) URL or empty",
+            ),
+            (
+                "review_webhook_secret",
+                not self.review_webhook_url or bool(_WEBHOOK_SECRET.fullmatch(self.review_webhook_secret)),
+                "must be whsec_ and base64 (24-64 bytes) when NSFW_REVIEW_WEBHOOK_URL is set",
+            ),
+            ("review_retention_days", 1 <= self.review_retention_days <= 3650, "must be 1..3650"),
+            (
                 "client_address_header",
                 bool(_HEADER_NAME.fullmatch(self.client_address_header)),
                 "must be a header name (letters, digits and -)",
@@ -386,6 +435,8 @@ def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
 
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
+DATABASE_SCHEMES = ("sqlite:///", "postgresql+psycopg://")
 
 
 def _parse_ports(raw: str) -> tuple[int, ...]:
@@ -393,7 +444,8 @@ def _parse_ports(raw: str) -> tuple[int, ...]:
 
 
 # Settings whose values are never echoed, in an error or anywhere else.
-_SECRETS = frozenset({"api_keys", "metrics_token", "rate_limit_storage"})  # a Redis URI may hold a password
+# (A Redis URI or a database URL may hold a password.)
+_SECRETS = frozenset({"api_keys", "metrics_token", "rate_limit_storage", "database_url", "review_webhook_secret"})
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,
@@ -407,6 +459,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "api_keys": parse_api_keys,
     "rate_limit": _parse_rate_limit,
     "instance_dir": lambda raw: Path(raw) if raw else None,
+    "data_dir": Path,
 }
 
 

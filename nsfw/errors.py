@@ -62,6 +62,11 @@ class InvalidPolicy(BadRequest):
     message = "The verdict thresholds are invalid: each in (0, 1], and together above 1."
 
 
+class InvalidLabel(BadRequest):
+    code = "invalid_label"
+    message = 'The decision needs {"label": "adult" | "safe"}, and a note, if any, as a string.'
+
+
 class InvalidJson(BadRequest):
     code = "invalid_json"
     message = "The body is not valid JSON (duplicate keys, NaN, Infinity and very deep nesting are refused)."
@@ -127,6 +132,23 @@ class NotFound(NsfwError):
     status = 404
     code = "not_found"
     message = "No such route."
+
+
+class ReviewNotFound(NotFound):
+    message = "No such review item."
+
+
+# 409: the review queue's states.
+class Claimed(NsfwError):
+    status = 409
+    code = "claimed"
+    message = "Another moderator holds a claim on this item; try another one."
+
+
+class AlreadyDecided(NsfwError):
+    status = 409
+    code = "already_decided"
+    message = "This item has been decided already."
 
 
 class MethodNotAllowed(NsfwError):
@@ -238,6 +260,11 @@ class Unavailable(NsfwError):
     code = "unavailable"
     message = "The model is not loaded yet."
     headers = {"Retry-After": "5"}
+
+
+class ReviewStoreUnavailable(Unavailable):
+    code = "review_store_unavailable"
+    message = "The review store is not answering; retry shortly."
 
 
 class Overloaded(Unavailable):

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
@@ -469,7 +469,12 @@ class Fetcher:
 
     @contextmanager
     def _get(
-        self, target: Target, deadline: _Deadline, body: bytes | None = None, content_type: str = ""
+        self,
+        target: Target,
+        deadline: _Deadline,
+        body: bytes | None = None,
+        content_type: str = "",
+        extra_headers: Mapping[str, str] | None = None,
     ) -> Iterator[urllib3.BaseHTTPResponse]:
         """The response to GET target.url (POST when there is a body), its headers read; the pool and its
         connection close on exit."""
@@ -500,7 +505,7 @@ class Fetcher:
             "Host": host if target.port == DEFAULT_PORTS[target.scheme] else f"{host}:{target.port}",
         }
         if body is not None:
-            headers |= {"Content-Type": content_type, "Accept": "application/json"}
+            headers |= {"Content-Type": content_type, "Accept": "application/json", **(extra_headers or {})}
         try:
             response = pool.urlopen(
                 "GET" if body is None else "POST",
@@ -538,6 +543,17 @@ class Fetcher:
                     raise UpstreamError(f"{url.split('?', 1)[0]}: status {response.status}")
                 with self._read_body(response, deadline, max_bytes) as answer:
                     return answer.read()
+
+    def deliver(self, url: str, body: bytes, *, headers: Mapping[str, str], timeout: float) -> int:
+        """POST a JSON body with headers (a signed webhook) to url under the same guard, no redirects
+        followed; the status when it is 2xx, else UpstreamError (UpstreamTimeout past timeout). The
+        answer's body is not read."""
+        with self._deadline(timeout) as deadline:
+            target = check_url(url, self.policy)
+            with self._get(target, deadline, body, "application/json", headers) as response:
+                if not 200 <= response.status < 300:
+                    raise UpstreamError(f"{url.split('?', 1)[0]}: status {response.status}")
+                return int(response.status)
 
     def _read_body(
         self,

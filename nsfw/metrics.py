@@ -49,6 +49,21 @@ MODEL_INFO = Gauge(
     multiprocess_mode="max",
 )
 
+# The review queue (nsfw/review/): its depth and oldest item, set by whichever worker looked last.
+REVIEW_PENDING = Gauge("nsfw_review_pending", "Review items waiting for a human.", multiprocess_mode="mostrecent")
+REVIEW_OLDEST_SECONDS = Gauge(
+    "nsfw_review_oldest_pending_seconds", "Age of the oldest pending review item.", multiprocess_mode="mostrecent"
+)
+REVIEW_QUEUED = Counter("nsfw_review_queued_total", "Images queued for review, by kind (unknown, audit).", ["kind"])
+REVIEW_REMEMBERED = Counter("nsfw_review_remembered_total", "Verdicts answered from a human decision.")
+REVIEW_DECISIONS = Counter("nsfw_review_decisions_total", "Human decisions, by label.", ["label"])
+REVIEW_STORE_ERRORS = Counter(
+    "nsfw_review_store_errors_total", "Review store operations that failed, by operation.", ["operation"]
+)
+WEBHOOK_DELIVERIES = Counter(
+    "nsfw_webhook_deliveries_total", "Webhook attempts, by outcome (delivered, retried, failed).", ["outcome"]
+)
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -6,7 +6,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -29,7 +29,7 @@ from nsfw.errors import (
     UpstreamTimeout,
 )
 from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
-from nsfw.imaging import harden_pillow, preprocess_frames
+from nsfw.imaging import harden_pillow, preprocess_frames, thumbnail_jpeg
 from nsfw.imaging.budget import Limits
 from nsfw.model import Classifier, sha256_file
 from nsfw.model.specs import MODELS, ModelSpec
@@ -75,6 +75,7 @@ class BatchItem:
     url: str | None = None
     image: IO[bytes] | None = None
     error: NsfwError | None = None
+    ref: str | None = None  # the review queue's client reference for this item (else the request's)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,26 @@ class Prediction:
     # Filled when a verdict was asked for: the verdict, the tier that decided it (1 or 2), and what
     # the second tier said ({"nsfw": p}, with "model" for a model tier, or {"error": ...}) when asked.
     verdict: Verdict | None = None
-    tier: int = 1
+    tier: int | str = 1  # 1, 2, or "human" (a remembered review decision)
     second_tier: dict[str, Any] | None = None
+    # With the review queue on (detailed answers only): {"id", "status"} of the image's item, or
+    # {"error": ...} when the store failed (the prediction stands).
+    review: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ReviewContext:
+    """What a detailed request tells the review queue about its image."""
+
+    key_name: str
+    ref: str | None = None
+    source_url: str | None = None
+
+
+# The review queue's one entry point, wired in by create_app (nsfw/review/): the decided prediction,
+# its image's bytes, the request's context and a way to make the thumbnail -> the prediction as
+# answered (a remembered human verdict, or the item it joined). The service knows nothing else of it.
+ReviewHook = Callable[[Prediction, IO[bytes], ReviewContext, Callable[[], bytes | None]], Prediction]
 
 
 def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probabilities: np.ndarray) -> int:
@@ -141,6 +160,8 @@ class PredictionService:
         self.second_tier_http = (
             HttpSecondTier(settings.second_tier_url, settings.second_tier_timeout) if settings.second_tier_url else None
         )
+        # The review queue's entry point, when NSFW_REVIEW is on (create_app wires it).
+        self.review_hook: ReviewHook | None = None
 
     def set_classifiers(self, classifiers: Mapping[str, Classifier]) -> None:
         """Called once, when the models are loaded and warmed (maybe from the loader thread)."""
@@ -250,6 +271,7 @@ class PredictionService:
         resize: str | None,
         policy: Policy | None = None,
         deadline: float | None = None,
+        review: ReviewContext | None = None,
     ) -> Prediction:
         """Decode, preprocess and predict under the worker's model lock; decoding ends by
         NSFW_DECODE_TIMEOUT, or by `deadline` (a batch's) when that comes first."""
@@ -291,9 +313,24 @@ class PredictionService:
             metrics.PREDICTIONS.labels(spec.name, "none").inc()
             return prediction
         decided = self._decide(prediction, body, policy)
+        if review is not None and self.review_hook is not None:
+            decided = self.review_hook(decided, body, review, lambda: self._thumbnail(body, deadline))
         assert decided.verdict is not None
         metrics.PREDICTIONS.labels(spec.name, decided.verdict.label).inc()
         return decided
+
+    def _thumbnail(self, body: IO[bytes], deadline: float | None) -> bytes | None:
+        """The review item's picture (longest side 256, JPEG), decoded again under the model lock and
+        the decode limits like any decode; None when it cannot be made."""
+        with self._computing(deadline):
+            decode_deadline = time.monotonic() + self.settings.decode_timeout
+            try:
+                return thumbnail_jpeg(
+                    body, limits=self._limits, deadline=decode_deadline if deadline is None else deadline
+                )
+            except InvalidImage as exc:
+                log.warning("no thumbnail: %s %s", exc.code, exc.detail)
+                return None
 
     def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
         """The first tier's verdict; when it is unknown and a second tier is set, the second's."""
@@ -327,19 +364,27 @@ class PredictionService:
         resize: str | None = None,
         policy: Policy | None = None,
         caller: str = "-",
+        review: ReviewContext | None = None,
     ) -> Prediction:
         """Fetch url and classify the image (with a verdict when a policy is given); raises NsfwError
-        subclasses on every failure. `caller` (the client's address) draws on its own download share."""
+        subclasses on every failure. `caller` (the client's address) draws on its own download share;
+        with `review`, the review queue sees the decided image (ReviewHook)."""
         classifier = self.classifier_for(model)
         with self._fetch(url, caller, self._request_share()) as body:
-            return self._classify(classifier, body, resize, policy)
+            return self._classify(classifier, body, resize, policy, review=review)
 
     def predict_image(
-        self, body: IO[bytes], *, model: str | None = None, resize: str | None = None, policy: Policy | None = None
+        self,
+        body: IO[bytes],
+        *,
+        model: str | None = None,
+        resize: str | None = None,
+        policy: Policy | None = None,
+        review: ReviewContext | None = None,
     ) -> Prediction:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
         classifier = self.classifier_for(model)
-        return self._classify_upload(classifier, body, resize, policy)
+        return self._classify_upload(classifier, body, resize, policy, review=review)
 
     def predict_all(self, url: str | None, image: IO[bytes] | None, caller: str = "-") -> dict[str, Prediction]:
         """Every served model on one image, fetched once (NSFW-FLASK's /models/all/predict fetched
@@ -357,6 +402,7 @@ class PredictionService:
         resize: str | None,
         policy: Policy | None = None,
         deadline: float | None = None,
+        review: ReviewContext | None = None,
     ) -> Prediction:
         body.seek(0, 2)
         size = body.tell()
@@ -364,7 +410,7 @@ class PredictionService:
             raise ImageTooLarge(f"upload of {size} bytes")
         if size == 0:
             raise InvalidImage("empty upload")
-        return self._classify(classifier, body, resize, policy, deadline)
+        return self._classify(classifier, body, resize, policy, deadline, review)
 
     def predict_batch(
         self,
@@ -374,6 +420,7 @@ class PredictionService:
         resize: str | None = None,
         policy: Policy | None = None,
         caller: str = "-",
+        review: ReviewContext | None = None,
     ) -> list[Prediction | NsfwError]:
         """Every item's prediction or its own error, in order. Items overlap their downloads
         (NSFW_BATCH_CONCURRENCY at most, on threads of this batch's own) under one deadline
@@ -394,12 +441,13 @@ class PredictionService:
                     raise item.error
                 if deadline - time.monotonic() <= 0:
                     raise (UpstreamTimeout if item.url else DeadlineExceeded)("batch deadline passed before this item")
+                context = None if review is None else replace(review, ref=item.ref or review.ref, source_url=item.url)
                 if item.image is not None:
-                    return self._classify_upload(classifier, item.image, resize, policy, deadline)
+                    return self._classify_upload(classifier, item.image, resize, policy, deadline, context)
                 assert item.url is not None
                 left = deadline - time.monotonic()
                 with self._fetch(item.url, caller, share, timeout=left, wait=left) as body:
-                    return self._classify(classifier, body, resize, policy, deadline)
+                    return self._classify(classifier, body, resize, policy, deadline, context)
             except NsfwError as exc:
                 log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
                 return exc
@@ -408,15 +456,16 @@ class PredictionService:
                 return NsfwError(repr(exc))
 
         # One task per distinct URL; images and malformed items are each their own.
-        first_of: dict[str, int] = {}
+        first_of: dict[tuple[str, str | None], int] = {}
         tasks: list[BatchItem] = []
         task_of: list[int] = []
         for item in items:
             if item.url is not None and item.error is None and item.image is None:
-                if item.url not in first_of:
-                    first_of[item.url] = len(tasks)
+                # The same URL with another review ref is its own task, so that its ref joins the item.
+                if (item.url, item.ref) not in first_of:
+                    first_of[item.url, item.ref] = len(tasks)
                     tasks.append(item)
-                task_of.append(first_of[item.url])
+                task_of.append(first_of[item.url, item.ref])
             else:
                 task_of.append(len(tasks))
                 tasks.append(item)

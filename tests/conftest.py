@@ -16,7 +16,7 @@ from nsfw.config import Settings
 from nsfw.model import Classifier, load_classifier
 from tests.reference import CORPORA, Corpus, corpus
 from tests.served import start_gunicorn  # noqa: F401 - a fixture, for the tests from outside
-from tests.servers import RedisServer
+from tests.servers import PostgresServer, RedisServer
 from tests.support import FakeClassifier, ImageServer
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)
@@ -93,5 +93,13 @@ def fake_client(settings: Settings, fake: FakeClassifier) -> FlaskClient:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server on a loopback port, for the whole run; each test flushes what it used."""
     server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL (Debian's), a fresh cluster on a loopback port, for the whole run."""
+    server = PostgresServer()
     yield server
     server.stop()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,3 +55,51 @@ class RedisServer:
                 self.process.wait()
         self.client.close()
         self._log.close()
+
+
+def _postgres_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or ([shutil.which(name)] if shutil.which(name) else [])
+    if not found:
+        raise RuntimeError(f"{name} is missing: scripts/test installs PostgreSQL (Debian's postgresql)")
+    return str(found[-1])
+
+
+class PostgresServer:
+    """Debian's PostgreSQL in a fresh cluster on a loopback port, for a whole test run.
+
+    initdb and pg_ctl refuse to run as root, so as root (CI) they run as the `postgres` user the
+    package made, in a folder of their own under /tmp (pytest's folders are root's alone)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="nsfw-pg-"))
+        self.port = free_port()
+        self._as: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+        data = self.folder / "data"
+        self._run(_postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
+        self._run(_postgres_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+        self._data = data
+        self.admin = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        done = subprocess.run([*self._as, *args], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}")
+
+    def database(self, name: str) -> str:
+        """A fresh, empty database's URL."""
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            db.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run(_postgres_bin("pg_ctl"), "-D", str(self._data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)

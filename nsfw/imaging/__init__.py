@@ -568,6 +568,28 @@ def _resize(rgb: Image.Image, size: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown resize mode {mode!r}")
 
 
+THUMBNAIL_SIDE = 256
+
+
+def _thumbnail(frame: Image.Image, side: int) -> bytes:
+    scale = side / max(frame.size)
+    size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale))) if scale < 1 else frame.size
+    # Resized first (a small new image, never a full-size copy), then made RGB for JPEG.
+    small = frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0) if size != frame.size else frame
+    out = io.BytesIO()
+    to_rgb(small).save(out, "JPEG", quality=80, optimize=True)
+    return out.getvalue()
+
+
+def thumbnail_jpeg(
+    fp: IO[bytes], *, limits: Limits, deadline: float | None = None, side: int = THUMBNAIL_SIDE
+) -> bytes:
+    """The first frame as a JPEG of longest side `side` (smaller images keep their size): the review
+    queue's picture, made from the decoded image, never the original bytes."""
+    frames = decode_frames(fp, limits=limits, deadline=deadline, convert=lambda frame: _thumbnail(frame, side))
+    return frames.images[0]
+
+
 def preprocess(
     fp: IO[bytes],
     *,

@@ -1,0 +1,20 @@
+"""Alembic's environment for the review store: migrations run on the connection nsfw.review.store
+hands over (`config.attributes["connection"]`, inside its transaction and lock), or on the URL of
+`sqlalchemy.url` when Alembic's own command line runs them."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from nsfw.review.store import make_engine, metadata
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    with engine.begin() as connection:
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+        context.run_migrations()
+    engine.dispose()
+else:
+    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    context.run_migrations()

@@ -1,0 +1,184 @@
+"""The review store's tables, engine and migrations: the only module that speaks SQL's dialects.
+
+SQLAlchemy 2 Core over SQLite (the default, `$NSFW_DATA_DIR/nsfw.db`) or PostgreSQL (psycopg 3). The
+schema is Alembic's (migrations/, one revision per change); these Table objects are what the queries
+use, and tests/test_review_store.py checks that they match what the migrations make.
+
+SQLite: WAL (readers never wait for a writer), a 5 s busy timeout, and every transaction BEGIN
+IMMEDIATE, so a transaction that reads and then writes takes the write lock first and never meets
+SQLite's immediate "database is locked" (which it answers, without waiting, to a reader upgrading
+while another connection writes). One engine per process, made after the fork (create_app).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    text,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+MIGRATIONS = REPO / "migrations"
+_BUSY_SECONDS = 5.0
+
+metadata = MetaData()
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("kind", String(16), nullable=False),  # unknown (the model could not decide) | audit (a sample)
+    Column("status", String(16), nullable=False),  # pending | decided
+    Column("sha256", String(64), nullable=False),
+    Column("key_name", String(64), nullable=False),
+    Column("source_url", Text),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("scores", Text, nullable=False),  # JSON
+    Column("verdict", String(16), nullable=False),  # the automatic label
+    Column("reason", Text, nullable=False),
+    Column("thumbnail", LargeBinary),  # JPEG, longest side 256; None after retention
+    Column("claimed_by", String(64)),
+    Column("claim_until", Float),
+    Column("decided", Float),
+    Column("label", String(16)),  # adult | safe
+    Column("decided_by", String(64)),
+    Column("note", Text),
+    Index("reviews_sha256", "sha256"),
+    Index("reviews_status_created", "status", "created"),
+    # One pending item per image: the same bytes join it (their refs are kept).
+    Index(
+        "reviews_one_pending_per_image",
+        "sha256",
+        unique=True,
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
+
+refs = Table(
+    "review_refs",
+    metadata,
+    Column("review_id", String(32), ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("ref", String(200), nullable=False),
+    Column("added", Float, nullable=False),
+    PrimaryKeyConstraint("review_id", "ref"),
+)
+
+audit = Table(
+    "review_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),  # decided | deleted | claimed
+    Column("review_id", String(32), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+)
+
+outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the webhook-id: the same on every attempt
+    Column("review_id", String(32), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # the JSON body, as signed
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", Float, nullable=False),
+    Column("lease_until", Float),  # a sender's claim on the row while it sends
+    Column("last_error", Text),
+    Column("created", Float, nullable=False),
+    Column("delivered", Float),
+    Index("webhook_outbox_due", "status", "next_at"),
+)
+
+
+def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    # The driver's own transaction handling off: the begin hook below says BEGIN IMMEDIATE itself.
+    dbapi_connection.isolation_level = None
+    deadline = time.monotonic() + _BUSY_SECONDS
+    while True:
+        try:
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:  # another connection's first use of the file
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    dbapi_connection.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
+    dbapi_connection.execute("PRAGMA foreign_keys=ON")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, fast commits
+
+
+def make_engine(url: str) -> Engine:
+    """The process's engine for url; SQLite's folder is made when missing."""
+    if url.startswith("sqlite"):
+        path = Path(url.split(":///", 1)[1])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": _BUSY_SECONDS, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+# Any constant of ours: instances starting at once on one PostgreSQL take turns migrating.
+_MIGRATION_LOCK = 0x6E736677
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the store to revision (Alembic), one process at a time: SQLite's BEGIN IMMEDIATE and
+    a PostgreSQL advisory lock serialise concurrent starts."""
+    from alembic import command
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            config = _alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def revisions(engine: Engine) -> tuple[str | None, str]:
+    """The store's current revision and the migrations' head."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("")).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    assert head is not None
+    return current, head

@@ -1,0 +1,122 @@
+"""The review API, every route needing a key with the `review` scope (nsfw/access.py: /reviews...).
+The moderator is the key's name. Thin: the rules are nsfw/review/queue.py's."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from nsfw import errors, metrics
+from nsfw.numbers import parse_int
+from nsfw.review.queue import MAX_PAGE, ReviewQueue
+
+bp = Blueprint("reviews", __name__)
+log = logging.getLogger(__name__)
+
+STATUSES = ("pending", "decided")
+EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+def _queue() -> ReviewQueue:
+    queue: ReviewQueue = current_app.extensions["nsfw.review"].queue
+    return queue
+
+
+def _moderator() -> str:
+    return str(g.get("api_key", "-"))
+
+
+@bp.errorhandler(SQLAlchemyError)
+def _store_failed(exc: SQLAlchemyError) -> Any:
+    """A failing store is a 503 in the error shape, logged and counted; never a 500."""
+    metrics.REVIEW_STORE_ERRORS.labels("api").inc()
+    error = errors.ReviewStoreUnavailable()
+    log.warning("%s %s -> 503 %s: %s: %s", request.method, request.path, error.code, type(exc).__name__, str(exc)[:300])
+    return jsonify(error.to_dict()), error.status, dict(error.headers)
+
+
+def _one_arg(name: str, default: str) -> str:
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise errors.BadRequest(f"{name} given {len(values)} times")
+    return values[0] if values else default
+
+
+@bp.get("/reviews")
+def list_reviews() -> Response:
+    status = _one_arg("status", "pending")
+    if status not in STATUSES:
+        raise errors.BadRequest(f"status={status!r}")
+    try:
+        limit = parse_int(_one_arg("limit", "50"))
+    except ValueError:
+        raise errors.BadRequest("limit is not a number") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise errors.BadRequest(f"limit must be 1..{MAX_PAGE}")
+    cursor = _one_arg("cursor", "") or None
+    items, following = _queue().page(status, limit, cursor)
+    return jsonify({"items": items, "next_cursor": following})
+
+
+@bp.get("/reviews/export")
+def export() -> Response:
+    fmt = _one_arg("format", "jsonl")
+    if fmt not in EXPORT_TYPES:
+        raise errors.BadRequest(f"format={fmt!r}: jsonl or csv")
+    body = "".join(_queue().export(fmt))
+    response = Response(body, content_type=EXPORT_TYPES[fmt])
+    response.headers["Content-Disposition"] = f'attachment; filename="reviews.{fmt}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/reviews/webhooks")
+def webhooks() -> Response:
+    status = _one_arg("status", "") or None
+    if status not in (None, "pending", "delivered", "failed"):
+        raise errors.BadRequest(f"status={status!r}")
+    return jsonify({"deliveries": _queue().deliveries(status)})
+
+
+@bp.get("/reviews/<review_id>")
+def get_review(review_id: str) -> Response:
+    queue = _queue()
+    return jsonify(queue.get(review_id) | {"audit": queue.audit_log(review_id)})
+
+
+@bp.get("/reviews/<review_id>/thumbnail")
+def thumbnail(review_id: str) -> Response:
+    picture = _queue().thumbnail(review_id)
+    if picture is None:
+        raise errors.ReviewNotFound(f"{review_id} has no thumbnail (past retention)")
+    response = Response(picture, content_type="image/jpeg")
+    # An image of unknown content: never sniffed into something else, never kept by a browser or proxy.
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = "default-src 'none'"
+    return response
+
+
+@bp.post("/reviews/<review_id>/claim")
+def claim(review_id: str) -> Response:
+    return jsonify(_queue().claim(review_id, _moderator()))
+
+
+@bp.post("/reviews/<review_id>/decision")
+def decide(review_id: str) -> Response:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise errors.InvalidLabel('the body must be JSON {"label": ...}')
+    item = _queue().decide(review_id, _moderator(), body.get("label"), body.get("note"))
+    metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
+    current_app.extensions["nsfw.review"].wake.set()  # this worker's sender sends it now
+    return jsonify(item)
+
+
+@bp.delete("/reviews/<review_id>")
+def delete_review(review_id: str) -> Response:
+    _queue().delete(review_id, _moderator())
+    return jsonify({"id": review_id, "deleted": True})

@@ -13,8 +13,10 @@ RUN pip install --no-cache-dir -r requirements.txt
 COPY app.py gunicorn.conf.py ./
 COPY nsfw ./nsfw
 COPY models ./models
+COPY migrations ./migrations
 
-RUN useradd --create-home --uid 10001 app
+# data/: the review store's default SQLite file (NSFW_DATA_DIR), writable by the service's user.
+RUN useradd --create-home --uid 10001 app && mkdir /app/data && chown app /app/data
 USER 10001
 
 EXPOSE 8080

@@ -56,6 +56,21 @@ def on_starting(server: Any) -> None:
             "NSFW_API_KEYS is empty: every route is open to anyone who can reach this service "
             "(python -m nsfw keys new NAME makes a key)"
         )
+    if settings.review:
+        _migrate(server)
+
+
+def _migrate(server: Any) -> None:
+    """The review store's migrations, once per start, before any worker serves (not once per worker,
+    racing): the same command an operator runs, in a process of its own, so that the arbiter never
+    loads SQLAlchemy. A failure stops the start."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "nsfw", "db", "upgrade"], capture_output=True, text=True)
+    if done.returncode:
+        server.log.error("python -m nsfw db upgrade failed:\n%s", (done.stdout + done.stderr)[-4000:])
+        raise SystemExit(WORKER_BOOT_ERROR)
+    server.log.info(done.stdout.strip())
 
 
 # The folder this instance's workers share (NSFW_INSTANCE_DIR): the rate limit counters

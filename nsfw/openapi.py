@@ -35,6 +35,12 @@ def _ref(name: str) -> Schema:
 
 
 _PROBABILITY: Schema = {"type": "number", "minimum": 0, "maximum": 1}
+_REF: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "description": "The review queue's client reference.",
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Scores": {
@@ -66,7 +72,18 @@ SCHEMAS: dict[str, Schema] = {
                 "required": ["name", "version", "backend"],
                 "properties": {name: {"type": "string"} for name in ("name", "version", "backend")},
             },
-            "tier": {"enum": [1, 2], "description": "2 when the second tier decided."},
+            "tier": {"enum": [1, 2, "human"], "description": "2: the second tier decided; human: a review decision."},
+            "review": {
+                "type": "object",
+                "description": "With NSFW_REVIEW on: the image's review item ({id, status}, kind audit for a "
+                "sample), or {error} when the store failed (the prediction stands).",
+                "properties": {
+                    "id": {"type": "string"},
+                    "status": {"enum": ["pending", "decided"]},
+                    "kind": {"enum": ["audit"]},
+                    "error": {"type": "string"},
+                },
+            },
             "policy": {
                 "type": "object",
                 "required": list(OVERRIDABLE),
@@ -174,7 +191,7 @@ SCHEMAS: dict[str, Schema] = {
     "UrlBody": {
         "type": "object",
         "required": ["url"],
-        "properties": {"url": {"type": "string", "description": "An http(s) URL of the image."}},
+        "properties": {"url": {"type": "string", "description": "An http(s) URL of the image."}, "ref": _REF},
     },
     "Base64Body": {
         "type": "object",
@@ -183,7 +200,35 @@ SCHEMAS: dict[str, Schema] = {
             "image_base64": {
                 "type": "string",
                 "description": "The image in base64 (plain or URL-safe, line breaks allowed, or a data: URI).",
-            }
+            },
+            "ref": _REF,
+        },
+    },
+    "ReviewItem": {
+        "type": "object",
+        "required": ["id", "status", "kind", "refs", "sha256", "scores", "model", "reason", "created"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": ["pending", "decided"]},
+            "kind": {"enum": ["unknown", "audit"]},
+            "refs": {"type": "array", "items": {"type": "string"}},
+            "sha256": {"type": "string"},
+            "key": {"type": "string"},
+            "source_url": {"type": ["string", "null"]},
+            "model": {"type": "string"},
+            "model_version": {"type": "string"},
+            "scores": _ref("Scores"),
+            "verdict": {"type": "string"},
+            "reason": {"type": "string"},
+            "created": {"type": "string"},
+            "claimed_by": {"type": ["string", "null"]},
+            "claimed_until": {"type": ["string", "null"]},
+            "decided": {"type": ["string", "null"]},
+            "label": {"enum": ["adult", "safe", None]},
+            "decided_by": {"type": ["string", "null"]},
+            "note": {"type": ["string", "null"]},
+            "has_thumbnail": {"type": "boolean"},
+            "audit": {"type": "array", "items": {"type": "object"}},
         },
     },
 }
@@ -259,6 +304,7 @@ _OPTIONS = [
     *(_query(name, _PROBABILITY, f"Override NSFW_{name.upper()} for this request.") for name in OVERRIDABLE),
 ]
 _URL = _query("url", {"type": "string", "maxLength": 2048}, "An http(s) URL of the image.")
+_OPTIONS.append(_query("ref", _REF, "With detail=true and the review queue on: a reference for the item."))
 
 _IMAGE_BODY: Schema = {
     "required": False,
@@ -384,6 +430,7 @@ def document() -> Schema:
                     operationId="health",
                 )
             },
+            **_review_paths(),
             OPENAPI_PATH: {
                 "get": _open(
                     "This document.",
@@ -418,6 +465,110 @@ def document() -> Schema:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "NSFW_METRICS_TOKEN."},
             },
+        },
+    }
+
+
+# The review API's answers (nsfw/review/views.py): the keys and limits first, then the store.
+_REVIEW = (400, 401, 403, 404, 408, 413, 414, 429, 431, 500, 501, 503)
+
+
+def _review_paths() -> Schema:
+    """The review queue's routes (NSFW_REVIEW=true; a key with the review scope)."""
+    item = _json(_ref("ReviewItem"), "The item.")
+    item_id = [{"name": "review_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    decision_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["label"],
+                    "properties": {"label": {"enum": ["adult", "safe"]}, "note": {"type": "string"}},
+                }
+            }
+        },
+    }
+    return {
+        "/reviews": {
+            "get": _operation(
+                "Items of a status, oldest first, a page at a time.",
+                _responses(
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["items", "next_cursor"],
+                            "properties": {
+                                "items": {"type": "array", "items": _ref("ReviewItem")},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        },
+                        "A page.",
+                    ),
+                    _REVIEW,
+                ),
+                operationId="reviews",
+                parameters=[
+                    _query("status", {"enum": ["pending", "decided"]}, "Default pending."),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Default 50."),
+                    _query("cursor", {"type": "string"}, "The previous page's next_cursor."),
+                ],
+            )
+        },
+        "/reviews/export": {
+            "get": _operation(
+                "Every decided item with its scores, label, moderator and times: a labelled data set.",
+                _responses(
+                    {"description": "JSON lines or CSV.", "content": {"application/x-ndjson": {}, "text/csv": {}}},
+                    _REVIEW,
+                ),
+                operationId="reviews_export",
+                parameters=[_query("format", {"enum": ["jsonl", "csv"]}, "Default jsonl.")],
+            )
+        },
+        "/reviews/webhooks": {
+            "get": _operation(
+                "The webhook outbox, newest first: delivered, waiting, failed.",
+                _responses(_json({"type": "object", "required": ["deliveries"]}, "The deliveries."), _REVIEW),
+                operationId="reviews_webhooks",
+                parameters=[_query("status", {"enum": ["pending", "delivered", "failed"]}, "Only these.")],
+            )
+        },
+        "/reviews/{review_id}": {
+            "get": _operation(
+                "One item, with its audit log.", _responses(item, _REVIEW), operationId="review", parameters=item_id
+            ),
+            "delete": _operation(
+                "Delete an item (kept in the audit log).",
+                _responses(_json({"type": "object"}, "Deleted."), _REVIEW),
+                operationId="review_delete",
+                parameters=item_id,
+            ),
+        },
+        "/reviews/{review_id}/thumbnail": {
+            "get": _operation(
+                "The item's picture: JPEG, longest side 256, never the original bytes.",
+                _responses({"description": "The thumbnail.", "content": {"image/jpeg": {}}}, _REVIEW),
+                operationId="review_thumbnail",
+                parameters=item_id,
+            )
+        },
+        "/reviews/{review_id}/claim": {
+            "post": _operation(
+                "A lease of NSFW_REVIEW_LEASE seconds on a pending item.",
+                _responses(item, (*_REVIEW, 409)),
+                operationId="review_claim",
+                parameters=item_id,
+            )
+        },
+        "/reviews/{review_id}/decision": {
+            "post": _operation(
+                "Decide a pending item, once; its webhook follows.",
+                _responses(item, (*_REVIEW, 409)),
+                operationId="review_decision",
+                parameters=item_id,
+                requestBody=decision_body,
+            )
         },
     }
 

@@ -58,7 +58,9 @@ class RedisServer:
 
 
 def _postgres_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or ([shutil.which(name)] if shutil.which(name) else [])
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or (
+        [shutil.which(name)] if shutil.which(name) else []
+    )
     if not found:
         raise RuntimeError(f"{name} is missing: scripts/test installs PostgreSQL (Debian's postgresql)")
     return str(found[-1])
@@ -80,7 +82,9 @@ class PostgresServer:
         data = self.folder / "data"
         self._run(_postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
-        self._run(_postgres_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.folder / "log"), "-w", "start")
+        self._run(
+            _postgres_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
+        )
         self._data = data
         self.admin = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from nsfw import create_app, errors
 from nsfw.config import Settings, parse_api_keys
 from nsfw.openapi import document
+from nsfw.review.store import upgrade
 from tests.served import Gunicorn
 from tests.support import FakeClassifier
 
@@ -54,16 +57,24 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert document()["openapi"] == "3.1.0"
 
 
-def test_every_route_is_documented_and_every_documented_route_exists(settings: Settings) -> None:
-    app = create_app(settings, FakeClassifier())
-    assert _app_operations(app) == _documented_operations()
+@pytest.fixture()
+def full_app(settings: Settings, tmp_path: Path) -> Iterator[Flask]:
+    """The app with every optional route on (the review queue's)."""
+    full = replace(settings, review=True, data_dir=tmp_path, api_keys=parse_api_keys(f"mod:{TOKEN}:predict+review"))
+    upgrade(full.database)
+    app = create_app(full, FakeClassifier())
+    yield app
+    app.extensions["nsfw.review"].close()
 
 
-def test_the_comparison_sees_a_missing_route(settings: Settings) -> None:
+def test_every_route_is_documented_and_every_documented_route_exists(full_app: Flask) -> None:
+    assert _app_operations(full_app) == _documented_operations()
+
+
+def test_the_comparison_sees_a_missing_route(full_app: Flask) -> None:
     """The route-table test can fail: a route the document lacks shows up in the difference."""
-    app = create_app(settings, FakeClassifier())
-    app.add_url_rule("/undocumented", "undocumented", lambda: "", methods=["GET"])
-    assert _app_operations(app) - _documented_operations() == {("/undocumented", "get")}
+    full_app.add_url_rule("/undocumented", "undocumented", lambda: "", methods=["GET"])
+    assert _app_operations(full_app) - _documented_operations() == {("/undocumented", "get")}
 
 
 def test_every_error_code_is_documented_under_its_status() -> None:
@@ -110,12 +121,18 @@ def test_the_ui_loads_nothing_from_elsewhere(settings: Settings) -> None:
 EXAMPLES = 25
 
 
-def test_the_live_service_answers_as_documented(start_gunicorn: Callable[..., Gunicorn]) -> None:
+def test_the_live_service_answers_as_documented(start_gunicorn: Callable[..., Gunicorn], tmp_path: Path) -> None:
     """Real gunicorn, 2 workers, keys on; schemathesis writes the requests from /openapi.json and
     checks each answer: no 5xx, a documented status, content type, headers and body. The app it
     serves can reach nothing off this machine (tests/offline_app.py)."""
     server = start_gunicorn(
-        {"NSFW_API_KEYS": f"app:{TOKEN}", "NSFW_ALLOWED_PORTS": "1", "NSFW_ALLOWED_NETWORKS": ""},
+        {
+            "NSFW_API_KEYS": f"app:{TOKEN}:predict+review",
+            "NSFW_ALLOWED_PORTS": "1",
+            "NSFW_ALLOWED_NETWORKS": "",
+            "NSFW_REVIEW": "true",
+            "NSFW_DATA_DIR": str(tmp_path),
+        },
         app="tests.offline_app:app",
     )
     with urllib.request.urlopen(f"{server.base}/openapi.json", timeout=10) as answer:

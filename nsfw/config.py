@@ -247,7 +247,11 @@ class Settings:
 
     @property
     def database(self) -> str:
-        """The review store's SQLAlchemy URL: NSFW_DATABASE_URL, else SQLite in NSFW_DATA_DIR."""
+        """The review store's SQLAlchemy URL: NSFW_DATABASE_URL (a plain postgresql:// one through
+        psycopg 3), else SQLite in NSFW_DATA_DIR."""
+        for plain in ("postgresql://", "postgres://"):
+            if self.database_url.startswith(plain):
+                return "postgresql+psycopg://" + self.database_url.removeprefix(plain)
         return self.database_url or f"sqlite:///{(self.data_dir / 'nsfw.db').resolve()}"
 
     @classmethod
@@ -436,7 +440,8 @@ def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 _WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
-DATABASE_SCHEMES = ("sqlite:///", "postgresql+psycopg://")
+# postgresql:// and postgres:// (as App Platform's ${db.DATABASE_URL} and Heroku give them) mean psycopg 3.
+DATABASE_SCHEMES = ("sqlite:///", "postgresql+psycopg://", "postgresql://", "postgres://")
 
 
 def _parse_ports(raw: str) -> tuple[int, ...]:

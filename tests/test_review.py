@@ -466,3 +466,26 @@ def test_reviewer_is_the_only_thing_the_service_sees() -> None:
     source = Path(nsfw.service.__file__).read_text()
     assert "nsfw.review" not in source and "import review" not in source
     assert callable(Reviewer)
+
+
+def test_plain_postgresql_urls_mean_psycopg_3() -> None:
+    for given in (
+        "postgresql://u:p@db:25060/reviews?sslmode=require",
+        "postgres://u:p@db:25060/reviews?sslmode=require",
+    ):
+        assert Settings(database_url=given).database == "postgresql+psycopg://u:p@db:25060/reviews?sslmode=require"
+    assert Settings(data_dir=Path("/srv/nsfw")).database == "sqlite:////srv/nsfw/nsfw.db"
+
+
+def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    env = {"NSFW_DATA_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nsfw", "db", "upgrade"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "at revision 0002 (head 0002)" in done.stdout and (tmp_path / "nsfw.db").exists()

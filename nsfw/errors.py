@@ -134,10 +134,6 @@ class NotFound(NsfwError):
     message = "No such route."
 
 
-class ReviewNotFound(NotFound):
-    message = "No such review item."
-
-
 # 409: the review queue's states.
 class Claimed(NsfwError):
     status = 409

@@ -64,5 +64,10 @@ def test_status_table_of_style_md() -> None:
         "deadline_exceeded": 504,
         "unavailable": 503,
         "overloaded": 503,
+        # The review queue's.
+        "invalid_label": 400,
+        "claimed": 409,
+        "already_decided": 409,
+        "review_store_unavailable": 503,
     }
     assert errors.Overloaded.headers["Retry-After"] and errors.Unavailable.headers["Retry-After"]

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nsfw.errors import AlreadyDecided, Claimed, InvalidLabel, ReviewNotFound
+from nsfw.errors import AlreadyDecided, Claimed, InvalidLabel, NotFound
 from nsfw.review.store import audit, outbox, refs, reviews
 
 LABELS = ("adult", "safe")
@@ -165,14 +165,14 @@ class ReviewQueue:
         with self.engine.connect() as connection:
             row = connection.execute(select(reviews).where(reviews.c.id == review_id)).first()
             if row is None:
-                raise ReviewNotFound(review_id)
+                raise NotFound(review_id)
             return self._item(connection, row)
 
     def thumbnail(self, review_id: str) -> bytes | None:
         with self.engine.connect() as connection:
             row = connection.execute(select(reviews.c.thumbnail).where(reviews.c.id == review_id)).first()
         if row is None:
-            raise ReviewNotFound(review_id)
+            raise NotFound(review_id)
         return bytes(row.thumbnail) if row.thumbnail is not None else None
 
     def claim(self, review_id: str, moderator: str) -> dict[str, Any]:
@@ -233,7 +233,7 @@ class ReviewQueue:
         with self.engine.begin() as connection:
             row = connection.execute(select(reviews.c.status, reviews.c.label).where(reviews.c.id == review_id)).first()
             if row is None:
-                raise ReviewNotFound(review_id)
+                raise NotFound(review_id)
             connection.execute(delete(refs).where(refs.c.review_id == review_id))
             connection.execute(delete(reviews).where(reviews.c.id == review_id))
             self._audit(connection, now, moderator, "deleted", review_id, {"status": row.status, "label": row.label})
@@ -315,7 +315,7 @@ class ReviewQueue:
             select(reviews.c.status, reviews.c.claimed_by, reviews.c.claim_until).where(reviews.c.id == review_id)
         ).first()
         if row is None:
-            raise ReviewNotFound(review_id)
+            raise NotFound(review_id)
         if row.status == "decided":
             raise AlreadyDecided(review_id)
         raise Claimed(f"{review_id} claimed by {row.claimed_by} until {iso(row.claim_until)}")

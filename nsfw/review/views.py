@@ -91,7 +91,7 @@ def get_review(review_id: str) -> Response:
 def thumbnail(review_id: str) -> Response:
     picture = _queue().thumbnail(review_id)
     if picture is None:
-        raise errors.ReviewNotFound(f"{review_id} has no thumbnail (past retention)")
+        raise errors.NotFound(f"{review_id} has no thumbnail (past retention)")
     response = Response(picture, content_type="image/jpeg")
     # An image of unknown content: never sniffed into something else, never kept by a browser or proxy.
     response.headers["X-Content-Type-Options"] = "nosniff"

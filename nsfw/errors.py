@@ -147,6 +147,12 @@ class AlreadyDecided(NsfwError):
     message = "This item has been decided already."
 
 
+class NotDecided(NsfwError):
+    status = 409
+    code = "not_decided"
+    message = "This item has no decision to revert."
+
+
 class MethodNotAllowed(NsfwError):
     status = 405
     code = "method_not_allowed"

@@ -561,6 +561,14 @@ def _review_paths() -> Schema:
                 parameters=item_id,
             )
         },
+        "/reviews/{review_id}/revert": {
+            "post": _operation(
+                "Undo a decision: pending again, its memory gone; review.reverted follows.",
+                _responses(item, (*_REVIEW, 409)),
+                operationId="review_revert",
+                parameters=item_id,
+            )
+        },
         "/reviews/{review_id}/decision": {
             "post": _operation(
                 "Decide a pending item, once; its webhook follows.",

@@ -68,6 +68,7 @@ def test_status_table_of_style_md() -> None:
         "invalid_label": 400,
         "claimed": 409,
         "already_decided": 409,
+        "not_decided": 409,
         "review_store_unavailable": 503,
     }
     assert errors.Overloaded.headers["Retry-After"] and errors.Unavailable.headers["Retry-After"]

@@ -489,3 +489,27 @@ def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "at revision 0002 (head 0002)" in done.stdout and (tmp_path / "nsfw.db").exists()
+
+
+def test_a_reverted_decision_is_pending_again_forgotten_and_heard(
+    settings: Settings, store_url: str, image_server: ImageServer
+) -> None:
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=True)
+    receiver = Receiver(image_server, [])
+    sender = _sender(queue, settings, receiver.url, time.time)
+    review_id = _enqueue(queue, "7" * 64)
+    queue.decide(review_id, "alice", "adult")
+    item = queue.revert(review_id, "bob")
+    assert item["status"] == "pending" and item["label"] is None and queue.remembered("7" * 64) is None
+    with pytest.raises(Exception, match=review_id) as refused:
+        queue.revert(review_id, "bob")
+    assert getattr(refused.value, "code", "") == "not_decided"
+    assert sender.deliver_due() == 2
+    events = [json.loads(body) for _, body, _ in receiver.received]
+    assert [event["type"] for event in events] == ["review.decided", "review.reverted"]
+    assert events[1]["data"]["label"] == "adult" and events[1]["data"]["reverted_by"] == "bob"
+    assert [entry["action"] for entry in queue.audit_log(review_id)] == ["decided", "reverted"]
+    queue.decide(review_id, "carol", "safe")  # decided anew
+    assert queue.remembered("7" * 64).label == "safe"  # type: ignore[union-attr]
+    queue.engine.dispose()

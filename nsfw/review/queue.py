@@ -24,11 +24,12 @@ from typing import Any
 from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nsfw.errors import AlreadyDecided, Claimed, InvalidLabel, NotFound
+from nsfw.errors import AlreadyDecided, Claimed, InvalidLabel, NotDecided, NotFound
 from nsfw.review.store import audit, outbox, refs, reviews
 
 LABELS = ("adult", "safe")
 EVENT_DECIDED = "review.decided"
+EVENT_REVERTED = "review.reverted"
 MAX_PAGE = 100
 
 
@@ -228,6 +229,36 @@ class ReviewQueue:
                 self._outbox(connection, now, EVENT_DECIDED, item)
         return item
 
+    def revert(self, review_id: str, moderator: str) -> dict[str, Any]:
+        """Undo a decision: the item is pending again (its memory gone), the audit log keeps both,
+        and the client app hears `review.reverted` with the label it had."""
+        now = self.clock()
+        with self.engine.begin() as connection:
+            row = connection.execute(select(reviews).where(reviews.c.id == review_id)).first()
+            if row is None:
+                raise NotFound(review_id)
+            if row.status != "decided":
+                raise NotDecided(review_id)
+            before = self._item(connection, row)
+            connection.execute(
+                update(reviews)
+                .where(reviews.c.id == review_id, reviews.c.status == "decided")
+                .values(
+                    status="pending",
+                    label=None,
+                    decided=None,
+                    decided_by=None,
+                    note=None,
+                    claimed_by=None,
+                    claim_until=None,
+                )
+            )
+            self._audit(connection, now, moderator, "reverted", review_id, {"label": before["label"]})
+            if self.webhooks:
+                self._outbox(connection, now, EVENT_REVERTED, before | {"reverted_by": moderator})
+            item = self._item(connection, connection.execute(select(reviews).where(reviews.c.id == review_id)).one())
+        return item
+
     def delete(self, review_id: str, moderator: str) -> None:
         now = self.clock()
         with self.engine.begin() as connection:
@@ -333,7 +364,8 @@ class ReviewQueue:
             "type": event_type,
             "timestamp": iso(now),
             "data": {name: item[name] for name in ("id", "refs", "label", "decided_by", "decided", "scores", "model")}
-            | {"moderator": item["decided_by"], "model_version": item["model_version"], "sha256": item["sha256"]},
+            | {"moderator": item["decided_by"], "model_version": item["model_version"], "sha256": item["sha256"]}
+            | ({"reverted_by": item["reverted_by"]} if "reverted_by" in item else {}),
         }
         connection.execute(
             insert(outbox).values(

@@ -116,6 +116,13 @@ def decide(review_id: str) -> Response:
     return jsonify(item)
 
 
+@bp.post("/reviews/<review_id>/revert")
+def revert(review_id: str) -> Response:
+    item = _queue().revert(review_id, _moderator())
+    current_app.extensions["nsfw.review"].wake.set()
+    return jsonify(item)
+
+
 @bp.delete("/reviews/<review_id>")
 def delete_review(review_id: str) -> Response:
     _queue().delete(review_id, _moderator())

@@ -513,3 +513,9 @@ def test_a_reverted_decision_is_pending_again_forgotten_and_heard(
     queue.decide(review_id, "carol", "safe")  # decided anew
     assert queue.remembered("7" * 64).label == "safe"  # type: ignore[union-attr]
     queue.engine.dispose()
+
+
+def test_the_workers_head_is_alembics() -> None:
+    from nsfw.review.store import HEAD, alembic_head
+
+    assert alembic_head() == HEAD

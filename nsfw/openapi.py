@@ -489,6 +489,12 @@ def _review_paths() -> Schema:
             }
         },
     }
+
+    def action(summary: str, name: str, **more: Any) -> Schema:
+        """A POST on one item that answers the item, or 409 for its state."""
+        responses = _responses(item, (*_REVIEW, 409))
+        return {"post": _operation(summary, responses, operationId=f"review_{name}", parameters=item_id, **more)}
+
     return {
         "/reviews": {
             "get": _operation(
@@ -553,31 +559,13 @@ def _review_paths() -> Schema:
                 parameters=item_id,
             )
         },
-        "/reviews/{review_id}/claim": {
-            "post": _operation(
-                "A lease of NSFW_REVIEW_LEASE seconds on a pending item.",
-                _responses(item, (*_REVIEW, 409)),
-                operationId="review_claim",
-                parameters=item_id,
-            )
-        },
-        "/reviews/{review_id}/revert": {
-            "post": _operation(
-                "Undo a decision: pending again, its memory gone; review.reverted follows.",
-                _responses(item, (*_REVIEW, 409)),
-                operationId="review_revert",
-                parameters=item_id,
-            )
-        },
-        "/reviews/{review_id}/decision": {
-            "post": _operation(
-                "Decide a pending item, once; its webhook follows.",
-                _responses(item, (*_REVIEW, 409)),
-                operationId="review_decision",
-                parameters=item_id,
-                requestBody=decision_body,
-            )
-        },
+        "/reviews/{review_id}/claim": action("A lease of NSFW_REVIEW_LEASE seconds on a pending item.", "claim"),
+        "/reviews/{review_id}/revert": action(
+            "Undo a decision: pending again, its memory gone; review.reverted follows.", "revert"
+        ),
+        "/reviews/{review_id}/decision": action(
+            "Decide a pending item, once; its webhook follows.", "decision", requestBody=decision_body
+        ),
     }
 
 

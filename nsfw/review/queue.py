@@ -182,15 +182,7 @@ class ReviewQueue:
         with self.engine.begin() as connection:
             claimed = connection.execute(
                 update(reviews)
-                .where(
-                    reviews.c.id == review_id,
-                    reviews.c.status == "pending",
-                    or_(
-                        reviews.c.claimed_by.is_(None),
-                        reviews.c.claimed_by == moderator,
-                        reviews.c.claim_until < now,
-                    ),
-                )
+                .where(_open_to(review_id, moderator, now))
                 .values(claimed_by=moderator, claim_until=now + self.lease)
             ).rowcount
             if not claimed:
@@ -210,15 +202,7 @@ class ReviewQueue:
         with self.engine.begin() as connection:
             decided = connection.execute(
                 update(reviews)
-                .where(
-                    reviews.c.id == review_id,
-                    reviews.c.status == "pending",
-                    or_(
-                        reviews.c.claimed_by.is_(None),
-                        reviews.c.claimed_by == moderator,
-                        reviews.c.claim_until < now,
-                    ),
-                )
+                .where(_open_to(review_id, moderator, now))
                 .values(status="decided", label=label, decided_by=moderator, decided=now, note=note)
             ).rowcount
             if not decided:
@@ -406,6 +390,15 @@ class ReviewQueue:
             "note": row.note,
             "has_thumbnail": row.thumbnail is not None,
         }
+
+
+def _open_to(review_id: str, moderator: str, now: float) -> Any:
+    """The item is pending and no other moderator's claim on it is running."""
+    return and_(
+        reviews.c.id == review_id,
+        reviews.c.status == "pending",
+        or_(reviews.c.claimed_by.is_(None), reviews.c.claimed_by == moderator, reviews.c.claim_until < now),
+    )
 
 
 def _make_cursor(created: float, review_id: str) -> str:

@@ -30,6 +30,21 @@ VERSION = "1.0.0"
 Schema = dict[str, Any]
 
 
+def _error_schema(codes: list[str]) -> Schema:
+    """`{"error": {"code", "message"}}` with code one of codes."""
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"enum": codes}, "message": {"type": "string"}},
+            }
+        },
+    }
+
+
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -174,20 +189,7 @@ SCHEMAS: dict[str, Schema] = {
             "models": {"type": "array", "items": {"type": "string"}},
         },
     },
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": {"enum": sorted({cls.code for cls in errors.every_error()})},
-                    "message": {"type": "string"},
-                },
-            }
-        },
-    },
+    "Error": _error_schema(sorted({cls.code for cls in errors.every_error()})),
     "UrlBody": {
         "type": "object",
         "required": ["url"],
@@ -242,21 +244,10 @@ def _codes_by_status() -> dict[int, list[str]]:
 
 
 def _error_response(status: int, codes: list[str]) -> Schema:
-    error = {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"enum": codes}, "message": {"type": "string"}},
-            }
-        },
-    }
     return {
         "description": "Error: " + ", ".join(f"`{code}`" for code in codes),
         "headers": _HEADERS,
-        "content": {"application/json": {"schema": error}},
+        "content": {"application/json": {"schema": _error_schema(codes)}},
     }
 
 

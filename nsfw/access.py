@@ -40,14 +40,41 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _BEARER = "bearer "
 
 
+# The moderator's pages sign in with a session of their own (nsfw/review/pages.py), never a key.
+PAGES_PATH = "/review"
+
+
+def is_page(path: str) -> bool:
+    return path == PAGES_PATH or path.startswith(PAGES_PATH + "/")
+
+
 def scope_for(path: str) -> str | None:
-    """The scope a path needs; None for an open one. Unknown paths need `predict`, so that a stranger
-    learns nothing about which routes exist."""
-    if path in OPEN_PATHS or path.startswith(_OPEN_PREFIX):
+    """The scope a path needs; None for an open one (or a page, which asks for its session). Unknown
+    paths need `predict`, so that a stranger learns nothing about which routes exist."""
+    if path in OPEN_PATHS or path.startswith(_OPEN_PREFIX) or is_page(path):
         return None
-    if path.startswith("/review"):  # the review queue and its pages (/reviews, /review/...)
+    if path.startswith("/reviews"):  # the review API: a review key, or a moderator's session
         return "review"
     return "predict"
+
+
+SESSION_COOKIE = "nsfw_session="
+
+
+def may_use_session(path: str, header: Callable[[str], str | None]) -> bool:
+    """A review API request carrying a moderator's session cookie: the app decides (the front door
+    cannot read a session), with its CSRF check."""
+    return path.startswith("/reviews") and SESSION_COOKIE in (header("Cookie") or "")
+
+
+def request_scheme() -> str:
+    """http or https, as the client used it: the socket's, or a trusted proxy's X-Forwarded-Proto."""
+    settings = current_app.extensions["nsfw"].settings
+    if _is_trusted(request.remote_addr or "-", settings.trusted_proxies):
+        forwarded = (request.headers.get("X-Forwarded-Proto") or "").split(",")[-1].strip().lower()
+        if forwarded in ("http", "https"):
+            return forwarded
+    return request.scheme
 
 
 def presented_token(header: Callable[[str], str | None]) -> str | None:
@@ -186,10 +213,22 @@ def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None, stora
     )
 
 
+def _is_trusted(peer: str, proxies: Sequence[IPNetwork]) -> bool:
+    address = _address(peer)
+    return address is not None and _trusted(address, proxies)
+
+
 def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None:
-    """Check every request of the Flask app before anything else reads it; `g.api_key` is the key's name."""
+    """Check every request of the Flask app before anything else reads it; `g.api_key` is the key's
+    name (or, on the review API, the moderator a session signs in)."""
 
     @app.before_request
     def _require_a_key() -> None:
+        if request.path.startswith("/reviews") and presented_token(request.headers.get) is None:
+            session_moderator = app.extensions.get("nsfw.session_moderator")
+            name = session_moderator() if session_moderator is not None else None
+            if name is not None:
+                g.api_key = name
+                return
         key = check(request.path, request.headers.get, keys, metrics_token)
         g.api_key = key.name if key else "-"

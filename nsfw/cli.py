@@ -101,8 +101,56 @@ def db_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     return 0
 
 
+def moderators_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """`moderators add NAME | list | remove NAME`: who may sign in to the review pages, in the review
+    store that the NSFW_* settings name (migrated first, so a fresh data folder works). add reads the
+    password from a prompt, or from standard input's first line when that is not a terminal."""
+    parser = argparse.ArgumentParser(prog="python -m nsfw moderators", description="the review pages' moderators")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("add", help="add a moderator, or set a new password").add_argument("name")
+    commands.add_parser("list", help="the moderators' names")
+    commands.add_parser("remove", help="remove a moderator (signed out at their next request)").add_argument("name")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    from nsfw.review import moderators
+    from nsfw.review.store import make_engine, upgrade
+
+    upgrade(settings.database)
+    engine = make_engine(settings.database)
+    try:
+        if args.command == "list":
+            out.write("".join(f"{name}\n" for name in moderators.names(engine)))
+            return 0
+        if args.command == "remove":
+            if not moderators.remove(engine, args.name):
+                parser.error(f"no moderator {args.name}")
+            out.write(f"removed {args.name}\n")
+            return 0
+        if sys.stdin.isatty():
+            import getpass
+
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                parser.error("the passwords differ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        try:
+            moderators.add(engine, args.name, password)
+        except ValueError as exc:
+            parser.error(str(exc))
+        out.write(f"moderator {args.name} can sign in at /review/login\n")
+        return 0
+    finally:
+        engine.dispose()
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["moderators"]:
+        return moderators_main(argv[1:], out)
     if argv[:1] == ["keys"]:
         return keys_main(argv[1:], out)
     if argv[:1] == ["db"]:

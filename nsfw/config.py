@@ -245,6 +245,10 @@ class Settings:
     # Days a decided item keeps its thumbnail; its scores, label and hash stay (they are the memory).
     review_retention_days: int = 30
 
+    # Signs the moderators' session cookies (the review pages); needed with NSFW_REVIEW, at least 32
+    # characters (python -m nsfw keys new makes a good one). Changing it signs everyone out.
+    secret_key: str = field(default="", repr=False)
+
     @property
     def database(self) -> str:
         """The review store's SQLAlchemy URL: NSFW_DATABASE_URL (a plain postgresql:// one through
@@ -380,6 +384,11 @@ class Settings:
                 not self.database_url or self.database_url.startswith(DATABASE_SCHEMES),
                 f"must start with one of {', '.join(DATABASE_SCHEMES)}",
             ),
+            (
+                "secret_key",
+                not self.review or len(self.secret_key) >= 32,
+                "needs at least 32 characters with NSFW_REVIEW (it signs the moderators' sessions)",
+            ),
             ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
             ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
             (
@@ -450,7 +459,9 @@ def _parse_ports(raw: str) -> tuple[int, ...]:
 
 # Settings whose values are never echoed, in an error or anywhere else.
 # (A Redis URI or a database URL may hold a password.)
-_SECRETS = frozenset({"api_keys", "metrics_token", "rate_limit_storage", "database_url", "review_webhook_secret"})
+_SECRETS = frozenset(
+    {"api_keys", "metrics_token", "rate_limit_storage", "database_url", "review_webhook_secret", "secret_key"}
+)
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "allowed_networks": _parse_networks,

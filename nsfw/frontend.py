@@ -128,7 +128,9 @@ class Front:
             await _send_json(send, status, body, [])
             self._count(scope, status)
             return
-        if self.settings.api_keys or self.settings.metrics_token:
+        if (self.settings.api_keys or self.settings.metrics_token) and not access.may_use_session(
+            scope["path"], _header_getter(scope)
+        ):
             try:  # before admission and before any of the body: a stranger costs neither
                 key = access.check(
                     scope["path"], _header_getter(scope), self.settings.api_keys, self.settings.metrics_token

@@ -422,6 +422,7 @@ def document() -> Schema:
                 )
             },
             **_review_paths(),
+            **_page_paths(),
             OPENAPI_PATH: {
                 "get": _open(
                     "This document.",
@@ -455,6 +456,7 @@ def document() -> Schema:
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An NSFW_API_KEYS token."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "NSFW_METRICS_TOKEN."},
+                "session": {"type": "apiKey", "in": "cookie", "name": "nsfw_session"},
             },
         },
     }
@@ -557,6 +559,66 @@ def _review_paths() -> Schema:
         "/reviews/{review_id}/decision": action(
             "Decide a pending item, once; its webhook follows.", "decision", requestBody=decision_body
         ),
+    }
+
+
+# The moderator's pages answer HTML (their own errors too) or, from the front door, the JSON shape.
+_PAGE_STATUSES = (200, 302, 400, 401, 404, 405, 408, 409, 413, 414, 429, 431, 500, 501, 503)
+
+
+def _page(summary: str, operation_id: str, **more: Any) -> Schema:
+    either = {"text/html": {}, "application/json": {}}
+    responses = {
+        str(status): {"description": "The page, a redirect, or an error.", "content": either}
+        for status in _PAGE_STATUSES
+    }
+    responses["302"] = {"description": "To the sign-in page (no session), or onwards after a form."}
+    return {
+        "summary": summary,
+        "security": [{"session": []}, {}],
+        "responses": responses,
+        "operationId": operation_id,
+        **more,
+    }
+
+
+def _form(*fields: str) -> Schema:
+    properties = {name: {"type": "string"} for name in ("csrf_token", *fields)}
+    return {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": properties}}},
+    }
+
+
+def _page_paths() -> Schema:
+    """The moderator's pages (NSFW_REVIEW=true; a moderator's session, not a key)."""
+    item_id = [{"name": "review_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "/review": {"get": _page("The queue: pending items, one at a time.", "page_queue")},
+        "/review/login": {
+            "get": _page("The sign-in form.", "page_login"),
+            "post": _page(
+                "Sign in (limited per name and address).", "page_login_post", requestBody=_form("username", "password")
+            ),
+        },
+        "/review/logout": {"post": _page("Sign out.", "page_logout", requestBody=_form())},
+        "/review/settings": {
+            "post": _page("Blur on or off for this moderator.", "page_settings", requestBody=_form("blur"))
+        },
+        "/review/history": {"get": _page("Decided items, newest first, with undo.", "page_history")},
+        "/review/history/{review_id}/undo": {
+            "post": _page(
+                "Undo a decision of the last 10 minutes.", "page_undo", parameters=item_id, requestBody=_form()
+            )
+        },
+        "/review/insights": {"get": _page("What the decisions teach the thresholds.", "page_insights")},
+        "/review/static/{filename}": {
+            "get": _page(
+                "The pages' stylesheet and script.",
+                "page_static",
+                parameters=[{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+            )
+        },
     }
 
 

@@ -60,7 +60,13 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 @pytest.fixture()
 def full_app(settings: Settings, tmp_path: Path) -> Iterator[Flask]:
     """The app with every optional route on (the review queue's)."""
-    full = replace(settings, review=True, data_dir=tmp_path, api_keys=parse_api_keys(f"mod:{TOKEN}:predict+review"))
+    full = replace(
+        settings,
+        review=True,
+        data_dir=tmp_path,
+        api_keys=parse_api_keys(f"mod:{TOKEN}:predict+review"),
+        secret_key="s" * 40,
+    )
     upgrade(full.database)
     app = create_app(full, FakeClassifier())
     yield app
@@ -132,6 +138,7 @@ def test_the_live_service_answers_as_documented(start_gunicorn: Callable[..., Gu
             "NSFW_ALLOWED_NETWORKS": "",
             "NSFW_REVIEW": "true",
             "NSFW_DATA_DIR": str(tmp_path),
+            "NSFW_SECRET_KEY": "s" * 40,
         },
         app="tests.offline_app:app",
     )

@@ -32,6 +32,7 @@ PREDICT, MODERATOR, OTHER = "p" * 40, "m" * 40, "o" * 40
 KEYS = parse_api_keys(f"app:{PREDICT},alice:{MODERATOR}:predict+review,bob:{OTHER}:review")
 APP, ALICE, BOB = ({"X-API-Key": token} for token in (PREDICT, MODERATOR, OTHER))
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SECRET_KEY = "k" * 40
 UNKNOWN = (0.1, 0.2, 0.3, 0.25, 0.15)  # adult 0.60, safe 0.40: unknown
 SAFE = (0.45, 0.0, 0.5, 0.05, 0.0)
 
@@ -51,7 +52,7 @@ def _jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> b
 
 
 def _settings(settings: Settings, url: str, **more: object) -> Settings:
-    return replace(settings, review=True, database_url=url, api_keys=KEYS, **more)  # type: ignore[arg-type]
+    return replace(settings, review=True, database_url=url, api_keys=KEYS, secret_key=SECRET_KEY, **more)  # type: ignore[arg-type]
 
 
 @pytest.fixture()
@@ -131,7 +132,7 @@ def test_a_worker_refuses_a_store_that_is_not_migrated(settings: Settings, store
     with pytest.raises(ConfigError, match="db upgrade"):
         create_app(_settings(settings, store_url), FakeClassifier())
     upgrade(store_url, "0001")
-    with pytest.raises(ConfigError, match="at revision 0001, not 0002"):
+    with pytest.raises(ConfigError, match="at revision 0001, not 0003"):
         create_app(_settings(settings, store_url), FakeClassifier())
 
 
@@ -140,6 +141,8 @@ def test_the_queue_needs_a_key_with_the_review_scope() -> None:
         Settings.from_env({"NSFW_REVIEW": "true"})
     with pytest.raises(ConfigError, match="NSFW_REVIEW"):
         Settings.from_env({"NSFW_REVIEW": "true", "NSFW_API_KEYS": f"app:{PREDICT}"})
+    with pytest.raises(ConfigError, match="NSFW_SECRET_KEY"):
+        Settings.from_env({"NSFW_REVIEW": "true", "NSFW_API_KEYS": f"mod:{MODERATOR}:review"})
     with pytest.raises(ConfigError, match="NSFW_REVIEW_WEBHOOK_SECRET"):
         Settings.from_env({"NSFW_REVIEW_WEBHOOK_URL": "https://example.com/hook", "NSFW_REVIEW_WEBHOOK_SECRET": "x"})
     with pytest.raises(ConfigError, match=r"NSFW_DATABASE_URL=\(hidden\)"):
@@ -488,7 +491,7 @@ def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "nsfw", "db", "upgrade"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert "at revision 0002 (head 0002)" in done.stdout and (tmp_path / "nsfw.db").exists()
+    assert "at revision 0003 (head 0003)" in done.stdout and (tmp_path / "nsfw.db").exists()
 
 
 def test_a_reverted_decision_is_pending_again_forgotten_and_heard(

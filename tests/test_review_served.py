@@ -44,6 +44,7 @@ def test_queue_decide_hear_restart_remember(
         "NSFW_API_KEYS": f"app:{APP},moderator:{MOD}:review",
         "NSFW_REVIEW_WEBHOOK_URL": receiver.url,
         "NSFW_REVIEW_WEBHOOK_SECRET": SECRET,
+        "NSFW_SECRET_KEY": "s" * 40,
     }
     server = start_gunicorn(env)
     flat = image_server.add_file("/flat.jpg", bombs.jpeg_flat(64, 48))

@@ -161,7 +161,7 @@ class Maintenance:
 
 def install(app: Flask, settings: Settings, service: PredictionService, *, background: bool = True) -> ReviewQueue:
     """The review queue in this worker: engine, schema check, hook, API, maintenance thread."""
-    from nsfw.review import views
+    from nsfw.review import pages, views
 
     engine = make_engine(settings.database)
     try:
@@ -183,6 +183,7 @@ def install(app: Flask, settings: Settings, service: PredictionService, *, backg
     maintenance = Maintenance(queue, sender, settings.review_retention_days)
     app.extensions["nsfw.review"] = maintenance
     app.register_blueprint(views.bp)
+    pages.install(app, settings)
     if background:
         maintenance.start()
     return queue

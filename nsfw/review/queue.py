@@ -169,6 +169,24 @@ class ReviewQueue:
                 raise NotFound(review_id)
             return self._item(connection, row)
 
+    def recent_decisions(self, limit: int = MAX_PAGE) -> list[dict[str, Any]]:
+        """Decided items, newest decision first (the history page)."""
+        query = select(reviews).where(reviews.c.status == "decided").order_by(reviews.c.decided.desc()).limit(limit)
+        with self.engine.connect() as connection:
+            return [self._item(connection, row) for row in connection.execute(query).all()]
+
+    def decided_scores(self) -> list[tuple[str, dict[str, float], str]]:
+        """(model, scores, human label) of every decided item: what the insights page learns from."""
+        query = select(reviews.c.model, reviews.c.scores, reviews.c.label).where(reviews.c.status == "decided")
+        with self.engine.connect() as connection:
+            return [(row.model, json.loads(row.scores), row.label) for row in connection.execute(query)]
+
+    def kinds_decided(self) -> dict[str, int]:
+        """How many decided items of each kind (unknown, audit) there are."""
+        query = select(reviews.c.kind, func.count()).where(reviews.c.status == "decided").group_by(reviews.c.kind)
+        with self.engine.connect() as connection:
+            return {row[0]: int(row[1]) for row in connection.execute(query)}
+
     def thumbnail(self, review_id: str) -> bytes | None:
         with self.engine.connect() as connection:
             row = connection.execute(select(reviews.c.thumbnail).where(reviews.c.id == review_id)).first()

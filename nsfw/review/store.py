@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Engine,
     Float,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     event,
     inspect,
     text,
+    true,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,6 +116,16 @@ outbox = Table(
 )
 
 
+moderators = Table(
+    "moderators",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("password_hash", Text, nullable=False),  # Argon2id, argon2-cffi's encoding
+    Column("created", Float, nullable=False),
+    Column("blur", Boolean, nullable=False, server_default=true()),  # thumbnails blurred until revealed
+)
+
+
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     # The driver's own transaction handling off: the begin hook below says BEGIN IMMEDIATE itself.
     dbapi_connection.isolation_level = None
@@ -175,7 +187,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 # The newest migration's revision (migrations/versions/). Workers compare the store with it without
 # importing Alembic (6 MB a worker); tests/test_review.py checks it is Alembic's head.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def revisions(engine: Engine) -> tuple[str | None, str]:

@@ -1,0 +1,264 @@
+"""The moderator's pages: sign in, the queue, history with undo, insights. Server-rendered Jinja2 and
+one small plain script (static/review.js), everything served from this package.
+
+- Sessions: Flask's signed cookie (NSFW_SECRET_KEY), HttpOnly, SameSite=Lax, Secure when the request
+  came over https (directly, or as a trusted proxy's X-Forwarded-Proto says). Each request loads its
+  moderator again, so a removed moderator is signed out at the next one.
+- CSRF: Flask-WTF's tokens on every form and on every state-changing fetch (`X-CSRFToken`); the API
+  routes ask for one only when a session, not a key, authenticates them (nsfw/access.py).
+- Sign-in attempts are limited per name and per address, in the instance's counter store (the rate
+  limits' own: the shared SQLite file, or Redis), so every worker counts them together.
+- Every page carries a Content-Security-Policy with no inline script, X-Frame-Options: DENY, no-store.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask.sessions import SecureCookieSessionInterface
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+from markupsafe import Markup
+
+from nsfw import access, errors
+from nsfw.config import Settings
+from nsfw.limitstore import storage_uri
+from nsfw.review import insights as teach
+from nsfw.review import moderators
+from nsfw.review.queue import ReviewQueue, iso
+
+bp = Blueprint("review_pages", __name__, template_folder="templates", static_folder="static", url_prefix="/review")
+
+SESSION_COOKIE = "nsfw_session"
+UNDO_SECONDS = 600
+LOGIN_PER_NAME = parse("10/minute")
+LOGIN_PER_ADDRESS = parse("30/minute")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+csrf = CSRFProtect()
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Secure cookies exactly when the request came over https."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return access.request_scheme() == "https"
+
+
+def _queue() -> ReviewQueue:
+    queue: ReviewQueue = current_app.extensions["nsfw.review"].queue
+    return queue
+
+
+def moderator() -> str | None:
+    """The signed-in moderator of this request, checked against the store; a removed one's session
+    is cleared."""
+    if "moderator" not in g:
+        name = session.get("moderator")
+        blur = moderators.blurs(_queue().engine, name) if isinstance(name, str) else None
+        if blur is None:
+            session.pop("moderator", None)
+            g.moderator, g.blur = None, True
+        else:
+            g.moderator, g.blur = name, blur
+    return g.moderator  # type: ignore[no-any-return]
+
+
+def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if moderator() is None:
+            return redirect(url_for("review_pages.login", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _safe_next(target: str | None) -> str:
+    """Only our own pages: a sign-in must never redirect elsewhere."""
+    if target and target.startswith("/review") and not urlsplit(target).netloc and "\\" not in target:
+        return target
+    return url_for("review_pages.queue")
+
+
+def _login_limiter() -> FixedWindowRateLimiter:
+    limiter = current_app.extensions.get("nsfw.login_limiter")
+    if limiter is None:
+        settings: Settings = current_app.extensions["nsfw"].settings
+        limiter = FixedWindowRateLimiter(
+            storage_from_string(storage_uri(settings.rate_limit_storage, settings.instance_dir))
+        )
+        current_app.extensions["nsfw.login_limiter"] = limiter
+    return limiter
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    error = None
+    status = 200
+    if request.method == "POST":
+        csrf.protect()
+        name = request.form.get("username", "")[:64]
+        limiter = _login_limiter()
+        allowed = limiter.hit(LOGIN_PER_NAME, "login-name", name) and limiter.hit(
+            LOGIN_PER_ADDRESS, "login-address", access.client_address()
+        )
+        if not allowed:
+            error, status = "Too many sign-in attempts; wait a minute.", 429
+        elif moderators.verify(_queue().engine, name, request.form.get("password", "")):
+            session.clear()
+            session["moderator"] = name
+            session.permanent = False
+            return redirect(_safe_next(request.args.get("next")))
+        else:
+            error, status = "Wrong name or password.", 401
+    return render_template("review/login.html", error=error, next=request.args.get("next", "")), status
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    csrf.protect()
+    session.clear()
+    return redirect(url_for("review_pages.login"))
+
+
+@bp.get("")
+@signed_in
+def queue() -> str:
+    items, following = _queue().page("pending", 50, None)
+    return render_template("review/queue.html", items=items, more=following is not None, page="queue")
+
+
+@bp.post("/settings")
+@signed_in
+def settings_page() -> Response:
+    csrf.protect()
+    moderators.set_blur(_queue().engine, str(moderator()), request.form.get("blur") == "on")
+    return redirect(url_for("review_pages.queue"))
+
+
+@bp.get("/history")
+@signed_in
+def history() -> str:
+    items = _queue().recent_decisions(100)
+    now = time.time()
+    for item in items:
+        item["undoable"] = _decided_at(item) > now - UNDO_SECONDS
+    return render_template("review/history.html", items=items, page="history", undo_minutes=UNDO_SECONDS // 60)
+
+
+@bp.post("/history/<review_id>/undo")
+@signed_in
+def undo(review_id: str) -> Any:
+    csrf.protect()
+    item = _queue().get(review_id)
+    if item["status"] != "decided" or _decided_at(item) <= time.time() - UNDO_SECONDS:
+        return render_template("review/message.html", message="That decision can no longer be undone."), 409
+    _queue().revert(review_id, str(moderator()))
+    current_app.extensions["nsfw.review"].wake.set()
+    return redirect(url_for("review_pages.queue"))
+
+
+def _epoch(stamp: str | None) -> float:
+    """queue.iso's UTC stamps back to epoch seconds (to the second)."""
+    return float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S"))) if stamp else 0.0
+
+
+def _decided_at(item: dict[str, Any]) -> float:
+    return _epoch(item.get("decided"))
+
+
+@bp.get("/insights")
+@signed_in
+def insights() -> str:
+    settings: Settings = current_app.extensions["nsfw"].settings
+    decided = _queue().decided_scores()
+    learned = teach.learn(decided)
+    kinds = _queue().kinds_decided()
+    return render_template(
+        "review/insights.html",
+        learned=learned,
+        chart=Markup(teach.histogram_svg(learned)),  # noqa: S704 - numbers only, made by histogram_svg
+        kinds=kinds,
+        current=(settings.adult_threshold, settings.safe_threshold),
+        page="insights",
+    )
+
+
+@bp.app_template_filter("age")
+def _age(stamp: str | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = max(0, int(time.time() - _epoch(stamp)))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _headers(response: Response) -> Response:
+    if request.path.startswith("/review") and not request.path.startswith("/reviews"):
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _csrf_failed(error: CSRFError) -> Any:
+    if request.path.startswith("/reviews"):
+        refused = errors.Forbidden(f"CSRF: {error.description}")
+        return {"error": {"code": refused.code, "message": "The CSRF token is missing or wrong."}}, 403
+    return render_template("review/message.html", message="The form expired; go back and try again."), 400
+
+
+def session_moderator() -> str | None:
+    """For nsfw/access.py: the moderator a session cookie signs in for the review API, with the
+    CSRF token checked on anything that changes state."""
+    name = moderator()
+    if name is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()
+    return name
+
+
+def install(app: Flask, settings: Settings) -> None:
+    app.secret_key = settings.secret_key
+    app.session_interface = _SessionInterface()
+    app.config.update(
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_CHECK_DEFAULT=False,  # the API's key holders send no token; sessions do (above)
+        WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session
+        WTF_CSRF_SSL_STRICT=False,  # the Referer check breaks behind proxies that rewrite it; SameSite covers it
+    )
+    csrf.init_app(app)
+    app.jinja_env.globals["csrf_token"] = generate_csrf
+    app.jinja_env.globals["moderator"] = lambda: g.get("moderator")
+    app.jinja_env.globals["blur"] = lambda: g.get("blur", True)
+    app.jinja_env.filters["iso"] = iso
+    app.register_error_handler(CSRFError, _csrf_failed)
+    app.after_request(_headers)
+    app.register_blueprint(bp)
+    app.extensions["nsfw.session_moderator"] = session_moderator

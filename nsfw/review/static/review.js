@@ -1,0 +1,143 @@
+// The queue page: one item at a time, claimed when opened, decided by button or key, the next one
+// without a reload. Everything goes through the review API with the session and its CSRF token.
+"use strict";
+(function () {
+  const list = document.querySelector("[data-queue]");
+  if (!list) return;
+  const token = document.querySelector('meta[name="csrf-token"]').content;
+  const status = document.getElementById("status");
+  const empty = document.getElementById("empty");
+  const template = document.getElementById("item-template");
+  let items = Array.from(list.querySelectorAll("[data-review-id]"));
+  let index = 0;
+
+  function call(method, url, body) {
+    return fetch(url, {
+      method: method,
+      credentials: "same-origin",
+      headers: { "X-CSRFToken": token, "Content-Type": "application/json", Accept: "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  }
+
+  function field(element, name) { return element.querySelector('[data-field="' + name + '"]'); }
+
+  function render(item) {
+    const element = template.content.firstElementChild.cloneNode(true);
+    element.dataset.reviewId = item.id;
+    element.setAttribute("aria-label", "Item " + item.id);
+    field(element, "thumbnail").src = "/reviews/" + encodeURIComponent(item.id) + "/thumbnail";
+    field(element, "reason").textContent = item.reason;
+    field(element, "model").textContent = item.model;
+    field(element, "age").textContent = item.created;
+    field(element, "refs").textContent = item.refs.join(", ");
+    const scores = document.createElement("dl");
+    scores.className = "scores";
+    Object.entries(item.scores).forEach(function ([name, value]) {
+      const row = document.createElement("div");
+      row.className = "score";
+      const dt = document.createElement("dt");
+      dt.textContent = name;
+      const dd = document.createElement("dd");
+      const meter = document.createElement("meter");
+      meter.min = 0; meter.max = 1; meter.value = value;
+      meter.setAttribute("aria-label", name);
+      const number = document.createElement("span");
+      number.textContent = value.toFixed(3);
+      dd.append(meter, " ", number);
+      row.append(dt, dd);
+      scores.append(row);
+    });
+    field(element, "scores").replaceChildren(scores);
+    return element;
+  }
+
+  async function loadMore() {
+    const answer = await call("GET", "/reviews?status=pending&limit=50");
+    if (!answer.ok) return;
+    const known = new Set(items.map(function (e) { return e.dataset.reviewId; }));
+    (await answer.json()).items.forEach(function (item) {
+      if (known.has(item.id)) return;
+      const element = render(item);
+      list.append(element);
+      items.push(element);
+    });
+  }
+
+  async function open(next) {
+    items.forEach(function (e) {
+      e.classList.remove("current");
+      const img = e.querySelector("img");
+      if (img) img.classList.remove("revealed"); // blurred again on the next item
+    });
+    if (items.length === 0) await loadMore();
+    empty.hidden = items.length > 0;
+    if (items.length === 0) { status.textContent = "Nothing to review."; return; }
+    index = Math.max(0, Math.min(next, items.length - 1));
+    const element = items[index];
+    element.classList.add("current");
+    element.focus();
+    const id = element.dataset.reviewId;
+    const answer = await call("POST", "/reviews/" + encodeURIComponent(id) + "/claim");
+    const claim = field(element, "claim");
+    if (answer.ok) {
+      element.dataset.claimed = "mine";
+      claim.textContent = "Claimed by you";
+    } else if (answer.status === 409) {
+      const item = await (await call("GET", "/reviews/" + encodeURIComponent(id))).json();
+      element.dataset.claimed = "other";
+      claim.textContent = item.claimed_by ? "Claimed by " + item.claimed_by : "Claimed by another moderator";
+    } else if (answer.status === 404) {
+      drop(element);
+      return open(index);
+    }
+    status.textContent = "Item " + (index + 1) + " of " + items.length;
+  }
+
+  function drop(element) {
+    const at = items.indexOf(element);
+    if (at >= 0) items.splice(at, 1);
+    element.remove();
+  }
+
+  async function decide(label) {
+    const element = items[index];
+    if (!element) return;
+    if (element.dataset.claimed === "other") { status.textContent = field(element, "claim").textContent; return; }
+    const answer = await call("POST", "/reviews/" + encodeURIComponent(element.dataset.reviewId) + "/decision", { label: label });
+    if (answer.ok || answer.status === 409) {
+      status.textContent = answer.ok ? "Decided " + label + "." : "Someone else decided it.";
+      drop(element);
+      await open(index);
+    } else {
+      status.textContent = "That did not work (" + answer.status + "); try again.";
+    }
+  }
+
+  function reveal() {
+    const element = items[index];
+    if (element) element.querySelector("img").classList.toggle("revealed");
+  }
+
+  list.addEventListener("click", function (event) {
+    const target = event.target.closest("button");
+    if (!target) return;
+    if (target.dataset.decision) decide(target.dataset.decision);
+    else if (target.dataset.action === "reveal") reveal();
+  });
+
+  document.addEventListener("keydown", function (event) {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest("input, textarea, select, dialog")) return;
+    const key = event.key;
+    if (key === "a" || key === "A") decide("adult");
+    else if (key === "s" || key === "S") decide("safe");
+    else if (key === " ") { event.preventDefault(); reveal(); }
+    else if (key === "j" || key === "J") open(index + 1);
+    else if (key === "k" || key === "K") open(index - 1);
+    else if (key === "?") document.getElementById("help").showModal();
+    else return;
+  });
+
+  open(0);
+})();

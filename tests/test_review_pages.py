@@ -1,0 +1,181 @@
+"""The moderator's pages in Flask's test client: sessions, CSRF, sign-in limits, headers, undo and
+insights (tests/test_review_pages_browser.py drives them in Chromium)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from nsfw import create_app
+from nsfw.review import moderators
+from nsfw.review.insights import learn
+from nsfw.review.store import upgrade
+from tests.support import REPO, FakeClassifier
+from tests.test_review import APP, KEYS, SECRET_KEY, _jpeg
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture()
+def app(settings, tmp_path: Path) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
+    reviewed = replace(settings, review=True, data_dir=tmp_path, api_keys=KEYS, secret_key=SECRET_KEY)
+    upgrade(reviewed.database)
+    made = create_app(reviewed, FakeClassifier())
+    moderators.add(made.extensions["nsfw.review"].queue.engine, "alice", PASSWORD)
+    yield made
+    made.extensions["nsfw.review"].close()
+
+
+def _queue_one(client: FlaskClient, colour: tuple[int, int, int] = (9, 9, 9)) -> str:
+    answer = client.post(
+        "/predict?detail=true&ref=u", data=_jpeg(colour), headers={**APP, "Content-Type": "image/jpeg"}
+    )
+    return str(answer.get_json()["review"]["id"])
+
+
+def _token(page: str) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+
+
+def _sign_in(client: FlaskClient, password: str = PASSWORD) -> int:
+    page = client.get("/review/login").get_data(as_text=True)
+    return client.post(
+        "/review/login", data={"username": "alice", "password": password, "csrf_token": _token(page)}
+    ).status_code
+
+
+def test_no_session_no_page_and_no_thumbnail(app: Flask) -> None:
+    client = app.test_client()
+    review_id = _queue_one(client)
+    page = client.get("/review")
+    assert page.status_code == 302 and page.headers["Location"].startswith("/review/login?next=/review")
+    assert client.get("/review/history").status_code == 302
+    assert client.get(f"/reviews/{review_id}/thumbnail").status_code == 401
+    assert client.get("/reviews").status_code == 401
+
+
+def test_a_wrong_password_is_refused_and_the_right_one_signs_in(app: Flask) -> None:
+    client = app.test_client()
+    assert _sign_in(client, "wrong password!") == 401
+    assert client.get("/review").status_code == 302
+    assert _sign_in(client) == 302
+    cookie = client.get_cookie("nsfw_session")
+    assert cookie is not None and cookie.http_only and cookie.same_site == "Lax" and not cookie.secure
+    page = client.get("/review")
+    assert page.status_code == 200 and "Nothing to review" in page.get_data(as_text=True)
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_session_cookie_is_secure_over_https(app: Flask) -> None:
+    client = app.test_client()
+    page = client.get("/review/login", base_url="https://localhost").get_data(as_text=True)
+    client.post(
+        "/review/login",
+        data={"username": "alice", "password": PASSWORD, "csrf_token": _token(page)},
+        base_url="https://localhost",
+    )
+    assert client.get_cookie("nsfw_session", domain="localhost").secure  # type: ignore[union-attr]
+
+
+def test_the_queue_page_shows_items_and_the_api_takes_the_session_with_its_token(app: Flask) -> None:
+    client = app.test_client()
+    review_id = _queue_one(client)
+    _sign_in(client)
+    page = client.get("/review").get_data(as_text=True)
+    assert (
+        f'data-review-id="{review_id}"' in page and 'data-decision="adult"' in page and 'data-action="reveal"' in page
+    )
+    token = _token(page)
+    assert client.get(f"/reviews/{review_id}/thumbnail").status_code == 200  # the session reads
+    missing = client.post(f"/reviews/{review_id}/decision", json={"label": "adult"})
+    forged = client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers={"X-CSRFToken": "forged"})
+    assert missing.status_code == forged.status_code == 403
+    done = client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers={"X-CSRFToken": token})
+    assert done.status_code == 200 and done.get_json()["decided_by"] == "alice"
+
+
+def test_a_form_without_its_token_is_refused(app: Flask) -> None:
+    client = app.test_client()
+    _sign_in(client)
+    assert client.post("/review/settings", data={"blur": "on"}).status_code == 400
+    assert client.post("/review/logout").status_code == 400
+    assert client.get("/review").status_code == 200  # still signed in
+
+
+def test_a_removed_moderator_is_signed_out_at_the_next_request(app: Flask) -> None:
+    client = app.test_client()
+    _sign_in(client)
+    assert client.get("/review").status_code == 200
+    moderators.remove(app.extensions["nsfw.review"].queue.engine, "alice")
+    assert client.get("/review").status_code == 302
+    assert client.get("/reviews").status_code == 401
+
+
+def test_sign_in_attempts_are_limited_per_name(app: Flask) -> None:
+    client = app.test_client()
+    statuses = [_sign_in(client, f"wrong {n} password") for n in range(11)]
+    assert statuses == [401] * 10 + [429]
+    assert _sign_in(client) == 429  # the right password waits too
+
+
+def test_undo_within_ten_minutes_puts_the_item_back(app: Flask) -> None:
+    client = app.test_client()
+    review_id = _queue_one(client)
+    _sign_in(client)
+    token = _token(client.get("/review").get_data(as_text=True))
+    client.post(f"/reviews/{review_id}/decision", json={"label": "safe"}, headers={"X-CSRFToken": token})
+    history = client.get("/review/history").get_data(as_text=True)
+    assert f'data-review-id="{review_id}"' in history and 'data-action="undo"' in history
+    assert client.post(f"/review/history/{review_id}/undo", data={"csrf_token": token}).status_code == 302
+    assert client.get(f"/reviews/{review_id}").get_json()["status"] == "pending"
+
+
+def test_insights_suggest_thresholds_from_the_decisions() -> None:
+    def item(adult: float, label: str) -> tuple[str, dict[str, float], str]:
+        return ("mobilenet_v2", {"porn": adult, "neutral": 1 - adult}, label)
+
+    decided = [item(0.97, "adult")] * 40 + [item(0.02, "safe")] * 40 + [item(0.6, "safe"), item(0.62, "adult")]
+    learned = learn(decided)
+    assert learned.count == 82 and sum(learned.adult) == 41 and sum(learned.safe) == 41
+    assert learned.suggestion is not None and learned.suggestion.disagreement == 0.0
+    assert learned.suggestion.threshold > 0.62  # below it, the 0.6 item would be called adult wrongly
+    assert learned.suggestion.automatic == 80 / 82
+
+
+def test_the_insights_page_has_its_chart(app: Flask) -> None:
+    client = app.test_client()
+    review_id = _queue_one(client)
+    _sign_in(client)
+    token = _token(client.get("/review").get_data(as_text=True))
+    client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers={"X-CSRFToken": token})
+    page = client.get("/review/insights").get_data(as_text=True)
+    assert "<svg" in page and "Learned from 1 decided items" in page
+
+
+def test_moderators_from_the_command_line_on_a_fresh_data_folder(tmp_path: Path) -> None:
+    env = {"NSFW_DATA_DIR": str(tmp_path / "fresh"), "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nsfw", "moderators", *args],
+            cwd=REPO,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert run("add", "alice", stdin=PASSWORD + "\n").returncode == 0
+    assert run("add", "bob", stdin="short\n").returncode == 2
+    assert run("list").stdout == "alice\n"
+    assert run("remove", "alice").returncode == 0 and run("list").stdout == ""

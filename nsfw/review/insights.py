@@ -91,6 +91,7 @@ def histogram_svg(insights: Insights, width: int = 600, height: int = 220) -> st
             )
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = left + tick * plot_w
-        parts.append(f'<text x="{x:.1f}" y="{height - 10}" class="tick">{tick:.2f}</text>')
+        anchor = "start" if tick == 0 else "end" if tick == 1 else "middle"
+        parts.append(f'<text x="{x:.1f}" y="{height - 10}" text-anchor="{anchor}" class="tick">{tick:.2f}</text>')
     parts.append(f'<text x="{left}" y="14" class="tick">{top} items</text></svg>')
     return "".join(parts)

@@ -31,21 +31,21 @@
     field(element, "model").textContent = item.model;
     field(element, "age").textContent = item.created;
     field(element, "refs").textContent = item.refs.join(", ");
-    const scores = document.createElement("dl");
+    const scores = document.createElement("ul");
     scores.className = "scores";
+    scores.setAttribute("aria-label", "Scores");
     Object.entries(item.scores).forEach(function ([name, value]) {
-      const row = document.createElement("div");
+      const row = document.createElement("li");
       row.className = "score";
-      const dt = document.createElement("dt");
-      dt.textContent = name;
-      const dd = document.createElement("dd");
+      const label = document.createElement("span");
+      label.className = "name";
+      label.textContent = name;
       const meter = document.createElement("meter");
       meter.min = 0; meter.max = 1; meter.value = value;
       meter.setAttribute("aria-label", name);
       const number = document.createElement("span");
       number.textContent = value.toFixed(3);
-      dd.append(meter, " ", number);
-      row.append(dt, dd);
+      row.append(label, " ", meter, " ", number);
       scores.append(row);
     });
     field(element, "scores").replaceChildren(scores);

@@ -1,0 +1,177 @@
+"""The moderator's pages in a real headless Chromium (Debian's chromium and chromium-driver, driven
+by Selenium), against gunicorn with 2 workers: sign in, blur and reveal, decide by key and by button,
+two moderators on one item, history and undo, insights, and axe-core on every page. Screenshots go
+to .cache/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from axe_selenium_python import Axe
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
+
+from scripts import hostile_images as bombs
+from tests.served import Gunicorn
+from tests.support import REPO, ImageServer
+
+APP = "a" * 43
+PASSWORDS = {"alice": "alice's long password", "bob": "bob's long password!"}
+SHOTS = REPO / ".cache" / "screenshots"
+STRICT = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
+
+
+def _browser_paths() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("Chromium is missing: scripts/test installs Debian's chromium and chromium-driver")
+    return chromium, driver
+
+
+@pytest.fixture()
+def browsers() -> Iterator[Callable[[], WebDriver]]:
+    chromium, driver_path = _browser_paths()
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for drivers on the network
+    made: list[WebDriver] = []
+
+    def make() -> WebDriver:
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
+            options.add_argument(argument)
+        driver = webdriver.Chrome(service=Service(driver_path), options=options)
+        driver.set_page_load_timeout(30)
+        made.append(driver)
+        return driver
+
+    yield make
+    for driver in made:
+        driver.quit()
+
+
+@pytest.fixture()
+def served(start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer, tmp_path: Path) -> Gunicorn:
+    env = {
+        "NSFW_REVIEW": "true",
+        "NSFW_DATA_DIR": str(tmp_path / "data"),
+        "NSFW_API_KEYS": f"app:{APP},moderation:{'m' * 43}:review",
+        "NSFW_SECRET_KEY": "s" * 40,
+    }
+    for name, password in PASSWORDS.items():  # on a fresh data folder: the command migrates first
+        done = subprocess.run(
+            [sys.executable, "-m", "nsfw", "moderators", "add", name],
+            cwd=REPO,
+            env={**env, "PATH": os.environ["PATH"]},
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+    server = start_gunicorn(env)
+    for n in range(3):  # three images the strict thresholds leave to a human
+        url = image_server.add_file(f"/q{n}.jpg", bombs.jpeg_flat(64 + 16 * n, 48))
+        request = urllib.request.Request(
+            f"{server.base}/predict?url={urllib.parse.quote(url)}&{STRICT}&ref=upload-{n}", method="POST"
+        )
+        request.add_header("Authorization", f"Bearer {APP}")
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            assert json.loads(answer.read())["review"]["status"] == "pending"
+    return server
+
+
+def _sign_in(driver: WebDriver, base: str, name: str, password: str) -> None:
+    driver.get(f"{base}/review/login")
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.NAME, "username").send_keys(name)
+    driver.find_element(By.NAME, "password").send_keys(password + Keys.ENTER)
+    WebDriverWait(driver, 10).until(staleness_of(page))  # the answer to the form has loaded
+
+
+_OPEN_ITEM = "const e = document.querySelector('.item.current[data-claimed]'); return e && e.dataset.reviewId;"
+
+
+def _current(driver: WebDriver) -> str:
+    """The id of the item the page has open and claimed (read in the page: items come and go)."""
+    return str(WebDriverWait(driver, 10).until(lambda d: d.execute_script(_OPEN_ITEM)))
+
+
+def _filter(driver: WebDriver) -> str:
+    image = driver.find_element(By.CSS_SELECTOR, ".item.current img")
+    return str(driver.execute_script("return getComputedStyle(arguments[0]).filter", image))
+
+
+def _no_serious_violations(driver: WebDriver, page: str) -> None:
+    axe = Axe(driver)
+    axe.inject()
+    results = axe.run()
+    bad = [v for v in results["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{page}: " + "; ".join(f"{v['id']}: {v['help']}" for v in bad)
+
+
+def _shot(driver: WebDriver, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / name))
+
+
+def test_a_moderators_hour(served: Gunicorn, browsers: Callable[[], WebDriver]) -> None:
+    base = served.base
+    alice = browsers()
+    _sign_in(alice, base, "alice", "not her password")
+    assert "Wrong name or password" in alice.page_source
+    _no_serious_violations(alice, "login")
+    _sign_in(alice, base, "alice", PASSWORDS["alice"])
+    first = _current(alice)
+    assert "blur" in _filter(alice)  # blurred by default
+    _shot(alice, "queue-blurred.png")
+    _no_serious_violations(alice, "queue")
+
+    alice.find_element(By.TAG_NAME, "body").send_keys(Keys.SPACE)
+    WebDriverWait(alice, 5).until(lambda d: _filter(d) == "none")
+    _shot(alice, "queue-revealed.png")
+
+    alice.find_element(By.TAG_NAME, "body").send_keys("a")  # adult, by key
+    WebDriverWait(alice, 10).until(lambda d: _current(d) != first)
+    second = _current(alice)
+    assert "blur" in _filter(alice)  # blurred again on the next item
+
+    # A second moderator opening the queue finds alice's item claimed, and says by whom.
+    bob = browsers()
+    _sign_in(bob, base, "bob", PASSWORDS["bob"])
+    assert _current(bob) == second
+    WebDriverWait(bob, 10).until(lambda d: "Claimed by alice" in d.find_element(By.CSS_SELECTOR, ".item.current").text)
+
+    alice.find_element(By.CSS_SELECTOR, '.item.current [data-decision="safe"]').click()  # safe, by button
+    WebDriverWait(alice, 10).until(lambda d: _current(d) not in (first, second))
+
+    alice.get(f"{base}/review/history")
+    rows = alice.find_elements(By.CSS_SELECTOR, "tr[data-review-id]")
+    assert [row.get_attribute("data-review-id") for row in rows] == [second, first]
+    assert "adult" in rows[1].text and "safe" in rows[0].text and "alice" in rows[0].text
+    _shot(alice, "history.png")
+    _no_serious_violations(alice, "history")
+    rows[0].find_element(By.CSS_SELECTOR, '[data-action="undo"]').click()  # undo the safe one
+    WebDriverWait(alice, 10).until(lambda d: d.current_url.endswith("/review"))
+    queued = [e.get_attribute("data-review-id") for e in alice.find_elements(By.CSS_SELECTOR, "[data-review-id]")]
+    assert second in queued
+
+    alice.get(f"{base}/review/insights")
+    assert (
+        alice.find_element(By.CSS_SELECTOR, "figure svg.chart") and "Learned from 1 decided items" in alice.page_source
+    )
+    _shot(alice, "insights.png")
+    _no_serious_violations(alice, "insights")

@@ -179,3 +179,24 @@ def test_moderators_from_the_command_line_on_a_fresh_data_folder(tmp_path: Path)
     assert run("add", "bob", stdin="short\n").returncode == 2
     assert run("list").stdout == "alice\n"
     assert run("remove", "alice").returncode == 0 and run("list").stdout == ""
+
+
+def test_a_moderator_may_turn_blurring_off(app: Flask) -> None:
+    client = app.test_client()
+    _sign_in(client)
+    page = client.get("/review").get_data(as_text=True)
+    assert '<body class="">' in page and 'name="blur" checked' in page
+    client.post("/review/settings", data={"csrf_token": _token(page)})  # the box unticked
+    page = client.get("/review").get_data(as_text=True)
+    assert '<body class="no-blur">' in page and 'name="blur" checked' not in page
+
+
+def test_sign_in_never_redirects_off_the_pages(app: Flask) -> None:
+    for target in ("https://evil.example/", "//evil.example/review", "/review\\\\evil", "/predict"):
+        client = app.test_client()
+        page = client.get("/review/login").get_data(as_text=True)
+        answer = client.post(
+            f"/review/login?next={target}",
+            data={"username": "alice", "password": PASSWORD, "csrf_token": _token(page)},
+        )
+        assert answer.headers["Location"] == "/review", target

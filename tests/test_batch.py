@@ -100,18 +100,26 @@ class _Counting:
             self.now += 1
             self.served += 1
             self.most = max(self.most, self.now)
-        try:  # the body's first bytes, a pause, the rest: done when the client has it all
+        done = False
+        try:  # the body's first bytes, a pause, the rest
             req.send_response(200)
             req.send_header("Content-Length", str(len(self.body)))
             req.end_headers()
             req.wfile.write(self.body[:100])
             req.wfile.flush()
             time.sleep(self.delay)
+            # Counted out before the last bytes go: the client cannot be done with this connection
+            # (and open another in its place) before it has them, so a count made after them could
+            # see the next connection arrive first (a race the test once lost, counting 3).
+            with self.lock:
+                self.now -= 1
+            done = True
             req.wfile.write(self.body[100:])
             req.wfile.flush()
         finally:
-            with self.lock:
-                self.now -= 1
+            if not done:
+                with self.lock:
+                    self.now -= 1
 
 
 def test_downloads_overlap_and_one_deadline_bounds_the_batch(settings: Settings, image_server: ImageServer) -> None:

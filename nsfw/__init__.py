@@ -55,7 +55,9 @@ def create_app(
     observe.install(app)  # first: every answer, a refusal too, carries the request's id
     # Before the blueprint's hooks: no body is read for a stranger.
     access.install(app, settings.api_keys, settings.metrics_token)
-    access.install_limits(app, settings.rate_limit, settings.instance_dir, settings.rate_limit_storage)
+    access.install_limits(
+        app, settings.rate_limit, settings.instance_dir, settings.rate_limit_storage or settings.redis_url
+    )
     app.register_blueprint(bp)
     if settings.review:
         from nsfw import review  # the queue's code and its SQL stack load only when it is on

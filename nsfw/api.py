@@ -221,6 +221,8 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     }
     if prediction.second_tier is not None:
         answer["second_tier"] = prediction.second_tier
+    if prediction.cache is not None:
+        answer["cache"] = prediction.cache
     if prediction.review is not None:
         answer["review"] = prediction.review
     if prediction.frame_count > 1:

@@ -208,6 +208,15 @@ class Settings:
     # Requests allowed per key (per client address without one), in Flask-Limiter's notation:
     # `120/minute;5000/day`. Empty: no limit. Over it: 429 rate_limited with Retry-After.
     rate_limit: str = ""
+    # Results each worker remembers (the image bytes' sha256 with model, version and resize -> its
+    # scores): a repeated image is answered without decoding or inference. 0 (default): off, so every
+    # request is classified as before; the deployment files set 1024 (about 0.5 MB a worker).
+    cache_size: int = 0
+    # Redis shared by every worker and instance: the result cache's second layer, and the rate limits'
+    # counters unless NSFW_RATE_LIMIT_STORAGE says otherwise. Empty: none.
+    redis_url: str = field(default="", repr=False)
+    # Seconds a result stays in Redis.
+    cache_ttl: int = 7 * 86400
     # Where the rate limit counters live: a Redis URI (redis://[:password@]host:port/db, rediss://, or
     # redis+unix://) shared by several instances; empty: the instance's own SQLite file on tmpfs.
     rate_limit_storage: str = field(default="", repr=False)
@@ -390,6 +399,13 @@ class Settings:
                 "needs at least 32 characters with NSFW_REVIEW (it signs the moderators' sessions)",
             ),
             ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
+            ("cache_size", 0 <= self.cache_size <= 1_000_000, "must be 0..1000000 entries"),
+            ("cache_ttl", 1 <= self.cache_ttl <= 365 * 86400, "must be 1 s..365 days"),
+            (
+                "redis_url",
+                not self.redis_url or self.redis_url.split("://", 1)[0] in REDIS_SCHEMES,
+                "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
+            ),
             ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
             (
                 "review_webhook_url",
@@ -460,7 +476,15 @@ def _parse_ports(raw: str) -> tuple[int, ...]:
 # Settings whose values are never echoed, in an error or anywhere else.
 # (A Redis URI or a database URL may hold a password.)
 _SECRETS = frozenset(
-    {"api_keys", "metrics_token", "rate_limit_storage", "database_url", "review_webhook_secret", "secret_key"}
+    {
+        "api_keys",
+        "metrics_token",
+        "rate_limit_storage",
+        "database_url",
+        "review_webhook_secret",
+        "secret_key",
+        "redis_url",
+    }
 )
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

@@ -64,6 +64,13 @@ WEBHOOK_DELIVERIES = Counter(
     "nsfw_webhook_deliveries_total", "Webhook attempts, by outcome (delivered, retried, failed).", ["outcome"]
 )
 
+CACHE_LOOKUPS = Counter(
+    "nsfw_cache_lookups_total",
+    "Result cache lookups, by layer (memory, redis; all for a miss) and outcome.",
+    ["layer", "outcome"],
+)
+CACHE_ERRORS = Counter("nsfw_cache_errors_total", "Result cache operations Redis failed (misses).", ["operation"])
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 

@@ -16,6 +16,9 @@ from typing import IO, Any
 import numpy as np
 
 from nsfw import metrics
+from nsfw.cache import Entry as CacheEntry
+from nsfw.cache import ResultCache, sha256_of
+from nsfw.cache import key as result_key
 from nsfw.config import Settings
 from nsfw.errors import (
     DeadlineExceeded,
@@ -32,7 +35,7 @@ from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_reso
 from nsfw.imaging import harden_pillow, preprocess_frames, thumbnail_jpeg
 from nsfw.imaging.budget import Limits
 from nsfw.model import Classifier, sha256_file
-from nsfw.model.specs import MODELS, ModelSpec
+from nsfw.model.specs import MODELS, NSFWJS, ModelSpec
 from nsfw.policy import Policy, Verdict
 from nsfw.slots import FairSlots
 from nsfw.tiers import HttpSecondTier, SecondTierPolicy
@@ -65,7 +68,10 @@ def build_service(settings: Settings, resolver: Resolver = system_resolver) -> P
     """The service for one process (a gunicorn worker, or the command line): Pillow's process-wide
     limits set, fetcher built; the caller sets the classifier."""
     harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
-    return PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
+    service = PredictionService(settings, Fetcher(fetch_policy(settings), resolver))
+    if settings.cache_size or settings.redis_url:
+        service.cache = ResultCache(settings.cache_size, settings.redis_url, settings.cache_ttl)
+    return service
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,8 @@ class Prediction:
     verdict: Verdict | None = None
     tier: int | str = 1  # 1, 2, or "human" (a remembered review decision)
     second_tier: dict[str, Any] | None = None
+    # With the result cache on: "hit" (no decoding, no inference) or "miss".
+    cache: str | None = None
     # With the review queue on (detailed answers only): {"id", "status"} of the image's item, or
     # {"error": ...} when the store failed (the prediction stands).
     review: dict[str, Any] | None = None
@@ -162,6 +170,8 @@ class PredictionService:
         )
         # The review queue's entry point, when NSFW_REVIEW is on (create_app wires it).
         self.review_hook: ReviewHook | None = None
+        # The result cache (NSFW_CACHE_SIZE, NSFW_REDIS_URL); None when off.
+        self.cache: ResultCache | None = None
 
     def set_classifiers(self, classifiers: Mapping[str, Classifier]) -> None:
         """Called once, when the models are loaded and warmed (maybe from the loader thread)."""
@@ -277,7 +287,19 @@ class PredictionService:
         NSFW_DECODE_TIMEOUT, or by `deadline` (a batch's) when that comes first."""
         started = time.perf_counter()
         spec = classifier.spec
+        cache_key = None
+        if self.cache is not None:
+            mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
+            cache_key = result_key(sha256_of(body), spec.name, spec.version, mode)
+            entry = self.cache.get(cache_key)
+            if entry is not None:
+                return self._finish(self._from_entry(classifier, entry, started), body, policy, review, deadline)
         with self._computing(deadline):
+            if cache_key is not None and self.cache is not None:
+                # Single flight: the same bytes may have been classified while this one waited for the model.
+                entry = self.cache.get_local(cache_key)
+                if entry is not None:
+                    return self._finish(self._from_entry(classifier, entry, started), body, policy, review, deadline)
             begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             body.seek(0)
@@ -297,8 +319,11 @@ class PredictionService:
             metrics.STAGE_DURATION.labels("decode", spec.name).observe(decoded - begun)
             probabilities = classifier.predict(inputs)
             metrics.STAGE_DURATION.labels("inference", spec.name).observe(time.perf_counter() - decoded)
-        per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
-        chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
+            per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
+            chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
+            if cache_key is not None and self.cache is not None:
+                # Stored before the model is free: the next request for these bytes finds it.
+                self.cache.put(cache_key, CacheEntry(list(frames.indices), per_frame, chosen, frames.total))
         prediction = Prediction(
             scores=per_frame[chosen],
             model=spec,
@@ -308,7 +333,34 @@ class PredictionService:
             chosen=chosen,
             frame_count=frames.total,
             seconds=time.perf_counter() - started,
+            cache=None if cache_key is None else "miss",
         )
+        return self._finish(prediction, body, policy, review, deadline)
+
+    @staticmethod
+    def _from_entry(classifier: Classifier, entry: CacheEntry, started: float) -> Prediction:
+        return Prediction(
+            scores=entry.frame_scores[entry.chosen],
+            model=classifier.spec,
+            backend=classifier.backend,
+            frame_indices=entry.frame_indices,
+            frame_scores=entry.frame_scores,
+            chosen=entry.chosen,
+            frame_count=entry.frame_count,
+            seconds=time.perf_counter() - started,
+            cache="hit",
+        )
+
+    def _finish(
+        self,
+        prediction: Prediction,
+        body: IO[bytes],
+        policy: Policy | None,
+        review: ReviewContext | None,
+        deadline: float | None,
+    ) -> Prediction:
+        """The verdict when one is asked for (tiers, then the review queue), and the count."""
+        spec = prediction.model
         if policy is None:
             metrics.PREDICTIONS.labels(spec.name, "none").inc()
             return prediction

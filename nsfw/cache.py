@@ -1,0 +1,132 @@
+"""The result cache: what was classified is not classified twice.
+
+Key: the image bytes' sha256, the model's name and version, and the resize mode that made its input
+(`-` for models whose preprocessing has none), so a different model, version, resize or byte never
+hits. Value: the scores and the frame summary, never the image. Two layers:
+
+- each worker's bounded LRU of NSFW_CACHE_SIZE entries (a few hundred bytes each);
+- with NSFW_REDIS_URL, Redis, shared by every worker and instance, entries kept NSFW_CACHE_TTL
+  seconds. Redis is asked with short timeouts; when it fails the answer is a miss (logged, counted
+  in nsfw_cache_errors_total), never an error or a wait past the request's deadline.
+
+JSON keeps a float's shortest repr, which reads back as the same float: a hit's flat answer is
+byte-identical to the miss that filled it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import IO, Any
+
+from nsfw import metrics
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 16
+PREFIX = "nsfw:result:"
+
+
+def sha256_of(body: IO[bytes]) -> str:
+    body.seek(0)
+    digest = hashlib.sha256()
+    while chunk := body.read(_CHUNK):
+        digest.update(chunk)
+    body.seek(0)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a classification leaves behind: the scores of each classified frame and the answer's."""
+
+    frame_indices: list[int]
+    frame_scores: list[dict[str, float]]
+    chosen: int
+    frame_count: int
+
+    def to_json(self) -> str:
+        return json.dumps([self.frame_indices, self.frame_scores, self.chosen, self.frame_count])
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Entry:
+        indices, scores, chosen, count = json.loads(raw)
+        return cls(list(indices), list(scores), int(chosen), int(count))
+
+
+def key(sha256: str, model: str, version: str, resize: str) -> str:
+    return f"{sha256}:{model}:{version}:{resize}"
+
+
+class ResultCache:
+    def __init__(self, size: int, redis_url: str = "", ttl: int = 0, client: Any = None) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._entries: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self._redis = client
+        if client is None and redis_url:
+            import redis
+
+            # Short timeouts: a Redis that hangs costs a request 0.25 s at most, then it is a miss.
+            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+
+    def get(self, cache_key: str) -> Entry | None:
+        with self._lock:
+            raw = self._entries.get(cache_key)
+            if raw is not None:
+                self._entries.move_to_end(cache_key)
+        if raw is not None:
+            metrics.CACHE_LOOKUPS.labels("memory", "hit").inc()
+            return Entry.from_json(raw)
+        if self._redis is not None:
+            try:
+                shared = self._redis.get(PREFIX + cache_key)
+            except Exception as exc:  # noqa: BLE001 - any failure of the shared layer is a miss
+                self._failed("get", exc)
+                shared = None
+            if shared is not None:
+                metrics.CACHE_LOOKUPS.labels("redis", "hit").inc()
+                self._remember(cache_key, shared.decode() if isinstance(shared, bytes) else shared)
+                return Entry.from_json(shared)
+        metrics.CACHE_LOOKUPS.labels("all", "miss").inc()
+        return None
+
+    def get_local(self, cache_key: str) -> Entry | None:
+        """This worker's layer alone (the single-flight check under the model lock)."""
+        with self._lock:
+            raw = self._entries.get(cache_key)
+        if raw is None:
+            return None
+        metrics.CACHE_LOOKUPS.labels("memory", "hit").inc()
+        return Entry.from_json(raw)
+
+    def put(self, cache_key: str, entry: Entry) -> None:
+        raw = entry.to_json()
+        self._remember(cache_key, raw)
+        if self._redis is not None:
+            try:
+                self._redis.set(PREFIX + cache_key, raw, ex=self.ttl or None)
+            except Exception as exc:  # noqa: BLE001 - the answer does not wait for the shared layer
+                self._failed("set", exc)
+
+    def _remember(self, cache_key: str, raw: str) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._entries[cache_key] = raw
+            self._entries.move_to_end(cache_key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def _failed(operation: str, exc: Exception) -> None:
+        log.warning("result cache: Redis %s failed (%s: %s); a miss", operation, type(exc).__name__, str(exc)[:200])
+        metrics.CACHE_ERRORS.labels(operation).inc()

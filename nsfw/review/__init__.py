@@ -14,7 +14,6 @@ app as signed webhooks, and are remembered as verdicts for the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import threading
@@ -27,6 +26,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import metrics
+from nsfw.cache import sha256_of
 from nsfw.config import ConfigError, Settings
 from nsfw.fetch import Fetcher
 from nsfw.policy import Verdict
@@ -38,15 +38,6 @@ from nsfw.service import Prediction, PredictionService, ReviewContext
 log = logging.getLogger(__name__)
 
 STORE_ERROR = "the review store is not answering: this image was not queued (the log says why)"
-_CHUNK = 1 << 16
-
-
-def sha256_of(body: IO[bytes]) -> str:
-    body.seek(0)
-    digest = hashlib.sha256()
-    while chunk := body.read(_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Reviewer:

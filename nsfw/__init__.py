@@ -56,7 +56,11 @@ def create_app(
     # Before the blueprint's hooks: no body is read for a stranger.
     access.install(app, settings.api_keys, settings.metrics_token)
     access.install_limits(
-        app, settings.rate_limit, settings.instance_dir, settings.rate_limit_storage or settings.redis_url
+        app,
+        settings.rate_limit,
+        settings.instance_dir,
+        settings.rate_limit_storage or settings.redis_url,
+        settings.rate_limit_on_error,
     )
     app.register_blueprint(bp)
     if settings.review:

@@ -23,15 +23,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
+from limits.errors import StorageError
 
 from nsfw.config import ApiKey, IPNetwork
-from nsfw.errors import Forbidden, Unauthorized
+from nsfw.errors import Forbidden, RateLimitUnavailable, Unauthorized
 from nsfw.limitstore import storage_uri
+
+log = logging.getLogger(__name__)
 
 # Answered to anyone: the platform's probe, and the API's description with its Swagger UI.
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/docs"})
@@ -187,35 +191,48 @@ def limit_key() -> str:
     return f"key:{name}" if name != "-" else f"address:{client_address()}"
 
 
-def install_limits(app: Flask, rate_limit: str, instance_dir: Path | None, storage: str = "") -> Limiter | None:
+def install_limits(
+    app: Flask, rate_limit: str, instance_dir: Path | None, storage: str = "", on_error: str = "open"
+) -> Limiter | None:
     """Flask-Limiter over every route but UNLIMITED_PATHS, per limit_key, its counters in Redis
     (storage, NSFW_RATE_LIMIT_STORAGE), else in the instance's shared SQLite file (nsfw/limitstore.py)
     when there is an instance folder, else in the process. Installed after `install`, so the key is
     known when the limit is checked."""
     if not rate_limit:
         return None
+    closed = on_error == "closed"
+    if closed:
+        app.register_error_handler(StorageError, _limits_unavailable)
+    options: dict[str, object] = {"wrap_exceptions": closed}
+    if storage:  # Redis: a connection that hangs fails the check in a second, not a request's worth of time
+        options |= {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
     return Limiter(
         limit_key,
         app=app,
         default_limits=[rate_limit],
         default_limits_exempt_when=lambda: request.path in UNLIMITED_PATHS,
         storage_uri=storage_uri(storage, instance_dir),
-        # Redis: a connection that hangs fails the check in a second, not a request's worth of time.
-        storage_options={"socket_timeout": 1.0, "socket_connect_timeout": 1.0} if storage else {},
+        storage_options=options,
         strategy="fixed-window",
         headers_enabled=True,
-        # A failing counter store (Redis down, a full tmpfs) degrades to counters in this process's
-        # memory until it answers again (Flask-Limiter checks it with a backoff); a failure of that
-        # lets the request through. Both are logged by Flask-Limiter and counted by
-        # nsfw_rate_limit_errors_total: a limit never turns a prediction into a 500.
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
+        # A failing counter store (Redis down, a full tmpfs), NSFW_RATE_LIMIT_ON_ERROR=open (default):
+        # counters in this process's memory stand in until it answers again (Flask-Limiter checks it
+        # with a backoff), and a failure of those lets the request through; closed: 503
+        # rate_limit_unavailable. Logged, counted by nsfw_rate_limit_errors_total; never a 500.
+        in_memory_fallback_enabled=not closed,
+        swallow_errors=not closed,
     )
 
 
 def _is_trusted(peer: str, proxies: Sequence[IPNetwork]) -> bool:
     address = _address(peer)
     return address is not None and _trusted(address, proxies)
+
+
+def _limits_unavailable(error: StorageError) -> tuple[dict[str, object], int, dict[str, str]]:
+    refused = RateLimitUnavailable(f"{type(error.storage_error).__name__}: {str(error.storage_error)[:200]}")
+    log.warning("rate limit store failed, NSFW_RATE_LIMIT_ON_ERROR=closed -> 503: %s", refused.detail)
+    return refused.to_dict(), refused.status, dict(refused.headers)
 
 
 def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None:

@@ -220,6 +220,9 @@ class Settings:
     # Where the rate limit counters live: a Redis URI (redis://[:password@]host:port/db, rediss://, or
     # redis+unix://) shared by several instances; empty: the instance's own SQLite file on tmpfs.
     rate_limit_storage: str = field(default="", repr=False)
+    # When the rate limit store fails: open (default; each worker's own counters stand in, logged and
+    # counted) or closed (503 rate_limit_unavailable on limited routes until it answers).
+    rate_limit_on_error: str = "open"
     # Proxies whose forwarded-for header is believed (CIDRs, comma-separated): when the socket's peer is
     # in one, the client address (rate limits, fair shares) is read from NSFW_CLIENT_ADDRESS_HEADER,
     # from the right, up to the first address that is not one of them. Empty: the socket's address.
@@ -378,6 +381,7 @@ class Settings:
             ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
             ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
             ("log_format", self.log_format in LOG_FORMATS, f"must be one of {', '.join(LOG_FORMATS)}"),
+            ("rate_limit_on_error", self.rate_limit_on_error in ("open", "closed"), "must be open or closed"),
             (
                 "rate_limit_storage",
                 not self.rate_limit_storage or self.rate_limit_storage.split("://", 1)[0] in REDIS_SCHEMES,

@@ -269,6 +269,11 @@ class ReviewStoreUnavailable(Unavailable):
     message = "The review store is not answering; retry shortly."
 
 
+class RateLimitUnavailable(Unavailable):
+    code = "rate_limit_unavailable"
+    message = "The rate limit store is not answering and this service fails closed; retry shortly."
+
+
 class Overloaded(Unavailable):
     code = "overloaded"
     message = "All inference slots are busy; retry shortly."

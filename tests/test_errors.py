@@ -70,5 +70,6 @@ def test_status_table_of_style_md() -> None:
         "already_decided": 409,
         "not_decided": 409,
         "review_store_unavailable": 503,
+        "rate_limit_unavailable": 503,
     }
     assert errors.Overloaded.headers["Retry-After"] and errors.Unavailable.headers["Retry-After"]

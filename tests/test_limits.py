@@ -159,3 +159,19 @@ def test_a_new_counter_file_contended_at_first_use_is_waited_for(tmp_path: Path)
     storage = storage_from_string(f"{SCHEME}://{path}")
     assert storage.incr("caller", 60) == 1
     holder.close()
+
+
+def test_a_closed_service_refuses_while_its_store_is_gone_and_never_500s(settings: Settings, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    limited = replace(settings, rate_limit="100/minute", rate_limit_storage=server.uri, rate_limit_on_error="closed")
+    client = create_app(limited, FakeClassifier()).test_client()
+    assert client.get("/models").status_code == 200
+    server.stop()
+    refused = client.get("/models")
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "rate_limit_unavailable"
+    assert client.get("/health").status_code == 200  # never limited, never refused
+
+
+def test_a_malformed_on_error_stops_the_boot() -> None:
+    with pytest.raises(ConfigError, match="NSFW_RATE_LIMIT_ON_ERROR"):
+        Settings.from_env({"NSFW_RATE_LIMIT_ON_ERROR": "ajar"})

@@ -23,11 +23,12 @@ def free_port() -> int:
 class RedisServer:
     """Debian's redis-server (scripts/test installs it), with no persistence, for one test module."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: scripts/test installs it (Debian's redis-server)")
-        self.port = free_port()
+        self.port = port or free_port()
+        folder.mkdir(parents=True, exist_ok=True)
         self.uri = f"redis://127.0.0.1:{self.port}/0"
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder)]
         args += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]

@@ -351,3 +351,39 @@ def test_the_do_specs_settings_boot() -> None:
     settings = Settings.from_env({key: value for key, value in envs.items() if key.startswith("NSFW_")})
     assert settings.rate_limit and settings.client_address_header == "DO-Connecting-IP"
     assert [str(network) for network in settings.trusted_proxies] == ["0.0.0.0/0", "::/0"]
+
+
+def test_the_compose_file_runs_two_instances_on_shared_state() -> None:
+    import yaml
+
+    from nsfw.config import Settings
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"web1", "web2", "nginx", "postgres", "redis"} <= set(services)
+    assert services["web1"]["environment"] == services["web2"]["environment"]
+    env = {k: str(v) for k, v in services["web1"]["environment"].items() if k.startswith("NSFW_")}
+    env |= {"NSFW_API_KEYS": f"moderation:{'m' * 43}:review", "NSFW_SECRET_KEY": "s" * 40}
+    settings = Settings.from_env(env)
+    assert settings.redis_url and settings.database.startswith("postgresql+psycopg://") and settings.cache_size
+    nginx = (REPO / "deploy" / "nginx.conf").read_text()
+    assert "proxy_request_buffering on" in nginx and "server web1:8080" in nginx and "server web2:8080" in nginx
+
+
+def test_the_scaled_do_spec_has_two_instances_and_shared_stores() -> None:
+    import yaml
+
+    from nsfw.config import Settings
+
+    spec = yaml.safe_load((REPO / ".do" / "app.scale.yaml").read_text())
+    service = spec["services"][0]
+    assert service["instance_count"] == 2 and {db["engine"] for db in spec["databases"]} == {"PG", "VALKEY"}
+    envs = {env["key"]: env["value"] for env in service["envs"] if env.get("type") != "SECRET"}
+    bound = {
+        "${reviews.DATABASE_URL}": "postgresql://u:p@db:25060/reviews",
+        "${cache.DATABASE_URL}": "rediss://u:p@c:25061",
+    }
+    env = {k: bound.get(v, v) for k, v in envs.items() if k.startswith("NSFW_")}
+    env |= {"NSFW_API_KEYS": f"moderation:{'m' * 43}:review", "NSFW_SECRET_KEY": "s" * 40}
+    settings = Settings.from_env(env)
+    assert settings.review and settings.redis_url.startswith("rediss://")

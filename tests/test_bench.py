@@ -132,3 +132,15 @@ def test_the_public_cost_runs_as_documented(tmp_path: Path) -> None:
         assert summary["off"]["errors"] == 0 and summary["on"]["errors"] == 0, row  # the key was taken
         assert summary["off"]["rps"] > 0 and summary["on"]["rps"] > 0
     assert result["summary"]["scrapes_ok"] >= 1
+
+
+@pytest.mark.slow
+def test_the_repeat_traffic_rows_run_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.repeat` in miniature: the cache off and on, a small cache filled."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "repeat.json"
+    args = ["--requests", "5", "--seconds", "1", "--cache-size", "4", "--out", str(out)]
+    result = _run_bench("bench.repeat", [*args, "--venv", str(serve_venv)], out)
+    for name in ("off", "on"):
+        assert result[name]["errors"] == 0 and result[name]["repeat_rps"] > 0
+        assert result[name]["worker_peak_mb_full"] > 0

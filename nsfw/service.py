@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
 import threading
 import time
@@ -132,6 +133,35 @@ def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probab
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 
+class _Flight:
+    """One download that other requests for the same URL wait for (PredictionService._fetch)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.followers = 0
+        self.data: bytes | None = None
+        self.error: NsfwError | None = None
+
+    def land(self, body: IO[bytes]) -> None:
+        if self.followers:  # a copy of the bytes only when someone waits for them
+            body.seek(0)
+            self.data = body.read()
+            body.seek(0)
+        self.done.set()
+
+    def fail(self, error: NsfwError) -> None:
+        self.error = error
+        self.done.set()
+
+    def join(self, timeout: float) -> IO[bytes]:
+        if not self.done.wait(timeout):
+            raise UpstreamTimeout("waited for the same URL's download in progress")
+        if self.error is not None:
+            raise type(self.error)(self.error.detail)
+        assert self.data is not None
+        return io.BytesIO(self.data)
+
+
 @contextmanager
 def _holding(lock: threading.Lock | threading.BoundedSemaphore, timeout: float, refuse: NsfwError) -> Iterator[None]:
     """Hold lock for the block, waiting at most timeout seconds for it; raise `refuse` otherwise."""
@@ -172,6 +202,9 @@ class PredictionService:
         self.review_hook: ReviewHook | None = None
         # The result cache (NSFW_CACHE_SIZE, NSFW_REDIS_URL); None when off.
         self.cache: ResultCache | None = None
+        # Downloads in progress by URL, for the requests that ask for the same URL meanwhile.
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
 
     def set_classifiers(self, classifiers: Mapping[str, Classifier]) -> None:
         """Called once, when the models are loaded and warmed (maybe from the loader thread)."""
@@ -258,7 +291,34 @@ class PredictionService:
         wait: float | None = None,
     ) -> IO[bytes]:
         """url's bytes, downloaded under one of caller's download slots (released once they are here),
-        waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default), within the request's share."""
+        waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default), within the request's share.
+
+        Single flight: a request for a URL this worker is downloading already waits for that download
+        and gets its bytes (or its error) instead of fetching again; with the result cache on, the
+        model then runs once for them too (the lookup under the model's lock)."""
+        with self._flights_lock:
+            flight = self._flights.get(url)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[url] = _Flight()
+            else:
+                flight.followers += 1
+        if not leading:
+            return flight.join(self.settings.download_timeout if timeout is None else timeout)
+        try:
+            body = self._download(url, caller, share, timeout=timeout, wait=wait)
+        except NsfwError as exc:
+            flight.fail(exc)
+            raise
+        finally:
+            with self._flights_lock:
+                del self._flights[url]
+        flight.land(body)
+        return body
+
+    def _download(
+        self, url: str, caller: str, share: RequestShare, *, timeout: float | None, wait: float | None
+    ) -> IO[bytes]:
         with self._downloading(caller, self.settings.download_wait if wait is None else wait):
             started = time.perf_counter()
             try:

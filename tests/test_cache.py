@@ -111,3 +111,61 @@ def test_instances_share_results_through_redis_and_miss_when_it_is_gone(
         assert (REGISTRY.get_sample_value("nsfw_cache_errors_total", {"operation": "get"}) or 0) > errors
     finally:
         server.stop()
+
+
+class _Gated:
+    """A route that answers only when the test opens the gate, so the requests meet for certain."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.body, self.gate = status, body, threading.Event()
+
+    def __call__(self, req) -> None:  # type: ignore[no-untyped-def]
+        self.gate.wait(10)
+        req.send_response(self.status)
+        req.send_header("Content-Type", "image/jpeg")
+        req.send_header("Content-Length", str(len(self.body)))
+        req.end_headers()
+        req.wfile.write(self.body)
+
+
+def _three_at_once(app, url: str, route: _Gated) -> list:  # type: ignore[no-untyped-def]
+    """Three requests for url, the route held until two of them wait on the first's download."""
+    import time
+
+    answers: list = []
+    threads = [threading.Thread(target=lambda: answers.append(app.test_client().post(f"/predict?url={url}")))]
+    threads += [
+        threading.Thread(target=lambda: answers.append(app.test_client().post(f"/predict?url={url}"))) for _ in range(2)
+    ]
+    threads[0].start()
+    service = app.extensions["nsfw"]
+    deadline = time.monotonic() + 10
+    while url not in service._flights and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for thread in threads[1:]:
+        thread.start()
+    while service._flights.get(url) is not None and service._flights[url].followers < 2:
+        time.sleep(0.01)
+    route.gate.set()
+    for thread in threads:
+        thread.join(10)
+    return answers
+
+
+def test_concurrent_requests_for_one_url_share_its_download_and_inference(
+    settings: Settings, image_server: ImageServer
+) -> None:
+    route = image_server.routes["/slow.jpg"] = _Gated(200, _jpeg((120, 30, 60)))
+    fake = FakeClassifier()
+    app = create_app(replace(settings, cache_size=8), fake)
+    answers = _three_at_once(app, image_server.url("/slow.jpg"), route)
+    assert [a.status_code for a in answers] == [200] * 3 and len({bytes(a.data) for a in answers}) == 1
+    assert image_server.hits.count("/slow.jpg") == 1 and len(fake.seen) == 1
+
+
+def test_the_followers_of_a_failed_download_get_its_error(settings: Settings, image_server: ImageServer) -> None:
+    route = image_server.routes["/broken.jpg"] = _Gated(500, b"")
+    app = create_app(replace(settings, cache_size=8), FakeClassifier())
+    answers = _three_at_once(app, image_server.url("/broken.jpg"), route)
+    assert [a.get_json()["error"]["code"] for a in answers] == ["upstream_error"] * 3
+    assert image_server.hits.count("/broken.jpg") == 1

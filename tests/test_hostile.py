@@ -676,17 +676,18 @@ def test_past_the_in_flight_limit_requests_get_a_fast_503(
     app = create_app(settings, FakeClassifier())
     slow: list[int] = []
 
-    def ask_slow() -> None:
-        slow.append(app.test_client().post("/predict", query_string={"url": image_server.url("/slow")}).status_code)
+    def ask_slow(n: int) -> None:
+        url = image_server.url(f"/slow?n={n}")  # two URLs: the same one would share one download
+        slow.append(app.test_client().post("/predict", query_string={"url": url}).status_code)
 
-    threads = [threading.Thread(target=ask_slow) for _ in range(2)]
+    threads = [threading.Thread(target=ask_slow, args=(n,)) for n in range(2)]
     for t in threads:
         t.start()
-    while len([h for h in image_server.hits if h == "/slow"]) < 2:
+    while len([h for h in image_server.hits if h.startswith("/slow")]) < 2:
         time.sleep(0.01)
     api = Api(app.test_client(), spill)
     started = time.monotonic()
-    response = app.test_client().post("/predict", query_string={"url": image_server.url("/slow")})
+    response = app.test_client().post("/predict", query_string={"url": image_server.url("/slow?n=2")})
     assert time.monotonic() - started < 0.2
     assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     assert response.get_json()["error"]["code"] == "overloaded"

@@ -294,8 +294,9 @@ class PredictionService:
         waiting for one up to `wait` seconds (NSFW_DOWNLOAD_WAIT by default), within the request's share.
 
         Single flight: a request for a URL this worker is downloading already waits for that download
-        and gets its bytes (or its error) instead of fetching again; with the result cache on, the
-        model then runs once for them too (the lookup under the model's lock)."""
+        (under a download slot of its caller's, like a download of its own) and gets its bytes (or its
+        error) instead of fetching again; with the result cache on, the model then runs once for them
+        too (the lookup under the model's lock)."""
         with self._flights_lock:
             flight = self._flights.get(url)
             leading = flight is None
@@ -304,7 +305,10 @@ class PredictionService:
             else:
                 flight.followers += 1
         if not leading:
-            return flight.join(self.settings.download_timeout if timeout is None else timeout)
+            # Waiting takes one of the caller's download slots, as a download would: a flood of one
+            # slow URL still meets its caller's share (fast 503s), it just fetches once.
+            with self._downloading(caller, self.settings.download_wait if wait is None else wait):
+                return flight.join(self.settings.download_timeout if timeout is None else timeout)
         try:
             body = self._download(url, caller, share, timeout=timeout, wait=wait)
         except NsfwError as exc:

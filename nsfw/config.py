@@ -303,6 +303,10 @@ class Settings:
         """The cap of a request body, by what it carries: an image, an image in base64, or a few
         fields. The front (nsfw/frontend.py) refuses past it from Content-Length alone, before any
         100 Continue; the app applies it again to what it reads."""
+        if path.startswith("/review"):
+            # The review API and pages take a label, a note or a form: a few fields. A stranger with a
+            # made-up session cookie reaches the app (which checks sessions), so its body stays small.
+            return self.max_request_bytes
         if mimetype.startswith("image/"):
             return self.max_bytes
         if mimetype == "multipart/form-data":

@@ -200,3 +200,19 @@ def test_sign_in_never_redirects_off_the_pages(app: Flask) -> None:
             data={"username": "alice", "password": PASSWORD, "csrf_token": _token(page)},
         )
         assert answer.headers["Location"] == "/review", target
+
+
+def test_a_made_up_session_cookie_gets_no_room_for_a_big_body(app: Flask) -> None:
+    """The front lets a /reviews request with a session cookie through to the app, which checks the
+    session; such bodies are capped at NSFW_MAX_REQUEST_BYTES, as fields are, never an image's size."""
+    settings = app.extensions["nsfw"].settings
+    assert settings.body_limit("/reviews/x/decision", "application/json") == settings.max_request_bytes
+    assert settings.body_limit("/review/login", "application/x-www-form-urlencoded") == settings.max_request_bytes
+    client = app.test_client()
+    client.set_cookie("nsfw_session", "made-up")
+    answer = client.post(
+        "/reviews/x/decision",
+        data=b"{" + b" " * (settings.max_request_bytes + 10) + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code in (401, 413)

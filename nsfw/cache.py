@@ -6,8 +6,13 @@ hits. Value: the scores and the frame summary, never the image. Two layers:
 
 - each worker's bounded LRU of NSFW_CACHE_SIZE entries (a few hundred bytes each);
 - with NSFW_REDIS_URL, Redis, shared by every worker and instance, entries kept NSFW_CACHE_TTL
-  seconds. Redis is asked with short timeouts; when it fails the answer is a miss (logged, counted
-  in nsfw_cache_errors_total), never an error or a wait past the request's deadline.
+  seconds. Redis is asked with short timeouts and no retries, never while the model's lock is held
+  (the service writes this worker's layer under the lock and Redis after it); when it fails the
+  answer is a miss (logged, counted in nsfw_cache_errors_total), never an error or a wait past the
+  request's deadline. A Redis that keeps failing (BREAKER_FAILURES in a row) is not asked at all for
+  BREAKER_SECONDS, then once to see whether it is back (nsfw_cache_breaker_opened_total,
+  nsfw_cache_errors_total{operation="skipped"}): a Redis that accepts connections and never answers
+  would otherwise cost every request its timeout.
 
 JSON keeps a float's shortest repr, which reads back as the same float: a hit's flat answer is
 byte-identical to the miss that filled it.
@@ -20,10 +25,13 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
 from nsfw import metrics
+from nsfw.breaker import Breaker
+from nsfw.slots import off_model
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +70,35 @@ def key(sha256: str, model: str, version: str, resize: str) -> str:
     return f"{sha256}:{model}:{version}:{resize}"
 
 
+# A Redis that failed this many times in a row is left alone for BREAKER_SECONDS.
+BREAKER_FAILURES = 3
+BREAKER_SECONDS = 5.0
+# Each Redis call waits at most this long, once (redis-py's default retries a timeout 3 times,
+# with a backoff of up to 10 s: a silent Redis held a request for more than 30 s).
+REDIS_TIMEOUT = 0.25
+
+
 class ResultCache:
-    def __init__(self, size: int, redis_url: str = "", ttl: int = 0, client: Any = None) -> None:
+    def __init__(
+        self, size: int, redis_url: str = "", ttl: int = 0, client: Any = None, breaker: Breaker | None = None
+    ) -> None:
         self.size = size
         self.ttl = ttl
         self._entries: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._redis = client
+        self.breaker = breaker or Breaker(BREAKER_FAILURES, BREAKER_SECONDS)
         if client is None and redis_url:
             import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
 
-            # Short timeouts: a Redis that hangs costs a request 0.25 s at most, then it is a miss.
-            self._redis = redis.Redis.from_url(redis_url, socket_timeout=0.25, socket_connect_timeout=0.25)
+            self._redis = redis.Redis.from_url(
+                redis_url,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+            )
 
     def get(self, cache_key: str) -> Entry | None:
         with self._lock:
@@ -83,16 +108,11 @@ class ResultCache:
         if raw is not None:
             metrics.CACHE_LOOKUPS.labels("memory", "hit").inc()
             return Entry.from_json(raw)
-        if self._redis is not None:
-            try:
-                shared = self._redis.get(PREFIX + cache_key)
-            except Exception as exc:  # noqa: BLE001 - any failure of the shared layer is a miss
-                self._failed("get", exc)
-                shared = None
-            if shared is not None:
-                metrics.CACHE_LOOKUPS.labels("redis", "hit").inc()
-                self._remember(cache_key, shared.decode() if isinstance(shared, bytes) else shared)
-                return Entry.from_json(shared)
+        shared = self._ask("get", lambda redis: redis.get(PREFIX + cache_key))
+        if shared is not None:
+            metrics.CACHE_LOOKUPS.labels("redis", "hit").inc()
+            self._remember(cache_key, shared.decode() if isinstance(shared, bytes) else shared)
+            return Entry.from_json(shared)
         metrics.CACHE_LOOKUPS.labels("all", "miss").inc()
         return None
 
@@ -105,14 +125,42 @@ class ResultCache:
         metrics.CACHE_LOOKUPS.labels("memory", "hit").inc()
         return Entry.from_json(raw)
 
-    def put(self, cache_key: str, entry: Entry) -> None:
+    def remember(self, cache_key: str, entry: Entry) -> None:
+        """This worker's layer alone: safe under the model's lock (no network)."""
+        self._remember(cache_key, entry.to_json())
+
+    def share(self, cache_key: str, entry: Entry) -> None:
+        """The shared layer (Redis), never under the model's lock; a failure is logged and counted."""
         raw = entry.to_json()
-        self._remember(cache_key, raw)
-        if self._redis is not None:
-            try:
-                self._redis.set(PREFIX + cache_key, raw, ex=self.ttl or None)
-            except Exception as exc:  # noqa: BLE001 - the answer does not wait for the shared layer
-                self._failed("set", exc)
+        self._ask("set", lambda redis: redis.set(PREFIX + cache_key, raw, ex=self.ttl or None))
+
+    def put(self, cache_key: str, entry: Entry) -> None:
+        """Both layers."""
+        self.remember(cache_key, entry)
+        self.share(cache_key, entry)
+
+    def _ask(self, operation: str, call: Callable[[Any], Any]) -> Any:
+        """call(redis), or None when there is no Redis, the breaker skips it, or it fails."""
+        if self._redis is None:
+            return None
+        off_model(f"Redis {operation}")
+        if not self.breaker.allow():
+            metrics.CACHE_ERRORS.labels("skipped").inc()
+            return None
+        try:
+            answer = call(self._redis)
+        except Exception as exc:  # noqa: BLE001 - any failure of the shared layer is a miss
+            self._failed(operation, exc)
+            if self.breaker.failed():
+                log.warning(
+                    "result cache: Redis failed %d times in a row; not asked for %.0f s",
+                    BREAKER_FAILURES,
+                    BREAKER_SECONDS,
+                )
+                metrics.CACHE_BREAKER_OPENED.inc()
+            return None
+        self.breaker.succeeded()
+        return answer
 
     def _remember(self, cache_key: str, raw: str) -> None:
         if self.size <= 0:

@@ -52,7 +52,7 @@ from nsfw.errors import (
     UrlPortNotAllowed,
     UrlSchemeNotAllowed,
 )
-from nsfw.slots import FairSlots
+from nsfw.slots import FairSlots, off_model
 
 log = logging.getLogger(__name__)
 
@@ -475,16 +475,17 @@ class Fetcher:
         body: bytes | None = None,
         content_type: str = "",
         extra_headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
     ) -> Iterator[urllib3.BaseHTTPResponse]:
         """The response to GET target.url (POST when there is a body), its headers read; the pool and its
-        connection close on exit."""
+        connection close on exit. Each read waits NSFW_READ_TIMEOUT at most, or `read_timeout`."""
+        off_model(f"a connection to {target.host}")
         left = deadline.left()
         if left <= 0:
             raise UpstreamTimeout("deadline passed before connecting")
         ip = self._guard(target.host, target.port, left)
-        timeout = urllib3.Timeout(
-            connect=min(self.policy.connect_timeout, left), read=min(self.policy.read_timeout, left)
-        )
+        per_read = self.policy.read_timeout if read_timeout is None else read_timeout
+        timeout = urllib3.Timeout(connect=min(self.policy.connect_timeout, left), read=min(per_read, left))
         pool: HTTPConnectionPool
         if target.scheme == "https":
             pool = _WatchedHTTPSPool(
@@ -546,13 +547,15 @@ class Fetcher:
 
     def deliver(self, url: str, body: bytes, *, headers: Mapping[str, str], timeout: float) -> int:
         """POST a JSON body with headers (a signed webhook) to url under the same guard, no redirects
-        followed; the status when it is 2xx, else UpstreamError (UpstreamTimeout past timeout). The
-        answer's body is not read."""
+        followed; the status when it is 2xx, else UpstreamError (UpstreamTimeout past timeout, which
+        bounds the whole attempt: a receiver may take all of it to answer, NSFW_READ_TIMEOUT is an
+        image host's). The answer's body is not read. No error names the URL's path or query (a
+        receiver's token may be there)."""
         with self._deadline(timeout) as deadline:
             target = check_url(url, self.policy)
-            with self._get(target, deadline, body, "application/json", headers) as response:
+            with self._get(target, deadline, body, "application/json", headers, read_timeout=timeout) as response:
                 if not 200 <= response.status < 300:
-                    raise UpstreamError(f"{url.split('?', 1)[0]}: status {response.status}")
+                    raise UpstreamError(f"receiver status {response.status}")
                 return int(response.status)
 
     def _read_body(

@@ -60,6 +60,16 @@ REVIEW_DECISIONS = Counter("nsfw_review_decisions_total", "Human decisions, by l
 REVIEW_STORE_ERRORS = Counter(
     "nsfw_review_store_errors_total", "Review store operations that failed, by operation.", ["operation"]
 )
+REVIEW_NOT_QUEUED = Counter(
+    "nsfw_review_not_queued_total",
+    "Detailed predictions whose image was not queued (or whose ref was not kept), by the answer's review.error code.",
+    ["code"],
+)
+REVIEW_RETAINED = Counter(
+    "nsfw_review_retained_total",
+    "What retention did: items expired, pictures dropped, expired items, audit rows and webhook messages deleted.",
+    ["kind"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "nsfw_webhook_deliveries_total", "Webhook attempts, by outcome (delivered, retried, failed).", ["outcome"]
 )
@@ -69,7 +79,14 @@ CACHE_LOOKUPS = Counter(
     "Result cache lookups, by layer (memory, redis; all for a miss) and outcome.",
     ["layer", "outcome"],
 )
-CACHE_ERRORS = Counter("nsfw_cache_errors_total", "Result cache operations Redis failed (misses).", ["operation"])
+CACHE_ERRORS = Counter(
+    "nsfw_cache_errors_total",
+    "Result cache operations Redis failed (get, set: misses), or not tried as it keeps failing (skipped).",
+    ["operation"],
+)
+CACHE_BREAKER_OPENED = Counter(
+    "nsfw_cache_breaker_opened_total", "Times Redis failed often enough in a row to be left alone for a while."
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

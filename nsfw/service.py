@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -33,12 +34,12 @@ from nsfw.errors import (
     UpstreamTimeout,
 )
 from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
-from nsfw.imaging import harden_pillow, preprocess_frames, thumbnail_jpeg
+from nsfw.imaging import frame_thumbnails, harden_pillow, preprocess_frames
 from nsfw.imaging.budget import Limits
 from nsfw.model import Classifier, sha256_file
 from nsfw.model.specs import MODELS, NSFWJS, ModelSpec
 from nsfw.policy import Policy, Verdict
-from nsfw.slots import FairSlots
+from nsfw.slots import FairSlots, ModelLock
 from nsfw.tiers import HttpSecondTier, SecondTierPolicy
 
 
@@ -120,9 +121,10 @@ class ReviewContext:
 
 
 # The review queue's one entry point, wired in by create_app (nsfw/review/): the decided prediction,
-# its image's bytes, the request's context and a way to make the thumbnail -> the prediction as
-# answered (a remembered human verdict, or the item it joined). The service knows nothing else of it.
-ReviewHook = Callable[[Prediction, IO[bytes], ReviewContext, Callable[[], bytes | None]], Prediction]
+# its image's bytes, the request's context and a way to make the pictures of the classified frames
+# (by frame index) -> the prediction as answered (a remembered human verdict, or the item it joined,
+# or why it was not queued). Called off the model's lock. The service knows nothing else of it.
+ReviewHook = Callable[[Prediction, IO[bytes], ReviewContext, Callable[[], Mapping[int, bytes] | None]], Prediction]
 
 
 def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probabilities: np.ndarray) -> int:
@@ -162,8 +164,16 @@ class _Flight:
         return io.BytesIO(self.data)
 
 
+def host_of(url: str) -> str:
+    """The host a URL names (lower case; "" when it names none): what a caller's downloads are shared by."""
+    try:
+        return (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 @contextmanager
-def _holding(lock: threading.Lock | threading.BoundedSemaphore, timeout: float, refuse: NsfwError) -> Iterator[None]:
+def _holding(lock: ModelLock | threading.BoundedSemaphore, timeout: float, refuse: NsfwError) -> Iterator[None]:
     """Hold lock for the block, waiting at most timeout seconds for it; raise `refuse` otherwise."""
     if not lock.acquire(timeout=timeout):
         raise refuse
@@ -183,13 +193,21 @@ class PredictionService:
         # Served models by name, the default first; empty until loaded.
         self._classifiers: dict[str, Classifier] = {}
         self._sha256: dict[Path, str] = {}
-        # Downloads: NSFW_MAX_DOWNLOADS per worker, NSFW_MAX_IN_FLIGHT of them per caller. Waiting on
-        # an upstream never holds the model: a slow one costs its caller a download slot, nothing more.
-        self._downloads = FairSlots(settings.max_downloads, settings.max_in_flight)
+        # Downloads: NSFW_MAX_DOWNLOADS per worker, NSFW_MAX_IN_FLIGHT of them per caller, and of those
+        # at most half for one image host (and half of the worker's for one host), so that a caller's
+        # slow upstream host leaves its other hosts room. Waiting on an upstream never holds the model:
+        # a slow one costs its caller a download slot, nothing more.
+        self._downloads = FairSlots(
+            settings.max_downloads,
+            settings.max_in_flight,
+            per_caller_group=max(1, settings.max_in_flight // 2),
+            per_group=max(1, settings.max_downloads // 2),
+        )
         # Decoding and inference run one at a time per worker: on one vCPU more would only
         # interleave, and it bounds memory to one decoded image per worker. A request waits for it
-        # (NSFW_COMPUTE_WAIT) rather than failing, so a burst costs latency, not errors.
-        self._compute = threading.Lock()
+        # (NSFW_COMPUTE_WAIT) rather than failing, so a burst costs latency, not errors. Nothing that
+        # may wait for it, and no network call, runs while holding it (slots.off_model).
+        self._compute = ModelLock()
         # Request bodies parsed at once (JSON with base64 takes ~3x its size while parsed).
         self._body_decodes = threading.BoundedSemaphore(settings.max_body_decodes)
         self.second_tier_policy = SecondTierPolicy(
@@ -259,11 +277,11 @@ class PredictionService:
         return self._sha256[path]
 
     @contextmanager
-    def _downloading(self, caller: str, wait: float = 0.0) -> Iterator[None]:
-        """One of this caller's download slots, waiting up to `wait` seconds, or a fast 503."""
+    def _downloading(self, caller: str, host: str, wait: float = 0.0) -> Iterator[None]:
+        """One of this caller's download slots for host, waiting up to `wait` seconds, or a fast 503."""
         self.classifiers  # noqa: B018 - raises Unavailable while loading
-        refuse = Overloaded(f"{self.settings.max_in_flight} downloads of {caller} in flight")
-        with self._downloads.holding(caller, wait, refuse):
+        refuse = Overloaded(f"{caller}'s downloads (or its downloads from {host}) all in flight")
+        with self._downloads.holding(caller, wait, refuse, group=host):
             yield
 
     def decoding_body(self) -> AbstractContextManager[None]:
@@ -307,7 +325,7 @@ class PredictionService:
         if not leading:
             # Waiting takes one of the caller's download slots, as a download would: a flood of one
             # slow URL still meets its caller's share (fast 503s), it just fetches once.
-            with self._downloading(caller, self.settings.download_wait if wait is None else wait):
+            with self._downloading(caller, host_of(url), self.settings.download_wait if wait is None else wait):
                 return flight.join(self.settings.download_timeout if timeout is None else timeout)
         try:
             body = self._download(url, caller, share, timeout=timeout, wait=wait)
@@ -323,7 +341,7 @@ class PredictionService:
     def _download(
         self, url: str, caller: str, share: RequestShare, *, timeout: float | None, wait: float | None
     ) -> IO[bytes]:
-        with self._downloading(caller, self.settings.download_wait if wait is None else wait):
+        with self._downloading(caller, host_of(url), self.settings.download_wait if wait is None else wait):
             started = time.perf_counter()
             try:
                 return self.fetcher.fetch(url, timeout=timeout, caller=caller, share=share)
@@ -347,23 +365,45 @@ class PredictionService:
         deadline: float | None = None,
         review: ReviewContext | None = None,
     ) -> Prediction:
-        """Decode, preprocess and predict under the worker's model lock; decoding ends by
-        NSFW_DECODE_TIMEOUT, or by `deadline` (a batch's) when that comes first."""
+        """The image's scores (from the result cache, or decoded and predicted under the worker's
+        model lock), then its verdict and review (`_finish`), after the lock is released: those may
+        wait for the model themselves (a thumbnail, a second-tier model) or call out (a second-tier
+        endpoint), and the lock is not re-entrant."""
         started = time.perf_counter()
         spec = classifier.spec
         cache_key = None
+        prediction = None
         if self.cache is not None:
             mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
             cache_key = result_key(sha256_of(body), spec.name, spec.version, mode)
             entry = self.cache.get(cache_key)
             if entry is not None:
-                return self._finish(self._from_entry(classifier, entry, started), body, policy, review, deadline)
+                prediction = self._from_entry(classifier, entry, started)
+        if prediction is None:
+            prediction, fresh = self._infer(classifier, body, resize, deadline, cache_key, started)
+            if fresh is not None and cache_key is not None and self.cache is not None:
+                self.cache.share(cache_key, fresh)  # Redis, off the model's lock
+        return self._finish(prediction, body, policy, review, deadline)
+
+    def _infer(
+        self,
+        classifier: Classifier,
+        body: IO[bytes],
+        resize: str | None,
+        deadline: float | None,
+        cache_key: str | None,
+        started: float,
+    ) -> tuple[Prediction, CacheEntry | None]:
+        """Decode, preprocess and predict under the worker's model lock; decoding ends by
+        NSFW_DECODE_TIMEOUT, or by `deadline` (a batch's) when that comes first. Returns the
+        prediction and, when it was computed here (not found meanwhile), its cache entry."""
+        spec = classifier.spec
         with self._computing(deadline):
             if cache_key is not None and self.cache is not None:
                 # Single flight: the same bytes may have been classified while this one waited for the model.
                 entry = self.cache.get_local(cache_key)
                 if entry is not None:
-                    return self._finish(self._from_entry(classifier, entry, started), body, policy, review, deadline)
+                    return self._from_entry(classifier, entry, started), None
             begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             body.seek(0)
@@ -385,9 +425,10 @@ class PredictionService:
             metrics.STAGE_DURATION.labels("inference", spec.name).observe(time.perf_counter() - decoded)
             per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
             chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
+            entry = CacheEntry(list(frames.indices), per_frame, chosen, frames.total)
             if cache_key is not None and self.cache is not None:
-                # Stored before the model is free: the next request for these bytes finds it.
-                self.cache.put(cache_key, CacheEntry(list(frames.indices), per_frame, chosen, frames.total))
+                # This worker's layer, before the model is free: the next request for these bytes finds it.
+                self.cache.remember(cache_key, entry)
         prediction = Prediction(
             scores=per_frame[chosen],
             model=spec,
@@ -399,7 +440,7 @@ class PredictionService:
             seconds=time.perf_counter() - started,
             cache=None if cache_key is None else "miss",
         )
-        return self._finish(prediction, body, policy, review, deadline)
+        return prediction, entry
 
     @staticmethod
     def _from_entry(classifier: Classifier, entry: CacheEntry, started: float) -> Prediction:
@@ -430,23 +471,28 @@ class PredictionService:
             return prediction
         decided = self._decide(prediction, body, policy)
         if review is not None and self.review_hook is not None:
-            decided = self.review_hook(decided, body, review, lambda: self._thumbnail(body, deadline))
+            decided = self.review_hook(decided, body, review, lambda: self._pictures(body, deadline))
         assert decided.verdict is not None
         metrics.PREDICTIONS.labels(spec.name, decided.verdict.label).inc()
         return decided
 
-    def _thumbnail(self, body: IO[bytes], deadline: float | None) -> bytes | None:
-        """The review item's picture (longest side 256, JPEG), decoded again under the model lock and
-        the decode limits like any decode; None when it cannot be made."""
+    def _pictures(self, body: IO[bytes], deadline: float | None) -> dict[int, bytes] | None:
+        """The review item's pictures: each classified frame as a JPEG (longest side 256) by its
+        index, decoded again under the model lock and the decode limits like any decode; None when
+        they cannot be made (an NsfwError when the model stays busy or the deadline passes)."""
         with self._computing(deadline):
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             try:
-                return thumbnail_jpeg(
-                    body, limits=self._limits, deadline=decode_deadline if deadline is None else deadline
+                made = frame_thumbnails(
+                    body,
+                    limits=self._limits,
+                    max_frames=self.settings.max_frames,
+                    deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
                 )
             except InvalidImage as exc:
                 log.warning("no thumbnail: %s %s", exc.code, exc.detail)
                 return None
+        return dict(zip(made.indices, made.images, strict=True))
 
     def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
         """The first tier's verdict; when it is unknown and a second tier is set, the second's."""

@@ -108,3 +108,41 @@ class PostgresServer:
             self._run(_postgres_bin("pg_ctl"), "-D", str(self._data), "-m", "immediate", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class SilentServer:
+    """A peer that accepts connections and never answers (a hung Redis, a stuck proxy): every
+    connection is kept open and read from, nothing is ever sent back. `accepted` counts connections."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self.uri = f"redis://127.0.0.1:{self.port}/0"
+        self.accepted = 0
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            self._connections.append(connection)
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

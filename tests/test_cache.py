@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field, replace
 
@@ -31,8 +32,9 @@ def test_a_hit_skips_inference_and_answers_the_same_bytes(settings: Settings) ->
     first, second = _post(client, image), _post(client, image)
     assert first == second and len(fake.seen) == 1
     detailed = client.post("/predict?detail=true", data=image, headers=JPEG).get_json()
-    assert detailed["cache"] == "hit" and len(fake.seen) == 1
-    assert client.post("/predict?detail=true", data=_jpeg((1, 2, 3)), headers=JPEG).get_json()["cache"] == "miss"
+    assert detailed["scores"] == json.loads(first) and len(fake.seen) == 1
+    hits = REGISTRY.get_sample_value("nsfw_cache_lookups_total", {"layer": "memory", "outcome": "hit"})
+    assert hits is not None and hits >= 2  # the operator sees the hits; the answers do not say (test_review_trust)
 
 
 def test_a_changed_byte_another_resize_model_or_version_never_hits(settings: Settings) -> None:
@@ -169,3 +171,209 @@ def test_the_followers_of_a_failed_download_get_its_error(settings: Settings, im
     answers = _three_at_once(app, image_server.url("/broken.jpg"), route)
     assert [a.get_json()["error"]["code"] for a in answers] == ["upstream_error"] * 3
     assert image_server.hits.count("/broken.jpg") == 1
+
+
+# Issue 22: nothing that waits on the model lock runs while holding it, and no network call under it.
+
+
+def _reviewed_app(settings: Settings, tmp_path, classifier: FakeClassifier, **more: object):  # type: ignore[no-untyped-def]
+    from nsfw.review.store import upgrade
+    from tests.test_review import KEYS, SECRET_KEY
+
+    reviewed = replace(
+        settings, review=True, data_dir=tmp_path, api_keys=KEYS, secret_key=SECRET_KEY, cache_size=8, **more
+    )
+    upgrade(reviewed.database)
+    return create_app(reviewed, classifier)
+
+
+def _wait_for(condition, seconds: float = 10) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came"
+        time.sleep(0.01)
+
+
+def test_a_hit_found_under_the_model_lock_is_finished_after_it(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Finding 1 of issue 22 (fails before it: both requests answered 503 overloaded after
+    NSFW_COMPUTE_WAIT and the image was never queued). With the cache and the review queue on, the
+    second of two identical detailed requests found the first's result under the model lock and,
+    still holding it, asked for it again to make the review thumbnail."""
+    from tests.test_review import APP
+
+    gate = _Gate()
+    app = _reviewed_app(settings, tmp_path, gate, compute_wait=3.0)
+    service = app.extensions["nsfw"]
+    image = _jpeg((200, 100, 50))
+    answers: list = []
+
+    def ask() -> None:
+        answers.append(
+            app.test_client().post("/predict?detail=true", data=image, headers={**APP, "Content-Type": "image/jpeg"})
+        )
+
+    first, second = threading.Thread(target=ask), threading.Thread(target=ask)
+    first.start()
+    assert gate.entered.wait(10)
+    second.start()
+    _wait_for(lambda: service._compute.waiting == 1)  # the second waits for the model behind the first
+    gate.go.set()
+    first.join(20)
+    second.join(20)
+    assert [answer.status_code for answer in answers] == [200, 200], [a.get_json() for a in answers]
+    reviews = [answer.get_json()["review"] for answer in answers]
+    assert reviews[0]["status"] == reviews[1]["status"] == "pending" and reviews[0]["id"] == reviews[1]["id"]
+    assert len(gate.seen) == 1  # the model ran once; the pictures were made once, after the lock
+    app.extensions["nsfw.review"].close()
+
+
+def test_a_review_that_cannot_make_its_pictures_in_time_says_so_and_the_answer_is_200(
+    settings: Settings, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Finding 1 of issue 22 (fails before it: the thumbnail's Overloaded failed the prediction with
+    a 503). The model is busy with another image for longer than NSFW_COMPUTE_WAIT while the review
+    item's pictures wait for it: the image is not queued, and the answer says why under review.error."""
+    from tests.test_review import APP
+
+    blocker = _Gate()
+    app = _reviewed_app(settings, tmp_path, blocker, compute_wait=0.3)
+    service = app.extensions["nsfw"]
+    blocker.go.set()  # the first image's inference goes through
+    hook = service.review_hook
+    other: list = []
+
+    def busy_first(prediction, body, context, pictures):  # type: ignore[no-untyped-def]
+        blocker.go.clear()
+        blocker.entered.clear()
+        worker = threading.Thread(
+            target=lambda: other.append(
+                app.test_client().post("/predict", data=_jpeg((1, 2, 3)), headers={**APP, "Content-Type": "image/jpeg"})
+            )
+        )
+        worker.start()
+        assert blocker.entered.wait(10)  # another image holds the model now
+        try:
+            return hook(prediction, body, context, pictures)
+        finally:
+            blocker.go.set()
+            worker.join(10)
+
+    service.review_hook = busy_first
+    answer = app.test_client().post(
+        "/predict?detail=true", data=_jpeg((9, 80, 9)), headers={**APP, "Content-Type": "image/jpeg"}
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["review"] == {
+        "error": {
+            "code": "overloaded",
+            "message": "The image was not queued: All inference slots are busy; retry shortly.",
+        }
+    }
+    assert [o.status_code for o in other] == [200]
+    app.extensions["nsfw.review"].close()
+
+
+def test_a_thread_holding_the_model_may_not_ask_for_it_again_nor_call_out() -> None:
+    """The model lock is not re-entrant and says so at once (a deadlock until NSFW_COMPUTE_WAIT was
+    finding 1 of issue 22), and the network guard refuses a call under it."""
+    import pytest
+
+    from nsfw.slots import ModelLock, off_model
+
+    lock = ModelLock()
+    assert lock.acquire(1)
+    try:
+        with pytest.raises(RuntimeError, match="already holds"):
+            lock.acquire(1)
+        with pytest.raises(RuntimeError, match="while holding the model"):
+            off_model("a call")
+    finally:
+        lock.release()
+    off_model("a call")  # free again
+
+
+def test_a_hung_redis_never_starves_the_model(settings: Settings) -> None:
+    """Finding 2 of issue 22 (fails before it: against a Redis that accepts connections and never
+    answers, concurrent distinct images got 503s, each SET waiting its timeout, with redis-py's
+    retries, under the model lock). Now Redis is asked off the lock, with one try each, and a Redis
+    that keeps failing is left alone for a while (the breaker), counted."""
+    from tests.servers import SilentServer
+
+    with SilentServer() as silent:
+        fake = FakeClassifier()
+        app = create_app(replace(settings, cache_size=64, redis_url=silent.uri, compute_wait=2.0), fake)
+        skipped = REGISTRY.get_sample_value("nsfw_cache_errors_total", {"operation": "skipped"}) or 0
+        opened = REGISTRY.get_sample_value("nsfw_cache_breaker_opened_total") or 0
+        start = threading.Barrier(8)
+        statuses: list[int] = []
+
+        def ask(n: int) -> None:
+            start.wait()
+            image = _jpeg((n * 30, 200 - n * 20, 40))
+            statuses.append(app.test_client().post("/predict", data=image, headers=JPEG).status_code)
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert statuses == [200] * 8 and len(fake.seen) == 8
+        assert (REGISTRY.get_sample_value("nsfw_cache_breaker_opened_total") or 0) == opened + 1
+        assert (REGISTRY.get_sample_value("nsfw_cache_errors_total", {"operation": "skipped"}) or 0) > skipped
+        asked = silent.accepted
+        assert app.test_client().post("/predict", data=_jpeg((1, 1, 1)), headers=JPEG).status_code == 200
+        assert silent.accepted == asked  # the breaker is open: Redis is not asked
+
+
+def test_the_breaker_lets_one_call_probe_after_its_pause() -> None:
+    from nsfw.breaker import Breaker
+
+    now = [0.0]
+    breaker = Breaker(3, 5.0, clock=lambda: now[0])
+    assert [breaker.failed() for _ in range(3)] == [False, False, True]
+    assert not breaker.allow()
+    now[0] += 5.0
+    assert breaker.allow() and not breaker.allow()  # one probe; the others skip meanwhile
+    breaker.failed()
+    now[0] += 4.9
+    assert not breaker.allow()
+    now[0] += 0.2
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.allow() and breaker.allow() and not breaker.open
+
+
+def test_a_second_tier_model_after_a_hit_under_the_lock_runs_after_it(settings: Settings) -> None:
+    """Finding 1 of issue 22 (fails before it: the second of two identical unknown requests found the
+    first's result under the model lock and ran the second-tier model, which needs that lock, still
+    holding it: both waited NSFW_COMPUTE_WAIT and answered 503)."""
+    gate = _Gate()
+    second = FakeClassifier(spec=INCEPTION_V3, probabilities=(0.0, 0.0, 0.99, 0.0, 0.01))
+    tiered = replace(
+        settings,
+        cache_size=8,
+        models=("mobilenet_v2", "inception_v3"),
+        second_tier_model="inception_v3",
+        compute_wait=3.0,
+    )
+    app = create_app(tiered, [gate, second])
+    service = app.extensions["nsfw"]
+    image = _jpeg((20, 140, 60))
+    answers: list = []
+
+    def ask() -> None:
+        answers.append(app.test_client().post("/predict?detail=true", data=image, headers=JPEG))
+
+    first, other = threading.Thread(target=ask), threading.Thread(target=ask)
+    first.start()
+    assert gate.entered.wait(10)
+    other.start()
+    _wait_for(lambda: service._compute.waiting == 1)
+    gate.go.set()
+    first.join(20)
+    other.join(20)
+    assert [answer.status_code for answer in answers] == [200, 200], [a.get_json() for a in answers]
+    assert [answer.get_json()["tier"] for answer in answers] == [2, 2]
+    assert len(gate.seen) == 1

@@ -47,3 +47,17 @@ def test_a_release_without_a_slot_is_a_bug() -> None:
         slots.release("nobody")
     with pytest.raises(ValueError):
         FairSlots(total=2, per_caller=3)
+
+
+def test_one_group_takes_only_part_of_a_callers_share_and_of_the_total() -> None:
+    """Finding 18 of issue 22: a caller's slow upstream host may hold only part of its slots."""
+    slots = FairSlots(total=8, per_caller=4, per_caller_group=2, per_group=3)
+    assert slots.try_acquire("a", group="slow") and slots.try_acquire("a", group="slow")
+    assert not slots.try_acquire("a", group="slow")  # a's share of that host is full...
+    assert slots.try_acquire("a", group="fast") and slots.try_acquire("a", group="other")  # ...its others flow
+    assert not slots.try_acquire("a", group="fast")  # a's whole share is full
+    assert slots.try_acquire("b", group="slow") and not slots.try_acquire("c", group="slow")  # the host's total
+    slots.release("a", group="slow")
+    assert slots.try_acquire("c", group="slow")
+    with pytest.raises(RuntimeError):
+        slots.release("a", group="never")

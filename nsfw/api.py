@@ -221,8 +221,8 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     }
     if prediction.second_tier is not None:
         answer["second_tier"] = prediction.second_tier
-    if prediction.cache is not None:
-        answer["cache"] = prediction.cache
+    # Whether the result came from the cache is not said: a hit would tell one key that another sent
+    # these bytes (the metrics tell the operator).
     if prediction.review is not None:
         answer["review"] = prediction.review
     if prediction.frame_count > 1:
@@ -310,6 +310,7 @@ def predict_batch() -> Response:
         items = body["items"]
         if len(items) > service.settings.max_batch:
             raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
+        access.charge(len(items) - 1)  # each item counts against the caller's limit, as a request would
         batch = [_batch_item(raw) for raw in items]
         del body, items  # the JSON text goes; the decoded images wait in spooled files
     try:

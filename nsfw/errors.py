@@ -153,6 +153,12 @@ class NotDecided(NsfwError):
     message = "This item has no decision to revert."
 
 
+class PendingTwin(NsfwError):
+    status = 409
+    code = "pending_twin"
+    message = "The same image is pending review again as another item; decide that one instead."
+
+
 class MethodNotAllowed(NsfwError):
     status = 405
     code = "method_not_allowed"
@@ -278,6 +284,44 @@ class Overloaded(Unavailable):
     code = "overloaded"
     message = "All inference slots are busy; retry shortly."
     headers = {"Retry-After": "1"}
+
+
+# Why a detailed prediction's image was not queued for review, or its ref not kept: not a failure of
+# the request, which answers 200 with its verdict and this under `review.error` (nsfw/review/).
+class ReviewProblem(Exception):
+    code = "review_failed"
+    message = "The image was not queued for review (the log says why)."
+
+    def __init__(self, detail: str = "", *, code: str | None = None, message: str | None = None) -> None:
+        super().__init__(detail or self.message)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        if message is not None:
+            self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class ReviewStoreFailed(ReviewProblem):
+    code = "review_store_unavailable"
+    message = "The review store is not answering: this image was not queued (the log says why)."
+
+
+class ReviewQueueFull(ReviewProblem):
+    code = "review_queue_full"
+    message = "This key has as many pending review items as it may (NSFW_REVIEW_MAX_PENDING_PER_KEY): not queued."
+
+
+class ReviewRefsFull(ReviewProblem):
+    code = "review_refs_full"
+    message = "The image's review item has as many refs as it may (NSFW_REVIEW_MAX_REFS): this ref was not kept."
+
+
+def review_problems() -> list[type[ReviewProblem]]:
+    """The review problems an answer may name (nsfw/openapi.py lists their codes)."""
+    return [ReviewProblem, *ReviewProblem.__subclasses__()]
 
 
 def every_error(cls: type[NsfwError] = NsfwError) -> Iterator[type[NsfwError]]:

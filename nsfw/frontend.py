@@ -14,10 +14,13 @@ down). This module is the gunicorn worker class that `gunicorn.conf.py` names in
   under its cap (413 from Content-Length alone when it says too much), into a spooled file: at most
   1 MiB of it in memory, the rest on disk.
 - The complete request goes to the Flask app on a pool of GUNICORN_THREADS threads, with the environ
-  a2wsgi builds from the ASGI scope and the spooled body as `wsgi.input`; the app's whole answer comes
-  back in one hand-over (a2wsgi's own adapter crossed threads once per message, and those crossings
-  were a third of the event loop's time under a flood). Responses are written by the event loop: a
-  client that never reads costs no thread either.
+  a2wsgi builds from the ASGI scope and the spooled body as `wsgi.input`; an answer of up to
+  STREAM_AFTER bytes comes back in one hand-over (a2wsgi's own adapter crossed threads once per
+  message, and those crossings were a third of the event loop's time under a flood). A longer one (an
+  export of the review store) is streamed: its start, then its chunks through a queue of
+  STREAM_CHUNKS, the app's thread waiting while the client reads, so it never sits whole in memory.
+  Responses are written by the event loop: a client that never reads costs no thread, except the one
+  streaming to it, which gives up when the client leaves.
 - What gunicorn answers by itself (a request it cannot parse: 400, 414, 431, 501) is our JSON error
   shape (`_Protocol`), and a transfer coding other than chunked is refused (501) before the body.
 - `GET /health` is answered on the event loop itself (nsfw.api.health_answer, the view's own body),
@@ -39,6 +42,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
 from typing import IO, Any
 
@@ -165,7 +169,9 @@ class Front:
             return peer
         name = self.settings.client_address_header.lower().encode()
         forwarded = [value.decode("latin-1") for key, value in scope["headers"] if key.lower() == name]
-        return access.client_of(peer, forwarded, self.settings.trusted_proxies)
+        return access.client_of(
+            peer, forwarded, self.settings.trusted_proxies, single=not self.settings.forwards_a_list
+        )
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, handed_over: list[Any]) -> None:
         cap = self.settings.body_limit(scope["path"], _mimetype(scope))
@@ -186,13 +192,30 @@ class Front:
         body.seek(0)
         environ = build_environ(_with_length(scope, size), body)  # type: ignore[arg-type]
         environ[FACTS] = scope.get(FACTS, {})  # the app's facts reach gunicorn's access log
+        loop = asyncio.get_running_loop()
+        stream = _Stream(loop)
         # The app's thread closes the body when it is done with it, however this coroutine ends.
-        future = asyncio.get_running_loop().run_in_executor(self.pool, _call_wsgi, self.app, environ)
+        future = loop.run_in_executor(self.pool, _call_wsgi, self.app, environ, stream)
         handed_over.append(future)
-        # shield: a cancelled wait (the client left) must not cancel the future the slot waits on.
-        status, headers, payload = await asyncio.shield(future)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
+        future.add_done_callback(lambda _: stream.started.done() or stream.started.set_result(None))
+        try:
+            # shield: a cancelled wait (the client left) must not cancel the future the slot waits on.
+            started = await asyncio.shield(stream.started)
+            if started is None:  # the whole answer, in one hand-over
+                status, headers, payload = await asyncio.shield(future)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": payload})
+                return
+            status, headers, payload = started
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": payload, "more_body": True})
+            while (chunk := await stream.chunks.get()) is not None:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if stream.failed:  # no last chunk: the client sees a cut answer, never a short one that looks whole
+                raise RuntimeError("the app failed in the middle of a streamed answer")
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            stream.abandoned = True  # a thread still streaming stops at its next chunk
 
     async def _refuse(self, scope: Scope, send: Send, error: errors.NsfwError) -> None:
         await _answer(send, error)
@@ -277,9 +300,56 @@ def _yield_to_the_loop() -> None:
         pass
 
 
-def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The whole WSGI call on an app thread: status, headers and the body, joined (the answers are small
-    JSON). One hand-over to the event loop per request; the body the app reads is the spooled file."""
+# Answers up to this size come back whole, in one hand-over; longer ones are streamed.
+STREAM_AFTER = 1024 * 1024
+# Chunks of a streamed answer waiting for the client at most (the app's thread waits past them).
+STREAM_CHUNKS = 4
+# How often a streaming thread blocked on a slow client looks whether it left.
+STREAM_POLL_SECONDS = 1.0
+
+
+class _Stream:
+    """A streamed answer between an app thread and the event loop: `started` (set by the thread with
+    status, headers and the first bytes, or None by the loop when the answer came whole), then
+    `chunks` (None ends them). `abandoned` tells the thread that nobody reads any more."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.started: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes] | None] = loop.create_future()
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_CHUNKS)
+        self.abandoned = False
+        self.failed = False
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]], first: bytes) -> None:
+        def settle() -> None:
+            if not self.started.done():
+                self.started.set_result((status, headers, first))
+
+        self.loop.call_soon_threadsafe(settle)
+
+    def put(self, chunk: bytes | None) -> bool:
+        """Hand a chunk to the loop (None: the end), waiting while the client reads; False when it left."""
+        while not self.abandoned:
+            try:
+                handed = asyncio.run_coroutine_threadsafe(self.chunks.put(chunk), self.loop)
+            except RuntimeError:  # the loop is closed: the worker is stopping
+                return False
+            try:
+                handed.result(STREAM_POLL_SECONDS)
+                return True
+            except FutureTimeout:
+                if not handed.cancel():
+                    return True  # it went in as the wait ended
+        return False
+
+
+def _call_wsgi(
+    app: Any, environ: dict[str, Any], stream: _Stream | None = None
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The whole WSGI call on an app thread: status, headers and the body, joined (the answers are
+    mostly small JSON): one hand-over to the event loop per request. An answer past STREAM_AFTER
+    bytes, with a stream to go to, is streamed instead (the returned body is then empty). The body the
+    app reads is the spooled file."""
     started: list[tuple[int, list[tuple[bytes, bytes]]]] = []
     chunks: list[bytes] = []
 
@@ -290,14 +360,32 @@ def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes
         started[:] = [(int(status.split(" ", 1)[0]), encoded)]
         return chunks.append
 
+    streaming = False
     try:
         result = app(environ, start_response)
         try:
-            chunks.extend(result)
+            size = 0
+            if stream is not None:
+                stream.failed = True  # until the last chunk is in
+            for chunk in result:
+                if streaming:
+                    if not stream.put(chunk):  # type: ignore[union-attr]
+                        break  # the client left: the iterable is closed below, its work stops
+                    continue
+                chunks.append(chunk)
+                size += len(chunk)
+                if stream is not None and size > STREAM_AFTER:
+                    streaming = True
+                    stream.start(*started[0], b"".join(chunks))
+                    chunks.clear()
+            if stream is not None:
+                stream.failed = False
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+            if streaming:
+                stream.put(None)  # type: ignore[union-attr]
     finally:
         body = environ.get("wsgi.input")
         if body is not None:

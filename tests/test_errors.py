@@ -44,6 +44,7 @@ def test_status_table_of_style_md() -> None:
         "unauthorized": 401,
         "forbidden": 403,
         "rate_limited": 429,
+        "pending_twin": 409,
         "not_found": 404,
         "method_not_allowed": 405,
         "payload_too_large": 413,

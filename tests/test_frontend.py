@@ -212,3 +212,91 @@ def test_a_request_whose_client_left_keeps_its_slot_and_body_until_the_app_is_do
 
     asyncio.run(scenario())
     assert read == [b"the body"] and front.admission.in_use == 0
+
+
+def _streaming_app(chunks: int, gate: Any, made: list[int]) -> Any:
+    """A WSGI app whose answer is `chunks` chunks of 256 KiB, made one by one; after the first 6 it waits
+    for `gate`, which the test opens only once the client has had body bytes (so a front that joined
+    the whole answer before sending any would wait forever: the test would fail at its timeout)."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "application/x-ndjson")])
+
+        def body() -> Iterator[bytes]:
+            for n in range(chunks):
+                if n == 6:
+                    assert gate.wait(10), "the client never got a byte of the answer"
+                made.append(n)
+                yield bytes([65 + n % 26]) * (256 * 1024)
+
+        return body()
+
+    return app
+
+
+def test_a_long_answer_is_streamed_not_joined(front: Front) -> None:
+    """Finding 15 of issue 22 (fails before it: the front joined every answer whole, so an export of
+    50,000 items sat in the worker's memory twice). Past STREAM_AFTER bytes the answer goes out as
+    it is made, the app's thread waiting while the client reads."""
+    import threading
+
+    gate, made = threading.Event(), []
+    front.app = _streaming_app(40, gate, made)
+
+    async def scenario() -> Conversation:
+        talk = Conversation([{"type": "http.request", "body": b""}], wait_after=True)
+        original = talk.send
+
+        async def send(message: dict[str, Any]) -> None:
+            await original(message)
+            if message.get("body"):
+                gate.set()
+
+        talk.send = send  # type: ignore[method-assign]
+        await front(_scope("/reviews/export", method="GET"), talk.receive, talk.send)
+        return talk
+
+    talk = asyncio.run(scenario())
+    bodies = [message for message in talk.sent[1:]]
+    assert talk.status == 200 and len(bodies) > 2 and not bodies[-1].get("more_body", False)
+    assert sum(len(message.get("body", b"")) for message in bodies) == 40 * 256 * 1024 and made == list(range(40))
+
+
+def test_a_client_that_leaves_mid_stream_stops_the_app(front: Front) -> None:
+    """The streaming thread gives up when nobody reads: the app's iterable is closed, its work ends."""
+    import threading
+
+    gate, made = threading.Event(), []
+    gate.set()
+    closed = threading.Event()
+    inner = _streaming_app(400, gate, made)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        body = inner(environ, start_response)
+
+        class Closing:
+            def __iter__(self) -> Iterator[bytes]:
+                return body
+
+            def close(self) -> None:
+                body.close()
+                closed.set()
+
+        return Closing()
+
+    front.app = app
+
+    async def scenario() -> None:
+        talk = Conversation([{"type": "http.request", "body": b""}])
+        task = asyncio.create_task(front(_scope("/reviews/export", method="GET"), talk.receive, talk.send))
+        while len(talk.sent) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()  # gunicorn does this when the client disconnects
+        await asyncio.gather(task, return_exceptions=True)
+        for _ in range(500):
+            if closed.is_set() and front.admission.in_use == 0:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert closed.is_set() and len(made) < 400 and front.admission.in_use == 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from nsfw import create_app
 from nsfw.config import ConfigError, Settings, parse_api_keys
 from nsfw.review import Reviewer
 from nsfw.review.queue import ReviewQueue
-from nsfw.review.store import make_engine, metadata, outbox, reviews, upgrade
+from nsfw.review.store import make_engine, metadata, outbox, refs, reviews, upgrade
 from nsfw.review.webhooks import BACKOFF, Sender
 from tests.servers import PostgresServer
 from tests.support import FakeClassifier, ImageServer
@@ -132,7 +133,7 @@ def test_a_worker_refuses_a_store_that_is_not_migrated(settings: Settings, store
     with pytest.raises(ConfigError, match="db upgrade"):
         create_app(_settings(settings, store_url), FakeClassifier())
     upgrade(store_url, "0001")
-    with pytest.raises(ConfigError, match="at revision 0001, not 0003"):
+    with pytest.raises(ConfigError, match="at revision 0001, not 0004"):
         create_app(_settings(settings, store_url), FakeClassifier())
 
 
@@ -157,7 +158,7 @@ def test_an_unknown_image_is_queued_and_a_safe_one_is_not(reviewed: Callable[...
     answer = _predict(client, _jpeg((200, 10, 10)), "detail=true&ref=upload-1")
     assert answer["verdict"]["label"] == "unknown" and answer["review"]["status"] == "pending"
     item = client.get(f"/reviews/{answer['review']['id']}", headers=ALICE).get_json()
-    assert item["refs"] == ["upload-1"] and item["key"] == "app" and item["kind"] == "unknown"
+    assert item["refs"] == [{"ref": "upload-1", "key": "app"}] and item["key"] == "app" and item["kind"] == "unknown"
     assert item["scores"] == answer["scores"] and item["reason"] == answer["verdict"]["reason"]
     picture = client.get(f"/reviews/{item['id']}/thumbnail", headers=ALICE)
     assert picture.content_type == "image/jpeg" and picture.headers["X-Content-Type-Options"] == "nosniff"
@@ -181,7 +182,10 @@ def test_the_same_bytes_join_the_pending_item_with_their_refs(reviewed: Callable
     second = _predict(client, image, "detail=true&ref=b")["review"]["id"]
     again = _predict(client, image, "detail=true&ref=a")["review"]["id"]
     assert first == second == again
-    assert client.get(f"/reviews/{first}", headers=ALICE).get_json()["refs"] == ["a", "b"]
+    assert client.get(f"/reviews/{first}", headers=ALICE).get_json()["refs"] == [
+        {"ref": "a", "key": "app"},
+        {"ref": "b", "key": "app"},
+    ]
 
 
 def test_a_decision_is_remembered_as_the_verdict_for_the_same_bytes(reviewed: Callable[..., FlaskClient]) -> None:
@@ -192,8 +196,8 @@ def test_a_decision_is_remembered_as_the_verdict_for_the_same_bytes(reviewed: Ca
     assert decided.status_code == 200 and decided.get_json()["decided_by"] == "alice"
     answer = _predict(client, image)
     assert answer["verdict"]["label"] == "adult" and answer["tier"] == "human"
-    assert answer["verdict"]["reason"].startswith(f"human review {review_id} (alice, ")
-    assert answer["review"] == {"id": review_id, "status": "decided"}
+    assert answer["verdict"]["reason"].startswith("human review (20") and "alice" not in answer["verdict"]["reason"]
+    assert answer["review"] == {"id": review_id, "status": "decided"}  # this key sent it: it may know the item
     assert client.get("/reviews", headers=ALICE).get_json()["items"] == []  # no new item
 
 
@@ -214,7 +218,7 @@ def test_a_batch_queues_its_unknown_items_with_their_refs(
     ids = {result["review"]["id"] for result in results}
     assert len(ids) == 1
     item = client.get(f"/reviews/{ids.pop()}", headers=ALICE).get_json()
-    assert sorted(item["refs"]) == ["batch", "one", "two"] and item["source_url"] == url
+    assert sorted(ref["ref"] for ref in item["refs"]) == ["batch", "one", "two"] and item["source_url"] == url
 
 
 def test_a_store_that_fails_during_a_prediction_does_not_fail_it(
@@ -375,7 +379,7 @@ def _enqueue(queue: ReviewQueue, sha256: str) -> str:
     from nsfw.review.queue import Candidate
 
     candidate = Candidate(sha256, "unknown", "ref", "app", None, "mobilenet_v2", "v", {"porn": 0.5}, "unknown", "r")
-    return queue.enqueue(candidate, lambda: _jpeg((1, 1, 1)))
+    return queue.enqueue(candidate, lambda: {0: _jpeg((1, 1, 1))}).review_id
 
 
 def _sender(queue: ReviewQueue, settings: Settings, url: str, clock: Callable[[], float]) -> Sender:
@@ -491,7 +495,7 @@ def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "nsfw", "db", "upgrade"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert "at revision 0003 (head 0003)" in done.stdout and (tmp_path / "nsfw.db").exists()
+    assert "at revision 0004 (head 0004)" in done.stdout and (tmp_path / "nsfw.db").exists()
 
 
 def test_a_reverted_decision_is_pending_again_forgotten_and_heard(
@@ -522,3 +526,361 @@ def test_the_workers_head_is_alembics() -> None:
     from nsfw.review.store import HEAD, alembic_head
 
     assert alembic_head() == HEAD
+
+
+# Issue 22: the loop can be trusted.
+
+
+@dataclass
+class _ByBrightness(FakeClassifier):
+    """Scores each frame by its brightness: a bright frame is mostly porn (adult 0.65: unknown at the
+    defaults), a dark one neutral (safe)."""
+
+    def predict(self, batch):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        self.seen.append(batch)
+        bright = (0.05, 0.05, 0.30, 0.50, 0.10)
+        dark = (0.02, 0.0, 0.97, 0.0, 0.01)
+        return np.asarray([bright if frame.mean() > 0.5 else dark for frame in batch], np.float32)
+
+
+def _gif(colours: list[tuple[int, int, int]], size: tuple[int, int] = (120, 90)) -> bytes:
+    frames = [Image.new("RGB", size, colour) for colour in colours]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return out.getvalue()
+
+
+def test_an_animation_is_queued_as_what_the_model_judged(settings: Settings, store_url: str, apps: list[Flask]) -> None:
+    """Finding 4 of issue 22 (fails before it: the verdict was the worst of the frames, but the item's
+    thumbnail was frame 0 and nothing said it was an animation, so a decoy first frame was judged and
+    its bytes allow-listed). The item shows the frame that decided, every classified frame with its
+    scores, and its frame count; the page says it is an animation before any decision."""
+    upgrade(store_url)
+    app = create_app(_settings(settings, store_url), _ByBrightness())
+    apps.append(app)
+    client = app.test_client()
+    decoy = _gif([(0, 0, 0), (10, 10, 10), (255, 255, 255)])
+    answer = client.post("/predict?detail=true", data=decoy, headers={**APP, "Content-Type": "image/gif"}).get_json()
+    assert answer["verdict"]["label"] == "unknown" and answer["frames"]["chosen"] == 2
+    item = client.get(f"/reviews/{answer['review']['id']}", headers=ALICE).get_json()
+    assert item["frames"]["count"] == 3 and item["frames"]["chosen"] == 2
+    assert [frame["index"] for frame in item["frames"]["classified"]] == [0, 1, 2]
+    assert (
+        item["frames"]["classified"][2]["adult"] == pytest.approx(0.65)
+        and item["frames"]["classified"][0]["adult"] < 0.1
+    )
+    picture = Image.open(io.BytesIO(client.get(f"/reviews/{item['id']}/thumbnail", headers=ALICE).data))
+    assert min(picture.convert("L").getextrema()) > 200  # the bright frame that decided, not the decoy
+    strip = [client.get(f"/reviews/{item['id']}/frames/{n}", headers=ALICE) for n in range(3)]
+    assert [answer.content_type for answer in strip] == ["image/jpeg"] * 3
+    brightness = [Image.open(io.BytesIO(answer.data)).convert("L").getextrema()[1] for answer in strip]
+    assert brightness[0] < 40 and brightness[2] > 200
+    assert client.get(f"/reviews/{item['id']}/frames/3", headers=ALICE).status_code == 404
+
+    from nsfw.review import moderators
+
+    moderators.add(app.extensions["nsfw.review"].queue.engine, "carol", "correct horse battery")
+    page = client.get("/review/login").get_data(as_text=True)
+    token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    client.post("/review/login", data={"username": "carol", "password": "correct horse battery", "csrf_token": token})
+    queue_page = client.get("/review").get_data(as_text=True)
+    assert "Animation: 3 frames, 3 classified. The picture is frame 2" in queue_page
+    assert queue_page.count(f"/reviews/{item['id']}/frames/") == 3
+
+
+def test_a_still_image_has_one_frame_and_no_strip(reviewed: Callable[..., FlaskClient]) -> None:
+    client = reviewed()
+    item_id = _predict(client, _jpeg((40, 50, 60)))["review"]["id"]
+    item = client.get(f"/reviews/{item_id}", headers=ALICE).get_json()
+    assert item["frames"] == {"count": 1, "chosen": 0, "classified": []}
+    assert client.get(f"/reviews/{item_id}/frames/0", headers=ALICE).status_code == 404
+
+
+def test_of_two_undos_at_once_exactly_one_wins(store_url: str) -> None:
+    """Finding 7 of issue 22 (fails before it on PostgreSQL: the revert's UPDATE never checked its row
+    count, so racing undos all succeeded, with an audit row and a review.reverted message each)."""
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=True)
+    review_id = _enqueue(queue, "1" * 64)
+    queue.decide(review_id, "alice", "adult")
+    start = threading.Barrier(16)
+    outcomes: list[str] = []
+
+    def undo(n: int) -> None:
+        start.wait()
+        try:
+            queue.revert(review_id, f"moderator{n}")
+            outcomes.append("200")
+        except Exception as exc:  # noqa: BLE001 - the outcome is the point
+            outcomes.append(getattr(exc, "code", repr(exc)))
+
+    threads = [threading.Thread(target=undo, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["200"] + ["not_decided"] * 15
+    assert [entry["action"] for entry in queue.audit_log(review_id)] == ["decided", "reverted"]
+    with queue.engine.connect() as connection:
+        events = connection.execute(select(outbox.c.event)).scalars().all()
+    assert sorted(events) == ["review.decided", "review.reverted"]
+    queue.engine.dispose()
+
+
+def test_an_undo_that_meets_the_image_pending_again_is_a_clear_409(reviewed: Callable[..., FlaskClient]) -> None:
+    """Finding 7 of issue 22 (fails before it: the unique pending index refused the UPDATE, and the
+    API answered 503 review_store_unavailable, forever). The same bytes pending again as another item
+    (queued between the decision and a remembered lookup) make the undo a 409 pending_twin."""
+    client = reviewed()
+    queue: ReviewQueue = client.application.extensions["nsfw.review"].queue
+    sha256 = "2" * 64
+    first = _enqueue(queue, sha256)
+    assert client.post(f"/reviews/{first}/decision", json={"label": "safe"}, headers=ALICE).status_code == 200
+    twin = _enqueue(queue, sha256)
+    assert twin != first
+    undo = client.post(f"/reviews/{first}/revert", headers=ALICE)
+    assert undo.status_code == 409 and undo.get_json()["error"]["code"] == "pending_twin"
+    assert client.get(f"/reviews/{first}", headers=ALICE).get_json()["status"] == "decided"
+
+
+def test_one_key_cannot_flood_the_humans(reviewed: Callable[..., FlaskClient]) -> None:
+    """Finding 9 of issue 22 (fails before it: per-request thresholds let one key queue any number of
+    images). Past NSFW_REVIEW_MAX_PENDING_PER_KEY that key's new items are not queued, the answer says
+    review_queue_full and stays 200; other keys, and that key's repeats of pending images, go on."""
+    client = reviewed(review_max_pending_per_key=2)
+    images = [_jpeg((n * 40, 10, 200)) for n in range(3)]
+    answers = [_predict(client, image) for image in images]
+    assert [answer["review"].get("status") for answer in answers] == ["pending", "pending", None]
+    assert answers[2]["review"]["error"]["code"] == "review_queue_full"
+    assert _predict(client, images[0])["review"]["status"] == "pending"  # joining is not a new item
+    other = client.post(
+        "/predict?detail=true", data=images[2], headers={**ALICE, "Content-Type": "image/jpeg"}
+    ).get_json()
+    assert other["review"]["status"] == "pending"
+    full = REGISTRY.get_sample_value("nsfw_review_not_queued_total", {"code": "review_queue_full"})
+    assert full is not None and full >= 1
+
+
+def test_refs_belong_to_their_key_and_are_capped(
+    settings: Settings, store_url: str, apps: list[Flask], image_server: ImageServer
+) -> None:
+    """Finding 9 of issue 22 (fails before it: any key could attach any number of refs to an item, the
+    webhook carried them as bare strings). Each ref keeps the key that sent it, at most
+    NSFW_REVIEW_MAX_REFS per item (the next is answered with review_refs_full), and the webhook
+    carries {"ref", "key"} objects."""
+    upgrade(store_url)
+    receiver = Receiver(image_server, [])
+    app = create_app(
+        _settings(
+            settings, store_url, review_max_refs=3, review_webhook_url=receiver.url, review_webhook_secret=SECRET
+        ),
+        FakeClassifier(),
+    )
+    apps.append(app)
+    client = app.test_client()
+    image = _jpeg((77, 66, 55))
+    ask = {"Content-Type": "image/jpeg"}
+    review_id = _predict(client, image, "detail=true&ref=same")["review"]["id"]
+    client.post("/predict?detail=true&ref=same", data=image, headers={**ALICE, **ask})
+    client.post("/predict?detail=true&ref=mine", data=image, headers={**ALICE, **ask})
+    full = client.post("/predict?detail=true&ref=fourth", data=image, headers={**APP, **ask}).get_json()
+    assert full["review"]["id"] == review_id and full["review"]["error"]["code"] == "review_refs_full"
+    assert _predict(client, image, "detail=true&ref=same")["review"] == {"id": review_id, "status": "pending"}
+    item = client.get(f"/reviews/{review_id}", headers=ALICE).get_json()
+    assert item["refs"] == [
+        {"ref": "same", "key": "app"},
+        {"ref": "same", "key": "alice"},
+        {"ref": "mine", "key": "alice"},
+    ]
+    client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers=ALICE)
+    deadline = time.monotonic() + 10
+    while not receiver.received and time.monotonic() < deadline:  # the maintenance thread sends it
+        time.sleep(0.05)
+    payload = json.loads(receiver.received[-1][1])
+    assert payload["data"]["refs"] == item["refs"]
+
+
+def test_a_remembered_decision_tells_a_key_nothing_of_others(
+    settings: Settings, store_url: str, apps: list[Flask]
+) -> None:
+    """Finding 9 of issue 22 (fails before it: a remembered decision's reason named the moderator and
+    the item to any predict key, and `"cache": "hit"` told a key whether another had sent the bytes)."""
+    upgrade(store_url)
+    app = create_app(_settings(settings, store_url, cache_size=16), FakeClassifier())
+    apps.append(app)
+    client = app.test_client()
+    image = _jpeg((12, 34, 56))
+    review_id = _predict(client, image)["review"]["id"]
+    client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers=ALICE)
+    mine = _predict(client, image)
+    theirs = client.post("/predict?detail=true", data=image, headers={**ALICE, "Content-Type": "image/jpeg"}).get_json()
+    for answer in (mine, theirs):
+        assert answer["tier"] == "human" and answer["verdict"]["label"] == "adult"
+        assert re.fullmatch(r"human review \(\d{4}-\d\d-\d\dT[\d:.]+Z\)", answer["verdict"]["reason"])
+        assert "alice" not in json.dumps(answer) and "cache" not in answer
+    assert mine["review"] == {"id": review_id, "status": "decided"}  # its own item
+    assert theirs["review"] == {"status": "decided"}  # another key's item: no id
+    fresh = client.post(
+        "/predict?detail=true", data=_jpeg((1, 200, 3)), headers={**ALICE, "Content-Type": "image/jpeg"}
+    ).get_json()
+    seen = _predict(client, _jpeg((1, 200, 3)))
+    assert "cache" not in fresh and "cache" not in seen
+
+
+def test_source_urls_are_kept_without_their_query(
+    reviewed: Callable[..., FlaskClient], image_server: ImageServer
+) -> None:
+    """Finding 10 of issue 22 (fails before it: a signed URL's signature was stored for good)."""
+    client = reviewed()
+    url = image_server.add_file("/signed.jpg", _jpeg((3, 30, 90)))
+    signed = f"{url}?X-Amz-Signature=s3cr3t&X-Amz-Expires=60#frag"
+    answer = client.post("/predict?detail=true", json={"url": signed}, headers=APP).get_json()
+    item = client.get(f"/reviews/{answer['review']['id']}", headers=ALICE).get_json()
+    assert item["source_url"] == url and "s3cr3t" not in json.dumps(item)
+
+
+def test_deleting_an_item_is_heard(settings: Settings, store_url: str, image_server: ImageServer) -> None:
+    """Finding 10 of issue 22 (fails before it: deleting a decided item forgot the remembered decision
+    and the client app never heard): review.deleted, with the status and label it had."""
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=True)
+    receiver = Receiver(image_server, [])
+    sender = _sender(queue, settings, receiver.url, time.time)
+    review_id = _enqueue(queue, "3" * 64)
+    queue.decide(review_id, "alice", "adult")
+    queue.delete(review_id, "bob")
+    assert queue.remembered("3" * 64) is None
+    assert sender.deliver_due() == 2
+    events = [json.loads(body) for _, body, _ in receiver.received]
+    assert [event["type"] for event in events] == ["review.decided", "review.deleted"]
+    assert events[1]["data"]["label"] == "adult" and events[1]["data"]["deleted_by"] == "bob"
+    queue.engine.dispose()
+
+
+def test_retention_bounds_everything_the_store_keeps_and_drops_nothing_silently(
+    settings: Settings, store_url: str, image_server: ImageServer
+) -> None:
+    """Finding 10 and 16 of issue 22 (fails before it: pending items, refs, audit rows and delivered
+    webhook messages grew without bound). Pending items expire (audited, review.expired sent), pictures
+    and refs of old decisions go, expired items and old audit rows and sent messages go."""
+    upgrade(store_url)
+    now = [time.time()]
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=True, clock=lambda: now[0])
+    receiver = Receiver(image_server, [])
+    sender = _sender(queue, settings, receiver.url, lambda: now[0])
+    waiting, decided = _enqueue(queue, "4" * 64), _enqueue(queue, "5" * 64)
+    queue.decide(decided, "alice", "safe")
+    assert sender.deliver_due() == 1
+    now[0] += 31 * 86400
+    done = queue.retain(retention_days=30, pending_days=30, audit_days=30)
+    assert done == {"expired": 1, "thumbnails": 1, "expired_items": 0, "audit": 1, "outbox": 1}
+    expired = queue.get(waiting)
+    assert expired["status"] == "expired" and queue.audit_log(waiting)[-1]["action"] == "expired"
+    assert queue.get(decided)["refs"] == [] and queue.thumbnail(decided) is None
+    assert queue.remembered("5" * 64) is not None  # the memory stays
+    assert sender.deliver_due() == 1
+    assert json.loads(receiver.received[-1][1])["type"] == "review.expired"
+    now[0] += 31 * 86400
+    done = queue.retain(retention_days=30, pending_days=30, audit_days=30)
+    assert done["expired_items"] == 1 and done["outbox"] == 1
+    with pytest.raises(Exception, match=waiting):
+        queue.get(waiting)
+    queue.engine.dispose()
+
+
+def test_the_export_streams_fifty_thousand_items_in_little_memory(
+    settings: Settings, tmp_path: Path, apps: list[Flask]
+) -> None:
+    """Finding 15 of issue 22 (fails before it: every column of every row, thumbnails too, was read
+    into memory, the refs one query per row, and the body joined whole: +770 MB for 50,000 items).
+    Now the rows stream with only the exported columns: 50,000 items stay under +50 MB."""
+    from tests.support import MemoryWatch
+
+    url = f"sqlite:///{tmp_path / 'data' / 'nsfw.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    scores = json.dumps({"drawings": 0.1, "hentai": 0.2, "neutral": 0.3, "porn": 0.25, "sexy": 0.15})
+    picture = bytes(range(256)) * 40  # 10 KB a thumbnail, as a real one
+    with engine.begin() as connection:
+        for start in range(0, 50_000, 5000):
+            rows = [
+                {
+                    "id": f"rv_{n:016x}",
+                    "created": 1000.0 + n,
+                    "kind": "unknown",
+                    "status": "decided",
+                    "sha256": f"{n:064x}",
+                    "key_name": "app",
+                    "model": "mobilenet_v2",
+                    "model_version": "v",
+                    "scores": scores,
+                    "verdict": "unknown",
+                    "reason": "r",
+                    "thumbnail": picture,
+                    "decided": 2000.0 + n,
+                    "label": "adult" if n % 2 else "safe",
+                    "decided_by": "alice",
+                }
+                for n in range(start, start + 5000)
+            ]
+            connection.execute(reviews.insert(), rows)
+            connection.execute(
+                refs.insert(), [{"review_id": r["id"], "key_name": "app", "ref": "u", "added": 1.0} for r in rows]
+            )
+    engine.dispose()
+    app = create_app(_settings(settings, url), FakeClassifier())
+    apps.append(app)
+    client = app.test_client()
+    lines = 0
+    with MemoryWatch() as watch:
+        answer = client.get("/reviews/export?format=jsonl", headers=ALICE, buffered=False)
+        assert answer.status_code == 200
+        tail = b""
+        for chunk in answer.response:
+            lines += chunk.count(b"\n")
+            tail = (tail + chunk)[-2000:]
+        answer.close()
+    assert lines == 50_000 and json.loads(tail.splitlines()[-1])["refs"] == [{"ref": "u", "key": "app"}]
+    assert watch.growth < 50 * 1024 * 1024, f"+{watch.growth >> 20} MiB"
+    table = client.get("/reviews/export?format=csv", headers=ALICE).get_data(as_text=True).splitlines()
+    assert len(table) == 50_001 and table[0].endswith("drawings,hentai,neutral,porn,sexy")
+
+
+def test_a_full_disk_is_survived_and_the_wal_given_back(settings: Settings, tmp_path: Path, apps: list[Flask]) -> None:
+    """Finding 16 of issue 22 (fails before it: SQLite's WAL grew and was never truncated). A store
+    that is full answers predictions with review.error; once there is room again the queue works
+    without a restart, and the maintenance pass checkpoints and truncates the WAL."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'data' / 'nsfw.db'}"
+    upgrade(url)
+    app = create_app(_settings(settings, url), FakeClassifier())
+    apps.append(app)
+    client = app.test_client()
+    maintenance = app.extensions["nsfw.review"]
+    engine = maintenance.queue.engine
+    for n in range(40):  # a WAL of a few MB
+        _predict(client, _jpeg((n * 6, 255 - n * 6, n), (640, 480)))
+    wal = tmp_path / "data" / "nsfw.db-wal"
+    assert wal.stat().st_size > 1024 * 1024
+    import sqlite3
+
+    other_worker = sqlite3.connect(tmp_path / "data" / "nsfw.db")  # keeps the WAL file when this one's pool closes
+    other_worker.execute("SELECT count(*) FROM reviews").fetchall()
+    room = {"pages": 1}
+
+    def cap(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.execute(f"PRAGMA max_page_count={room['pages']}")
+
+    event.listen(engine, "connect", cap)
+    engine.dispose()  # every new connection sees a full disk
+    full = _predict(client, _jpeg((250, 1, 1), (640, 480)))
+    assert full["verdict"]["label"] == "unknown" and full["review"]["error"]["code"] == "review_store_unavailable"
+    room["pages"] = 1 << 30
+    engine.dispose()
+    maintenance.checkpoint()  # the maintenance thread's duty, every CHECKPOINT_EVERY seconds
+    assert wal.stat().st_size == 0
+    assert _predict(client, _jpeg((250, 1, 1), (640, 480)))["review"]["status"] == "pending"
+    other_worker.close()

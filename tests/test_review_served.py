@@ -70,7 +70,7 @@ def test_queue_decide_hear_restart_remember(
     assert len(receiver.received) == 1, server.log.read_text()[-3000:]
     headers, raw, _ = receiver.received[0]
     payload = Webhook(SECRET).verify(raw, {name.lower(): value for name, value in headers.items()})
-    assert payload["data"]["id"] == review_id and payload["data"]["refs"] == ["upload-7"]
+    assert payload["data"]["id"] == review_id and payload["data"]["refs"] == [{"ref": "upload-7", "key": "app"}]
     assert payload["data"]["label"] == "adult" and payload["data"]["moderator"] == "moderator"
 
     time.sleep(0.3)  # the sender marks the delivery after the receiver's answer
@@ -94,7 +94,68 @@ def test_queue_decide_hear_restart_remember(
     status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", APP)
     again = json.loads(body)
     assert again["tier"] == "human" and again["verdict"]["label"] == "adult"
-    assert again["verdict"]["reason"].startswith(f"human review {review_id} (moderator, ")
+    assert again["verdict"]["reason"].startswith("human review (20") and "moderator" not in again["verdict"]["reason"]
     time.sleep(1.5)  # a worker's sender pass: the delivered message is never sent again
     assert len(receiver.received) == 1
     assert "nsfw_review_remembered_total 1.0" in _call(server, "GET", "/metrics", APP)[1].decode()
+
+
+def test_moderators_at_once_two_workers_and_a_slow_receiver_hear_each_decision_once(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer, tmp_path: Path
+) -> None:
+    """Findings 6 and 11 of issue 22 on real gunicorn with 2 workers (fails before it: a receiver that
+    answered 200 after NSFW_READ_TIMEOUT had every message marked failed and sent again, and both
+    workers' senders could send one message at once). 16 moderators decide 12 items at once; the
+    receiver takes 1.5 s to answer each (NSFW_READ_TIMEOUT is 1 s, the delivery timeout 5 s): every
+    decision answered 200 is heard exactly once."""
+    import threading
+    from collections import Counter
+
+    from tests.test_webhooks import SlowReceiver
+
+    receiver = SlowReceiver(image_server, delay=1.5)
+    tokens = [chr(98 + n) * 43 for n in range(16)]  # b..q: APP is a..a
+    moderators = [f"mod{n}:{token}:review" for n, token in enumerate(tokens)]
+    env = {
+        "NSFW_REVIEW": "true",
+        "NSFW_DATA_DIR": str(tmp_path / "data"),
+        "NSFW_API_KEYS": ",".join([f"app:{APP}", *moderators]),
+        "NSFW_REVIEW_WEBHOOK_URL": receiver.url,
+        "NSFW_REVIEW_WEBHOOK_SECRET": SECRET,
+        "NSFW_REVIEW_WEBHOOK_TIMEOUT": "5",
+        "NSFW_READ_TIMEOUT": "1",
+        "NSFW_SECRET_KEY": "s" * 40,
+    }
+    server = start_gunicorn(env)
+    strict = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
+    queued = []
+    for n in range(12):
+        url = image_server.add_file(f"/m{n}.jpg", bombs.jpeg_flat(40 + n, 30))
+        status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(url)}&{strict}", APP)
+        assert status == 200, body
+        queued.append(json.loads(body)["review"]["id"])
+    start = threading.Barrier(16)
+    answered: Counter[str] = Counter()
+
+    def moderate(n: int) -> None:
+        token = tokens[n]
+        start.wait()
+        for review_id in queued[n % 12 :] + queued[: n % 12]:
+            status, _, _ = _call(server, "POST", f"/reviews/{review_id}/decision", token, {"label": "adult"})
+            if status == 200:
+                answered[review_id] += 1
+
+    threads = [threading.Thread(target=moderate, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(answered) == sorted(queued) and set(answered.values()) == {1}
+    deadline = time.monotonic() + 60
+    while len(receiver.ids) < 12 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # every worker's sender makes passes meanwhile
+    assert len(receiver.ids) == 12 and set(receiver.ids.values()) == {1}, receiver.ids
+    _, body, _ = _call(server, "GET", "/reviews/webhooks?status=delivered", tokens[0])
+    deliveries = json.loads(body)["deliveries"]
+    assert len(deliveries) == 12 and {d["attempts"] for d in deliveries} == {1}

@@ -590,6 +590,17 @@ def thumbnail_jpeg(
     return frames.images[0]
 
 
+def frame_thumbnails(
+    fp: IO[bytes], *, limits: Limits, max_frames: int, deadline: float | None = None, side: int = THUMBNAIL_SIDE
+) -> Frames[bytes]:
+    """Each frame the model classifies (the same frames, picked the same way, as preprocess_frames
+    with the same limits and max_frames) as a JPEG of longest side `side`: what the moderator sees of
+    an animation, frame by frame."""
+    return decode_frames(
+        fp, limits=limits, max_frames=max_frames, deadline=deadline, convert=lambda frame: _thumbnail(frame, side)
+    )
+
+
 def preprocess(
     fp: IO[bytes],
     *,

@@ -5,11 +5,12 @@ app as signed webhooks, and are remembered as verdicts for the same bytes.
   outbox's delivery; views.py: the API (the review scope).
 - `Reviewer` is the one function the prediction path calls (service.ReviewHook), for detailed
   answers only: a remembered decision becomes the verdict (tier "human"), an unknown (or an audit
-  sample) is queued, and a failing store changes nothing but the answer's `review`, which says so.
+  sample) is queued, and a failure of its own (the store, a full queue, the pictures) changes nothing
+  but the answer's `review`, which says so.
 - `install` wires it into the app in each worker: one engine per process, made after the fork; the
   schema must be at the migrations' head (gunicorn.conf.py runs `python -m nsfw db upgrade` once per
   start, before any worker), and a maintenance thread sends the webhooks, refreshes the queue's
-  gauges and drops old thumbnails.
+  gauges, checkpoints SQLite's WAL and applies retention.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from typing import IO
+from dataclasses import dataclass, replace
+from typing import IO, Any
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,20 +29,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from nsfw import metrics
 from nsfw.cache import sha256_of
 from nsfw.config import ConfigError, Settings
+from nsfw.errors import NsfwError, ReviewProblem, ReviewRefsFull, ReviewStoreFailed
 from nsfw.fetch import Fetcher
 from nsfw.policy import Verdict
-from nsfw.review.queue import Candidate, ReviewQueue
-from nsfw.review.store import make_engine, revisions
+from nsfw.review.queue import Candidate, Pictures, ReviewQueue
+from nsfw.review.store import checkpoint, make_engine, revisions
 from nsfw.review.webhooks import Sender
 from nsfw.service import Prediction, PredictionService, ReviewContext
 
 log = logging.getLogger(__name__)
 
-STORE_ERROR = "the review store is not answering: this image was not queued (the log says why)"
-
 
 class Reviewer:
-    """service.ReviewHook: what the queue makes of a decided, detailed prediction."""
+    """service.ReviewHook: what the queue makes of a decided, detailed prediction. Every failure of
+    its own (the store, a full queue, the pictures: the model busy, the deadline) becomes the answer's
+    `review.error`; the prediction stands and answers 200."""
 
     def __init__(self, queue: ReviewQueue, audit_rate: float, sample: Callable[[], float] = random.random) -> None:
         self.queue = queue
@@ -49,62 +51,97 @@ class Reviewer:
         self.sample = sample
 
     def __call__(
-        self, prediction: Prediction, body: IO[bytes], context: ReviewContext, thumbnail: Callable[[], bytes | None]
+        self, prediction: Prediction, body: IO[bytes], context: ReviewContext, pictures: Pictures
     ) -> Prediction:
         assert prediction.verdict is not None
         try:
-            sha256 = sha256_of(body)
-            decision = self.queue.remembered(sha256)
-            if decision is not None:
-                metrics.REVIEW_REMEMBERED.inc()
-                return replace(
-                    prediction,
-                    verdict=Verdict(decision.label, decision.reason),
-                    tier="human",
-                    review={"id": decision.review_id, "status": "decided"},
-                )
-            if prediction.verdict.label == "unknown":
-                kind = "unknown"
-            elif self.audit_rate and self.sample() < self.audit_rate:
-                kind = "audit"
-            else:
-                return prediction
-            candidate = Candidate(
-                sha256=sha256,
-                kind=kind,
-                ref=context.ref,
-                key_name=context.key_name,
-                source_url=context.source_url,
-                model=prediction.model.name,
-                model_version=prediction.model.version,
-                scores=prediction.scores,
-                verdict=prediction.verdict.label,
-                reason=prediction.verdict.reason,
-            )
-            review_id = self.queue.enqueue(candidate, thumbnail)
+            return self._review(prediction, body, context, pictures)
+        except ReviewProblem as problem:
+            error: ReviewProblem = problem
+        except NsfwError as exc:  # the pictures could not be made in time (the model busy, the deadline)
+            error = ReviewProblem(exc.detail, code=exc.code, message=f"The image was not queued: {exc.message}")
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("review store failed while queueing: %s: %s", type(exc).__name__, str(exc)[:300])
             metrics.REVIEW_STORE_ERRORS.labels("enqueue").inc()
-            return replace(prediction, review={"error": STORE_ERROR})
+            error = ReviewStoreFailed(f"{type(exc).__name__}: {str(exc)[:300]}")
+        except Exception as exc:  # noqa: BLE001 - a bug here must not fail a prediction either
+            log.exception("review hook failed")
+            error = ReviewProblem(repr(exc))
+        log.warning("review: %s: %s", error.code, error.detail)
+        metrics.REVIEW_NOT_QUEUED.labels(error.code).inc()
+        return replace(prediction, review={"error": error.to_dict()})
+
+    def _review(
+        self, prediction: Prediction, body: IO[bytes], context: ReviewContext, pictures: Pictures
+    ) -> Prediction:
+        assert prediction.verdict is not None
+        sha256 = sha256_of(body)
+        decision = self.queue.remembered(sha256, context.key_name)
+        if decision is not None:
+            metrics.REVIEW_REMEMBERED.inc()
+            review: dict[str, Any] = {"status": "decided"}
+            if decision.review_id is not None:  # only to a key that had a part in the item
+                review = {"id": decision.review_id} | review
+            return replace(prediction, verdict=Verdict(decision.label, decision.reason), tier="human", review=review)
+        if prediction.verdict.label == "unknown":
+            kind = "unknown"
+        elif self.audit_rate and self.sample() < self.audit_rate:
+            kind = "audit"
+        else:
+            return prediction
+        candidate = Candidate(
+            sha256=sha256,
+            kind=kind,
+            ref=context.ref,
+            key_name=context.key_name,
+            source_url=context.source_url,
+            model=prediction.model.name,
+            model_version=prediction.model.version,
+            scores=prediction.scores,
+            verdict=prediction.verdict.label,
+            reason=prediction.verdict.reason,
+            frame_count=prediction.frame_count,
+            frames=[
+                {"index": index, "scores": scores}
+                for index, scores in zip(prediction.frame_indices, prediction.frame_scores, strict=True)
+            ],
+            chosen_frame=prediction.frame_indices[prediction.chosen],
+        )
+        queued = self.queue.enqueue(candidate, pictures)
         metrics.REVIEW_QUEUED.labels(kind).inc()
-        review = {"id": review_id, "status": "pending"} | ({"kind": "audit"} if kind == "audit" else {})
+        review = {"id": queued.review_id, "status": "pending"} | ({"kind": "audit"} if kind == "audit" else {})
+        if not queued.ref_kept:
+            metrics.REVIEW_NOT_QUEUED.labels(ReviewRefsFull.code).inc()
+            review["error"] = ReviewRefsFull().to_dict()
         return replace(prediction, review=review)
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long what the store keeps is kept (NSFW_REVIEW_*_DAYS; queue.ReviewQueue.retain)."""
+
+    days: int = 30
+    pending_days: int = 30
+    audit_days: int = 365
+
+
 class Maintenance:
-    """The worker's background duties: webhooks every second (at once when woken), the queue's
-    gauges every 15 s, old thumbnails every hour."""
+    """The worker's background duties, each on its own schedule and each failing alone (a store
+    that is down for a while must not end the thread, nor one duty's failure skip the others):
+    webhooks every second (at once when woken), the queue's gauges every 15 s, SQLite's WAL
+    checkpoint every minute, retention every hour."""
 
     GAUGES_EVERY = 15.0
-    PRUNE_EVERY = 3600.0
+    CHECKPOINT_EVERY = 60.0
+    RETAIN_EVERY = 3600.0
 
-    def __init__(self, queue: ReviewQueue, sender: Sender | None, retention_days: int) -> None:
+    def __init__(self, queue: ReviewQueue, sender: Sender | None, retention: Retention) -> None:
         self.queue = queue
         self.sender = sender
-        self.retention_days = retention_days
+        self.retention = retention
         self.stop = threading.Event()
         self.wake = sender.wake if sender is not None else threading.Event()
         self.thread: threading.Thread | None = None
+        self._due: dict[str, float] = {}
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name="review-maintenance", daemon=True)
@@ -115,37 +152,53 @@ class Maintenance:
         self.stop.set()
         self.wake.set()
         if self.thread is not None:
-            self.thread.join(5)
+            self.thread.join(15)
         self.queue.engine.dispose()
 
     def refresh_gauges(self) -> None:
-        try:
-            depth, oldest = self.queue.depth()
-        except SQLAlchemyError as exc:
-            log.warning("review store failed while counting: %s", str(exc)[:300])
-            metrics.REVIEW_STORE_ERRORS.labels("depth").inc()
-            return
+        depth, oldest = self.queue.depth()
         metrics.REVIEW_PENDING.set(depth)
         metrics.REVIEW_OLDEST_SECONDS.set(oldest or 0)
 
-    def run(self) -> None:
-        gauges_at = prune_at = 0.0
-        while not self.stop.is_set():
-            now = time.monotonic()
+    def retain(self) -> None:
+        done = self.queue.retain(
+            retention_days=self.retention.days,
+            pending_days=self.retention.pending_days,
+            audit_days=self.retention.audit_days,
+        )
+        for kind, count in done.items():
+            if count:
+                metrics.REVIEW_RETAINED.labels(kind).inc(count)
+        if any(done.values()):
+            log.info("review retention: %s", ", ".join(f"{count} {kind}" for kind, count in done.items() if count))
+
+    def checkpoint(self) -> None:
+        checkpoint(self.queue.engine)
+
+    def pass_once(self) -> None:
+        """One pass: every duty that is due."""
+        now = time.monotonic()
+        duties: list[tuple[str, float, Callable[[], object]]] = [
+            ("gauges", self.GAUGES_EVERY, self.refresh_gauges),
+            ("checkpoint", self.CHECKPOINT_EVERY, self.checkpoint),
+            ("retention", self.RETAIN_EVERY, self.retain),
+        ]
+        if self.sender is not None:
+            duties.insert(0, ("webhooks", 0.0, self.sender.deliver_due))
+        for name, every, duty in duties:
+            if now < self._due.get(name, 0.0):
+                continue
             try:
-                if self.sender is not None:
-                    self.sender.deliver_due()
-                if now >= gauges_at:
-                    self.refresh_gauges()
-                    gauges_at = now + self.GAUGES_EVERY
-                if now >= prune_at:
-                    pruned = self.queue.prune(self.retention_days)
-                    if pruned:
-                        log.info("dropped %d thumbnails decided over %d days ago", pruned, self.retention_days)
-                    prune_at = now + self.PRUNE_EVERY
-            except Exception:  # noqa: BLE001 - a store that is down for a while must not end the thread
-                log.exception("review maintenance pass failed")
-                metrics.REVIEW_STORE_ERRORS.labels("maintenance").inc()
+                duty()
+                self._due[name] = now + every
+            except Exception as exc:  # noqa: BLE001 - see the class docstring
+                log.warning("review maintenance: %s failed: %s: %s", name, type(exc).__name__, str(exc)[:300])
+                metrics.REVIEW_STORE_ERRORS.labels(name).inc()
+                self._due[name] = now + min(every, 5.0)  # tried again soon, not at once in a loop
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.pass_once()
             self.wake.wait(1.0)
             self.wake.clear()
 
@@ -166,12 +219,25 @@ def install(app: Flask, settings: Settings, service: PredictionService, *, backg
             f"the review store is at revision {current}, not {head}: run `python -m nsfw db upgrade` "
             "(gunicorn.conf.py runs it at each start)"
         )
-    queue = ReviewQueue(engine, lease=settings.review_lease, webhooks=bool(settings.review_webhook_url))
+    queue = ReviewQueue(
+        engine,
+        lease=settings.review_lease,
+        webhooks=bool(settings.review_webhook_url),
+        max_pending_per_key=settings.review_max_pending_per_key,
+        max_refs=settings.review_max_refs,
+    )
     service.review_hook = Reviewer(queue, settings.review_audit_rate)
     sender = None
     if settings.review_webhook_url:
-        sender = Sender(engine, settings.review_webhook_url, settings.review_webhook_secret, _poster(service.fetcher))
-    maintenance = Maintenance(queue, sender, settings.review_retention_days)
+        sender = Sender(
+            engine,
+            settings.review_webhook_url,
+            settings.review_webhook_secret,
+            _poster(service.fetcher),
+            timeout=settings.review_webhook_timeout,
+        )
+    retention = Retention(settings.review_retention_days, settings.review_pending_days, settings.review_audit_days)
+    maintenance = Maintenance(queue, sender, retention)
     app.extensions["nsfw.review"] = maintenance
     app.register_blueprint(views.bp)
     pages.install(app, settings)

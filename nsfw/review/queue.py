@@ -1,12 +1,19 @@
-"""The review queue's rules: enqueue, remember, claim, decide, delete, list, export, prune. Plain
-functions over the store (nsfw/review/store.py), no Flask.
+"""The review queue's rules: enqueue, remember, claim, decide, revert, delete, list, export, retain.
+Plain functions over the store (nsfw/review/store.py), no Flask.
 
-An item is a small state machine, pending -> decided, every transition in the audit log with who and
-when (Discourse's reviewables). A decision is one conditional UPDATE (`... WHERE status = 'pending'`):
-of 16 moderators racing, the database lets exactly one through and the others find it decided
-(409). The decision's webhook message is written to the outbox in the same transaction, so a
-crash between the two loses neither (nsfw/review/webhooks.py sends it). Once decided, the image's
-sha256 is remembered: the same bytes asked again get the human's label as their verdict.
+An item is a small state machine, pending -> decided (or expired, past NSFW_REVIEW_PENDING_DAYS),
+every transition in the audit log with who and when (Discourse's reviewables). A transition is one
+conditional UPDATE whose row count is checked (`... WHERE status = 'pending'`): of 16 moderators
+racing, the database lets exactly one through and the others find it decided (409); of two undos,
+one wins and the other finds nothing to undo. The transition's webhook message is written to the
+outbox in the same transaction, so a crash between the two loses neither (nsfw/review/webhooks.py
+sends it). Once decided, the image's sha256 is remembered: the same bytes asked again get the
+human's label as their verdict.
+
+What one predict key may do to the queue is bounded: at most NSFW_REVIEW_MAX_PENDING_PER_KEY pending
+items of its own, each item at most NSFW_REVIEW_MAX_REFS refs in all, every ref stored with the key
+that sent it (a client app tells its own refs apart in the webhook), and a remembered decision names
+no moderator to a predict key, nor an item that key had no part in.
 """
 
 from __future__ import annotations
@@ -17,34 +24,49 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from nsfw.errors import AlreadyDecided, Claimed, InvalidLabel, NotDecided, NotFound
-from nsfw.review.store import audit, outbox, refs, reviews
+from nsfw.errors import (
+    AlreadyDecided,
+    Claimed,
+    InvalidLabel,
+    NotDecided,
+    NotFound,
+    PendingTwin,
+    ReviewQueueFull,
+)
+from nsfw.model.specs import MODELS
+from nsfw.review.store import audit, frames, outbox, reading, refs, reviews
 
 LABELS = ("adult", "safe")
 EVENT_DECIDED = "review.decided"
 EVENT_REVERTED = "review.reverted"
+EVENT_DELETED = "review.deleted"
+EVENT_EXPIRED = "review.expired"
 MAX_PAGE = 100
+# Rows one retention pass changes per kind, so that its transactions stay short (it runs hourly).
+RETENTION_BATCH = 500
+RETENTION_ACTOR = "retention"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """A human's decision on an image, as a remembered verdict."""
+    """A human's decision on an image, as a remembered verdict; `review_id` only when the asking key
+    created the item or sent a ref to it (another key learns nothing of whose traffic it was)."""
 
-    review_id: str
     label: str
-    moderator: str
     decided: float
+    review_id: str | None
 
     @property
     def reason(self) -> str:
-        return f"human review {self.review_id} ({self.moderator}, {iso(self.decided)})"
+        return f"human review ({iso(self.decided)})"
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,24 @@ class Candidate:
     scores: Mapping[str, float]
     verdict: str
     reason: str
+    # The frames the model judged: the image's frame count, each classified frame's index and scores
+    # ([{"index", "scores"}]), and the index of the one that decided the verdict.
+    frame_count: int = 1
+    frames: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    chosen_frame: int = 0
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The pending item an image joined or made, and whether the request's ref was kept."""
+
+    review_id: str
+    ref_kept: bool = True
+
+
+# The pictures of an item: each classified frame's JPEG by its index in the animation (one entry for a
+# still image), made only when a new item is made; None when they cannot be made.
+Pictures = Callable[[], Mapping[int, bytes] | None]
 
 
 def iso(seconds: float | None) -> str | None:
@@ -70,6 +110,17 @@ def iso(seconds: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
 
 
+def without_query(url: str | None) -> str | None:
+    """A source URL as it is stored: no query and no fragment, where signed URLs keep their signature."""
+    if url is None:
+        return None
+    try:
+        split = urlsplit(url)
+    except ValueError:
+        return None
+    return urlunsplit(split._replace(query="", fragment=""))
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
@@ -77,29 +128,48 @@ def _new_id(prefix: str) -> str:
 class ReviewQueue:
     """The queue over one engine; `clock` is injectable for the tests of leases and retention."""
 
-    def __init__(self, engine: Engine, *, lease: float, webhooks: bool, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease: float,
+        webhooks: bool,
+        clock: Callable[[], float] = time.time,
+        max_pending_per_key: int = 1000,
+        max_refs: int = 20,
+    ) -> None:
         self.engine = engine
         self.lease = lease
         self.webhooks = webhooks
         self.clock = clock
+        self.max_pending_per_key = max_pending_per_key
+        self.max_refs = max_refs
 
     # The prediction path.
 
-    def remembered(self, sha256: str) -> Decision | None:
-        """The latest human decision on these bytes, if any."""
+    def remembered(self, sha256: str, key_name: str = "-") -> Decision | None:
+        """The latest human decision on these bytes, if any; its item's id only for a key that created
+        the item or sent a ref to it."""
+        involved = or_(
+            reviews.c.key_name == key_name,
+            exists().where(refs.c.review_id == reviews.c.id, refs.c.key_name == key_name),
+        )
         query = (
-            select(reviews.c.id, reviews.c.label, reviews.c.decided_by, reviews.c.decided)
+            select(reviews.c.id, reviews.c.label, reviews.c.decided, involved.label("involved"))
             .where(reviews.c.sha256 == sha256, reviews.c.status == "decided")
             .order_by(reviews.c.decided.desc())
             .limit(1)
         )
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             row = connection.execute(query).first()
-        return Decision(row.id, row.label, row.decided_by, row.decided) if row else None
+        if row is None:
+            return None
+        return Decision(row.label, row.decided, row.id if row.involved else None)
 
-    def enqueue(self, candidate: Candidate, thumbnail: Callable[[], bytes | None]) -> str:
-        """The pending item for these bytes: the one already pending (the ref joins it), or a new one
-        with its thumbnail (made only then). Returns its id."""
+    def enqueue(self, candidate: Candidate, pictures: Pictures) -> Queued:
+        """The pending item for these bytes: the one already pending (the ref joins it, while the item
+        has room for refs), or a new one with its pictures (made only then), while the key has fewer
+        than max_pending_per_key pending items of its own (ReviewQueueFull otherwise)."""
         now = self.clock()
         for _ in range(3):  # a concurrent enqueue of the same bytes may win the unique index once
             with self.engine.begin() as connection:
@@ -107,9 +177,17 @@ class ReviewQueue:
                     select(reviews.c.id).where(reviews.c.sha256 == candidate.sha256, reviews.c.status == "pending")
                 ).first()
                 if found is not None:
-                    self._add_ref(connection, found.id, candidate.ref, now)
-                    return str(found.id)
-            picture = thumbnail()
+                    kept = self._add_ref(connection, found.id, candidate.key_name, candidate.ref, now)
+                    return Queued(str(found.id), kept)
+                if self.max_pending_per_key:
+                    mine = connection.execute(
+                        select(func.count()).where(
+                            reviews.c.key_name == candidate.key_name, reviews.c.status == "pending"
+                        )
+                    ).scalar_one()
+                    if mine >= self.max_pending_per_key:
+                        raise ReviewQueueFull(f"{candidate.key_name} has {mine} pending items")
+            made = pictures() or {}
             review_id = _new_id("rv")
             try:
                 with self.engine.begin() as connection:
@@ -121,78 +199,111 @@ class ReviewQueue:
                             status="pending",
                             sha256=candidate.sha256,
                             key_name=candidate.key_name,
-                            source_url=candidate.source_url,
+                            source_url=without_query(candidate.source_url),
                             model=candidate.model,
                             model_version=candidate.model_version,
                             scores=json.dumps(dict(candidate.scores)),
                             verdict=candidate.verdict,
                             reason=candidate.reason,
-                            thumbnail=picture,
+                            thumbnail=made.get(candidate.chosen_frame, next(iter(made.values()), None)),
+                            frame_count=candidate.frame_count,
+                            frames=json.dumps(list(candidate.frames)) if len(candidate.frames) > 1 else None,
+                            chosen_frame=candidate.chosen_frame,
                         )
                     )
-                    self._add_ref(connection, review_id, candidate.ref, now)
-                return review_id
+                    if len(candidate.frames) > 1:
+                        strip = [
+                            {"review_id": review_id, "position": n, "frame_index": index, "thumbnail": made[index]}
+                            for n, index in enumerate(sorted(made))
+                        ]
+                        if strip:
+                            connection.execute(insert(frames), strip)
+                    self._add_ref(connection, review_id, candidate.key_name, candidate.ref, now)
+                return Queued(review_id)
             except IntegrityError:
                 continue  # the other enqueue's item exists now: join it
         raise RuntimeError(f"could not enqueue {candidate.sha256}")
 
-    @staticmethod
-    def _add_ref(connection: Any, review_id: str, ref: str | None, now: float) -> None:
+    def _add_ref(self, connection: Any, review_id: str, key_name: str, ref: str | None, now: float) -> bool:
+        """Attach (key, ref) to the item; False when the item already has max_refs refs (not kept)."""
         if ref is None:
-            return
-        known = connection.execute(select(refs.c.ref).where(refs.c.review_id == review_id, refs.c.ref == ref)).first()
-        if known is None:
-            connection.execute(insert(refs).values(review_id=review_id, ref=ref, added=now))
+            return True
+        known = connection.execute(
+            select(refs.c.ref).where(refs.c.review_id == review_id, refs.c.key_name == key_name, refs.c.ref == ref)
+        ).first()
+        if known is not None:
+            return True
+        count = connection.execute(select(func.count()).where(refs.c.review_id == review_id)).scalar_one()
+        if count >= self.max_refs:
+            return False
+        connection.execute(insert(refs).values(review_id=review_id, key_name=key_name, ref=ref, added=now))
+        return True
 
     # The API.
 
     def page(self, status: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """Items of a status, oldest first (pending: the next to review first), `limit` at a time;
         the cursor is the last item's (created, id), opaque to the client."""
-        query = select(reviews).where(reviews.c.status == status)
+        query = select(*_ITEM_COLUMNS).where(reviews.c.status == status)
         if cursor:
             created, last_id = _read_cursor(cursor)
             query = query.where(
                 or_(reviews.c.created > created, and_(reviews.c.created == created, reviews.c.id > last_id))
             )
         query = query.order_by(reviews.c.created, reviews.c.id).limit(limit + 1)
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             rows = connection.execute(query).all()
-            items = [self._item(connection, row) for row in rows[:limit]]
+            items = self._items(connection, rows[:limit])
         following = _make_cursor(rows[limit - 1].created, rows[limit - 1].id) if len(rows) > limit else None
         return items, following
 
     def get(self, review_id: str) -> dict[str, Any]:
-        with self.engine.connect() as connection:
-            row = connection.execute(select(reviews).where(reviews.c.id == review_id)).first()
-            if row is None:
-                raise NotFound(review_id)
-            return self._item(connection, row)
+        with reading(self.engine) as connection:
+            return self._get(connection, review_id)
+
+    def _get(self, connection: Any, review_id: str) -> dict[str, Any]:
+        row = connection.execute(select(*_ITEM_COLUMNS).where(reviews.c.id == review_id)).first()
+        if row is None:
+            raise NotFound(review_id)
+        return self._items(connection, [row])[0]
 
     def recent_decisions(self, limit: int = MAX_PAGE) -> list[dict[str, Any]]:
         """Decided items, newest decision first (the history page)."""
-        query = select(reviews).where(reviews.c.status == "decided").order_by(reviews.c.decided.desc()).limit(limit)
-        with self.engine.connect() as connection:
-            return [self._item(connection, row) for row in connection.execute(query).all()]
+        query = (
+            select(*_ITEM_COLUMNS).where(reviews.c.status == "decided").order_by(reviews.c.decided.desc()).limit(limit)
+        )
+        with reading(self.engine) as connection:
+            return self._items(connection, connection.execute(query).all())
 
     def decided_scores(self) -> list[tuple[str, dict[str, float], str]]:
         """(model, scores, human label) of every decided item: what the insights page learns from."""
         query = select(reviews.c.model, reviews.c.scores, reviews.c.label).where(reviews.c.status == "decided")
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             return [(row.model, json.loads(row.scores), row.label) for row in connection.execute(query)]
 
     def kinds_decided(self) -> dict[str, int]:
         """How many decided items of each kind (unknown, audit) there are."""
         query = select(reviews.c.kind, func.count()).where(reviews.c.status == "decided").group_by(reviews.c.kind)
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             return {row[0]: int(row[1]) for row in connection.execute(query)}
 
     def thumbnail(self, review_id: str) -> bytes | None:
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             row = connection.execute(select(reviews.c.thumbnail).where(reviews.c.id == review_id)).first()
         if row is None:
             raise NotFound(review_id)
         return bytes(row.thumbnail) if row.thumbnail is not None else None
+
+    def frame_picture(self, review_id: str, position: int) -> bytes | None:
+        """The picture of an animation's classified frame (its position in the strip); None when
+        there is none (a still image, past retention, no such position)."""
+        with reading(self.engine) as connection:
+            if connection.execute(select(reviews.c.id).where(reviews.c.id == review_id)).first() is None:
+                raise NotFound(review_id)
+            row = connection.execute(
+                select(frames.c.thumbnail).where(frames.c.review_id == review_id, frames.c.position == position)
+            ).first()
+        return bytes(row.thumbnail) if row is not None else None
 
     def claim(self, review_id: str, moderator: str) -> dict[str, Any]:
         """A lease of `lease` seconds on a pending item; 409 while another moderator's lease runs."""
@@ -204,9 +315,9 @@ class ReviewQueue:
                 .values(claimed_by=moderator, claim_until=now + self.lease)
             ).rowcount
             if not claimed:
-                self._refuse(connection, review_id, moderator, now)
+                self._refuse(connection, review_id)
             self._audit(connection, now, moderator, "claimed", review_id, {"until": now + self.lease})
-        return self.get(review_id)
+            return self._get(connection, review_id)
 
     def decide(self, review_id: str, moderator: str, label: object, note: object = None) -> dict[str, Any]:
         """Decide a pending item, once: the first decision wins, any later one is 409 already_decided;
@@ -224,96 +335,226 @@ class ReviewQueue:
                 .values(status="decided", label=label, decided_by=moderator, decided=now, note=note)
             ).rowcount
             if not decided:
-                self._refuse(connection, review_id, moderator, now)
+                self._refuse(connection, review_id)
             self._audit(connection, now, moderator, "decided", review_id, {"label": label, "note": note})
-            item = self._item(connection, connection.execute(select(reviews).where(reviews.c.id == review_id)).one())
+            item = self._get(connection, review_id)
             if self.webhooks:
                 self._outbox(connection, now, EVENT_DECIDED, item)
         return item
 
     def revert(self, review_id: str, moderator: str) -> dict[str, Any]:
         """Undo a decision: the item is pending again (its memory gone), the audit log keeps both,
-        and the client app hears `review.reverted` with the label it had."""
+        and the client app hears `review.reverted` with the label it had. Of two undos at once one
+        wins, the other is 409 not_decided; an image pending again meanwhile (another item for the
+        same bytes) is 409 pending_twin."""
         now = self.clock()
-        with self.engine.begin() as connection:
-            row = connection.execute(select(reviews).where(reviews.c.id == review_id)).first()
-            if row is None:
-                raise NotFound(review_id)
-            if row.status != "decided":
-                raise NotDecided(review_id)
-            before = self._item(connection, row)
-            connection.execute(
-                update(reviews)
-                .where(reviews.c.id == review_id, reviews.c.status == "decided")
-                .values(
-                    status="pending",
-                    label=None,
-                    decided=None,
-                    decided_by=None,
-                    note=None,
-                    claimed_by=None,
-                    claim_until=None,
-                )
-            )
-            self._audit(connection, now, moderator, "reverted", review_id, {"label": before["label"]})
-            if self.webhooks:
-                self._outbox(connection, now, EVENT_REVERTED, before | {"reverted_by": moderator})
-            item = self._item(connection, connection.execute(select(reviews).where(reviews.c.id == review_id)).one())
-        return item
+        try:
+            with self.engine.begin() as connection:
+                before = self._get(connection, review_id)
+                if before["status"] != "decided":
+                    raise NotDecided(review_id)
+                reverted = connection.execute(
+                    update(reviews)
+                    .where(reviews.c.id == review_id, reviews.c.status == "decided")
+                    .values(
+                        status="pending",
+                        label=None,
+                        decided=None,
+                        decided_by=None,
+                        note=None,
+                        claimed_by=None,
+                        claim_until=None,
+                    )
+                ).rowcount
+                if not reverted:  # another undo won between the read and this update
+                    raise NotDecided(review_id)
+                self._audit(connection, now, moderator, "reverted", review_id, {"label": before["label"]})
+                if self.webhooks:
+                    self._outbox(connection, now, EVENT_REVERTED, before | {"reverted_by": moderator})
+                return self._get(connection, review_id)
+        except IntegrityError:
+            with reading(self.engine) as connection:
+                twin = connection.execute(
+                    select(reviews.c.id).where(
+                        reviews.c.status == "pending",
+                        reviews.c.sha256 == select(reviews.c.sha256).where(reviews.c.id == review_id).scalar_subquery(),
+                    )
+                ).scalar()
+            raise PendingTwin(f"{review_id}: the same bytes are pending as {twin}") from None
 
     def delete(self, review_id: str, moderator: str) -> None:
+        """Remove an item (and with it a remembered decision); the client app hears `review.deleted`."""
         now = self.clock()
         with self.engine.begin() as connection:
-            row = connection.execute(select(reviews.c.status, reviews.c.label).where(reviews.c.id == review_id)).first()
-            if row is None:
-                raise NotFound(review_id)
+            before = self._get(connection, review_id)
             connection.execute(delete(refs).where(refs.c.review_id == review_id))
-            connection.execute(delete(reviews).where(reviews.c.id == review_id))
-            self._audit(connection, now, moderator, "deleted", review_id, {"status": row.status, "label": row.label})
+            connection.execute(delete(frames).where(frames.c.review_id == review_id))
+            gone = connection.execute(delete(reviews).where(reviews.c.id == review_id)).rowcount
+            if not gone:
+                raise NotFound(review_id)
+            self._audit(
+                connection, now, moderator, "deleted", review_id, {"status": before["status"], "label": before["label"]}
+            )
+            if self.webhooks:
+                self._outbox(connection, now, EVENT_DELETED, before | {"deleted_by": moderator})
 
     def audit_log(self, review_id: str) -> list[dict[str, Any]]:
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             rows = connection.execute(select(audit).where(audit.c.review_id == review_id).order_by(audit.c.id)).all()
         return [
             {"at": iso(row.at), "actor": row.actor, "action": row.action, "detail": json.loads(row.detail)}
             for row in rows
         ]
 
+    EXPORT_COLUMNS = ("id", "sha256", "model", "model_version", "verdict", "label", "decided_by", "created", "decided")
+
     def export(self, fmt: str) -> Iterator[str]:
-        """Every decided item, oldest decision first: JSON lines or CSV (a labelled data set)."""
-        query = select(reviews).where(reviews.c.status == "decided").order_by(reviews.c.decided, reviews.c.id)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-            items = [self._item(connection, row) for row in rows]
-        columns = ("id", "sha256", "model", "model_version", "verdict", "label", "decided_by", "created", "decided")
-        if fmt == "jsonl":
-            for item in items:
-                yield json.dumps({name: item[name] for name in (*columns, "kind", "scores", "refs", "note")}) + "\n"
-            return
-        classes = sorted({name for item in items for name in item["scores"]})
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow([*columns, *classes])
-        for item in items:
-            writer.writerow([*(item[name] for name in columns), *(item["scores"].get(name, "") for name in classes)])
-        yield out.getvalue()
+        """Every decided item, oldest decision first: JSON lines or CSV (a labelled data set).
+
+        Streamed: the rows come from the database a few hundred at a time (a server-side cursor on
+        PostgreSQL), with only the exported columns (never a thumbnail) and the refs in the same
+        query, so memory stays flat however many items there are."""
+        columns = (
+            reviews.c.id,
+            reviews.c.sha256,
+            reviews.c.model,
+            reviews.c.model_version,
+            reviews.c.verdict,
+            reviews.c.label,
+            reviews.c.decided_by,
+            reviews.c.created,
+            reviews.c.decided,
+            reviews.c.kind,
+            reviews.c.scores,
+            reviews.c.note,
+            reviews.c.frame_count,
+            refs.c.ref,
+            refs.c.key_name.label("ref_key"),
+        )
+        query = (
+            select(*columns)
+            .select_from(reviews.outerjoin(refs, refs.c.review_id == reviews.c.id))
+            .where(reviews.c.status == "decided")
+            .order_by(reviews.c.decided, reviews.c.id, refs.c.added, refs.c.key_name, refs.c.ref)
+        )
+        with reading(self.engine) as connection:
+            classes = self._export_classes(connection) if fmt == "csv" else []
+            if fmt == "csv":
+                yield _csv_line([*self.EXPORT_COLUMNS, *classes])
+            result = connection.execution_options(stream_results=True, yield_per=500).execute(query)
+            for row, item_refs in _grouped(result):
+                scores = json.loads(row.scores)
+                if fmt == "jsonl":
+                    record = {name: getattr(row, name) for name in self.EXPORT_COLUMNS}
+                    record["created"], record["decided"] = iso(row.created), iso(row.decided)
+                    record |= {
+                        "kind": row.kind,
+                        "scores": scores,
+                        "refs": item_refs,
+                        "note": row.note,
+                        "frame_count": row.frame_count or 1,
+                    }
+                    yield json.dumps(record) + "\n"
+                else:
+                    values = [getattr(row, name) for name in self.EXPORT_COLUMNS]
+                    values[7], values[8] = iso(row.created), iso(row.decided)
+                    yield _csv_line([*values, *(scores.get(name, "") for name in classes)])
+
+    @staticmethod
+    def _export_classes(connection: Any) -> list[str]:
+        """The CSV's score columns: every class of the models that made the decided items (their
+        catalogue's, or, for a model it does not know, what the scores name)."""
+        names: set[str] = set()
+        models = connection.execute(select(reviews.c.model).where(reviews.c.status == "decided").distinct()).scalars()
+        for model in models:
+            if model in MODELS:
+                names.update(MODELS[model].classes)
+                continue
+            stream = connection.execution_options(stream_results=True, yield_per=500).execute(
+                select(reviews.c.scores).where(reviews.c.status == "decided", reviews.c.model == model)
+            )
+            for (raw,) in stream:
+                names.update(json.loads(raw))
+        return sorted(names)
+
+    def retain(
+        self, *, retention_days: int, pending_days: int, audit_days: int, batch: int = RETENTION_BATCH
+    ) -> dict[str, int]:
+        """One retention pass; what it did, by kind:
+
+        - `expired`: items pending for more than pending_days (0: never) leave the queue as
+          `expired`, with an audit row and a `review.expired` webhook, never silently;
+        - `thumbnails`: items decided (or expired) more than retention_days ago lose their pictures
+          and refs; their scores, labels and hashes stay, as they are the memory;
+        - `expired_items`: expired items past retention_days go;
+        - `audit`: audit rows older than audit_days;
+        - `outbox`: delivered and failed webhook messages older than retention_days."""
+        now = self.clock()
+        done = {"expired": 0, "thumbnails": 0, "expired_items": 0, "audit": 0, "outbox": 0}
+        closed_before = now - retention_days * 86400
+        if pending_days:
+            with self.engine.begin() as connection:
+                stale = connection.execute(
+                    select(reviews.c.id)
+                    .where(reviews.c.status == "pending", reviews.c.created < now - pending_days * 86400)
+                    .order_by(reviews.c.created)
+                    .limit(batch)
+                ).scalars()
+                for review_id in list(stale):
+                    before = self._get(connection, review_id)
+                    expired = connection.execute(
+                        update(reviews)
+                        .where(reviews.c.id == review_id, reviews.c.status == "pending")
+                        .values(status="expired", decided=now, decided_by=RETENTION_ACTOR, claimed_by=None)
+                    ).rowcount
+                    if not expired:
+                        continue
+                    self._audit(connection, now, RETENTION_ACTOR, "expired", review_id, {"after_days": pending_days})
+                    if self.webhooks:
+                        self._outbox(connection, now, EVENT_EXPIRED, before | {"expired": iso(now)})
+                    done["expired"] += 1
+        with self.engine.begin() as connection:
+            old = connection.execute(
+                select(reviews.c.id)
+                .where(
+                    reviews.c.status.in_(("decided", "expired")),
+                    reviews.c.decided < closed_before,
+                    or_(
+                        reviews.c.thumbnail.is_not(None),
+                        exists().where(frames.c.review_id == reviews.c.id),
+                        exists().where(refs.c.review_id == reviews.c.id),
+                    ),
+                )
+                .limit(batch)
+            ).scalars()
+            old_ids = list(old)
+            if old_ids:
+                connection.execute(delete(frames).where(frames.c.review_id.in_(old_ids)))
+                connection.execute(delete(refs).where(refs.c.review_id.in_(old_ids)))
+                connection.execute(update(reviews).where(reviews.c.id.in_(old_ids)).values(thumbnail=None))
+            done["thumbnails"] = len(old_ids)
+            gone = connection.execute(
+                select(reviews.c.id)
+                .where(reviews.c.status == "expired", reviews.c.decided < closed_before)
+                .limit(batch)
+            ).scalars()
+            gone_ids = list(gone)
+            if gone_ids:
+                connection.execute(delete(reviews).where(reviews.c.id.in_(gone_ids)))
+            done["expired_items"] = len(gone_ids)
+            done["audit"] = connection.execute(delete(audit).where(audit.c.at < now - audit_days * 86400)).rowcount
+            done["outbox"] = connection.execute(
+                delete(outbox).where(outbox.c.status.in_(("delivered", "failed")), outbox.c.created < closed_before)
+            ).rowcount
+        return done
 
     def prune(self, retention_days: int) -> int:
-        """Drop the thumbnails of items decided more than retention_days ago; their scores, labels and
-        hashes stay (they are the memory). Pending items are never touched."""
-        before = self.clock() - retention_days * 86400
-        with self.engine.begin() as connection:
-            return int(
-                connection.execute(
-                    update(reviews)
-                    .where(reviews.c.status == "decided", reviews.c.decided < before, reviews.c.thumbnail.is_not(None))
-                    .values(thumbnail=None)
-                ).rowcount
-            )
+        """Drop the pictures of items decided more than retention_days ago (retain's `thumbnails`)."""
+        return self.retain(retention_days=retention_days, pending_days=0, audit_days=36500)["thumbnails"]
 
     def depth(self) -> tuple[int, float | None]:
         """Pending items, and the age in seconds of the oldest."""
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             count, oldest = connection.execute(
                 select(func.count(), func.min(reviews.c.created)).where(reviews.c.status == "pending")
             ).one()
@@ -324,7 +565,7 @@ class ReviewQueue:
         query = select(outbox).order_by(outbox.c.created.desc()).limit(limit)
         if status:
             query = query.where(outbox.c.status == status)
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             rows = connection.execute(query).all()
         return [
             {
@@ -343,14 +584,15 @@ class ReviewQueue:
 
     # Inside.
 
-    def _refuse(self, connection: Any, review_id: str, moderator: str, now: float) -> None:
+    @staticmethod
+    def _refuse(connection: Any, review_id: str) -> None:
         row = connection.execute(
             select(reviews.c.status, reviews.c.claimed_by, reviews.c.claim_until).where(reviews.c.id == review_id)
         ).first()
         if row is None:
             raise NotFound(review_id)
-        if row.status == "decided":
-            raise AlreadyDecided(review_id)
+        if row.status != "pending":
+            raise AlreadyDecided(f"{review_id} is {row.status}")
         raise Claimed(f"{review_id} claimed by {row.claimed_by} until {iso(row.claim_until)}")
 
     @staticmethod
@@ -362,13 +604,16 @@ class ReviewQueue:
     @staticmethod
     def _outbox(connection: Any, now: float, event_type: str, item: dict[str, Any]) -> None:
         message_id = _new_id("msg")
-        payload = {
-            "type": event_type,
-            "timestamp": iso(now),
-            "data": {name: item[name] for name in ("id", "refs", "label", "decided_by", "decided", "scores", "model")}
-            | {"moderator": item["decided_by"], "model_version": item["model_version"], "sha256": item["sha256"]}
-            | ({"reverted_by": item["reverted_by"]} if "reverted_by" in item else {}),
+        data = {name: item[name] for name in ("id", "status", "refs", "label", "decided_by", "decided", "scores")}
+        data |= {
+            "model": item["model"],
+            "moderator": item["decided_by"],
+            "model_version": item["model_version"],
+            "sha256": item["sha256"],
+            "frame_count": item["frames"]["count"],
         }
+        data |= {name: item[name] for name in ("reverted_by", "deleted_by", "expired") if name in item}
+        payload = {"type": event_type, "timestamp": iso(now), "data": data}
         connection.execute(
             insert(outbox).values(
                 id=message_id,
@@ -382,32 +627,96 @@ class ReviewQueue:
             )
         )
 
-    def _item(self, connection: Any, row: Any) -> dict[str, Any]:
-        item_refs = connection.execute(select(refs.c.ref).where(refs.c.review_id == row.id).order_by(refs.c.added))
+    def _items(self, connection: Any, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        """The rows as the API shows them, their refs read in one query."""
+        ids = [row.id for row in rows]
+        by_item: dict[str, list[dict[str, str]]] = {review_id: [] for review_id in ids}
+        if ids:
+            found = connection.execute(
+                select(refs.c.review_id, refs.c.ref, refs.c.key_name)
+                .where(refs.c.review_id.in_(ids))
+                .order_by(refs.c.added, refs.c.key_name, refs.c.ref)
+            )
+            for ref in found:
+                by_item[ref.review_id].append({"ref": ref.ref, "key": ref.key_name})
         now = self.clock()
-        claimed = row.claimed_by if row.claim_until is not None and row.claim_until >= now else None
-        return {
-            "id": row.id,
-            "status": row.status,
-            "kind": row.kind,
-            "refs": [r.ref for r in item_refs],
-            "sha256": row.sha256,
-            "key": row.key_name,
-            "source_url": row.source_url,
-            "model": row.model,
-            "model_version": row.model_version,
-            "scores": json.loads(row.scores),
-            "verdict": row.verdict,
-            "reason": row.reason,
-            "created": iso(row.created),
-            "claimed_by": claimed if row.status == "pending" else None,
-            "claimed_until": iso(row.claim_until) if claimed and row.status == "pending" else None,
-            "decided": iso(row.decided),
-            "label": row.label,
-            "decided_by": row.decided_by,
-            "note": row.note,
-            "has_thumbnail": row.thumbnail is not None,
-        }
+        return [_item(row, by_item[row.id], now) for row in rows]
+
+
+# Every column of an item but its thumbnail, and whether it has one.
+_ITEM_COLUMNS = (
+    *(column for column in reviews.columns if column.name != "thumbnail"),
+    reviews.c.thumbnail.is_not(None).label("has_thumbnail"),
+)
+
+
+def adult_score(model: str, scores: Mapping[str, float]) -> float:
+    """The sum of the model's adult classes: what a verdict compares with its threshold."""
+    spec = MODELS.get(model)
+    adult = spec.adult_classes if spec is not None else ("hentai", "porn", "sexy")
+    return sum(scores.get(name, 0.0) for name in adult)
+
+
+def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, Any]:
+    claimed = row.claimed_by if row.claim_until is not None and row.claim_until >= now else None
+    classified = json.loads(row.frames) if row.frames else []
+    return {
+        "id": row.id,
+        "status": row.status,
+        "kind": row.kind,
+        "refs": item_refs,
+        "sha256": row.sha256,
+        "key": row.key_name,
+        "source_url": row.source_url,
+        "model": row.model,
+        "model_version": row.model_version,
+        "scores": json.loads(row.scores),
+        "verdict": row.verdict,
+        "reason": row.reason,
+        "created": iso(row.created),
+        "claimed_by": claimed if row.status == "pending" else None,
+        "claimed_until": iso(row.claim_until) if claimed and row.status == "pending" else None,
+        "decided": iso(row.decided),
+        "label": row.label,
+        "decided_by": row.decided_by,
+        "note": row.note,
+        "has_thumbnail": bool(row.has_thumbnail),
+        # What the model judged: one frame for a still image; for an animation, each classified frame
+        # (its strip picture is /reviews/<id>/frames/<position>) and the one that decided.
+        "frames": {
+            "count": row.frame_count or 1,
+            "chosen": row.chosen_frame or 0,
+            "classified": [
+                {
+                    "position": position,
+                    "index": frame["index"],
+                    "scores": frame["scores"],
+                    "adult": adult_score(row.model, frame["scores"]),
+                }
+                for position, frame in enumerate(classified)
+            ],
+        },
+    }
+
+
+def _grouped(rows: Any) -> Iterator[tuple[Any, list[dict[str, str]]]]:
+    """The export's joined rows (one per item and ref, ordered by item) as (item row, its refs)."""
+    current, item_refs = None, []
+    for row in rows:
+        if current is not None and row.id != current.id:
+            yield current, item_refs
+            item_refs = []
+        current = row
+        if row.ref is not None:
+            item_refs.append({"ref": row.ref, "key": row.ref_key})
+    if current is not None:
+        yield current, item_refs
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
 
 
 def _open_to(review_id: str, moderator: str, now: float) -> Any:

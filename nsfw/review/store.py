@@ -4,10 +4,14 @@ SQLAlchemy 2 Core over SQLite (the default, `$NSFW_DATA_DIR/nsfw.db`) or Postgre
 schema is Alembic's (migrations/, one revision per change); these Table objects are what the queries
 use, and tests/test_review_store.py checks that they match what the migrations make.
 
-SQLite: WAL (readers never wait for a writer), a 5 s busy timeout, and every transaction BEGIN
-IMMEDIATE, so a transaction that reads and then writes takes the write lock first and never meets
-SQLite's immediate "database is locked" (which it answers, without waiting, to a reader upgrading
-while another connection writes). One engine per process, made after the fork (create_app).
+SQLite: WAL (readers never wait for a writer), a 5 s busy timeout, and every transaction that may
+write BEGIN IMMEDIATE, so a transaction that reads and then writes takes the write lock first and
+never meets SQLite's immediate "database is locked" (which it answers, without waiting, to a reader
+upgrading while another connection writes). Reads (`reading`) begin deferred: they take no lock, so
+a long export or the prediction path's lookups never hold up a decision. The WAL is checkpointed
+and truncated by the maintenance thread (`checkpoint`), and capped at WAL_LIMIT_BYTES after each
+checkpoint, so a full disk that stopped the checkpoints does not leave it grown for good. One
+engine per process, made after the fork (create_app).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     ForeignKey,
@@ -50,7 +55,7 @@ reviews = Table(
     Column("id", String(32), primary_key=True),
     Column("created", Float, nullable=False),
     Column("kind", String(16), nullable=False),  # unknown (the model could not decide) | audit (a sample)
-    Column("status", String(16), nullable=False),  # pending | decided
+    Column("status", String(16), nullable=False),  # pending | decided | expired (left undecided past retention)
     Column("sha256", String(64), nullable=False),
     Column("key_name", String(64), nullable=False),
     Column("source_url", Text),
@@ -62,11 +67,18 @@ reviews = Table(
     Column("thumbnail", LargeBinary),  # JPEG, longest side 256; None after retention
     Column("claimed_by", String(64)),
     Column("claim_until", Float),
-    Column("decided", Float),
+    Column("decided", Float),  # when it left the queue: decided, or expired
     Column("label", String(16)),  # adult | safe
     Column("decided_by", String(64)),
     Column("note", Text),
+    # What the model judged: the image's frame count, and for an animation each classified frame's
+    # index and scores (JSON [{"index", "scores"}]) and the index of the frame that decided the verdict
+    # (the thumbnail's); NULL for items queued before revision 0004.
+    Column("frame_count", Integer),
+    Column("frames", Text),
+    Column("chosen_frame", Integer),
     Index("reviews_sha256", "sha256"),
+    Index("reviews_key_status", "key_name", "status"),
     Index("reviews_status_created", "status", "created"),
     # One pending item per image: the same bytes join it (their refs are kept).
     Index(
@@ -82,9 +94,22 @@ refs = Table(
     "review_refs",
     metadata,
     Column("review_id", String(32), ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("key_name", String(64), nullable=False),  # the key that sent the ref: its client app's own
     Column("ref", String(200), nullable=False),
     Column("added", Float, nullable=False),
-    PrimaryKeyConstraint("review_id", "ref"),
+    PrimaryKeyConstraint("review_id", "key_name", "ref"),
+)
+
+# An animation's classified frames, each as the moderator sees it (JPEG, longest side 256): the strip
+# under the item. Dropped with the thumbnail at retention.
+frames = Table(
+    "review_frames",
+    metadata,
+    Column("review_id", String(32), ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),  # 0.. in the animation's order
+    Column("frame_index", Integer, nullable=False),
+    Column("thumbnail", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("review_id", "position"),
 )
 
 audit = Table(
@@ -93,9 +118,11 @@ audit = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", Float, nullable=False),
     Column("actor", String(64), nullable=False),
-    Column("action", String(32), nullable=False),  # decided | deleted | claimed
+    Column("action", String(32), nullable=False),  # claimed | decided | reverted | deleted | expired
     Column("review_id", String(32), nullable=False),
     Column("detail", Text, nullable=False),  # JSON
+    Index("review_audit_review", "review_id"),
+    Index("review_audit_at", "at"),
 )
 
 outbox = Table(
@@ -108,7 +135,8 @@ outbox = Table(
     Column("status", String(16), nullable=False),  # pending | delivered | failed
     Column("attempts", Integer, nullable=False),
     Column("next_at", Float, nullable=False),
-    Column("lease_until", Float),  # a sender's claim on the row while it sends
+    Column("lease_until", Float),  # a sender's claim on the row while it sends...
+    Column("lease_token", String(32)),  # ...and whose: only the holder reschedules the row
     Column("last_error", Text),
     Column("created", Float, nullable=False),
     Column("delivered", Float),
@@ -123,6 +151,9 @@ moderators = Table(
     Column("password_hash", Text, nullable=False),  # Argon2id, argon2-cffi's encoding
     Column("created", Float, nullable=False),
     Column("blur", Boolean, nullable=False, server_default=true()),  # thumbnails blurred until revealed
+    # A random token in every session cookie of this moderator, checked on every request; a new one
+    # (sign-out, a new password) ends every session made before it.
+    Column("generation", String(32), nullable=False, server_default="0"),
 )
 
 
@@ -141,6 +172,17 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     dbapi_connection.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, fast commits
+    # A checkpoint that resets the WAL truncates it to this size: it never stays grown.
+    dbapi_connection.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+
+
+WAL_LIMIT_BYTES = 1024 * 1024
+READ = "nsfw_read"
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    deferred = connection.get_execution_options().get(READ, False)
+    connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -150,9 +192,26 @@ def make_engine(url: str) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": _BUSY_SECONDS, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads alone: on SQLite its transaction is deferred (no write lock taken)."""
+    return engine.connect().execution_options(**{READ: True})
+
+
+def checkpoint(engine: Engine) -> None:
+    """SQLite: move the WAL into the database and truncate it (a no-op elsewhere). A reader in the
+    middle of a long read keeps the part it reads; the next checkpoint takes the rest."""
+    if engine.dialect.name != "sqlite":
+        return
+    raw = engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+    try:
+        raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # type: ignore[union-attr]
+    finally:
+        raw.close()
 
 
 def _alembic_config(url: str) -> Any:
@@ -187,7 +246,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 # The newest migration's revision (migrations/versions/). Workers compare the store with it without
 # importing Alembic (6 MB a worker); tests/test_review.py checks it is Alembic's head.
-HEAD = "0003"
+HEAD = "0004"
 
 
 def revisions(engine: Engine) -> tuple[str | None, str]:

@@ -4,9 +4,10 @@ The moderator is the key's name. Thin: the rules are nsfw/review/queue.py's."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import errors, metrics
@@ -16,7 +17,7 @@ from nsfw.review.queue import MAX_PAGE, ReviewQueue
 bp = Blueprint("reviews", __name__)
 log = logging.getLogger(__name__)
 
-STATUSES = ("pending", "decided")
+STATUSES = ("pending", "decided", "expired")
 EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
@@ -66,11 +67,32 @@ def export() -> Response:
     fmt = _one_arg("format", "jsonl")
     if fmt not in EXPORT_TYPES:
         raise errors.BadRequest(f"format={fmt!r}: jsonl or csv")
-    body = "".join(_queue().export(fmt))
-    response = Response(body, content_type=EXPORT_TYPES[fmt])
+    # Streamed as the rows come (the front door passes the chunks on as they are made): memory stays
+    # flat however many decided items there are.
+    lines = _queue().export(fmt)
+    first = next(lines, "")  # a store that fails now is still a 503, not a broken stream
+    response = Response(stream_with_context(_joined(first, lines)), content_type=EXPORT_TYPES[fmt])
     response.headers["Content-Disposition"] = f'attachment; filename="reviews.{fmt}"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _joined(first: str, rest: Iterator[str]) -> Iterator[bytes]:
+    """The export's lines in chunks of about EXPORT_CHUNK bytes (one hand-over each, not one a line)."""
+    chunk = [first.encode()]
+    size = len(chunk[0])
+    for line in rest:
+        data = line.encode()
+        chunk.append(data)
+        size += len(data)
+        if size >= EXPORT_CHUNK:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield b"".join(chunk)
+
+
+EXPORT_CHUNK = 64 * 1024
 
 
 @bp.get("/reviews/webhooks")
@@ -92,6 +114,19 @@ def thumbnail(review_id: str) -> Response:
     picture = _queue().thumbnail(review_id)
     if picture is None:
         raise errors.NotFound(f"{review_id} has no thumbnail (past retention)")
+    return _picture(picture)
+
+
+@bp.get("/reviews/<review_id>/frames/<int:position>")
+def frame(review_id: str, position: int) -> Response:
+    """An animation's classified frame as the moderator sees it (position: its place in the strip)."""
+    picture = _queue().frame_picture(review_id, position)
+    if picture is None:
+        raise errors.NotFound(f"{review_id} has no frame {position}")
+    return _picture(picture)
+
+
+def _picture(picture: bytes) -> Response:
     response = Response(picture, content_type="image/jpeg")
     # An image of unknown content: never sniffed into something else, never kept by a browser or proxy.
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -126,4 +161,5 @@ def revert(review_id: str) -> Response:
 @bp.delete("/reviews/<review_id>")
 def delete_review(review_id: str) -> Response:
     _queue().delete(review_id, _moderator())
+    current_app.extensions["nsfw.review"].wake.set()  # review.deleted goes out now
     return jsonify({"id": review_id, "deleted": True})

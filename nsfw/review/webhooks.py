@@ -2,23 +2,41 @@
 with backoff, one sender per message.
 
 Each decision writes its message to `webhook_outbox` in the decision's own transaction (queue.py).
-Every worker runs a Sender thread; a sender takes a due row by a conditional UPDATE of its lease,
-so exactly one worker sends it, POSTs it through the same guarded client as image downloads (the
-URL is checked like any other), and marks it delivered, or due again after the next backoff step,
-or `failed` after the last. A restart loses nothing: rows wait in the store, and a lease that a
-dead worker held runs out. A crash after the receiver's 2xx but before the row is marked can send
-that message again: with the same `webhook-id`, as the specification expects receivers to dedupe.
+Every worker runs a Sender (in its maintenance thread). A sender takes one due message at a time:
+in one transaction it finds the oldest due row and leases it by a conditional UPDATE that checks
+again that the row is pending, due (`next_at`) and unleased, at the time of the take itself, and
+sets a lease that covers the whole attempt (the delivery timeout and LEASE_SECONDS more) with a
+token of its own. So exactly one worker sends a message at a time, however slow the receiver, and a
+message just rescheduled is not sent again at once. It POSTs through the same guarded client as image
+downloads (the URL is checked like any other; the delivery timeout bounds the whole attempt, reads
+included), then:
+
+- on a 2xx, marks the row delivered; if the store fails at that moment, the mark is kept in memory
+  and tried again at every pass, well within the lease, so a store outage shorter than the lease
+  sends nothing twice;
+- on a failure, reschedules it after the next backoff step (or marks it `failed` after the last),
+  only while it still holds the lease (its token), so a sender that lost the lease changes nothing.
+
+A restart loses nothing: rows wait in the store, and a lease that a dead worker held runs out. A
+worker killed after the receiver's 2xx but before the mark, or a store that stays down longer than
+the lease, can send that message again: with the same `webhook-id`, as the specification expects
+receivers to dedupe. `last_error` (shown by GET /reviews/webhooks) never holds the URL's path or
+query, where a receiver's secret may be.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook
 
 from nsfw import metrics
@@ -30,10 +48,21 @@ log = logging.getLogger(__name__)
 # Seconds before attempt n + 1 after attempt n failed: the first retry within 10 s, then growing;
 # 11 attempts over about 23.5 hours, then `failed` (kept, visible in GET /reviews/webhooks).
 BACKOFF = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
+# A lease lasts the delivery timeout and this much more: time to mark the row, and for a store that
+# failed at that moment to come back.
 LEASE_SECONDS = 60.0
 BATCH = 20
 
 Post = Callable[[str, bytes, Mapping[str, str], float], int]
+
+
+def redact(text: str, url: str) -> str:
+    """text without url's path and query (a receiver's token may be either), nor the URL itself."""
+    split = urlsplit(url)
+    for secret in sorted({url, split.path, split.query, split.path + "?" + split.query}, key=len, reverse=True):
+        if len(secret) > 1:  # "/" alone says nothing
+            text = text.replace(secret, "…")
+    return text
 
 
 class Sender:
@@ -54,6 +83,12 @@ class Sender:
         self.timeout = timeout
         self.clock = clock
         self.wake = threading.Event()
+        # Messages the receiver took (2xx) whose mark the store refused: id -> when; marked at every pass.
+        self._unmarked: dict[str, float] = {}
+
+    @property
+    def lease(self) -> float:
+        return self.timeout + LEASE_SECONDS
 
     def headers(self, message_id: str, payload: str, at: float) -> dict[str, str]:
         """The three Standard Webhooks headers for this attempt (signed at its own time)."""
@@ -65,78 +100,95 @@ class Sender:
         }
 
     def deliver_due(self) -> int:
-        """One pass over the due messages; how many this sender attempted."""
-        now = self.clock()
-        due = (
-            select(outbox.c.id)
-            .where(
-                outbox.c.status == "pending",
-                outbox.c.next_at <= now,
-                or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
-            )
-            .order_by(outbox.c.next_at)
-            .limit(BATCH)
-        )
-        with self.engine.connect() as connection:
-            ids = [row.id for row in connection.execute(due)]
+        """One pass: the marks owed from earlier passes, then the due messages, one at a time (at most
+        BATCH); how many this sender attempted. A store failure ends the pass (it is tried again at
+        the next one)."""
+        self._mark_owed()
         attempted = 0
-        for message_id in ids:
-            if self._take(message_id, now):
-                self._attempt(message_id)
-                attempted += 1
+        while attempted < BATCH and not self._unmarked:
+            taken = self._take()
+            if taken is None:
+                break
+            self._attempt(*taken)
+            attempted += 1
         return attempted
 
-    def _take(self, message_id: str, now: float) -> bool:
-        with self.engine.begin() as connection:
-            return bool(
-                connection.execute(
-                    update(outbox)
-                    .where(
-                        outbox.c.id == message_id,
-                        outbox.c.status == "pending",
-                        or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
-                    )
-                    .values(lease_until=now + LEASE_SECONDS)
-                ).rowcount
-            )
+    def _due(self, now: float) -> Any:
+        return (
+            (outbox.c.status == "pending")
+            & (outbox.c.next_at <= now)
+            & or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now)
+        )
 
-    def _attempt(self, message_id: str) -> None:
-        with self.engine.connect() as connection:
-            row = connection.execute(select(outbox).where(outbox.c.id == message_id)).one()
+    def _take(self) -> tuple[Any, str] | None:
+        """The oldest due message, leased to this sender from now (its row and the lease's token)."""
+        for _ in range(BATCH):  # another sender may take the row between the read and the lease
+            now = self.clock()
+            token = secrets.token_hex(8)
+            with self.engine.begin() as connection:
+                query = select(outbox).where(self._due(now)).order_by(outbox.c.next_at).limit(1)
+                if self.engine.dialect.name == "postgresql":
+                    query = query.with_for_update(skip_locked=True)  # senders pass each other's rows by
+                row = connection.execute(query).first()
+                if row is None:
+                    return None
+                leased = connection.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id, self._due(now))
+                    .values(lease_until=now + self.lease, lease_token=token)
+                ).rowcount
+            if leased:
+                return row, token
+        return None
+
+    def _attempt(self, row: Any, token: str) -> None:
         at = self.clock()
         error = None
         try:
             self.post(self.url, row.payload.encode(), self.headers(row.id, row.payload, at), self.timeout)
         except NsfwError as exc:
-            error = f"{exc.code}: {exc.detail}"[:500]
+            error = redact(f"{exc.code}: {exc.detail}", self.url)[:500]
         attempts = row.attempts + 1
         if error is None:
-            values: dict[str, object] = {"status": "delivered", "delivered": self.clock()}
-            outcome = "delivered"
-        elif attempts > len(BACKOFF):
-            values, outcome = {"status": "failed"}, "failed"
+            log.info("webhook %s (%s) delivered on attempt %d", row.id, row.event, attempts)
+            metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+            self._unmarked[row.id] = self.clock()
+            self._mark_owed()
+            return
+        if attempts > len(BACKOFF):
+            values: dict[str, object] = {"status": "failed"}
+            outcome = "failed"
         else:
             values, outcome = {"next_at": self.clock() + BACKOFF[attempts - 1]}, "retried"
         with self.engine.begin() as connection:
-            connection.execute(
+            kept = connection.execute(
                 update(outbox)
-                .where(outbox.c.id == message_id)
-                .values(attempts=attempts, lease_until=None, last_error=error, **values)
-            )
+                .where(outbox.c.id == row.id, outbox.c.lease_token == token, outbox.c.status == "pending")
+                .values(attempts=attempts, lease_until=None, lease_token=None, last_error=error, **values)
+            ).rowcount
+        if not kept:
+            log.warning("webhook %s: the lease ran out during the attempt; another sender has it", row.id)
         metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
-        if error is None:
-            log.info("webhook %s (%s) delivered on attempt %d", row.id, row.event, attempts)
-        else:
-            log.warning("webhook %s (%s) attempt %d -> %s: %s", row.id, row.event, attempts, outcome, error)
+        log.warning("webhook %s (%s) attempt %d -> %s: %s", row.id, row.event, attempts, outcome, error)
 
-    def run(self, stop: threading.Event, every: float = 1.0) -> None:
-        """Deliver until stop is set: a pass every `every` seconds, or at once when woken (a decision
-        in this worker). A failing store is logged and tried again at the next pass."""
-        while not stop.is_set():
+    def _mark_owed(self) -> None:
+        """Mark delivered what the receivers took; what the store refuses stays owed (raised after)."""
+        for message_id, delivered in list(self._unmarked.items()):
             try:
-                self.deliver_due()
-            except Exception:  # noqa: BLE001 - the sender outlives a store that is down for a while
-                log.exception("webhook pass failed")
-                metrics.REVIEW_STORE_ERRORS.labels("webhooks").inc()
-            self.wake.wait(every)
-            self.wake.clear()
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        update(outbox)
+                        .where(outbox.c.id == message_id, outbox.c.status == "pending")
+                        .values(
+                            status="delivered",
+                            delivered=delivered,
+                            attempts=outbox.c.attempts + 1,
+                            lease_until=None,
+                            lease_token=None,
+                            last_error=None,
+                        )
+                    )
+            except SQLAlchemyError:
+                log.warning("webhook %s was delivered; the store refused the mark, tried again next pass", message_id)
+                raise
+            del self._unmarked[message_id]

@@ -30,7 +30,8 @@
     field(element, "reason").textContent = item.reason;
     field(element, "model").textContent = item.model;
     field(element, "age").textContent = item.created;
-    field(element, "refs").textContent = item.refs.join(", ");
+    field(element, "refs").textContent = item.refs.map(function (ref) { return ref.ref + " (" + ref.key + ")"; }).join(", ");
+    renderFrames(element, item);
     const scores = document.createElement("ul");
     scores.className = "scores";
     scores.setAttribute("aria-label", "Scores");
@@ -52,6 +53,35 @@
     return element;
   }
 
+  // An animation: say so before anything else, and show every classified frame with its adult score,
+  // the one that decided the verdict marked (its picture is the big one).
+  function renderFrames(element, item) {
+    const frames = item.frames;
+    const note = field(element, "animation");
+    const strip = field(element, "strip");
+    if (frames.count <= 1) { note.hidden = true; strip.hidden = true; return; }
+    note.hidden = false;
+    note.textContent = "Animation: " + frames.count + " frames, " + frames.classified.length +
+      " classified. The picture is frame " + frames.chosen +
+      ", the one that decided the verdict; check every frame below before deciding.";
+    field(element, "thumbnail").alt = "Image under review: the frame that decided the verdict";
+    strip.hidden = false;
+    strip.replaceChildren();
+    frames.classified.forEach(function (frame) {
+      const entry = document.createElement("li");
+      const chosen = frame.index === frames.chosen;
+      if (chosen) entry.className = "chosen";
+      const picture = document.createElement("img");
+      picture.alt = "Frame " + frame.index;
+      picture.src = "/reviews/" + encodeURIComponent(item.id) + "/frames/" + frame.position;
+      const caption = document.createElement("span");
+      caption.textContent = "frame " + frame.index + " · adult " + frame.adult.toFixed(3) +
+        (chosen ? " · decided the verdict" : "");
+      entry.append(picture, caption);
+      strip.append(entry);
+    });
+  }
+
   async function loadMore() {
     const answer = await call("GET", "/reviews?status=pending&limit=50");
     if (!answer.ok) return;
@@ -67,8 +97,7 @@
   async function open(next) {
     items.forEach(function (e) {
       e.classList.remove("current");
-      const img = e.querySelector("img");
-      if (img) img.classList.remove("revealed"); // blurred again on the next item
+      e.querySelectorAll("img").forEach(function (img) { img.classList.remove("revealed"); }); // blurred again
     });
     if (items.length === 0) await loadMore();
     empty.hidden = items.length > 0;
@@ -116,7 +145,9 @@
 
   function reveal() {
     const element = items[index];
-    if (element) element.querySelector("img").classList.toggle("revealed");
+    if (!element) return;
+    const shown = !element.querySelector("img").classList.contains("revealed");
+    element.querySelectorAll("img").forEach(function (img) { img.classList.toggle("revealed", shown); });
   }
 
   list.addEventListener("click", function (event) {

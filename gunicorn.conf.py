@@ -114,6 +114,11 @@ def _fresh_instance_folder() -> None:
 
 _fresh_instance_folder()
 
+# gunicorn 27's control socket (gunicornc) lives in the instance folder: its default,
+# ~/.gunicorn/gunicorn.ctl, is one path for every master of a user, so a second instance on the host
+# (a scaled deployment, a test beside a running service) took it from the first.
+control_socket = os.path.join(os.environ[_INSTANCE_ENV], "gunicorn.ctl")
+
 
 def child_exit(server: Any, worker: Any) -> None:
     """A dead worker's live gauges (in flight) stop counting; its counters stay in the totals."""

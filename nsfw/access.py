@@ -15,7 +15,9 @@
 - Rate limits are Flask-Limiter's, per key (per client address without one), their counters shared
   by the instance's workers (nsfw/limitstore.py) and failing open when that store fails.
 - The client address is the socket's, unless the socket's peer is one of NSFW_TRUSTED_PROXIES: then
-  the forwarded-for header (NSFW_CLIENT_ADDRESS_HEADER) says it, read from the right.
+  NSFW_CLIENT_ADDRESS_HEADER says it: X-Forwarded-For read from the right, or a single-address
+  header (DO-Connecting-IP) as the one value its proxy set, never a list the client wrote.
+- A batch costs one hit per item (`charge`), not one for the request.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flask import Flask, current_app, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits.errors import StorageError
 
+from nsfw import metrics
 from nsfw.config import ApiKey, IPNetwork
-from nsfw.errors import Forbidden, RateLimitUnavailable, Unauthorized
+from nsfw.errors import Forbidden, RateLimited, RateLimitUnavailable, Unauthorized
 from nsfw.limitstore import storage_uri
 
 log = logging.getLogger(__name__)
@@ -151,16 +155,24 @@ def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
     return any(address.version == network.version and address in network for network in proxies)
 
 
-def client_of(peer: str, forwarded: Sequence[str], proxies: Sequence[IPNetwork]) -> str:
-    """The client's address: the socket's peer, unless that peer is a trusted proxy; then the
-    forwarded-for header's hops are read from the right (each proxy appends the address it saw),
-    and the first one that is not a trusted proxy is the client. A hop that is not an address ends
-    the walk at the proxy that wrote it. Hops left of the client are whatever the client sent, and
-    are never read."""
+def client_of(peer: str, forwarded: Sequence[str], proxies: Sequence[IPNetwork], *, single: bool = False) -> str:
+    """The client's address: the socket's peer, unless that peer is a trusted proxy; then
+
+    - a list header (X-Forwarded-For): its hops are read from the right (each proxy appends the
+      address it saw), and the first one that is not a trusted proxy is the client. A hop that is
+      not an address ends the walk at the proxy that wrote it. Hops left of the client are whatever
+      the client sent, and are never read;
+    - a single-address header (`single`, DO-Connecting-IP): the last value, which is the one the
+      trusted proxy set (a proxy that appends puts its own after whatever the client sent); never a
+      walk, since every hop of it may be the client's own words."""
     address = _address(peer)
     if address is None or not _trusted(address, proxies):
         return peer or "-"
     client = str(address)
+    if single:
+        values = [hop for value in forwarded for hop in value.split(",")]
+        last = _address(values[-1]) if values else None
+        return client if last is None else str(last)
     for hop in reversed([hop for value in forwarded for hop in value.split(",")]):
         hop_address = _address(hop)
         if hop_address is None:
@@ -179,7 +191,8 @@ def client_address() -> str:
         peer = request.remote_addr or "-"
         if settings.trusted_proxies:
             forwarded = request.headers.getlist(settings.client_address_header)
-            g.client_address = client_of(peer, forwarded, settings.trusted_proxies)
+            single = not settings.forwards_a_list
+            g.client_address = client_of(peer, forwarded, settings.trusted_proxies, single=single)
         else:
             g.client_address = peer
     return str(g.client_address)
@@ -205,8 +218,8 @@ def install_limits(
         app.register_error_handler(StorageError, _limits_unavailable)
     options: dict[str, object] = {"wrap_exceptions": closed}
     if storage:  # Redis: a connection that hangs fails the check in a second, not a request's worth of time
-        options |= {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
-    return Limiter(
+        options |= redis_options()
+    limiter = Limiter(
         limit_key,
         app=app,
         default_limits=[rate_limit],
@@ -222,6 +235,48 @@ def install_limits(
         in_memory_fallback_enabled=not closed,
         swallow_errors=not closed,
     )
+    app.extensions["nsfw.limiter"] = limiter
+    app.extensions["nsfw.limits_closed"] = closed
+    return limiter
+
+
+REDIS_SECONDS = 1.0
+
+
+def redis_options() -> dict[str, object]:
+    """Options of a Redis client the limits use: a second per call, once. redis-py's default retries
+    a timeout 3 times with a backoff of up to 10 s: a silent Redis held a sign-in more than 30 s."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {"socket_timeout": REDIS_SECONDS, "socket_connect_timeout": REDIS_SECONDS, "retry": Retry(NoBackoff(), 0)}
+
+
+def charge(extra: int) -> None:
+    """Count `extra` more hits against every limit this request was counted against (a batch's items
+    beyond its first: each item costs what a request of its own would), or refuse with 429 when the
+    caller's allowance cannot cover them (nothing more is counted then). A failing counter store is
+    NSFW_RATE_LIMIT_ON_ERROR's business, as for the request itself."""
+    limiter: Limiter | None = current_app.extensions.get("nsfw.limiter")
+    if limiter is None or extra <= 0:
+        return
+    applied = [limit for limit in limiter.current_limits if not limit.breached]
+    try:
+        for limit in applied:
+            if not limit.limiter.test(limit.limit, *limit.request_args, cost=extra):
+                raise RateLimited(f"{extra + 1} items over {limit.limit} for {limit.request_args[0]}")
+        for limit in applied:
+            limit.limiter.hit(limit.limit, *limit.request_args, cost=extra)
+    except RateLimited as refused:
+        window = applied[0].limiter.get_window_stats(applied[0].limit, *applied[0].request_args) if applied else None
+        if window is not None:
+            refused.headers = {"Retry-After": str(max(1, int(window.reset_time - time.time()) + 1))}
+        raise
+    except Exception as exc:  # noqa: BLE001 - the store failed: as Flask-Limiter does for the request
+        metrics.RATE_LIMIT_ERRORS.inc()
+        if current_app.extensions.get("nsfw.limits_closed"):
+            raise RateLimitUnavailable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        log.warning("rate limit store failed charging a batch (%s); let through", type(exc).__name__)
 
 
 def _is_trusted(peer: str, proxies: Sequence[IPNetwork]) -> bool:
@@ -249,3 +304,14 @@ def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None
                 return
         key = check(request.path, request.headers.get, keys, metrics_token)
         g.api_key = key.name if key else "-"
+
+    @app.after_request
+    def _https_only(response: Response) -> Response:
+        """A client that came over https (directly or through a trusted proxy) keeps to https here."""
+        if request_scheme() == "https":
+            response.headers.setdefault("Strict-Transport-Security", HSTS)
+        return response
+
+
+# A year, this host only (the service's operator decides about its subdomains).
+HSTS = "max-age=31536000"

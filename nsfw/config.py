@@ -19,6 +19,9 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 BACKENDS = ("litert", "tensorflow")
 RESIZE_MODES = ("nsfwjs", "gantman")
 LOG_FORMATS = ("text", "json")
+# Client address headers each proxy appends a hop to; any other (DO-Connecting-IP, CF-Connecting-IP,
+# X-Real-IP, Fly-Client-IP) holds the one address its proxy set.
+LIST_HEADERS = frozenset({"x-forwarded-for"})
 PREFIX = "NSFW_"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
@@ -254,8 +257,25 @@ class Settings:
     review_webhook_url: str = ""
     # The webhook signing secret, whsec_<base64>; needed with NSFW_REVIEW_WEBHOOK_URL.
     review_webhook_secret: str = field(default="", repr=False)
-    # Days a decided item keeps its thumbnail; its scores, label and hash stay (they are the memory).
+    # Days a decided item keeps its pictures and refs; its scores, label and hash stay (they are the
+    # memory). Also how long expired items and delivered or failed webhook messages are kept.
     review_retention_days: int = 30
+    # Days an item may wait for a human; past them it leaves the queue as `expired`, with an audit row
+    # and a review.expired webhook (never silently). 0: never.
+    review_pending_days: int = 30
+    # Days the audit log (claims, decisions, undos, deletions, expiries) is kept.
+    review_audit_days: int = 365
+    # Pending items one key's images may make (per-request thresholds could otherwise send any number
+    # to the humans); past it that key's new items are not queued and the answer says
+    # review_queue_full. 0: no limit.
+    review_max_pending_per_key: int = 1000
+    # Refs one item keeps, from all keys together; past it a new ref is not kept (review_refs_full).
+    review_max_refs: int = 20
+    # Seconds one webhook delivery may take, the receiver's answer included.
+    review_webhook_timeout: float = 10.0
+    # Hours a moderator's sign-in lasts (a working day); signing out, a new password or removal end it
+    # sooner, on every device.
+    session_hours: int = 12
 
     # Signs the moderators' session cookies (the review pages); needed with NSFW_REVIEW, at least 32
     # characters (python -m nsfw keys new makes a good one). Changing it signs everyone out.
@@ -288,6 +308,12 @@ class Settings:
                 shown = "(hidden)" if f.name in _SECRETS else repr(environ[var])
                 raise ConfigError(f"{var}={shown}: {exc}") from None
         return replace(cls(), **values).validate()
+
+    @property
+    def forwards_a_list(self) -> bool:
+        """Whether NSFW_CLIENT_ADDRESS_HEADER is a list each proxy appends to (X-Forwarded-For), read
+        from the right; any other header holds one address, the one its trusted proxy set."""
+        return self.client_address_header.lower() in LIST_HEADERS
 
     @property
     def served_models(self) -> tuple[str, ...]:
@@ -426,6 +452,18 @@ class Settings:
                 "must be whsec_ and base64 (24-64 bytes) when NSFW_REVIEW_WEBHOOK_URL is set",
             ),
             ("review_retention_days", 1 <= self.review_retention_days <= 3650, "must be 1..3650"),
+            ("review_pending_days", 0 <= self.review_pending_days <= 3650, "must be 0..3650 (0: never)"),
+            ("review_audit_days", 1 <= self.review_audit_days <= 36500, "must be 1..36500"),
+            ("review_max_pending_per_key", 0 <= self.review_max_pending_per_key <= 10_000_000, "must be 0..10000000"),
+            ("review_max_refs", 1 <= self.review_max_refs <= 10_000, "must be 1..10000"),
+            ("review_webhook_timeout", 0 < self.review_webhook_timeout <= 60, "must be in (0, 60] seconds"),
+            ("session_hours", 1 <= self.session_hours <= 24 * 30, "must be 1..720 hours"),
+            (
+                "trusted_proxies",
+                not (self.forwards_a_list and any(net.prefixlen == 0 for net in self.trusted_proxies)),
+                "trusts every address with X-Forwarded-For, which every client writes: name the proxies, "
+                "or read a single-address header a proxy sets (NSFW_CLIENT_ADDRESS_HEADER=DO-Connecting-IP)",
+            ),
             (
                 "client_address_header",
                 bool(_HEADER_NAME.fullmatch(self.client_address_header)),

@@ -135,3 +135,20 @@ def test_keys_new_prints_a_fresh_token_and_its_entry() -> None:
     assert token not in other.getvalue()  # a new one each time
     with pytest.raises(SystemExit):
         main(["keys", "new", "x", "--scopes", "admin"], io.StringIO())
+
+
+def test_answers_over_https_ask_browsers_to_keep_to_it(settings: Settings) -> None:
+    """Finding 10 of issue 22 (fails before it: no Strict-Transport-Security, even over https)."""
+    import ipaddress
+    from dataclasses import replace
+
+    behind = replace(settings, trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),))
+    client = create_app(behind, FakeClassifier()).test_client()
+    assert client.get("/models", base_url="https://localhost").headers["Strict-Transport-Security"] == (
+        "max-age=31536000"
+    )
+    proxied = client.get("/health", headers={"X-Forwarded-Proto": "https"}, environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    assert proxied.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert "Strict-Transport-Security" not in client.get("/models").headers
+    forged = client.get("/models", headers={"X-Forwarded-Proto": "https"}, environ_base={"REMOTE_ADDR": "203.0.113.1"})
+    assert "Strict-Transport-Security" not in forged.headers

@@ -354,6 +354,8 @@ def test_the_do_specs_settings_boot() -> None:
 
 
 def test_the_compose_file_runs_two_instances_on_shared_state() -> None:
+    import ipaddress
+
     import yaml
 
     from nsfw.config import Settings
@@ -366,6 +368,11 @@ def test_the_compose_file_runs_two_instances_on_shared_state() -> None:
     env |= {"NSFW_API_KEYS": f"moderation:{'m' * 43}:review", "NSFW_SECRET_KEY": "s" * 40}
     settings = Settings.from_env(env)
     assert settings.redis_url and settings.database.startswith("postgresql+psycopg://") and settings.cache_size
+    # Issue 22, finding 8 (fails before it: the whole 172.16.0.0/12 was trusted): nginx's own address.
+    nginx_address = services["nginx"]["networks"]["default"]["ipv4_address"]
+    assert [str(network) for network in settings.trusted_proxies] == [f"{nginx_address}/32"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(nginx_address) in ipaddress.ip_network(subnet)
     nginx = (REPO / "deploy" / "nginx.conf").read_text()
     assert "proxy_request_buffering on" in nginx and "server web1:8080" in nginx and "server web2:8080" in nginx
 
@@ -387,3 +394,28 @@ def test_the_scaled_do_spec_has_two_instances_and_shared_stores() -> None:
     env |= {"NSFW_API_KEYS": f"moderation:{'m' * 43}:review", "NSFW_SECRET_KEY": "s" * 40}
     settings = Settings.from_env(env)
     assert settings.review and settings.redis_url.startswith("rediss://")
+
+
+def test_two_masters_on_one_host_each_keep_their_control_socket(
+    start_gunicorn: Callable[..., Gunicorn], tmp_path: Path
+) -> None:
+    """Finding 10 of issue 22 (fails before it: every master of a user took gunicorn 27's default
+    ~/.gunicorn/gunicorn.ctl, so a second instance on the host took it from the first). Each instance
+    has its own, in its instance folder, and answers on it for its own workers."""
+    import json
+    import subprocess
+
+    folders = [tmp_path / "one", tmp_path / "two"]
+    servers = [start_gunicorn({"NSFW_INSTANCE_DIR": str(folder)}) for folder in folders]
+    for folder, server in zip(folders, servers, strict=True):
+        socket_path = folder / "gunicorn.ctl"
+        assert socket_path.is_socket()
+        gunicornc = str(Path(server.python).parent / "gunicornc")
+        done = subprocess.run(
+            [gunicornc, "-s", str(socket_path), "-c", "show workers", "-j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        assert {worker["pid"] for worker in json.loads(done.stdout)["workers"]} == server.workers()

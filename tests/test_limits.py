@@ -175,3 +175,20 @@ def test_a_closed_service_refuses_while_its_store_is_gone_and_never_500s(setting
 def test_a_malformed_on_error_stops_the_boot() -> None:
     with pytest.raises(ConfigError, match="NSFW_RATE_LIMIT_ON_ERROR"):
         Settings.from_env({"NSFW_RATE_LIMIT_ON_ERROR": "ajar"})
+
+
+def test_each_batch_item_counts_against_the_limit(settings: Settings, image_server) -> None:  # type: ignore[no-untyped-def]
+    """Finding 14 of issue 22 (fails before it: a batch counted once, so a key limited to 120 requests
+    a minute queued 1,248 items a minute through batches). A batch of n costs n; one the allowance
+    cannot cover is refused whole with 429 and Retry-After, and nothing of it is classified."""
+    from tests.test_review import _jpeg
+
+    fake = FakeClassifier()
+    client = create_app(replace(settings, rate_limit="5/minute"), fake).test_client()
+    url = image_server.add_file("/i.jpg", _jpeg((1, 2, 3)))
+    three = client.post("/predict/batch", json={"items": [{"url": url}] * 3})
+    assert three.status_code == 200 and three.headers["X-RateLimit-Remaining"] == "2"
+    over = client.post("/predict/batch", json={"items": [{"url": url}] * 3})
+    assert over.status_code == 429 and over.get_json()["error"]["code"] == "rate_limited"
+    assert int(over.headers["Retry-After"]) > 0 and len(fake.seen) == 1
+    assert client.post("/predict/batch", json={"items": [{"url": url}]}).status_code == 200  # 1 left for 1 item

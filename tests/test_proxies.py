@@ -92,3 +92,44 @@ def test_a_single_address_header_such_as_digitaloceans(settings: Settings) -> No
         200,
         429,
     ]
+
+
+EVERYONE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "client"),
+    [
+        (["198.51.100.1"], "198.51.100.1"),
+        # The client sent one, the edge appended its own: the last is the edge's.
+        (["6.6.6.6, 198.51.100.1"], "198.51.100.1"),
+        (["6.6.6.6", "198.51.100.1"], "198.51.100.1"),
+        # None, or not an address: the peer.
+        ([], "10.0.0.5"),
+        (["6.6.6.6, garbage"], "10.0.0.5"),
+    ],
+)
+def test_a_single_address_header_is_the_last_value_its_proxy_set(forwarded: list[str], client: str) -> None:
+    """Finding 8 of issue 22 (fails before it: every hop of DO-Connecting-IP was walked as a list with
+    every peer trusted, so the leftmost value, the client's own, was taken as its address)."""
+    assert client_of("10.0.0.5", forwarded, EVERYONE, single=True) == client
+
+
+def test_a_client_cannot_choose_its_address_behind_digitaloceans_edge(settings: Settings) -> None:
+    """Finding 8 of issue 22 (fails before it: with the DO spec's settings a client rotating a
+    DO-Connecting-IP of its own got a fresh rate limit with each request)."""
+    limited = replace(
+        settings, rate_limit="1/minute", trusted_proxies=EVERYONE, client_address_header="DO-Connecting-IP"
+    )
+    forged = ["1.1.1.1, 198.51.100.7", "2.2.2.2, 198.51.100.7", "3.3.3.3, 198.51.100.8"]
+    assert _statuses(limited, "10.0.0.5", forged, "DO-Connecting-IP") == [200, 429, 200]
+
+
+def test_trusting_everyone_with_a_list_header_stops_the_boot() -> None:
+    """Finding 8 of issue 22: X-Forwarded-For with every peer trusted is always the client's choice."""
+    with pytest.raises(ConfigError, match="NSFW_TRUSTED_PROXIES"):
+        Settings.from_env({"NSFW_TRUSTED_PROXIES": "0.0.0.0/0"})
+    with pytest.raises(ConfigError, match="NSFW_TRUSTED_PROXIES"):
+        Settings.from_env({"NSFW_TRUSTED_PROXIES": "10.0.0.0/8,::/0", "NSFW_CLIENT_ADDRESS_HEADER": "x-forwarded-for"})
+    ok = Settings.from_env({"NSFW_TRUSTED_PROXIES": "0.0.0.0/0,::/0", "NSFW_CLIENT_ADDRESS_HEADER": "DO-Connecting-IP"})
+    assert not ok.forwards_a_list

@@ -216,3 +216,188 @@ def test_a_made_up_session_cookie_gets_no_room_for_a_big_body(app: Flask) -> Non
         headers={"Content-Type": "application/json"},
     )
     assert answer.status_code in (401, 413)
+
+
+# Issue 22: sessions that can be ended, sign-ins that cannot lock anyone out or exhaust memory.
+
+
+def _sign_in_from(client: FlaskClient, address: str, password: str = PASSWORD, name: str = "alice") -> int:
+    page = client.get("/review/login", environ_base={"REMOTE_ADDR": address}).get_data(as_text=True)
+    return client.post(
+        "/review/login",
+        data={"username": name, "password": password, "csrf_token": _token(page)},
+        environ_base={"REMOTE_ADDR": address},
+    ).status_code
+
+
+def _engine(app: Flask):  # type: ignore[no-untyped-def]
+    return app.extensions["nsfw.review"].queue.engine
+
+
+def test_signing_out_ends_every_session_of_that_moderator(app: Flask) -> None:
+    """Finding 5 of issue 22 (fails before it: the cookie held only the name, for 31 days, and signing
+    out in one browser left every other session, and any copy of the cookie, valid)."""
+    here, there = app.test_client(), app.test_client()
+    assert _sign_in(here) == 302 and _sign_in(there) == 302
+    stolen = here.get_cookie("nsfw_session").value  # type: ignore[union-attr]
+    page = here.get("/review").get_data(as_text=True)
+    assert here.post("/review/logout", data={"csrf_token": _token(page)}).status_code == 302
+    assert there.get("/review").status_code == 302  # signed out there too
+    replayed = app.test_client()
+    replayed.set_cookie("nsfw_session", stolen)
+    assert replayed.get("/review").status_code == 302 and replayed.get("/reviews").status_code == 401
+
+
+def test_a_new_password_or_removal_and_return_ends_the_old_sessions(app: Flask) -> None:
+    """Finding 5 of issue 22 (fails before it): `moderators add` on an existing name, and remove then
+    add again, left the old cookies valid."""
+    client = app.test_client()
+    assert _sign_in(client) == 302
+    moderators.add(_engine(app), "alice", "a brand new password")
+    assert client.get("/review").status_code == 302
+    assert _sign_in(client, "a brand new password") == 302
+    old = client.get_cookie("nsfw_session").value  # type: ignore[union-attr]
+    moderators.remove(_engine(app), "alice")
+    moderators.add(_engine(app), "alice", "a brand new password")
+    returned = app.test_client()
+    returned.set_cookie("nsfw_session", old)
+    assert returned.get("/review").status_code == 302
+
+
+def test_a_session_lasts_a_working_day(app: Flask) -> None:
+    """Finding 5 of issue 22 (fails before it: a signed cookie held for Flask's 31 days): a session
+    signed in more than NSFW_SESSION_HOURS (12) ago no longer holds, even with a valid signature."""
+    import time
+
+    client = app.test_client()
+    assert _sign_in(client) == 302
+    serializer = app.session_interface.get_signing_serializer(app)  # type: ignore[attr-defined]
+    session = serializer.loads(client.get_cookie("nsfw_session").value)  # type: ignore[union-attr]
+    assert app.config["PERMANENT_SESSION_LIFETIME"].total_seconds() == 12 * 3600
+    old = app.test_client()
+    old.set_cookie("nsfw_session", serializer.dumps(session | {"at": time.time() - 12 * 3600 - 60}))
+    assert old.get("/review").status_code == 302
+    recent = app.test_client()
+    recent.set_cookie("nsfw_session", serializer.dumps(session | {"at": time.time() - 11 * 3600}))
+    assert recent.get("/review").status_code == 200
+
+
+def test_wrong_guesses_from_one_address_do_not_lock_the_moderator_out_elsewhere(app: Flask) -> None:
+    """Finding 12 of issue 22 (fails before it: after 10 wrong guesses for alice from one address, her
+    right password from two other addresses got 429). Failures count per name and address."""
+    attacker = app.test_client()
+    assert [_sign_in_from(attacker, "203.0.113.9", f"guess {n} wrong") for n in range(11)] == [401] * 10 + [429]
+    assert _sign_in_from(attacker, "203.0.113.9") == 429  # that address waits, even with the right one
+    assert _sign_in_from(app.test_client(), "198.51.100.1") == 302
+    assert _sign_in_from(app.test_client(), "198.51.100.2") == 302
+
+
+def test_one_address_trying_many_names_is_limited(app: Flask) -> None:
+    client = app.test_client()
+    statuses = [_sign_in_from(client, "203.0.113.7", "wrong password!", f"name{n}") for n in range(31)]
+    assert statuses == [401] * 30 + [429]
+
+
+def test_password_checks_at_once_are_bounded_per_worker(app: Flask) -> None:
+    """Finding 3 of issue 22 (fails before it: every sign-in, a made-up name too, ran its own 64 MiB
+    Argon2 check at once; 30 of them needed 1.9 GB). Past CHECKS_AT_ONCE checks, a fast 503."""
+    from nsfw.review.pages import _guard
+    from nsfw.review.signin import CHECKS_AT_ONCE
+
+    client = app.test_client()
+    with app.test_request_context():
+        guard = _guard()
+    holds = [guard.checking() for _ in range(CHECKS_AT_ONCE)]
+    for hold in holds:
+        hold.__enter__()
+    try:
+        page = client.get("/review/login").get_data(as_text=True)
+        busy = client.post(
+            "/review/login", data={"username": "mallory", "password": "x" * 12, "csrf_token": _token(page)}
+        )
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    finally:
+        for hold in holds:
+            hold.__exit__(None, None, None)
+    assert _sign_in(client) == 302
+
+
+def test_passwords_are_hashed_for_a_small_box_and_old_hashes_rehashed(app: Flask) -> None:
+    """Finding 3 of issue 22 (fails before it: argon2-cffi's default, 64 MiB a check): OWASP's
+    m=19 MiB, t=2, p=1, and a hash made with the old default is rehashed at its next sign-in."""
+    from argon2 import PasswordHasher
+    from sqlalchemy import select, update
+
+    from nsfw.review.store import moderators as table
+
+    def stored() -> str:
+        with _engine(app).connect() as connection:
+            return str(connection.execute(select(table.c.password_hash)).scalar_one())
+
+    assert stored().startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    with _engine(app).begin() as connection:
+        connection.execute(update(table).values(password_hash=PasswordHasher().hash(PASSWORD)))
+    assert "m=65536" in stored()
+    assert _sign_in(app.test_client()) == 302
+    assert stored().startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+@pytest.fixture()
+def keyed(settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Apps with the queue on, made by the test with more settings; closed at the end."""
+    made: list[Flask] = []
+
+    def make(**more: object) -> Flask:
+        reviewed = replace(settings, review=True, data_dir=tmp_path, api_keys=KEYS, secret_key=SECRET_KEY, **more)
+        upgrade(reviewed.database)
+        app = create_app(reviewed, FakeClassifier())
+        if not moderators.names(_engine(app)):
+            moderators.add(_engine(app), "alice", PASSWORD)
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.extensions["nsfw.review"].close()
+
+
+def test_sign_in_failures_are_counted_where_the_other_limits_are(keyed, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """Finding 8 of issue 22 (fails before it: the sign-in limits ignored NSFW_REDIS_URL and counted in
+    each process): two instances sharing Redis count one moderator's failures together."""
+    redis_server.client.flushall()
+    one, two = keyed(redis_url=redis_server.uri), keyed(redis_url=redis_server.uri)
+    statuses = [_sign_in_from(app.test_client(), "203.0.113.5", "wrong password!") for app in (one, two) * 5]
+    assert statuses == [401] * 10
+    assert _sign_in_from(one.test_client(), "203.0.113.5", "wrong password!") == 429
+    assert _sign_in_from(two.test_client(), "203.0.113.5") == 429
+    redis_server.client.flushall()
+
+
+def test_a_silent_or_refusing_counter_store_neither_hangs_nor_fails_a_sign_in(keyed) -> None:  # type: ignore[no-untyped-def]
+    """Finding 13 of issue 22 (fails before it: with NSFW_RATE_LIMIT_STORAGE on a silent Redis a
+    sign-in hung for more than 31 s, on a refusing one it was a 500). A second a call, no retries, and
+    this worker's own counters stand in (NSFW_RATE_LIMIT_ON_ERROR=open), which still limit."""
+    import time
+
+    from tests.servers import SilentServer, free_port
+
+    with SilentServer() as silent:
+        for uri in (silent.uri, f"redis://127.0.0.1:{free_port()}/0"):
+            app = keyed(rate_limit_storage=uri)
+            client = app.test_client()
+            started = time.monotonic()
+            assert _sign_in_from(client, "203.0.113.8", "wrong password!") == 401
+            assert time.monotonic() - started < 15  # hung for more than 31 s before
+            statuses = [_sign_in_from(client, "203.0.113.8", "wrong password!") for _ in range(10)]
+            assert statuses == [401] * 9 + [429]  # counted in this worker meanwhile
+            assert _sign_in_from(client, "198.51.100.3") == 302
+
+
+def test_a_closed_service_refuses_sign_ins_while_its_counter_store_fails(keyed) -> None:  # type: ignore[no-untyped-def]
+    from tests.servers import free_port
+
+    app = keyed(rate_limit_storage=f"redis://127.0.0.1:{free_port()}/0", rate_limit_on_error="closed")
+    client = app.test_client()
+    page = client.get("/review/login").get_data(as_text=True)
+    answer = client.post("/review/login", data={"username": "alice", "password": PASSWORD, "csrf_token": _token(page)})
+    assert answer.status_code == 503 and "Retry-After" in answer.headers

@@ -1,10 +1,19 @@
-"""Moderators: who may sign in to the review pages. Passwords are hashed with Argon2id
-(argon2-cffi's defaults: memory-hard, salted, parameters in the encoding, rehashed on login when
-the defaults change). No Flask."""
+"""Moderators: who may sign in to the review pages, and whose sessions still hold. No Flask.
+
+Passwords are hashed with Argon2id (argon2-cffi: salted, parameters in the encoding), with OWASP's
+first recommended setting (m = 19 MiB, t = 2, p = 1; Password Storage Cheat Sheet) instead of the
+library's default 64 MiB: every check, the dummy one for an unknown name too, takes that memory,
+and a 1 GB box must survive a burst of sign-ins (pages.py also bounds the checks at once). A hash
+made with other parameters is rehashed at its next successful sign-in.
+
+Each moderator has a session generation, a random token every session cookie carries: signing out,
+a new password and removal change it, which ends every session made before, on every device.
+"""
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 
 from argon2 import PasswordHasher
@@ -15,7 +24,8 @@ from nsfw.review.store import moderators
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_PASSWORD = 10
-_hasher = PasswordHasher()
+# OWASP: "m=19456 (19 MiB), t=2, p=1" for Argon2id.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 # Compared against when the name is unknown, so that a wrong name costs what a wrong password does.
 _DUMMY = _hasher.hash("not a password of anyone's")
 
@@ -34,10 +44,35 @@ def add(engine: Engine, name: str, password: str) -> None:
     digest = _hasher.hash(password)
     with engine.begin() as connection:
         known = connection.execute(select(moderators.c.name).where(moderators.c.name == name)).first()
-        if known:
-            connection.execute(update(moderators).where(moderators.c.name == name).values(password_hash=digest))
+        if known:  # a new password: every session made with the old one ends
+            connection.execute(
+                update(moderators)
+                .where(moderators.c.name == name)
+                .values(password_hash=digest, generation=_new_generation())
+            )
         else:
-            connection.execute(insert(moderators).values(name=name, password_hash=digest, created=time.time()))
+            connection.execute(
+                insert(moderators).values(
+                    name=name, password_hash=digest, created=time.time(), generation=_new_generation()
+                )
+            )
+
+
+def _new_generation() -> str:
+    return secrets.token_hex(16)
+
+
+def end_sessions(engine: Engine, name: str) -> None:
+    """Sign this moderator out everywhere: the sessions made before now no longer hold."""
+    with engine.begin() as connection:
+        connection.execute(update(moderators).where(moderators.c.name == name).values(generation=_new_generation()))
+
+
+def generation(engine: Engine, name: str) -> str | None:
+    """The moderator's session generation; None when there is no such moderator."""
+    with engine.connect() as connection:
+        row = connection.execute(select(moderators.c.generation).where(moderators.c.name == name)).first()
+    return None if row is None else str(row.generation)
 
 
 def remove(engine: Engine, name: str) -> bool:
@@ -50,11 +85,14 @@ def names(engine: Engine) -> list[str]:
         return list(connection.execute(select(moderators.c.name).order_by(moderators.c.name)).scalars())
 
 
-def blurs(engine: Engine, name: str) -> bool | None:
-    """Whether this moderator's thumbnails start blurred; None when there is no such moderator."""
+def session_of(engine: Engine, name: str) -> tuple[bool, str] | None:
+    """(whether the moderator's thumbnails start blurred, their session generation); None when there
+    is no such moderator."""
     with engine.connect() as connection:
-        row = connection.execute(select(moderators.c.blur).where(moderators.c.name == name)).first()
-    return None if row is None else bool(row.blur)
+        row = connection.execute(
+            select(moderators.c.blur, moderators.c.generation).where(moderators.c.name == name)
+        ).first()
+    return None if row is None else (bool(row.blur), str(row.generation))
 
 
 def set_blur(engine: Engine, name: str, blur: bool) -> None:
@@ -62,20 +100,23 @@ def set_blur(engine: Engine, name: str, blur: bool) -> None:
         connection.execute(update(moderators).where(moderators.c.name == name).values(blur=blur))
 
 
-def verify(engine: Engine, name: str, password: str) -> bool:
-    """Whether name signs in with password; as slow for an unknown name as for a wrong password."""
+def verify(engine: Engine, name: str, password: str) -> str | None:
+    """The moderator's session generation when name signs in with password, else None; as slow for
+    an unknown name as for a wrong password."""
     with engine.connect() as connection:
-        row = connection.execute(select(moderators.c.password_hash).where(moderators.c.name == name)).first()
+        row = connection.execute(
+            select(moderators.c.password_hash, moderators.c.generation).where(moderators.c.name == name)
+        ).first()
     digest = row.password_hash if row else _DUMMY
     try:
         _hasher.verify(digest, password)
     except (VerificationError, InvalidHashError):
-        return False
+        return None
     if row is None:
-        return False
+        return None
     if _hasher.check_needs_rehash(digest):
         with engine.begin() as connection:
             connection.execute(
                 update(moderators).where(moderators.c.name == name).values(password_hash=_hasher.hash(password))
             )
-    return True
+    return str(row.generation)

@@ -2,12 +2,14 @@
 one small plain script (static/review.js), everything served from this package.
 
 - Sessions: Flask's signed cookie (NSFW_SECRET_KEY), HttpOnly, SameSite=Lax, Secure when the request
-  came over https (directly, or as a trusted proxy's X-Forwarded-Proto says). Each request loads its
-  moderator again, so a removed moderator is signed out at the next one.
+  came over https (directly, or as a trusted proxy's X-Forwarded-Proto says), holding the moderator's
+  name, their session generation and the sign-in time. Each request loads its moderator again and
+  checks both: a removed moderator, a signed-out one (everywhere), one with a new password and a
+  session older than NSFW_SESSION_HOURS are signed out at the next request.
 - CSRF: Flask-WTF's tokens on every form and on every state-changing fetch (`X-CSRFToken`); the API
   routes ask for one only when a session, not a key, authenticates them (nsfw/access.py).
-- Sign-in attempts are limited per name and per address, in the instance's counter store (the rate
-  limits' own: the shared SQLite file, or Redis), so every worker counts them together.
+- Sign-in: failures limited per name and address, per name and per address, in the rate limits'
+  store; a few password checks at once per worker (nsfw/review/signin.py).
 - Every page carries a Content-Security-Policy with no inline script, X-Frame-Options: DENY, no-store.
 """
 
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import calendar
 import functools
+import hmac
+import logging
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,24 +39,23 @@ from flask import (
 )
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
-from limits import parse
-from limits.storage import storage_from_string
-from limits.strategies import FixedWindowRateLimiter
 from markupsafe import Markup
+from sqlalchemy.exc import SQLAlchemyError
 
-from nsfw import access, errors
-from nsfw.config import Settings
+from nsfw import access, errors, metrics
+from nsfw.config import REDIS_SCHEMES, Settings
 from nsfw.limitstore import storage_uri
 from nsfw.review import insights as teach
 from nsfw.review import moderators
 from nsfw.review.queue import ReviewQueue, iso
+from nsfw.review.signin import SignInBusy, SignInGuard
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("review_pages", __name__, template_folder="templates", static_folder="static", url_prefix="/review")
 
 SESSION_COOKIE = "nsfw_session"
 UNDO_SECONDS = 600
-LOGIN_PER_NAME = parse("10/minute")
-LOGIN_PER_ADDRESS = parse("30/minute")
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -71,17 +75,25 @@ def _queue() -> ReviewQueue:
     return queue
 
 
+_SIGNED_IN = ("moderator", "generation", "at")
+
+
 def moderator() -> str | None:
-    """The signed-in moderator of this request, checked against the store; a removed one's session
-    is cleared."""
+    """The signed-in moderator of this request, checked against the store: the session's generation
+    must be the moderator's (not signed out, no new password, not removed) and the sign-in younger
+    than NSFW_SESSION_HOURS; otherwise the session is cleared."""
     if "moderator" not in g:
-        name = session.get("moderator")
-        blur = moderators.blurs(_queue().engine, name) if isinstance(name, str) else None
-        if blur is None:
-            session.pop("moderator", None)
-            g.moderator, g.blur = None, True
-        else:
-            g.moderator, g.blur = name, blur
+        g.moderator, g.blur = None, True
+        name, generation, at = (session.get(key) for key in _SIGNED_IN)
+        settings: Settings = current_app.extensions["nsfw"].settings
+        fresh = isinstance(at, int | float) and 0 <= time.time() - at < settings.session_hours * 3600
+        if isinstance(name, str) and isinstance(generation, str) and fresh:
+            found = moderators.session_of(_queue().engine, name)
+            if found is not None and hmac.compare_digest(found[1].encode(), generation.encode()):
+                g.moderator, g.blur = name, found[0]
+        if g.moderator is None:
+            for key in _SIGNED_IN:
+                session.pop(key, None)
     return g.moderator  # type: ignore[no-any-return]
 
 
@@ -102,15 +114,24 @@ def _safe_next(target: str | None) -> str:
     return url_for("review_pages.queue")
 
 
-def _login_limiter() -> FixedWindowRateLimiter:
-    limiter = current_app.extensions.get("nsfw.login_limiter")
-    if limiter is None:
-        settings: Settings = current_app.extensions["nsfw"].settings
-        limiter = FixedWindowRateLimiter(
-            storage_from_string(storage_uri(settings.rate_limit_storage, settings.instance_dir))
-        )
-        current_app.extensions["nsfw.login_limiter"] = limiter
-    return limiter
+def _guard() -> SignInGuard:
+    guard: SignInGuard = current_app.extensions["nsfw.signin"]
+    return guard
+
+
+def _make_guard(settings: Settings) -> SignInGuard:
+    """The worker's one sign-in guard, made at install (made lazily, concurrent first sign-ins each
+    made their own, and with it their own bound on the checks at once)."""
+    configured = settings.rate_limit_storage or settings.redis_url
+    uri = storage_uri(configured, settings.instance_dir)
+    redis = configured.split("://", 1)[0] in REDIS_SCHEMES
+    return SignInGuard(
+        uri, access.redis_options() if redis else {}, fail_closed=settings.rate_limit_on_error == "closed"
+    )
+
+
+def _message(message: str, status: int, headers: dict[str, str] | None = None) -> Any:
+    return render_template("review/message.html", message=message), status, headers or {}
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -120,26 +141,47 @@ def login() -> Any:
     if request.method == "POST":
         csrf.protect()
         name = request.form.get("username", "")[:64]
-        limiter = _login_limiter()
-        allowed = limiter.hit(LOGIN_PER_NAME, "login-name", name) and limiter.hit(
-            LOGIN_PER_ADDRESS, "login-address", access.client_address()
-        )
-        if not allowed:
-            error, status = "Too many sign-in attempts; wait a minute.", 429
-        elif moderators.verify(_queue().engine, name, request.form.get("password", "")):
-            session.clear()
-            session["moderator"] = name
-            session.permanent = False
-            return redirect(_safe_next(request.args.get("next")))
-        else:
-            error, status = "Wrong name or password.", 401
+        address = access.client_address()
+        guard = _guard()
+        try:
+            if not guard.allowed(name, address):
+                error, status = "Too many wrong passwords from here; wait a minute.", 429
+            else:
+                with guard.checking():
+                    generation = moderators.verify(_queue().engine, name, request.form.get("password", ""))
+                if generation is not None:
+                    session.clear()
+                    session.update(moderator=name, generation=generation, at=time.time())
+                    session.permanent = False
+                    return redirect(_safe_next(request.args.get("next")))
+                guard.failed(name, address)
+                error, status = "Wrong name or password.", 401
+        except SignInBusy:
+            return _message("Many sign-ins at once; try again in a moment.", 503, {"Retry-After": "1"})
+        except errors.RateLimitUnavailable as refused:
+            log.warning("sign-in refused: %s", refused.detail)
+            return _message("Sign-in is unavailable for a moment; try again shortly.", 503, {"Retry-After": "5"})
     return render_template("review/login.html", error=error, next=request.args.get("next", "")), status
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> Any:
+    """Sign out everywhere: this moderator's sessions on every device end (their generation changes)."""
     csrf.protect()
+    name = moderator()
     session.clear()
+    if name is not None:
+        try:
+            moderators.end_sessions(_queue().engine, name)
+        except SQLAlchemyError as exc:
+            metrics.REVIEW_STORE_ERRORS.labels("logout").inc()
+            log.warning("sign-out of %s: the store failed (%s); this browser is signed out", name, type(exc).__name__)
+            return _message(
+                "Signed out in this browser. The store did not answer, so your sessions elsewhere last until "
+                "they expire: sign out again in a moment to end them.",
+                503,
+                {"Retry-After": "5"},
+            )
     return redirect(url_for("review_pages.login"))
 
 
@@ -206,6 +248,20 @@ def insights() -> str:
     )
 
 
+def ref_text(ref: dict[str, str]) -> str:
+    """A ref as the page shows it: the client's reference and the key that sent it."""
+    return f"{ref['ref']} ({ref['key']})"
+
+
+def animation_note(item: dict[str, Any]) -> str:
+    """What a moderator must know of an animation before deciding: the picture is one frame of many."""
+    frames = item["frames"]
+    return (
+        f"Animation: {frames['count']} frames, {len(frames['classified'])} classified. The picture is frame "
+        f"{frames['chosen']}, the one that decided the verdict; check every frame below before deciding."
+    )
+
+
 @bp.app_template_filter("age")
 def _age(stamp: str | None) -> str:
     if not stamp:
@@ -252,13 +308,18 @@ def install(app: Flask, settings: Settings) -> None:
         WTF_CSRF_CHECK_DEFAULT=False,  # the API's key holders send no token; sessions do (above)
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session
         WTF_CSRF_SSL_STRICT=False,  # the Referer check breaks behind proxies that rewrite it; SameSite covers it
+        # The signature's own age limit too (the session's sign-in time is checked on every request).
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
     )
     csrf.init_app(app)
     app.jinja_env.globals["csrf_token"] = generate_csrf
     app.jinja_env.globals["moderator"] = lambda: g.get("moderator")
     app.jinja_env.globals["blur"] = lambda: g.get("blur", True)
     app.jinja_env.filters["iso"] = iso
+    app.jinja_env.filters["ref_text"] = ref_text
+    app.jinja_env.globals["animation_note"] = animation_note
     app.register_error_handler(CSRFError, _csrf_failed)
     app.after_request(_headers)
     app.register_blueprint(bp)
     app.extensions["nsfw.session_moderator"] = session_moderator
+    app.extensions["nsfw.signin"] = _make_guard(settings)

@@ -2,6 +2,10 @@
 rendered by Swagger UI at /docs (flask-swagger-ui's pinned files: Swagger UI 5 renders 3.1; the
 swagger-ui-bundle package stopped at 4.15, which cannot).
 
+/docs shares its origin with the moderator's pages, so it runs no inline script: a page of our own
+loads Swagger UI's files and its initializer (/docs/swagger-initializer.js, as Swagger UI's own
+dist lays it out) from 'self', under a Content-Security-Policy that allows nothing else (DOCS_CSP).
+
 Kept in one place, this module, and held to the app: tests/test_openapi.py fails when a route of the
 app's table is missing here or a path here is not served, validates the document with
 openapi-spec-validator, and runs schemathesis against a live gunicorn (statuses, content types and
@@ -10,12 +14,15 @@ bodies as written here). The error codes come from the error tree (nsfw/errors.p
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from functools import cache
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify
-from flask_swagger_ui import get_swaggerui_blueprint
+import flask_swagger_ui
+from flask import Flask, Response, jsonify, request, send_from_directory
+from werkzeug.exceptions import NotFound
 
 from nsfw import errors
 from nsfw.config import SCOPES
@@ -91,12 +98,19 @@ SCHEMAS: dict[str, Schema] = {
             "review": {
                 "type": "object",
                 "description": "With NSFW_REVIEW on: the image's review item ({id, status}, kind audit for a "
-                "sample), or {error} when the store failed (the prediction stands).",
+                "sample; a remembered decision's id only to a key that sent the image), and {error: {code, "
+                "message}} when the image was not queued or its ref not kept: the prediction stands. Codes: "
+                + ", ".join(f"`{cls.code}`" for cls in errors.review_problems())
+                + ", or the error that kept its pictures from being made (`overloaded`, `deadline_exceeded`).",
                 "properties": {
                     "id": {"type": "string"},
                     "status": {"enum": ["pending", "decided"]},
                     "kind": {"enum": ["audit"]},
-                    "error": {"type": "string"},
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    },
                 },
             },
             "policy": {
@@ -208,12 +222,43 @@ SCHEMAS: dict[str, Schema] = {
     },
     "ReviewItem": {
         "type": "object",
-        "required": ["id", "status", "kind", "refs", "sha256", "scores", "model", "reason", "created"],
+        "required": ["id", "status", "kind", "refs", "sha256", "scores", "model", "reason", "created", "frames"],
         "properties": {
             "id": {"type": "string"},
-            "status": {"enum": ["pending", "decided"]},
+            "status": {"enum": ["pending", "decided", "expired"]},
             "kind": {"enum": ["unknown", "audit"]},
-            "refs": {"type": "array", "items": {"type": "string"}},
+            "refs": {
+                "type": "array",
+                "description": "The clients' references, each with the key that sent it.",
+                "items": {
+                    "type": "object",
+                    "required": ["ref", "key"],
+                    "properties": {"ref": {"type": "string"}, "key": {"type": "string"}},
+                },
+            },
+            "frames": {
+                "type": "object",
+                "description": "What the model judged: the frame count, and for an animation each classified "
+                "frame (its picture: /reviews/{id}/frames/{position}) and the one that decided (the thumbnail).",
+                "required": ["count", "chosen", "classified"],
+                "properties": {
+                    "count": {"type": "integer"},
+                    "chosen": {"type": "integer"},
+                    "classified": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["position", "index", "scores", "adult"],
+                            "properties": {
+                                "position": {"type": "integer"},
+                                "index": {"type": "integer"},
+                                "scores": _ref("Scores"),
+                                "adult": {"type": "number"},
+                            },
+                        },
+                    },
+                },
+            },
             "sha256": {"type": "string"},
             "key": {"type": "string"},
             "source_url": {"type": ["string", "null"]},
@@ -508,7 +553,7 @@ def _review_paths() -> Schema:
                 ),
                 operationId="reviews",
                 parameters=[
-                    _query("status", {"enum": ["pending", "decided"]}, "Default pending."),
+                    _query("status", {"enum": ["pending", "decided", "expired"]}, "Default pending."),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Default 50."),
                     _query("cursor", {"type": "string"}, "The previous page's next_cursor."),
                 ],
@@ -538,7 +583,7 @@ def _review_paths() -> Schema:
                 "One item, with its audit log.", _responses(item, _REVIEW), operationId="review", parameters=item_id
             ),
             "delete": _operation(
-                "Delete an item (kept in the audit log).",
+                "Delete an item and its remembered decision (kept in the audit log); review.deleted follows.",
                 _responses(_json({"type": "object"}, "Deleted."), _REVIEW),
                 operationId="review_delete",
                 parameters=item_id,
@@ -552,9 +597,22 @@ def _review_paths() -> Schema:
                 parameters=item_id,
             )
         },
+        "/reviews/{review_id}/frames/{position}": {
+            "get": _operation(
+                "An animation's classified frame as the moderator sees it: JPEG, its place in the strip.",
+                _responses({"description": "The frame.", "content": {"image/jpeg": {}}}, _REVIEW),
+                operationId="review_frame",
+                parameters=[
+                    *item_id,
+                    {"name": "position", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}},
+                ],
+            )
+        },
         "/reviews/{review_id}/claim": action("A lease of NSFW_REVIEW_LEASE seconds on a pending item.", "claim"),
         "/reviews/{review_id}/revert": action(
-            "Undo a decision: pending again, its memory gone; review.reverted follows.", "revert"
+            "Undo a decision: pending again, its memory gone; review.reverted follows. 409 not_decided when "
+            "there is none (another undo won), pending_twin when the image is pending again as another item.",
+            "revert",
         ),
         "/reviews/{review_id}/decision": action(
             "Decide a pending item, once; its webhook follows.", "decision", requestBody=decision_body
@@ -622,13 +680,93 @@ def _page_paths() -> Schema:
     }
 
 
+# Swagger UI's files, as flask-swagger-ui pins them; served are only those the page loads (not its
+# OAuth redirect page: this API has no OAuth flow).
+SWAGGER_UI_DIR = Path(flask_swagger_ui.__file__).parent / "dist"
+_ASSETS = frozenset(
+    {
+        "index.css",
+        "swagger-ui.css",
+        "favicon-32x32.png",
+        "favicon-16x16.png",
+        "swagger-ui-bundle.js",
+    }
+)
+_INITIALIZER = "swagger-initializer.js"
+
+# What Swagger UI 5.34 needs, and no more (tests/test_docs_browser.py loads it in Chromium under this
+# policy, tries an operation and reads the console): its scripts and stylesheets from 'self' (React
+# sets styles through the DOM, which style-src does not govern); img-src data: for the icons
+# swagger-ui.css inlines as data: URLs, blob: for an image answer that "Try it out" shows (a
+# review's thumbnail); connect-src 'self' for /openapi.json and "Try it out". No form is ever
+# submitted (the Authorize dialog handles its own), no frame, no base, and nobody may frame it.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+_PAGE = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>nsfw-api</title>
+  <link rel="stylesheet" href="{DOCS_PATH}/index.css">
+  <link rel="stylesheet" href="{DOCS_PATH}/swagger-ui.css">
+  <link rel="icon" type="image/png" href="{DOCS_PATH}/favicon-32x32.png" sizes="32x32">
+  <link rel="icon" type="image/png" href="{DOCS_PATH}/favicon-16x16.png" sizes="16x16">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{DOCS_PATH}/swagger-ui-bundle.js"></script>
+  <script src="{DOCS_PATH}/{_INITIALIZER}"></script>
+</body>
+</html>
+"""
+
+# BaseLayout: the standalone layout's top bar (a box to load another document, and a logo whose SVG
+# carries an inline <style>) is not wanted here. validatorUrl null: otherwise Swagger UI shows a badge
+# image from validator.swagger.io.
+_INITIALIZER_JS = f"""window.addEventListener("load", function () {{
+  window.ui = SwaggerUIBundle({{
+    url: {json.dumps(OPENAPI_PATH)},
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout",
+  }});
+}});
+"""
+
+
+def _docs_headers(response: Response) -> Response:
+    """DOCS_CSP and its companions on every answer under /docs, the redirect and 404s too."""
+    if request.path == DOCS_PATH or request.path.startswith(f"{DOCS_PATH}/"):
+        response.headers["Content-Security-Policy"] = DOCS_CSP
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def install(app: Flask) -> None:
-    """GET /openapi.json, and Swagger UI at /docs/ from flask-swagger-ui's files (nothing from a CDN)."""
+    """GET /openapi.json, and Swagger UI at /docs/ from flask-swagger-ui's files (nothing from a CDN,
+    no inline script)."""
 
     @app.get(OPENAPI_PATH)
     def openapi_document() -> Response:
         return jsonify(document())
 
-    app.register_blueprint(
-        get_swaggerui_blueprint(DOCS_PATH, OPENAPI_PATH, config={"app_name": "nsfw-api"}), name="docs"
-    )
+    @app.get(f"{DOCS_PATH}/")
+    def docs() -> Response:
+        return Response(_PAGE, mimetype="text/html")
+
+    @app.get(f"{DOCS_PATH}/<path:path>")
+    def docs_asset(path: str) -> Response:
+        if path == _INITIALIZER:
+            return Response(_INITIALIZER_JS, mimetype="text/javascript")
+        if path not in _ASSETS:
+            raise NotFound()
+        return send_from_directory(SWAGGER_UI_DIR, path)
+
+    app.after_request(_docs_headers)

@@ -8,6 +8,7 @@ import re
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,65 @@ def test_the_ui_loads_nothing_from_elsewhere(settings: Settings) -> None:
         assert source.startswith("/docs/"), source
         with client.get(source) as asset:
             assert asset.status_code == 200, source
-    assert "/openapi.json" in page
+    with client.get("/docs/swagger-initializer.js") as initializer:  # the page's script that loads it
+        assert "/openapi.json" in initializer.get_data(as_text=True)
+
+
+class _Scripts(HTMLParser):
+    """Every <script>'s attributes and text, and every inline event handler (onload=...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self.handlers: list[str] = []
+        self._open: dict[str, str | None] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handlers += [f"<{tag} {name}>" for name, _ in attrs if name.startswith("on")]
+        if tag == "script":
+            self._open = dict(attrs)
+            self.scripts.append((self._open, ""))
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.scripts[-1] = (self._open, self.scripts[-1][1] + data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._open = None
+
+
+def _directives(policy: str) -> dict[str, list[str]]:
+    return {name: sources for name, *sources in (part.split() for part in policy.split(";") if part.strip())}
+
+
+def test_the_ui_runs_no_inline_script_under_a_strict_csp(settings: Settings) -> None:
+    """/docs shares its origin with the moderator's pages: its page has no inline script (every
+    <script> has a src and no text, no on* handler), and every answer under /docs carries a CSP whose
+    scripts come from 'self' alone, with framing, sniffing and referrers shut. Fails on
+    flask-swagger-ui's own page, which configures Swagger UI in an inline script and sends no CSP."""
+    client = create_app(settings, FakeClassifier()).test_client()
+    page = client.get("/docs/")
+    parsed = _Scripts()
+    parsed.feed(page.get_data(as_text=True))
+    assert parsed.scripts and not parsed.handlers
+    for attrs, text in parsed.scripts:
+        assert attrs.get("src") and not text.strip(), (attrs, text)
+    initializer = parsed.scripts[-1][0]["src"] or ""
+    # The page, its initializer and a file of Swagger UI; the redirect to /docs/ and a 404 too.
+    for path in ("/docs/", initializer, "/docs/swagger-ui.css", "/docs", "/docs/x"):
+        with client.get(path) as answer:
+            policy = _directives(answer.headers.get("Content-Security-Policy", ""))
+            assert policy.get("default-src") == ["'none'"], path
+            assert policy.get("script-src") == ["'self'"] and policy.get("frame-ancestors") == ["'none'"], path
+            assert "'unsafe-inline'" not in policy.get("style-src", []), path
+            assert answer.headers["X-Frame-Options"] == "DENY"
+            assert answer.headers["Referrer-Policy"] == "same-origin"
+            assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    with client.get(initializer) as script:
+        assert script.mimetype == "text/javascript" and "/openapi.json" in script.get_data(as_text=True)
+    # Only the files the page loads: not the package's OAuth redirect page, a page with script of its own.
+    assert client.get("/docs/oauth2-redirect.html").status_code == 404
 
 
 # A few examples per operation: enough to walk every body type and parameter, bounded in time.

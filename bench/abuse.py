@@ -14,6 +14,10 @@ loop bounded in time. Scenarios (the load issue's red-team classes):
   every process of the service;
 - slow_upstreams: caller A asks 2 predictions a second of a URL that drips until the download
   deadline, caller B (another loopback address) one every 100 ms of a fast image: B's success rate;
+- slow_host_same_caller: one caller (one address) asks 2 predictions a second of slow-dripping URLs
+  on one host (127.0.0.1) and one every 100 ms of a fast image on another (localhost, which the
+  fetcher resolves to loopback itself; downloads are grouped by the URL's host name): the fast
+  images' success rate;
 - keepalive_c8: 8 keep-alive clients against 4, requests/s and 503s;
 - base64_flood: small base64 bodies at 10 times the measured capacity (open loop, 64 senders), /health
   p50/p99.
@@ -25,6 +29,7 @@ import argparse
 import base64
 import http.client
 import io
+import itertools
 import json
 import os
 import socket
@@ -209,6 +214,51 @@ def slow_upstreams(service: Service, slow: str, fast: str, seconds: float) -> di
     }
 
 
+def slow_host_same_caller(service: Service, slow: str, fast: str, seconds: float) -> dict[str, Any]:
+    """Paced on the clock, not by the answers: a slow URL every 0.5 s, a fast image every 0.1 s."""
+    started = time.monotonic()
+    stop_at = started + seconds
+    slow_answers: list[int] = []
+    fast_answers: list[int] = []
+    fast_sent: list[float] = []
+    threads = []
+
+    def ask_slow(url: str) -> None:
+        slow_answers.append(service.ask("POST", f"/predict?url={url}")[0])
+
+    def launch_slow() -> None:  # each a new URL: no download shared with the one before
+        for number in itertools.count():
+            due = started + number * 0.5
+            if due >= stop_at:
+                return
+            time.sleep(max(0.0, due - time.monotonic()))
+            threads.append(threading.Thread(target=ask_slow, args=(f"{slow}%3Fn%3D{number}",)))
+            threads[-1].start()
+
+    launcher = threading.Thread(target=launch_slow)
+    launcher.start()
+    for number in itertools.count():  # the same caller meanwhile: a fast image from the other host
+        due = started + number * 0.1
+        if due >= stop_at:
+            break
+        time.sleep(max(0.0, due - time.monotonic()))
+        fast_sent.append(time.monotonic() - started)
+        fast_answers.append(service.ask("POST", f"/predict?url={fast}", timeout=15)[0])
+    launcher.join()
+    for t in threads:
+        t.join()
+    by_second: dict[int, list[int]] = {}  # the fast images' success rate in each 2 s of the run
+    for sent, status in zip(fast_sent, fast_answers, strict=True):
+        by_second.setdefault(int(sent // 2) * 2, []).append(status)
+    return {
+        "fast_host_ok_pct": round(100 * fast_answers.count(200) / max(len(fast_answers), 1), 1),
+        "fast_host_n": len(fast_answers),
+        "fast_host_ok_pct_by_2s": {str(s): round(100 * a.count(200) / len(a)) for s, a in by_second.items()},
+        "fast_host": {str(s): fast_answers.count(s) for s in sorted(set(fast_answers))},
+        "slow_host": {str(s): slow_answers.count(s) for s in sorted(set(slow_answers))},
+    }
+
+
 def _keepalive(service: Service, image: str, clients: int, seconds: float) -> tuple[float, int, int]:
     stop_at = time.monotonic() + seconds
     statuses: list[int] = []
@@ -315,6 +365,11 @@ def run(checkout: Path, venv: Path, seconds: float, only: list[str], extra: dict
             "slow_upstreams",
             {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
             lambda s: slow_upstreams(s, slow, image, seconds),
+        ),
+        (
+            "slow_host_same_caller",
+            {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
+            lambda s: slow_host_same_caller(s, slow, image.replace("127.0.0.1", "localhost", 1), seconds),
         ),
         ("keepalive_c8", {}, lambda s: keepalive_c8(s, image, seconds)),
         ("base64_flood", {}, lambda s: base64_flood(s, small.getvalue(), seconds)),

@@ -144,3 +144,27 @@ def test_the_repeat_traffic_rows_run_as_documented(tmp_path: Path) -> None:
     for name in ("off", "on"):
         assert result[name]["errors"] == 0 and result[name]["repeat_rps"] > 0
         assert result[name]["worker_peak_mb_full"] > 0
+
+
+@pytest.mark.slow
+def test_the_sign_in_memory_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.signin` in miniature: 4 sign-ins at once with made-up names, one round."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "signin.json"
+    args = ["--clients", "4", "--rounds", "1", "--json", str(out)]
+    result = _run_bench("bench.signin", [*args, "--venv", str(serve_venv)], out)
+    assert sum(result["statuses"].values()) == 4 and "-1" not in result["statuses"]  # every page came
+    assert set(result["statuses"]) <= {"401", "503"}  # wrong name or busy, never signed in
+    assert len(result["worker_peaks_mb"]) == 2 and result["peak_total_mb"] > result["idle_total_mb"] > 0
+
+
+@pytest.mark.slow
+def test_the_faults_run_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.faults` in miniature: 8 items decided while a worker is killed, nothing lost."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "faults.json"
+    args = ["--items", "8", "--decide-seconds", "2", "--fault-at", "1", "--only", "kill9", "--json", str(out)]
+    (result,) = _run_bench("bench.faults", [*args, "--venv", str(serve_venv)], out)["results"]
+    assert result["answered"] == result["stored"] > 0 and not result["missing"] and not result["mismatched"]
+    assert result["decided"] == result["delivered"] == 8 and not result["items_heard_under_two_ids"]
+    assert result["recovered"] and result["health_failures"] == 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import http.server
 import json
@@ -54,6 +55,9 @@ FILES: dict[str, Callable[[], bytes]] = {
     "webp 130,000 lossy frames": bombs.webp_many_frames,
     "apng 3000 frames 4 MP": bombs.apng_many_frames,
     "bmp rle8 2.5 M runs": bombs.bmp_rle8,
+    "bmp rle8 1,000 end of lines 40 MP": bombs.bmp_rle8_eol,
+    "bmp rle4 255-pixel runs 40 MP": bombs.bmp_rle4_runs,
+    "png 873,790 empty chunks": bombs.png_many_chunks,
     # Legitimate files at the limits, for what the largest accepted images cost.
     "accepted: webp 16.7 MP": lambda: bombs.webp_big(4096, 4096),
     "accepted: jpeg 40 MP": lambda: bombs.jpeg_flat(8000, 5000),
@@ -328,6 +332,7 @@ def decode_options(count: int = 30) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
 
     from bench.imageserver import make_images
+    from nsfw.errors import ImageTooComplex
     from nsfw.imaging import budget, preprocess_frames
     from nsfw.imaging.budget import Limits
     from nsfw.model.specs import MOBILENET_V2
@@ -335,6 +340,12 @@ def decode_options(count: int = 30) -> dict[str, Any]:
     photo = make_images()["jpeg_1000x750"]
     scans = bombs.jpeg_repeated_scans()
     frames = bombs.webp_many_frames()
+    runs = bombs.bmp_rle8()
+    chunks = bombs.png_many_chunks()
+
+    def read_chunks() -> None:
+        with contextlib.suppress(ImageTooComplex):  # refused by the count itself
+            budget.read_layout(chunks, "PNG")
 
     def thread(deadline: float | None) -> Callable[[], object]:
         return lambda: preprocess_frames(
@@ -350,6 +361,8 @@ def decode_options(count: int = 30) -> dict[str, Any]:
         "pre-parse photo (ms)": _median_ms(lambda: budget.read_layout(photo, "JPEG"), count),
         "pre-parse 10 MiB of repeated scans (ms)": _median_ms(lambda: budget.read_layout(scans, "JPEG"), 5),
         "pre-parse 10 MB webp of 130,000 frames (ms)": _median_ms(lambda: budget.read_layout(frames, "WEBP"), 5),
+        "pre-parse 5 MB rle8 bmp of 2.5 M runs (ms)": _median_ms(lambda: budget.read_layout(runs, "BMP"), 5),
+        "pre-parse 10 MiB png of 873,790 chunks (ms)": _median_ms(read_chunks, 5),
         "decode in the thread, no deadline (ms)": _median_ms(thread(None), count),
         "decode in the thread, deadline checks (ms)": _median_ms(thread(5.0), count),
     }

@@ -14,7 +14,10 @@ The classes, and what each defeats:
   coefficient of the image again);
 - an animated WebP of many tiny lossy frames (each is decoded, and drawn over the whole canvas);
 - an APNG of many frames over a large canvas;
-- a BMP compressed with RLE (Pillow decodes RLE in Python, one run at a time).
+- a PNG of hundreds of thousands of empty chunks (Pillow reads each chunk in Python);
+- a BMP compressed with RLE (Pillow decodes RLE in Python, one run at a time), and two of 5 KB and
+  330 KB whose codes make its Python write a 40 MP canvas one byte at a time (the end-of-line codes
+  of RLE8, the runs of RLE4).
 """
 
 from __future__ import annotations
@@ -140,8 +143,46 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
-def apng_many_frames(frames: int = 3000, canvas: tuple[int, int] = (2000, 2000)) -> bytes:
-    """An APNG: a canvas-sized first frame, then `frames - 1` frames of 1x1 (each composited on the canvas)."""
+def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(kind, payload) of each chunk of a PNG."""
+    found, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        found.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return found
+
+
+# An empty chunk is 12 bytes: about the most a 10 MiB PNG (NSFW_MAX_BYTES) holds beside IHDR, IDAT and IEND.
+PNG_MOST_CHUNKS = 873_790
+
+
+def png_many_chunks(chunks: int = PNG_MOST_CHUNKS, *, kind: bytes = b"prVt", after_idat: bool = False) -> bytes:
+    """A 1x1 grey PNG with `chunks` empty ancillary chunks of `kind` before its IDAT (Image.open reads
+    them) or after it (load does). A private one (lower-case second letter) is the dearest: Pillow
+    also keeps each in a list."""
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+    idat = _chunk(b"IDAT", zlib.compress(b"\0\x80"))
+    extra = _chunk(kind, b"") * chunks
+    body = idat + extra if after_idat else extra + idat
+    return b"\x89PNG\r\n\x1a\n" + ihdr + body + _chunk(b"IEND", b"")
+
+
+def png_idat_split(data: bytes, size: int) -> bytes:
+    """The PNG `data` with its image data cut into IDAT chunks of `size` bytes: libpng writes 8 KiB,
+    Pillow 64 KiB; 1 byte is a hostile file of as many chunks as bytes."""
+    chunks = _chunks(data)
+    stream = b"".join(payload for kind, payload in chunks if kind == b"IDAT")
+    first = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    head = b"".join(_chunk(kind, payload) for kind, payload in chunks[:first])
+    tail = b"".join(_chunk(kind, payload) for kind, payload in chunks[first:] if kind != b"IDAT")
+    idats = b"".join(_chunk(b"IDAT", stream[i : i + size]) for i in range(0, len(stream), size))
+    return data[:8] + head + idats + tail
+
+
+def apng_many_frames(frames: int = 3000, canvas: tuple[int, int] = (2000, 2000), *, chunks_per_frame: int = 1) -> bytes:
+    """An APNG: a canvas-sized first frame, then `frames - 1` frames of 1x1 (each composited on the
+    canvas), each frame's data in `chunks_per_frame` fdAT chunks (the data, then empty ones)."""
     width, height = canvas
     ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
     actl = _chunk(b"acTL", struct.pack(">II", frames, 0))
@@ -158,8 +199,9 @@ def apng_many_frames(frames: int = 3000, canvas: tuple[int, int] = (2000, 2000))
     tiny = zlib.compress(b"\0\x10\x20\x30\xff")
     for _ in range(frames - 1):
         out.append(fctl(1, 1))
-        out.append(_chunk(b"fdAT", struct.pack(">I", seq) + tiny))
-        seq += 1
+        for part in range(chunks_per_frame):
+            out.append(_chunk(b"fdAT", struct.pack(">I", seq) + (tiny if part == 0 else b"")))
+            seq += 1
     out.append(_chunk(b"IEND", b""))
     return b"".join(out)
 
@@ -198,15 +240,77 @@ def _u24(value: int) -> bytes:
 # --- BMP -----------------------------------------------------------------------------------------
 
 
+def _bmp_rle(width: int, height: int, codes: bytes, *, rle4: bool = False, palette: bytes | None = None) -> bytes:
+    """A BMP of these RLE8 (or RLE4) codes, grey palette unless given (BGRX entries)."""
+    bits = 4 if rle4 else 8
+    if palette is None:
+        palette = b"".join(bytes([i, i, i, 0]) for i in range(0, 256, 256 >> bits))
+    colours = len(palette) // 4
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 2 if rle4 else 1, len(codes), 2835, 2835, colours, 0)
+    offset = 14 + len(info) + len(palette)
+    header = b"BM" + struct.pack("<IHHI", offset + len(codes), 0, 0, offset)
+    return header + info + palette + codes
+
+
 def bmp_rle8(width: int = 4000, height: int = 1250, run: int = 2) -> bytes:
     """An 8-bit RLE BMP whose every run is `run` pixels long: many runs for Pillow's Python decoder."""
     row = b"".join(bytes([run, i % 256]) for i in range(width // run)) + b"\x00\x00"
-    pixels = row * height + b"\x00\x01"
-    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
-    offset = 14 + len(info) + len(palette)
-    header = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
-    return header + info + palette + pixels
+    return _bmp_rle(width, height, row * height + b"\x00\x01")
+
+
+def bmp_rle8_eol(width: int = 40_000, height: int = 1_000) -> bytes:
+    """An 8-bit RLE BMP whose every row is one pixel, then an end of line: Pillow pads the rest of
+    each row with zeros one byte at a time, in Python (a 40 MP canvas from 5 KB)."""
+    return _bmp_rle(width, height, b"\x01\x07\x00\x00" * height + b"\x00\x01")
+
+
+def bmp_rle4_runs(width: int = 8000, height: int = 5000) -> bytes:
+    """A 4-bit RLE BMP of 255-pixel runs: Pillow writes each pixel of an RLE4 run on its own, in
+    Python (a 40 MP canvas from 330 KB)."""
+    runs = width // 255
+    row = b"\xff\x12" * runs + bytes([width - runs * 255, 0x34]) + b"\x00\x00"
+    return _bmp_rle(width, height, row * height + b"\x00\x01", rle4=True)
+
+
+def bmp_rle8_of(img: Image.Image) -> bytes:
+    """A legitimate RLE8 BMP of a palette (or grey) image, as an encoder writes one: runs of
+    equal pixels, absolute runs between them, and each row ended early by an end of line where the
+    rest of it is colour 0."""
+    img = img if img.mode == "P" else img.convert("L")
+    width, height = img.size
+    raw = img.tobytes()
+    codes = bytearray()
+    for top in range(height - 1, -1, -1):  # bottom-up
+        row = raw[top * width : (top + 1) * width]
+        # Pillow's end of line pads to the next row only from inside a row: one pixel at least.
+        end = max(1, len(row.rstrip(b"\x00")))
+        x = 0
+        while x < end:
+            run = 1
+            while x + run < end and run < 255 and row[x + run] == row[x]:
+                run += 1
+            if run >= 3 or end - x < 3:
+                codes += bytes([run, row[x]])
+                x += run
+                continue
+            stop = x + 1  # an absolute run: up to the next run of 3, at most 255 pixels
+            while (
+                stop < end and stop - x < 255 and not (stop + 2 < end and row[stop] == row[stop + 1] == row[stop + 2])
+            ):
+                stop += 1
+            if stop - x < 3:  # too short to be absolute (its counts 0 to 2 are escapes): runs of 1
+                codes += b"".join(bytes([1, pixel]) for pixel in row[x:stop])
+            else:  # word-aligned
+                codes += bytes([0, stop - x]) + row[x:stop] + (b"\x00" if (stop - x) % 2 else b"")
+            x = stop
+        codes += b"\x00\x00"
+    codes += b"\x00\x01"
+    palette = img.getpalette() if img.mode == "P" else None
+    bgrx = None
+    if palette is not None:
+        entries = [palette[i : i + 3] for i in range(0, len(palette), 3)]
+        bgrx = b"".join(bytes([b, g, r, 0]) for r, g, b in entries)
+    return _bmp_rle(width, height, bytes(codes), palette=bgrx)
 
 
 MAKERS: dict[str, tuple[Callable[[], bytes], str]] = {
@@ -218,6 +322,9 @@ MAKERS: dict[str, tuple[Callable[[], bytes], str]] = {
     "webp_130000_frames.webp": (webp_many_frames, "image/webp"),
     "apng_3000_frames.png": (apng_many_frames, "image/png"),
     "bmp_rle8.bmp": (bmp_rle8, "image/bmp"),
+    "bmp_rle8_eol.bmp": (bmp_rle8_eol, "image/bmp"),
+    "bmp_rle4_runs.bmp": (bmp_rle4_runs, "image/bmp"),
+    "png_many_chunks.png": (png_many_chunks, "image/png"),
 }
 
 

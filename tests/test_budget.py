@@ -10,11 +10,12 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from nsfw import errors, imaging
 from nsfw.imaging import budget
@@ -201,6 +202,122 @@ def test_a_late_exif_orientation_is_priced_before_the_upright_copy() -> None:
     assert _decode(late, Limits(max_decode_bytes=rotated + MiB)).total == 1
     with pytest.raises(errors.ImageTooLargeToDecode):  # the first price fits; the upright copy does not
         _decode(late, Limits(max_decode_bytes=(unrotated + rotated) // 2))
+
+
+# --- Python work: the codes of an RLE BMP, the chunks of a PNG ---------------------------------------
+
+
+def _noise_png_idat_split(size: int) -> bytes:
+    """A 300x300 noise PNG, stored (270 KB of image data), in IDAT chunks of `size` bytes."""
+    return bombs.png_idat_split(_save(_noise((300, 300)), "PNG", compress_level=0), size)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        bombs.bmp_rle8_eol,
+        bombs.bmp_rle4_runs,
+        bombs.png_many_chunks,
+        lambda: bombs.png_many_chunks(after_idat=True),
+        lambda: _noise_png_idat_split(1),
+    ],
+    ids=["rle8-end-of-lines", "rle4-runs", "png-chunks-before-idat", "png-chunks-after-idat", "png-1-byte-idats"],
+)
+def test_python_work_bombs_are_refused_before_any_pixel_is_decoded(
+    make: Callable[[], bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files that keep Pillow's Python busy for seconds on one core (bmp_rle8_eol.bmp: 5 KB,
+    4.4 s; bmp_rle4_runs.bmp: 330 KB, 2 s; png_many_chunks.png: 10 MiB, 2.8 s) are refused, and a
+    PNG before Image.open reads its chunks. Fails on the code before this change, which decoded
+    each of them (it capped RLE BMPs at 2 MiB and never counted chunks)."""
+    data = make()
+    opened: list[str] = []
+    loads: list[str] = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *args, **kw: opened.append("open") or real_open(fp, *args, **kw))
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.format) or None)
+    with pytest.raises(errors.InvalidImage) as info:
+        _decode(data)
+    assert info.value.code == "image_too_complex", info.value.detail
+    assert loads == [], "a pixel was decoded before the refusal"
+    if data.startswith(b"\x89PNG"):
+        assert opened == [], "Image.open read the chunks before the refusal"
+
+
+def test_the_rle_price_is_what_pillows_decoder_does() -> None:
+    """Each row of bmp_rle8_eol is a 1-pixel run and an end of line that pads the rest of it, and
+    the price says so; where the codes are priced at their bound, the bound is not below it. Fails
+    on the code before this change, which had no price for the codes (it capped the file's size)."""
+    data = bombs.bmp_rle8_eol(400, 10)
+    row = 2 * budget.BMP_RLE_CODE_NS + 399 * budget.BMP_RLE_PAD_NS
+    assert read_layout(data, "BMP").bmp_rle_ns == 10 * row  # the last end of line fills the canvas
+    for scanned in (0, 5):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(budget, "BMP_RLE_SCAN_CODES", scanned)
+            assert read_layout(data, "BMP").bmp_rle_ns >= 10 * row
+    # Rows of 200 runs filled: the end of lines pad nothing, and the last is not read (the canvas is full).
+    runs = read_layout(bombs.bmp_rle8(400, 300), "BMP")
+    assert runs.bmp_rle_ns == (200 * 300 + 299) * budget.BMP_RLE_CODE_NS
+
+
+def _drawing(size: tuple[int, int]) -> Image.Image:
+    """A 256-colour drawing: ellipses on a background of colour 0, which ends most rows."""
+    rng = np.random.default_rng(3)
+    width, height = size
+    img = Image.new("P", size, 0)
+    img.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+    draw = ImageDraw.Draw(img)
+    for _ in range(60):
+        x, y = int(rng.integers(0, width * 2 // 3)), int(rng.integers(0, height))
+        w, h = int(rng.integers(10, width // 3)), int(rng.integers(10, height // 3))
+        draw.ellipse([x, y, x + w, y + h], fill=int(rng.integers(1, 256)))
+    return img
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: _drawing((2000, 1500)), lambda: _noise((2400, 1250)).convert("L")],
+    ids=["drawing-2000x1500", "noise-3mp-3mb"],
+)
+def test_ordinary_rle_bmps_decode(make: Callable[[], Image.Image]) -> None:
+    """RLE8 BMPs as an encoder writes them decode, priced by what their codes cost: a drawing whose
+    rows end early on its background (each end of line pads the rest: 94 ms), and 3 MP of noise in
+    absolute runs (13 ms). The noise fails on the code before this change, which refused it for its
+    3 MB (the drawing decoded then too)."""
+    img = make()
+    data = bombs.bmp_rle8_of(img)
+    frames = imaging.decode_frames(io.BytesIO(data), limits=Limits())
+    assert np.array_equal(np.asarray(frames.images[0]), np.asarray(img.convert("RGB")))
+
+
+def test_png_chunks_are_counted_to_the_limit() -> None:
+    """A PNG of 32,768 chunks (MAX_PNG_CHUNKS) decodes and one of a chunk more is refused; a large
+    PNG in libpng's 8 KiB IDAT chunks decodes. Fails on the code before this change, which decoded
+    the second (it counted no chunks)."""
+    limit = 32_768
+    at_limit = bombs.png_many_chunks(limit - 3)  # IHDR, IDAT and IEND make up the rest
+    assert _decode(at_limit).total == 1
+    with pytest.raises(errors.ImageTooComplex):
+        _decode(bombs.png_many_chunks(limit - 2))
+    assert budget.MAX_PNG_CHUNKS == read_layout(at_limit, "PNG").png_chunks == limit
+    img = _noise((1500, 1000))
+    data = bombs.png_idat_split(_save(img, "PNG", compress_level=1), 8192)
+    assert 500 < read_layout(data, "PNG").png_chunks < 1000
+    frames = imaging.decode_frames(io.BytesIO(data), limits=Limits())
+    assert np.array_equal(np.asarray(frames.images[0]), np.asarray(img))
+
+
+def test_an_apng_is_sampled_over_the_frames_within_the_chunk_limit() -> None:
+    """An APNG of 100 frames of 1,001 chunks each reaches the 33 frames whose chunks fit in
+    MAX_PNG_CHUNKS, and is sampled over them. Fails on the code before this change, which reached
+    all 100 (100,000 chunks read in Python)."""
+    data = bombs.apng_many_frames(100, (64, 64), chunks_per_frame=1000)
+    frames = _decode(data)
+    assert (frames.total, frames.indices) == (100, imaging.frame_indices(33, 8))
+    # IHDR, acTL, fcTL and IDAT, then 1,001 a frame: the first 33 are read through frame 33's fcTL,
+    # chunk 5 + 1,001 x 32.
+    layout = read_layout(data, "PNG")
+    assert layout.png_chunks_up_to(33) == 5 + 1001 * 32 <= budget.MAX_PNG_CHUNKS < layout.png_chunks_up_to(34)
 
 
 # --- The deadline ----------------------------------------------------------------------------------

@@ -12,11 +12,16 @@ memory they need at the peak, or refuses:
 - more pixels on the canvas than NSFW_MAX_PIXELS: 422 `image_too_many_pixels`;
 - a JPEG with more than NSFW_MAX_JPEG_SCANS scans (libjpeg-turbo's scan limit, for the same
   reason): 422 `image_too_complex`;
-- an RLE BMP of more than MAX_BMP_RLE_BYTES (Pillow decodes RLE in Python): 422 `image_too_complex`;
+- an RLE BMP whose codes would keep Pillow's Python decoder busy for more than MAX_BMP_RLE_NS
+  (`_bmp_rle_ns` follows the codes as it will): 422 `image_too_complex`;
+- a PNG whose first frame takes more than MAX_PNG_CHUNKS chunks to read (Pillow reads each in
+  Python): 422 `image_too_complex`, from read_layout itself, since Image.open reads every chunk
+  before the first IDAT and decode_frames opens the file before it asks `plan`;
 - a peak over NSFW_MAX_DECODE_BYTES: 422 `image_too_large_to_decode`.
 
 Animations are sampled over the leading frames whose decoding (each seek draws every frame before
-it) stays within NSFW_MAX_PIXELS of canvas area and NSFW_MAX_DECODED_FRAMES frames.
+it) stays within NSFW_MAX_PIXELS of canvas area, NSFW_MAX_DECODED_FRAMES frames and, for APNG,
+MAX_PNG_CHUNKS chunks.
 
 The bytes per pixel below are Pillow 13's (and this package's conversions'), measured as the peak
 RSS of a fresh process decoding 6 MP to 16 MP images of each kind; tests/test_budget.py checks, the
@@ -51,7 +56,13 @@ class Layout:
     png_bit_depth: int = 8
     png_colour_type: int = 2
     png_interlaced: bool = False
+    # PNG: the chunks from IHDR to IEND (counted up to PNG_CHUNK_COUNT_CAP), and how many are read
+    # through each frame's fcTL: Pillow reads every chunk it passes one at a time in Python.
+    png_chunks: int = 0
+    png_frame_chunks: list[int] = field(default_factory=list)
     bmp_rle: bool = False
+    # RLE BMP: what Pillow's Python decoder will spend on the codes, estimated (_bmp_rle_ns).
+    bmp_rle_ns: int = 0
     webp_alpha: bool = False
 
     @property
@@ -71,10 +82,19 @@ class Layout:
         """The largest canvas of the first `frames` frames: what decoding them grows the canvas to."""
         return max((self.area_of(i) for i in range(min(frames, len(self.frame_areas) or 1))), default=0)
 
+    def png_chunks_up_to(self, frames: int) -> int:
+        """The chunks Pillow reads to decode the first `frames` frames of a PNG: through the next
+        frame's fcTL (one frame more where the IDAT is a default image outside the animation), else
+        through IEND."""
+        starts = self.png_frame_chunks
+        return starts[frames] if frames < len(starts) else self.png_chunks
+
 
 def read_layout(data: bytes, fmt: str) -> Layout:
     """The layout of an image whose format is already sniffed; what cannot be read stays at its
-    default (Pillow then refuses the file as malformed)."""
+    default (Pillow then refuses the file as malformed). Raises ImageTooComplex for a PNG of more
+    chunks than MAX_PNG_CHUNKS before its second frame: Image.open reads the chunks up to the first
+    IDAT, and decode_frames opens the file before `plan` is asked."""
     reader = _READERS.get(fmt)
     layout = Layout(fmt)
     if reader is not None:
@@ -84,6 +104,8 @@ def read_layout(data: bytes, fmt: str) -> Layout:
             pass  # truncated or malformed headers: Pillow says so when it opens or decodes
     if not layout.frame_areas and layout.width and layout.height:
         layout.frame_areas = [layout.width * layout.height]
+    if fmt == "PNG" and layout.png_chunks_up_to(1) > MAX_PNG_CHUNKS:
+        raise ImageTooComplex(f"PNG of more than {MAX_PNG_CHUNKS} chunks to read before its second frame")
     return layout
 
 
@@ -116,16 +138,30 @@ def _skip_sub_blocks(data: bytes, pos: int) -> int:
     return pos + 1
 
 
+# Pillow reads a PNG's chunks one at a time in Python, about 3.3 us each for an unknown private
+# chunk, the dearest kind (Image.open also keeps each; a 1-byte IDAT, one decoder call each, is 2 us):
+# 873,790 empty ones, 10 MiB, took 2.8 s on one core as decode_frames decodes (AMD EPYC, taskset -c 0;
+# scripts/hostile_images.py png_many_chunks). 32,768 are 0.1 s at most, and ordinary files stay far
+# below: libpng writes IDAT in 8 KiB chunks (1,280 for 10 MiB), Pillow in 64 KiB, and an APNG is
+# read only up to its sampled frames (plan). Past it, 422 image_too_complex.
+MAX_PNG_CHUNKS = 32_768
+# Chunks counted at most: past MAX_PNG_CHUNKS the count only has to say "more" (walking all 873,793
+# chunks of that file took 0.35 to 0.44 s; these take 13 ms).
+PNG_CHUNK_COUNT_CAP = MAX_PNG_CHUNKS + 1
+
+
 def _read_png(data: bytes, layout: Layout) -> None:
     pos = 8
     extents: list[tuple[int, int]] = []
-    while pos + 8 <= len(data):
+    while pos + 8 <= len(data) and layout.png_chunks < PNG_CHUNK_COUNT_CAP:
         length, kind = struct.unpack_from(">I4s", data, pos)
         payload = pos + 8
+        layout.png_chunks += 1
         if kind == b"IHDR":
             layout.width, layout.height, depth, colour, _, _, interlace = struct.unpack_from(">IIBBBBB", data, payload)
             layout.png_bit_depth, layout.png_colour_type, layout.png_interlaced = depth, colour, bool(interlace)
         elif kind == b"fcTL":
+            layout.png_frame_chunks.append(layout.png_chunks)  # read up to this fcTL
             width, height, x, y = struct.unpack_from(">IIII", data, payload + 4)
             extents.append((x + width, y + height))
         elif kind == b"IEND":
@@ -210,14 +246,111 @@ def _read_jpeg(data: bytes, layout: Layout) -> None:
 
 
 def _read_bmp(data: bytes, layout: Layout) -> None:
+    (offset,) = struct.unpack_from("<I", data, 10)
     header_size, width, height = struct.unpack_from("<Iii", data, 14)
     if header_size == 12:  # OS/2 1.x: 16-bit sizes, no compression
         width, height = struct.unpack_from("<HH", data, 18)
-        compression = 0
+        bits = compression = colours = 0
     else:
-        (compression,) = struct.unpack_from("<I", data, 30)
+        bits, compression, colours = struct.unpack_from("<HI12xI", data, 28)
     layout.width, layout.height = abs(width), abs(height)
     layout.bmp_rle = compression in (1, 2)
+    if layout.bmp_rle:
+        # Where Pillow starts the codes (BmpImagePlugin._bitmap): an offset of 0, or one that points
+        # at the palette, means right after the palette.
+        if offset in (0, 14 + header_size):
+            offset = 14 + header_size + (4 * (colours or 1 << bits) if bits <= 8 else 0)
+        layout.bmp_rle_ns = _bmp_rle_ns(data, offset, layout.width, layout.height, rle4=compression == 2)
+
+
+# Pillow decodes RLE BMP in Python (BmpImagePlugin.BmpRleDecoder), and three of its paths write one
+# byte at a time: an end of line pads the rest of the row with zeros, an RLE4 run and an RLE4 absolute
+# run write each pixel on its own. Measured on one core (AMD EPYC, taskset -c 0) as decode_frames
+# decodes, where each read also checks the deadline (the slower of repeated runs; the machine varied
+# by up to 1.7 times): a code 0.55 us (1M 2-pixel runs: 0.56 s), an RLE8 absolute run 1 us (1M of 3
+# pixels: 0.94 s), a padded byte 0.11 us (a 5 KB file of 1,000 end-of-line codes on a 40,000-wide
+# canvas: 4.4 s), an RLE4 absolute pixel 0.1 us (4 MP: 0.40 s), an RLE4 run pixel 0.05 us (4 MP: 0.20 s).
+BMP_RLE_CODE_NS = 550
+BMP_RLE_ABSOLUTE_NS = 1_000
+BMP_RLE_PAD_NS = 110
+BMP_RLE4_ABSOLUTE_PIXEL_NS = 100
+BMP_RLE4_RUN_PIXEL_NS = 50
+# The Python an RLE BMP may cost, a twentieth of NSFW_DECODE_TIMEOUT: 0.25 s is 450,000 codes
+# (0.9 MB of the shortest runs), 2.3 M padded bytes, or an RLE4 image of 2.5 MP (5 MP of runs). An
+# ordinary RLE8 image, whose runs and absolute runs fill its rows, costs little more than its codes:
+# a 3 MP one of noise in absolute runs (3 MB, refused for its size before) is 13 ms, a 2000x1500
+# drawing whose rows end early on a background of colour 0 is 94 ms. Past it, 422 image_too_complex.
+MAX_BMP_RLE_NS = 250_000_000
+# Codes followed one by one at most (0.2 to 0.3 us each here, 38 ms for the 2.5 M runs of
+# scripts/hostile_images.py bmp_rle8): the rest of a file is priced at its bound (_bmp_rle_bound).
+BMP_RLE_SCAN_CODES = 131_072
+
+
+def _bmp_rle_ns(data: bytes, pos: int, width: int, height: int, *, rle4: bool) -> int:
+    """What Pillow's RLE decoder will spend on the codes from `pos`, in nanoseconds: the first
+    BMP_RLE_SCAN_CODES codes followed as it follows them (each run cut at the row's end, each end of
+    line padding to the next row, each absolute run aligned to an even file offset), the rest at
+    their bound; the count stops once it is past MAX_BMP_RLE_NS.
+
+    A bound alone (the canvas area for the padding) would refuse ordinary RLE8 images, which end
+    every row with an end of line that pads nothing."""
+    if width < 1 or height < 1:
+        return 0  # Pillow refuses an empty image when it opens it
+    end, area = len(data), width * height
+    written = x = ns = codes = 0
+    while written < area and pos + 2 <= end:
+        if codes == BMP_RLE_SCAN_CODES or ns > MAX_BMP_RLE_NS:
+            return ns + _bmp_rle_bound(data, pos, width, area - written, rle4=rle4)
+        count = data[pos]
+        value = data[pos + 1]
+        pos += 2
+        codes += 1
+        ns += BMP_RLE_CODE_NS
+        if count:  # a run of `count` pixels of one value, cut at the row's end
+            room = width - x
+            if count > room:
+                count = room if room > 0 else 0
+            written += count
+            x += count
+            if rle4:
+                ns += count * BMP_RLE4_RUN_PIXEL_NS
+        elif value == 0:  # end of line
+            pad = -written % width
+            written += pad
+            x = 0
+            ns += pad * BMP_RLE_PAD_NS
+        elif value == 1:  # end of bitmap
+            break
+        elif value == 2:  # delta: right, up (the skipped pixels are written as one block)
+            if pos + 2 > end:
+                break
+            written += min(area - written, data[pos] + data[pos + 1] * width)
+            x = written % width
+            pos += 2
+        else:  # an absolute run of `value` pixels, 2 to a byte in RLE4
+            count = min(area - written, value)
+            size = (count + 1) // 2 if rle4 else count
+            read = min(size, end - pos)
+            pixels = min(2 * read, count) if rle4 else read
+            written += pixels
+            pos += read
+            # Its code costs more than a run's: it reads its pixels, then aligns the file offset.
+            ns += BMP_RLE_ABSOLUTE_NS - BMP_RLE_CODE_NS + (pixels * BMP_RLE4_ABSOLUTE_PIXEL_NS if rle4 else 0)
+            if read < size or written == area:
+                break
+            x += value
+            pos += pos & 1
+    return ns
+
+
+def _bmp_rle_bound(data: bytes, pos: int, width: int, pixels: int, *, rle4: bool) -> int:
+    """The most Pillow can spend on the codes from `pos` with `pixels` left to write: at most a code
+    for every 2 bytes (an absolute run or a delta costs less for its bytes), and at most a padded
+    byte's time for each pixel left, or in RLE8 for the rest of a row at each end of line (00 00,
+    counted where it may start)."""
+    codes = (len(data) - pos) // 2
+    one_at_a_time = pixels if rle4 else min(pixels, data.count(b"\0\0", pos) * (width - 1))
+    return codes * BMP_RLE_CODE_NS + one_at_a_time * max(BMP_RLE_PAD_NS, BMP_RLE4_ABSOLUTE_PIXEL_NS)
 
 
 _READERS = {"GIF": _read_gif, "PNG": _read_png, "WEBP": _read_webp, "JPEG": _read_jpeg, "BMP": _read_bmp}
@@ -245,11 +378,9 @@ WEBP_DECODER_BYTES = 9
 WEBP_FRAME_BYTES = 160
 # libjpeg keeps every DCT coefficient (2 bytes a sample) of a JPEG with more than one scan.
 JPEG_COEFFICIENT_BYTES = 2
-# Pillow's Python RLE decoder for BMP builds the pixels in a bytearray, then copies them.
+# Pillow's Python RLE decoder for BMP builds the pixels in a bytearray, then copies them (its time is
+# priced by MAX_BMP_RLE_NS).
 BMP_RLE_BYTES = 2
-# ...and decodes one run at a time in Python, about 0.7 s per 2 MiB of runs (bench/hostile.py: 1.7 s
-# for 5 MB on one core): RLE data past this is 422 image_too_complex. A BMP's runs are its bytes.
-MAX_BMP_RLE_BYTES = 2 * 1024 * 1024
 # Allocator slack and small buffers (row buffers, palettes, the decoder objects).
 FIXED_BYTES = 4 * 1024 * 1024
 
@@ -308,16 +439,19 @@ def plan(
         raise ImageTooManyPixels(f"{layout.format} canvas of {layout.canvas_area} pixels > {limits.max_pixels}")
     if layout.format == "JPEG" and layout.jpeg_scans > limits.max_jpeg_scans:
         raise ImageTooComplex(f"JPEG of {layout.jpeg_scans} scans > {limits.max_jpeg_scans}")
-    if layout.format == "BMP" and layout.bmp_rle and file_size > MAX_BMP_RLE_BYTES:
-        raise ImageTooComplex(f"RLE BMP of {file_size} bytes > {MAX_BMP_RLE_BYTES}")
+    if layout.format == "BMP" and layout.bmp_rle_ns > MAX_BMP_RLE_NS:
+        raise ImageTooComplex(f"RLE BMP of {layout.bmp_rle_ns // 10**6} ms of Python > {MAX_BMP_RLE_NS // 10**6} ms")
     reachable = 1
     if wanted_frames > 1 and total > 1:
         # Each seek decodes every frame before it: the frames within reach are a prefix, whose
-        # canvases add up to at most max_pixels (the first frame always counts).
+        # canvases add up to at most max_pixels and whose chunks (APNG) to MAX_PNG_CHUNKS (the first
+        # frame always counts: read_layout refused it if it reads more).
         spent = reachable = 0
         for index in range(min(total, limits.max_decoded_frames)):
             area = layout.area_of(index)
-            if reachable and spent + area > limits.max_pixels:
+            if reachable and (
+                spent + area > limits.max_pixels or layout.png_chunks_up_to(reachable + 1) > MAX_PNG_CHUNKS
+            ):
                 break
             spent += area
             reachable += 1

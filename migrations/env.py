@@ -10,7 +10,7 @@ from nsfw.review.store import make_engine, metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "", serving=False)
     with engine.begin() as connection:
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
         context.run_migrations()

@@ -38,7 +38,7 @@ from nsfw import access, errors, metrics
 from nsfw.imaging import RESIZE_MODES
 from nsfw.model.specs import MODELS, NSFWJS
 from nsfw.policy import OVERRIDABLE, Policy
-from nsfw.service import BatchItem, Prediction, PredictionService, ReviewContext
+from nsfw.service import TENANT, BatchItem, Prediction, PredictionService, ReviewContext
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -256,6 +256,19 @@ def _review_context(detail: bool, source_url: str | None = None) -> ReviewContex
     if not detail or _service().review_hook is None:
         return None
     return ReviewContext(key_name=g.get("api_key", "-"), ref=ref, source_url=source_url)
+
+
+@bp.before_app_request
+def _tenant() -> None:
+    """Every call of the service in this request is its key's (service.TENANT), reset at its end."""
+    g.tenant_token = TENANT.set(str(g.get("api_key", "-")))
+
+
+@bp.teardown_app_request
+def _tenant_ends(_: BaseException | None) -> None:
+    token = g.pop("tenant_token", None)
+    if token is not None:
+        TENANT.reset(token)
 
 
 @bp.route("/predict", methods=["GET", "POST"])

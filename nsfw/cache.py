@@ -1,8 +1,9 @@
 """The result cache: what was classified is not classified twice.
 
-Key: the image bytes' sha256, the model's name and version, and the resize mode that made its input
-(`-` for models whose preprocessing has none), so a different model, version, resize or byte never
-hits. Value: the scores and the frame summary, never the image. Two layers:
+Key: the API key's name (a result is never shared between keys: a hit answers at once, which would
+tell one key that another had sent the bytes), the image bytes' sha256, the model's name and version,
+and the resize mode that made its input (`-` for models whose preprocessing has none), so a different
+key, model, version, resize or byte never hits. Value: the scores and the frame summary, never the image. Two layers:
 
 - each worker's bounded LRU of NSFW_CACHE_SIZE entries (a few hundred bytes each);
 - with NSFW_REDIS_URL, Redis, shared by every worker and instance, entries kept NSFW_CACHE_TTL
@@ -66,8 +67,9 @@ class Entry:
         return cls(list(indices), list(scores), int(chosen), int(count))
 
 
-def key(sha256: str, model: str, version: str, resize: str) -> str:
-    return f"{sha256}:{model}:{version}:{resize}"
+def key(tenant: str, sha256: str, model: str, version: str, resize: str) -> str:
+    """The entry's key: a result is shared within one tenant (API key) only (service.TENANT)."""
+    return f"{tenant}/{sha256}:{model}:{version}:{resize}"
 
 
 # A Redis that failed this many times in a row is left alone for BREAKER_SECONDS.

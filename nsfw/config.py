@@ -269,10 +269,15 @@ class Settings:
     # to the humans); past it that key's new items are not queued and the answer says
     # review_queue_full. 0: no limit.
     review_max_pending_per_key: int = 1000
-    # Refs one item keeps, from all keys together; past it a new ref is not kept (review_refs_full).
+    # Refs one item keeps from each key (so no key crowds out another's); past it a new ref of that key
+    # is not kept (review_refs_full).
     review_max_refs: int = 20
     # Seconds one webhook delivery may take, the receiver's answer included.
     review_webhook_timeout: float = 10.0
+    # Seconds a prediction waits for each of the review store's answers (a remembered decision, the
+    # item it joins or makes); past them its answer says review.error, never waits on (above SQLite's
+    # 5 s busy timeout, which a write may spend waiting for the lock under load).
+    review_store_timeout: float = 6.0
     # Hours a moderator's sign-in lasts (a working day); signing out, a new password or removal end it
     # sooner, on every device.
     session_hours: int = 12
@@ -457,6 +462,7 @@ class Settings:
             ("review_max_pending_per_key", 0 <= self.review_max_pending_per_key <= 10_000_000, "must be 0..10000000"),
             ("review_max_refs", 1 <= self.review_max_refs <= 10_000, "must be 1..10000"),
             ("review_webhook_timeout", 0 < self.review_webhook_timeout <= 60, "must be in (0, 60] seconds"),
+            ("review_store_timeout", 0 < self.review_store_timeout <= 60, "must be in (0, 60] seconds"),
             ("session_hours", 1 <= self.session_hours <= 24 * 30, "must be 1..720 hours"),
             (
                 "trusted_proxies",

@@ -316,7 +316,7 @@ class ReviewQueueFull(ReviewProblem):
 
 class ReviewRefsFull(ReviewProblem):
     code = "review_refs_full"
-    message = "The image's review item has as many refs as it may (NSFW_REVIEW_MAX_REFS): this ref was not kept."
+    message = "The image's review item has as many refs of this key as it may (NSFW_REVIEW_MAX_REFS): not kept."
 
 
 def review_problems() -> list[type[ReviewProblem]]:

@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from http import HTTPStatus
 from typing import IO, Any
 
@@ -210,7 +209,12 @@ class Front:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": payload, "more_body": True})
             while (chunk := await stream.chunks.get()) is not None:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                stream.room.release()
+                # A client that stops reading ends the answer (and the app's work, its store read
+                # among it) instead of holding them for good.
+                await asyncio.wait_for(
+                    send({"type": "http.response.body", "body": chunk, "more_body": True}), STREAM_SEND_SECONDS
+                )
             if stream.failed:  # no last chunk: the client sees a cut answer, never a short one that looks whole
                 raise RuntimeError("the app failed in the middle of a streamed answer")
             await send({"type": "http.response.body", "body": b""})
@@ -306,17 +310,22 @@ STREAM_AFTER = 1024 * 1024
 STREAM_CHUNKS = 4
 # How often a streaming thread blocked on a slow client looks whether it left.
 STREAM_POLL_SECONDS = 1.0
+# How long a client may take to read one chunk of a streamed answer before it is cut off.
+STREAM_SEND_SECONDS = 30.0
 
 
 class _Stream:
     """A streamed answer between an app thread and the event loop: `started` (set by the thread with
     status, headers and the first bytes, or None by the loop when the answer came whole), then
-    `chunks` (None ends them). `abandoned` tells the thread that nobody reads any more."""
+    `chunks` (None ends them). At most STREAM_CHUNKS wait for the client (`room`, taken by the thread
+    before each hand-over, given back by the loop as it sends one): a hand-over never waits on the
+    loop itself, so it is never half done. `abandoned` tells the thread that nobody reads any more."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.started: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes] | None] = loop.create_future()
-        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_CHUNKS)
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.room = threading.Semaphore(STREAM_CHUNKS)
         self.abandoned = False
         self.failed = False
 
@@ -330,16 +339,12 @@ class _Stream:
     def put(self, chunk: bytes | None) -> bool:
         """Hand a chunk to the loop (None: the end), waiting while the client reads; False when it left."""
         while not self.abandoned:
-            try:
-                handed = asyncio.run_coroutine_threadsafe(self.chunks.put(chunk), self.loop)
-            except RuntimeError:  # the loop is closed: the worker is stopping
-                return False
-            try:
-                handed.result(STREAM_POLL_SECONDS)
+            if self.room.acquire(timeout=STREAM_POLL_SECONDS):
+                try:
+                    self.loop.call_soon_threadsafe(self.chunks.put_nowait, chunk)
+                except RuntimeError:  # the loop is closed: the worker is stopping
+                    return False
                 return True
-            except FutureTimeout:
-                if not handed.cancel():
-                    return True  # it went in as the wait ended
         return False
 
 

@@ -65,6 +65,12 @@ def decode_limits(settings: Settings) -> Limits:
 
 log = logging.getLogger(__name__)
 
+# Whose request this is (the API key's name; "-" without keys): results and downloads in progress are
+# shared within one tenant only, since a result found in the cache (it answers at once) or a download
+# someone else has in flight would tell one key what another sent. Set by the API for each request
+# (api._tenant), read where they are shared; a batch's threads run in a copy of the request's context.
+TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("nsfw_tenant", default="-")
+
 
 def build_service(settings: Settings, resolver: Resolver = system_resolver) -> PredictionService:
     """The service for one process (a gunicorn worker, or the command line): Pillow's process-wide
@@ -193,15 +199,15 @@ class PredictionService:
         # Served models by name, the default first; empty until loaded.
         self._classifiers: dict[str, Classifier] = {}
         self._sha256: dict[Path, str] = {}
-        # Downloads: NSFW_MAX_DOWNLOADS per worker, NSFW_MAX_IN_FLIGHT of them per caller, and of those
-        # at most half for one image host (and half of the worker's for one host), so that a caller's
-        # slow upstream host leaves its other hosts room. Waiting on an upstream never holds the model:
-        # a slow one costs its caller a download slot, nothing more.
+        # Downloads: NSFW_MAX_DOWNLOADS per worker, NSFW_MAX_IN_FLIGHT of them per caller; past either,
+        # a spare slot (one per caller, a quarter of the worker's) for an image host that holds none,
+        # so that a caller's slow upstream host leaves its other hosts room. Waiting on an upstream
+        # never holds the model: a slow one costs its caller a download slot, nothing more.
         self._downloads = FairSlots(
             settings.max_downloads,
             settings.max_in_flight,
-            per_caller_group=max(1, settings.max_in_flight // 2),
-            per_group=max(1, settings.max_downloads // 2),
+            spare_per_caller=1,
+            spare=max(1, settings.max_downloads // 4),
         )
         # Decoding and inference run one at a time per worker: on one vCPU more would only
         # interleave, and it bounds memory to one decoded image per worker. A request waits for it
@@ -221,7 +227,7 @@ class PredictionService:
         # The result cache (NSFW_CACHE_SIZE, NSFW_REDIS_URL); None when off.
         self.cache: ResultCache | None = None
         # Downloads in progress by URL, for the requests that ask for the same URL meanwhile.
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[tuple[str, str], _Flight] = {}
         self._flights_lock = threading.Lock()
 
     def set_classifiers(self, classifiers: Mapping[str, Classifier]) -> None:
@@ -315,11 +321,12 @@ class PredictionService:
         (under a download slot of its caller's, like a download of its own) and gets its bytes (or its
         error) instead of fetching again; with the result cache on, the model then runs once for them
         too (the lookup under the model's lock)."""
+        shared = (TENANT.get(), url)
         with self._flights_lock:
-            flight = self._flights.get(url)
+            flight = self._flights.get(shared)
             leading = flight is None
             if flight is None:
-                flight = self._flights[url] = _Flight()
+                flight = self._flights[shared] = _Flight()
             else:
                 flight.followers += 1
         if not leading:
@@ -334,7 +341,7 @@ class PredictionService:
             raise
         finally:
             with self._flights_lock:
-                del self._flights[url]
+                del self._flights[shared]
         flight.land(body)
         return body
 
@@ -375,7 +382,7 @@ class PredictionService:
         prediction = None
         if self.cache is not None:
             mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
-            cache_key = result_key(sha256_of(body), spec.name, spec.version, mode)
+            cache_key = result_key(TENANT.get(), sha256_of(body), spec.name, spec.version, mode)
             entry = self.cache.get(cache_key)
             if entry is not None:
                 prediction = self._from_entry(classifier, entry, started)

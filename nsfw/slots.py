@@ -1,10 +1,12 @@
 """Who may fetch or compute right now, per worker.
 
 - FairSlots: at most `total` holders at once, at most `per_caller` of them for any one caller (a
-  client address), so that one caller's slow requests cannot take every slot from the others; and,
-  with a group (the image host), at most `per_caller_group` of a caller's slots and `per_group` of all
-  of them for one group, so that one slow upstream host cannot take every slot of its caller (or of
-  the worker) from that caller's other hosts. Thread-safe; also used from the event loop (non-blocking).
+  client address), so that one caller's slow requests cannot take every slot from the others. With a
+  group (the image host), spare slots beyond both shares (`spare_per_caller`, `spare`) go only to a
+  group that holds none of the slots in question: a caller's slow upstream host may fill that
+  caller's share (and several callers the worker's), yet the caller's (and the worker's) other hosts
+  keep flowing, and a caller whose images all come from one host keeps its whole share. Thread-safe;
+  also used from the event loop (non-blocking).
 - ModelLock: the worker's model, one image at a time; not re-entrant, and loud about it.
 - off_model: the guard every network call and every wait on a shared store passes (fetch.py,
   cache.py): none may run while this thread holds the model, or one slow peer stalls the worker.
@@ -20,16 +22,13 @@ from contextlib import contextmanager
 
 
 class FairSlots:
-    def __init__(
-        self, total: int, per_caller: int, *, per_caller_group: int | None = None, per_group: int | None = None
-    ) -> None:
+    def __init__(self, total: int, per_caller: int, *, spare_per_caller: int = 0, spare: int = 0) -> None:
         if not 1 <= per_caller <= total:
             raise ValueError(f"per_caller {per_caller} must be 1..{total}")
         self.total = total
         self.per_caller = per_caller
-        # Without a group cap, a group may take everything its caller (or the worker) may.
-        self.per_caller_group = per_caller if per_caller_group is None else max(1, min(per_caller_group, per_caller))
-        self.per_group = total if per_group is None else max(1, min(per_group, total))
+        self.spare_per_caller = spare_per_caller
+        self.spare = spare
         self._held: Counter[str] = Counter()
         self._held_in_group: Counter[tuple[str, str]] = Counter()
         self._group_held: Counter[str] = Counter()
@@ -37,14 +36,21 @@ class FairSlots:
         self._changed = threading.Condition()
 
     def _free_for(self, caller: str, group: str | None) -> bool:
-        if self._in_use >= self.total or self._held[caller] >= self.per_caller:
-            return False
-        if group is None:
+        within_total = self._in_use < self.total
+        within_share = self._held[caller] < self.per_caller
+        if within_total and within_share:
             return True
-        return self._held_in_group[caller, group] < self.per_caller_group and self._group_held[group] < self.per_group
+        if group is None:
+            return False
+        # The spare slots: only for a host that holds none (of this caller's, or of the worker's).
+        if not within_share and (
+            self._held_in_group[caller, group] or self._held[caller] >= self.per_caller + self.spare_per_caller
+        ):
+            return False
+        return within_total or not self._group_held[group] and self._in_use < self.total + self.spare
 
     def try_acquire(self, caller: str, timeout: float = 0.0, group: str | None = None) -> bool:
-        """A slot for caller (in group, when given), waiting at most timeout seconds for one (0: not at all)."""
+        """A slot for caller (from group, when given), waiting at most timeout seconds for one (0: not at all)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not self._free_for(caller, group):

@@ -288,8 +288,15 @@ def test_a_client_that_leaves_mid_stream_stops_the_app(front: Front) -> None:
 
     async def scenario() -> None:
         talk = Conversation([{"type": "http.request", "body": b""}])
-        task = asyncio.create_task(front(_scope("/reviews/export", method="GET"), talk.receive, talk.send))
-        while len(talk.sent) < 3:
+        sent: list[dict[str, Any]] = []
+
+        async def slow(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if len(sent) > 2:
+                await asyncio.sleep(3600)  # a slow client, until it leaves
+
+        task = asyncio.create_task(front(_scope("/reviews/export", method="GET"), talk.receive, slow))
+        while len(sent) < 3:
             await asyncio.sleep(0.01)
         task.cancel()  # gunicorn does this when the client disconnects
         await asyncio.gather(task, return_exceptions=True)
@@ -299,4 +306,55 @@ def test_a_client_that_leaves_mid_stream_stops_the_app(front: Front) -> None:
             await asyncio.sleep(0.01)
 
     asyncio.run(scenario())
+    assert closed.is_set() and len(made) < 400 and front.admission.in_use == 0
+
+
+def test_a_client_that_stops_reading_a_stream_is_cut_off(front: Front, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed answer whose client stops reading ends after STREAM_SEND_SECONDS (the export's store
+    read with it), instead of holding its thread and its read for good (found by the review of issue 22)."""
+    import threading
+
+    from nsfw import frontend
+
+    monkeypatch.setattr(frontend, "STREAM_SEND_SECONDS", 0.2)
+    gate, made = threading.Event(), []
+    gate.set()
+    closed = threading.Event()
+    inner = _streaming_app(400, gate, made)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        body = inner(environ, start_response)
+
+        class Closing:
+            def __iter__(self) -> Iterator[bytes]:
+                return body
+
+            def close(self) -> None:
+                body.close()
+                closed.set()
+
+        return Closing()
+
+    front.app = app
+
+    async def scenario() -> list[BaseException | None]:
+        talk = Conversation([{"type": "http.request", "body": b""}])
+        sent: list[dict[str, Any]] = []
+
+        async def stuck(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if len(sent) > 2:
+                await asyncio.sleep(3600)  # the client's window is full: gunicorn's drain never ends
+
+        outcome = await asyncio.gather(
+            front(_scope("/reviews/export", method="GET"), talk.receive, stuck), return_exceptions=True
+        )
+        for _ in range(500):
+            if closed.is_set() and front.admission.in_use == 0:
+                break
+            await asyncio.sleep(0.01)
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert isinstance(outcome[0], TimeoutError)
     assert closed.is_set() and len(made) < 400 and front.admission.in_use == 0

@@ -22,9 +22,10 @@ from standardwebhooks.webhooks import Webhook
 
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings, parse_api_keys
+from nsfw.errors import ReviewQueueFull
 from nsfw.review import Reviewer
-from nsfw.review.queue import ReviewQueue
-from nsfw.review.store import make_engine, metadata, outbox, refs, reviews, upgrade
+from nsfw.review.queue import Candidate, ReviewQueue
+from nsfw.review.store import downgrade, make_engine, metadata, outbox, refs, reviews, upgrade
 from nsfw.review.webhooks import BACKOFF, Sender
 from tests.servers import PostgresServer
 from tests.support import FakeClassifier, ImageServer
@@ -667,14 +668,14 @@ def test_refs_belong_to_their_key_and_are_capped(
     settings: Settings, store_url: str, apps: list[Flask], image_server: ImageServer
 ) -> None:
     """Finding 9 of issue 22 (fails before it: any key could attach any number of refs to an item, the
-    webhook carried them as bare strings). Each ref keeps the key that sent it, at most
-    NSFW_REVIEW_MAX_REFS per item (the next is answered with review_refs_full), and the webhook
-    carries {"ref", "key"} objects."""
+    webhook carried them as bare strings). Each ref keeps the key that sent it, each key at most
+    NSFW_REVIEW_MAX_REFS on an item (the next is answered with review_refs_full), so one key cannot
+    crowd out another's, and the webhook carries {"ref", "key"} objects."""
     upgrade(store_url)
     receiver = Receiver(image_server, [])
     app = create_app(
         _settings(
-            settings, store_url, review_max_refs=3, review_webhook_url=receiver.url, review_webhook_secret=SECRET
+            settings, store_url, review_max_refs=2, review_webhook_url=receiver.url, review_webhook_secret=SECRET
         ),
         FakeClassifier(),
     )
@@ -683,14 +684,17 @@ def test_refs_belong_to_their_key_and_are_capped(
     image = _jpeg((77, 66, 55))
     ask = {"Content-Type": "image/jpeg"}
     review_id = _predict(client, image, "detail=true&ref=same")["review"]["id"]
-    client.post("/predict?detail=true&ref=same", data=image, headers={**ALICE, **ask})
-    client.post("/predict?detail=true&ref=mine", data=image, headers={**ALICE, **ask})
-    full = client.post("/predict?detail=true&ref=fourth", data=image, headers={**APP, **ask}).get_json()
+    _predict(client, image, "detail=true&ref=second")
+    full = _predict(client, image, "detail=true&ref=third")
     assert full["review"]["id"] == review_id and full["review"]["error"]["code"] == "review_refs_full"
     assert _predict(client, image, "detail=true&ref=same")["review"] == {"id": review_id, "status": "pending"}
+    for ref in ("same", "mine"):  # another key's room is its own
+        other = client.post(f"/predict?detail=true&ref={ref}", data=image, headers={**ALICE, **ask}).get_json()
+        assert other["review"] == {"id": review_id, "status": "pending"}
     item = client.get(f"/reviews/{review_id}", headers=ALICE).get_json()
     assert item["refs"] == [
         {"ref": "same", "key": "app"},
+        {"ref": "second", "key": "app"},
         {"ref": "same", "key": "alice"},
         {"ref": "mine", "key": "alice"},
     ]
@@ -884,3 +888,143 @@ def test_a_full_disk_is_survived_and_the_wal_given_back(settings: Settings, tmp_
     assert wal.stat().st_size == 0
     assert _predict(client, _jpeg((250, 1, 1), (640, 480)))["review"]["status"] == "pending"
     other_worker.close()
+
+
+def test_the_trust_migration_keeps_the_data_both_ways(store_url: str) -> None:
+    """0003 -> 0004 keeps items, refs (their key: the item's own), moderators and the outbox; 0004 ->
+    0003 keeps the refs too (found by the review of issue 22: on SQLite the downgrade rebuilt `reviews`
+    and the cascade took every ref)."""
+    upgrade(store_url, "0003")
+    engine = make_engine(store_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO reviews (id, created, kind, status, sha256, key_name, model, model_version, scores,"
+                " verdict, reason) VALUES ('rv_a', 1, 'unknown', 'pending', :sha, 'app', 'm', 'v', '{}',"
+                " 'unknown', 'r')"
+            ),
+            {"sha": "a" * 64},
+        )
+        connection.execute(
+            text("INSERT INTO review_refs (review_id, ref, added) VALUES ('rv_a', 'u1', 1), ('rv_a', 'u2', 2)")
+        )
+        connection.execute(text("INSERT INTO moderators (name, password_hash, created) VALUES ('alice', 'x', 1)"))
+    engine.dispose()
+    upgrade(store_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT key_name, ref FROM review_refs ORDER BY ref")).all() == [
+            ("app", "u1"),
+            ("app", "u2"),
+        ]
+        assert connection.execute(text("SELECT generation FROM moderators")).scalar() == "0"
+        assert connection.execute(text("SELECT pending_since FROM reviews")).scalar() == 1
+    engine.dispose()
+    downgrade(store_url, "0003")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT ref FROM review_refs ORDER BY ref")).scalars().all() == ["u1", "u2"]
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar() == 1
+    engine.dispose()
+
+
+def _candidate(sha256: str, key: str = "app", ref: str | None = "ref") -> Candidate:
+    return Candidate(sha256, "unknown", ref, key, None, "mobilenet_v2", "v", {"porn": 0.5}, "unknown", "r")
+
+
+def test_an_undone_decision_waits_its_whole_time_again(store_url: str) -> None:
+    """Found by the review of issue 22: an old item undone was expired within the hour, as expiry
+    counted from its first queueing; it counts from the undo."""
+    upgrade(store_url)
+    now = [1_000_000.0]
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, clock=lambda: now[0])
+    review_id = _enqueue(queue, "6" * 64)
+    now[0] += 29 * 86400
+    queue.decide(review_id, "alice", "adult")
+    now[0] += 2 * 86400
+    queue.revert(review_id, "bob")
+    now[0] += 60
+    assert queue.retain(retention_days=30, pending_days=30, audit_days=365)["expired"] == 0
+    assert queue.get(review_id)["status"] == "pending"
+    now[0] += 30 * 86400
+    assert queue.retain(retention_days=30, pending_days=30, audit_days=365)["expired"] == 1
+    queue.engine.dispose()
+
+
+def test_a_key_at_its_cap_learns_nothing_of_what_others_have_pending(store_url: str) -> None:
+    """Found by the review of issue 22: a key at its cap still joined another key's pending item, so
+    `pending` for those bytes and `review_queue_full` for new ones told it what others had sent."""
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, max_pending_per_key=1)
+    theirs = queue.enqueue(_candidate("7" * 64, key="alice"), lambda: {0: b"x"}).review_id
+    mine = queue.enqueue(_candidate("8" * 64), lambda: {0: b"x"}).review_id
+    with pytest.raises(ReviewQueueFull):
+        queue.enqueue(_candidate("7" * 64), lambda: {0: b"x"})  # alice's: the same answer as new bytes
+    with pytest.raises(ReviewQueueFull):
+        queue.enqueue(_candidate("9" * 64), lambda: {0: b"x"})
+    assert queue.enqueue(_candidate("8" * 64, ref="again"), lambda: {0: b"x"}).review_id == mine  # its own
+    assert queue.enqueue(_candidate("7" * 64, key="alice", ref="2"), lambda: {0: b"x"}).review_id == theirs
+    queue.engine.dispose()
+
+
+def test_the_caps_hold_under_racing_requests(store_url: str) -> None:
+    """Found by the review of issue 22 (on PostgreSQL 12 racing enqueues made 12 items with a cap of 3,
+    8 racing refs 7 with a cap of 3, and racing equal refs raised IntegrityError, answered as a store
+    failure). The cap is counted and written in one serialised transaction."""
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, max_pending_per_key=3, max_refs=3)
+    outcomes: list[str] = []
+
+    def race(calls: list[Callable[[], object]]) -> None:
+        start = threading.Barrier(len(calls))
+
+        def run(call: Callable[[], object]) -> None:
+            start.wait()
+            try:
+                result = call()
+                outcomes.append("kept" if getattr(result, "ref_kept", True) else "not kept")
+            except Exception as exc:  # noqa: BLE001 - the outcome is the point
+                outcomes.append(getattr(exc, "code", repr(exc)))
+
+        threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    race([lambda n=n: queue.enqueue(_candidate(f"{n:064x}"), lambda: {0: b"x"}) for n in range(12)])
+    assert sorted(outcomes) == ["kept"] * 3 + ["review_queue_full"] * 9
+    assert queue.depth()[0] == 3
+    outcomes.clear()
+    shared = "b" * 64
+    race([lambda n=n: queue.enqueue(_candidate(shared, key="bob", ref=f"r{n}"), lambda: {0: b"x"}) for n in range(8)])
+    (item,) = [item for item in queue.page("pending", 10, None)[0] if item["sha256"] == shared]
+    assert len(item["refs"]) == 3 and sorted(outcomes) == ["kept"] * 3 + ["not kept"] * 5
+    outcomes.clear()
+    race([lambda: queue.enqueue(_candidate(f"{1:064x}", key="alice", ref="same"), lambda: {0: b"x"})] * 8)
+    assert outcomes == ["kept"] * 8
+    queue.engine.dispose()
+
+
+def test_the_checkpoint_never_holds_the_writers_back(tmp_path: Path) -> None:
+    """Found by the review of issue 22 (fails before this: with a long read open, the minute's TRUNCATE
+    checkpoint waited the 5 s busy timeout, and every writer waited behind it). It does what it can
+    at once, and says whether it truncated."""
+    import sqlite3
+
+    from nsfw.review.store import checkpoint
+
+    url = f"sqlite:///{tmp_path / 'data' / 'nsfw.db'}"
+    upgrade(url)
+    queue = ReviewQueue(make_engine(url), lease=300, webhooks=False)
+    _enqueue(queue, "c" * 64)
+    reader = sqlite3.connect(tmp_path / "data" / "nsfw.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM reviews").fetchall()  # a long read, as an export's
+    _enqueue(queue, "d" * 64)
+    started = time.monotonic()
+    assert checkpoint(queue.engine) is False
+    assert time.monotonic() - started < 2.5  # it waited 5.0 s before
+    _enqueue(queue, "e" * 64)  # writers go on
+    reader.execute("COMMIT")
+    assert checkpoint(queue.engine) is True and (tmp_path / "data" / "nsfw.db-wal").stat().st_size == 0
+    reader.close()
+    queue.engine.dispose()

@@ -401,3 +401,42 @@ def test_a_closed_service_refuses_sign_ins_while_its_counter_store_fails(keyed) 
     page = client.get("/review/login").get_data(as_text=True)
     answer = client.post("/review/login", data={"username": "alice", "password": PASSWORD, "csrf_token": _token(page)})
     assert answer.status_code == 503 and "Retry-After" in answer.headers
+
+
+def test_many_guessing_addresses_cannot_lock_a_moderator_out(app: Flask) -> None:
+    """Found by the review of issue 22 (fails before this: 10 addresses guessing 10 times each reached the
+    per-name ceiling, and alice's right password from her own address got 429, for as long as they
+    kept on). The ceiling holds only against addresses that failed for her name."""
+    client = app.test_client()
+    for n in range(10):
+        assert [_sign_in_from(client, f"203.0.113.{n + 10}", "wrong password!") for _ in range(10)] == [401] * 10
+    assert _sign_in_from(client, "203.0.113.10", "wrong password!") == 429  # its own count
+    assert _sign_in_from(client, "203.0.113.99", "wrong password!") == 401  # a fresh address: one try...
+    assert _sign_in_from(client, "203.0.113.99", "wrong password!") == 429  # ...then the ceiling holds it
+    assert _sign_in_from(app.test_client(), "198.51.100.50") == 302  # alice, from her desk
+
+
+def test_an_ipv6_block_counts_as_one_address(app: Flask) -> None:
+    """Found by the review of issue 22: each address of one /64 had its own count."""
+    client = app.test_client()
+    statuses = [_sign_in_from(client, f"2001:db8::{n + 1:x}", "wrong password!") for n in range(11)]
+    assert statuses == [401] * 10 + [429]
+    assert _sign_in_from(app.test_client(), "2001:db8:0:1::1") == 302  # another /64
+
+
+def test_a_failing_store_is_a_page_that_says_so(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the review of issue 22: the pages had no handler for a failing store (a 500)."""
+    from sqlalchemy.exc import OperationalError
+
+    client = app.test_client()
+    assert _sign_in(client) == 302
+
+    def down(*_: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(moderators, "session_of", down)
+    page = client.get("/review")
+    assert page.status_code == 503 and page.headers["Retry-After"] == "5"
+    assert "not answering" in page.get_data(as_text=True)
+    api = client.get("/reviews")
+    assert api.status_code == 503 and api.get_json()["error"]["code"] == "review_store_unavailable"

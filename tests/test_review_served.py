@@ -159,3 +159,73 @@ def test_moderators_at_once_two_workers_and_a_slow_receiver_hear_each_decision_o
     _, body, _ = _call(server, "GET", "/reviews/webhooks?status=delivered", tokens[0])
     deliveries = json.loads(body)["deliveries"]
     assert len(deliveries) == 12 and {d["attempts"] for d in deliveries} == {1}
+
+
+def _freeze(data: Path, signal_number: int) -> None:
+    """SIGSTOP or SIGCONT every process of a PostgreSQL cluster (its postmaster and backends)."""
+    import os
+
+    postmaster = int((data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    for pid in pids:
+        os.kill(pid, signal_number)
+
+
+def test_a_frozen_postgresql_costs_a_prediction_a_bounded_wait(
+    start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer
+) -> None:
+    """Found by the review of issue 22 (fails before this: with PostgreSQL frozen, detailed predictions
+    hung for good, then filled the caller's admission slots, while /health said 200). Each store call
+    of the prediction path waits NSFW_REVIEW_STORE_TIMEOUT at most: the answers are 200 with
+    review.error, and the queue works again once the store thaws, without a restart."""
+    import concurrent.futures
+    import signal
+
+    from tests.servers import PostgresServer
+
+    server_pg = PostgresServer()
+    try:
+        env = {
+            "NSFW_REVIEW": "true",
+            "NSFW_DATABASE_URL": server_pg.database("frozen"),
+            "NSFW_API_KEYS": f"app:{APP},moderator:{MOD}:review",
+            "NSFW_SECRET_KEY": "s" * 40,
+            "NSFW_REVIEW_STORE_TIMEOUT": "2",
+        }
+        server = start_gunicorn(env)
+        strict = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
+        urls = [image_server.add_file(f"/f{n}.jpg", bombs.jpeg_flat(30 + n, 20)) for n in range(8)]
+        status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(urls[0])}&{strict}", APP)
+        assert status == 200 and json.loads(body)["review"]["status"] == "pending"
+        _freeze(server_pg.folder / "data", signal.SIGSTOP)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                answers = list(
+                    pool.map(
+                        lambda url: _call(server, "POST", f"/predict?url={urllib.parse.quote(url)}&{strict}", APP),
+                        urls[1:7],
+                    )
+                )
+            assert [status for status, _, _ in answers] == [200] * 6
+            assert {json.loads(body)["review"]["error"]["code"] for _, body, _ in answers} == {
+                "review_store_unavailable"
+            }
+            assert _call(server, "POST", f"/predict?url={urllib.parse.quote(urls[7])}", APP)[0] == 200
+            assert _call(server, "GET", "/health", APP)[0] == 200
+        finally:
+            _freeze(server_pg.folder / "data", signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while True:
+            status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(urls[7])}&{strict}", APP)
+            if status == 200 and json.loads(body)["review"].get("status") == "pending":
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.5)
+    finally:
+        server_pg.stop()

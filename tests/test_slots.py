@@ -49,15 +49,22 @@ def test_a_release_without_a_slot_is_a_bug() -> None:
         FairSlots(total=2, per_caller=3)
 
 
-def test_one_group_takes_only_part_of_a_callers_share_and_of_the_total() -> None:
-    """Finding 18 of issue 22: a caller's slow upstream host may hold only part of its slots."""
-    slots = FairSlots(total=8, per_caller=4, per_caller_group=2, per_group=3)
-    assert slots.try_acquire("a", group="slow") and slots.try_acquire("a", group="slow")
-    assert not slots.try_acquire("a", group="slow")  # a's share of that host is full...
-    assert slots.try_acquire("a", group="fast") and slots.try_acquire("a", group="other")  # ...its others flow
-    assert not slots.try_acquire("a", group="fast")  # a's whole share is full
-    assert slots.try_acquire("b", group="slow") and not slots.try_acquire("c", group="slow")  # the host's total
-    slots.release("a", group="slow")
-    assert slots.try_acquire("c", group="slow")
+def test_a_host_that_holds_no_slot_gets_a_spare_one() -> None:
+    """Finding 18 of issue 22: a caller's slow host may fill its share; the caller's other hosts get
+    a spare slot each (one at a time), and a caller of one host keeps its whole share."""
+    slots = FairSlots(total=8, per_caller=3, spare_per_caller=1, spare=2)
+    assert all(slots.try_acquire("a", group="slow") for _ in range(3))  # its whole share
+    assert not slots.try_acquire("a", group="slow")  # the slow host has had it
+    assert slots.try_acquire("a", group="fast")  # a host holding none: the spare slot
+    assert not slots.try_acquire("a", group="fast") and not slots.try_acquire("a", group="other")  # one spare
+    slots.release("a", group="fast")
+    assert slots.try_acquire("a", group="other")
+    # The worker's spares, the same way: a full worker still lets a host that holds none through.
+    assert all(slots.try_acquire(caller, group="slow") for caller in ("b", "b", "c", "c"))
+    assert slots.in_use == 8
+    assert not slots.try_acquire("d", group="slow")  # the slow host holds slots: no spare for it
+    assert slots.try_acquire("d", group="cdn") and slots.try_acquire("e", group="img")
+    assert not slots.try_acquire("f", group="new")  # the worker's spares are used up
+    assert not slots.try_acquire("g")  # without a group, no spare ever
     with pytest.raises(RuntimeError):
         slots.release("a", group="never")

@@ -238,3 +238,47 @@ def test_marks_owed_stop_a_sender_from_taking_more(
     sender._unmarked["msg_unknown"] = time.time()  # a mark owed for a message no longer pending
     assert sender.deliver_due() == 2 and not sender._unmarked
     queue.engine.dispose()
+
+
+def test_an_items_messages_arrive_in_the_order_they_were_written(
+    settings: Settings,
+    store_url: str,  # noqa: F811
+    image_server: ImageServer,
+) -> None:
+    """Found by the review of issue 22 (fails before this: each message had its own backoff, so with
+    the receiver down a while it heard review.reverted before review.decided, and kept an undone
+    decision). A message waits while an earlier one of its item is pending."""
+    import json
+
+    upgrade(store_url)
+    now = [time.time()]
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=True, clock=lambda: now[0])
+    receiver = Receiver(image_server, [0])  # down at the first attempt
+    sender = _sender(queue, settings, receiver.url, lambda: now[0])
+    (review_id,) = _decided(queue, 1)
+    assert sender.deliver_due() == 1  # the decision: the receiver is down, retried in 5 s
+    now[0] += 3
+    queue.revert(review_id, "bob")
+    assert sender.deliver_due() == 0  # the undo waits for the decision
+    now[0] += 5
+    assert sender.deliver_due() == 2
+    assert [json.loads(body)["type"] for _, body, _ in receiver.received] == ["review.decided", "review.reverted"]
+    queue.engine.dispose()
+
+
+def test_a_pass_leaves_time_for_the_other_duties(
+    settings: Settings,
+    store_url: str,  # noqa: F811
+    image_server: ImageServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow receiver holds one maintenance pass at most PASS_SECONDS (it held 20 deliveries' worth)."""
+    monkeypatch.setattr(webhooks, "PASS_SECONDS", 0.5)
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=True)
+    receiver = SlowReceiver(image_server, delay=0.3)
+    _decided(queue, 6)
+    (sender, _) = _two_workers(store_url, settings, receiver.url, timeout=2.0)
+    assert sender.deliver_due() == 2  # taken at 0 s and 0.3 s; none after 0.5 s
+    sender.engine.dispose()
+    queue.engine.dispose()

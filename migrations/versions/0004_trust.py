@@ -21,6 +21,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("frame_count", sa.Integer))
         batch.add_column(sa.Column("frames", sa.Text))
         batch.add_column(sa.Column("chosen_frame", sa.Integer))
+        batch.add_column(sa.Column("pending_since", sa.Float))
+    op.execute("UPDATE reviews SET pending_since = created WHERE status = 'pending'")
     op.create_index("reviews_key_status", "reviews", ["key_name", "status"])
 
     # The refs' key is part of their primary key: a new table, the old refs copied over (their key is
@@ -39,6 +41,11 @@ def upgrade() -> None:
     )
     op.drop_table("review_refs")
     op.rename_table("review_refs_new", "review_refs")
+    if op.get_bind().dialect.name == "postgresql":  # the constraints keep the table's name
+        op.execute("ALTER TABLE review_refs RENAME CONSTRAINT review_refs_new_pkey TO review_refs_pkey")
+        op.execute(
+            "ALTER TABLE review_refs RENAME CONSTRAINT review_refs_new_review_id_fkey TO review_refs_review_id_fkey"
+        )
 
     op.create_table(
         "review_frames",
@@ -52,16 +59,18 @@ def upgrade() -> None:
     op.create_index("review_audit_at", "review_audit", ["at"])
     with op.batch_alter_table("webhook_outbox") as batch:
         batch.add_column(sa.Column("lease_token", sa.String(32)))
+    op.create_index("webhook_outbox_review", "webhook_outbox", ["review_id"])
     with op.batch_alter_table("moderators") as batch:
         # "0" on every existing row, which no session carries: every session made before is ended.
         batch.add_column(sa.Column("generation", sa.String(32), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("moderators") as batch:
-        batch.drop_column("generation")
-    with op.batch_alter_table("webhook_outbox") as batch:
-        batch.drop_column("lease_token")
+    # Columns go by ALTER TABLE ... DROP COLUMN (SQLite 3.35+), never by rebuilding a table: on SQLite
+    # a rebuilt `reviews` would take every ref with it (ON DELETE CASCADE, foreign keys on).
+    op.execute("ALTER TABLE moderators DROP COLUMN generation")
+    op.drop_index("webhook_outbox_review", "webhook_outbox")
+    op.execute("ALTER TABLE webhook_outbox DROP COLUMN lease_token")
     op.drop_index("review_audit_at", "review_audit")
     op.drop_index("review_audit_review", "review_audit")
     op.drop_table("review_frames")
@@ -78,8 +87,11 @@ def downgrade() -> None:
     )
     op.drop_table("review_refs")
     op.rename_table("review_refs_old", "review_refs")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE review_refs RENAME CONSTRAINT review_refs_old_pkey TO review_refs_pkey")
+        op.execute(
+            "ALTER TABLE review_refs RENAME CONSTRAINT review_refs_old_review_id_fkey TO review_refs_review_id_fkey"
+        )
     op.drop_index("reviews_key_status", "reviews")
-    with op.batch_alter_table("reviews") as batch:
-        batch.drop_column("chosen_frame")
-        batch.drop_column("frames")
-        batch.drop_column("frame_count")
+    for column in ("pending_since", "chosen_frame", "frames", "frame_count"):
+        op.execute(f"ALTER TABLE reviews DROP COLUMN {column}")

@@ -15,13 +15,16 @@ app as signed webhooks, and are remembered as verdicts for the same bytes.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,17 +41,62 @@ from nsfw.review.webhooks import Sender
 from nsfw.service import Prediction, PredictionService, ReviewContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# NSFW_REVIEW_STORE_TIMEOUT's default: above SQLite's busy timeout, which a write may wait under load.
+DEFAULT_STORE_SECONDS = 6.0
+
+
+class StoreGate:
+    """The prediction path's bound on the store: each call runs on one of `threads` threads of its own
+    and is waited for `timeout` seconds at most, the wait for a free thread included; past it (a store
+    that hangs: PostgreSQL frozen, a lock never granted), ReviewStoreFailed. Threads stuck on a hung
+    store stay stuck, so a hung store costs at most `threads` threads and each later call its timeout.
+    A call given up on may still finish later (an item queued after its answer said it was not: it is
+    then reviewed as any other)."""
+
+    def __init__(self, timeout: float, threads: int = 8) -> None:
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="review-store")
+        self._free = threading.BoundedSemaphore(threads)
+
+    def run(self, call: Callable[[], T]) -> T:
+        started = time.monotonic()
+        if not self._free.acquire(timeout=self.timeout):
+            metrics.REVIEW_STORE_ERRORS.labels("timeout").inc()
+            raise ReviewStoreFailed("every store call of this worker is still waiting for the store")
+        try:
+            future = self._pool.submit(contextvars.copy_context().run, call)
+        except BaseException:
+            self._free.release()
+            raise
+        future.add_done_callback(lambda _: self._free.release())
+        try:
+            return future.result(max(0.0, self.timeout - (time.monotonic() - started)))
+        except FutureTimeout:
+            metrics.REVIEW_STORE_ERRORS.labels("timeout").inc()
+            raise ReviewStoreFailed(f"the store did not answer in {self.timeout} s") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Reviewer:
     """service.ReviewHook: what the queue makes of a decided, detailed prediction. Every failure of
     its own (the store, a full queue, the pictures: the model busy, the deadline) becomes the answer's
-    `review.error`; the prediction stands and answers 200."""
+    `review.error`; the prediction stands and answers 200, within NSFW_REVIEW_STORE_TIMEOUT of the
+    store's time whatever the store does (StoreGate)."""
 
-    def __init__(self, queue: ReviewQueue, audit_rate: float, sample: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        queue: ReviewQueue,
+        audit_rate: float,
+        sample: Callable[[], float] = random.random,
+        gate: StoreGate | None = None,
+    ) -> None:
         self.queue = queue
         self.audit_rate = audit_rate
         self.sample = sample
+        self.gate = gate or StoreGate(DEFAULT_STORE_SECONDS)
 
     def __call__(
         self, prediction: Prediction, body: IO[bytes], context: ReviewContext, pictures: Pictures
@@ -75,7 +123,7 @@ class Reviewer:
     ) -> Prediction:
         assert prediction.verdict is not None
         sha256 = sha256_of(body)
-        decision = self.queue.remembered(sha256, context.key_name)
+        decision = self.gate.run(lambda: self.queue.remembered(sha256, context.key_name))
         if decision is not None:
             metrics.REVIEW_REMEMBERED.inc()
             review: dict[str, Any] = {"status": "decided"}
@@ -106,7 +154,7 @@ class Reviewer:
             ],
             chosen_frame=prediction.frame_indices[prediction.chosen],
         )
-        queued = self.queue.enqueue(candidate, pictures)
+        queued = self.queue.enqueue(candidate, pictures, self.gate.run)
         metrics.REVIEW_QUEUED.labels(kind).inc()
         review = {"id": queued.review_id, "status": "pending"} | ({"kind": "audit"} if kind == "audit" else {})
         if not queued.ref_kept:
@@ -134,8 +182,11 @@ class Maintenance:
     CHECKPOINT_EVERY = 60.0
     RETAIN_EVERY = 3600.0
 
-    def __init__(self, queue: ReviewQueue, sender: Sender | None, retention: Retention) -> None:
+    def __init__(
+        self, queue: ReviewQueue, sender: Sender | None, retention: Retention, gate: StoreGate | None = None
+    ) -> None:
         self.queue = queue
+        self.gate = gate
         self.sender = sender
         self.retention = retention
         self.stop = threading.Event()
@@ -153,6 +204,10 @@ class Maintenance:
         self.wake.set()
         if self.thread is not None:
             self.thread.join(15)
+        if self.sender is not None:
+            self.sender.flush()
+        if self.gate is not None:
+            self.gate.close()
         self.queue.engine.dispose()
 
     def refresh_gauges(self) -> None:
@@ -226,7 +281,8 @@ def install(app: Flask, settings: Settings, service: PredictionService, *, backg
         max_pending_per_key=settings.review_max_pending_per_key,
         max_refs=settings.review_max_refs,
     )
-    service.review_hook = Reviewer(queue, settings.review_audit_rate)
+    gate = StoreGate(settings.review_store_timeout)
+    service.review_hook = Reviewer(queue, settings.review_audit_rate, gate=gate)
     sender = None
     if settings.review_webhook_url:
         sender = Sender(
@@ -237,7 +293,7 @@ def install(app: Flask, settings: Settings, service: PredictionService, *, backg
             timeout=settings.review_webhook_timeout,
         )
     retention = Retention(settings.review_retention_days, settings.review_pending_days, settings.review_audit_days)
-    maintenance = Maintenance(queue, sender, retention)
+    maintenance = Maintenance(queue, sender, retention, gate)
     app.extensions["nsfw.review"] = maintenance
     app.register_blueprint(views.bp)
     pages.install(app, settings)

@@ -282,6 +282,14 @@ def _headers(response: Response) -> Response:
     return response
 
 
+@bp.errorhandler(SQLAlchemyError)
+def _store_failed(exc: SQLAlchemyError) -> Any:
+    """A failing store is a page that says so (503, Retry-After), never a 500; logged and counted."""
+    metrics.REVIEW_STORE_ERRORS.labels("pages").inc()
+    log.warning("%s %s -> 503: the review store failed: %s", request.method, request.path, str(exc)[:300])
+    return _message("The review store is not answering; try again in a moment.", 503, {"Retry-After": "5"})
+
+
 def _csrf_failed(error: CSRFError) -> Any:
     if request.path.startswith("/reviews"):
         refused = errors.Forbidden(f"CSRF: {error.description}")

@@ -11,25 +11,27 @@ sends it). Once decided, the image's sha256 is remembered: the same bytes asked 
 human's label as their verdict.
 
 What one predict key may do to the queue is bounded: at most NSFW_REVIEW_MAX_PENDING_PER_KEY pending
-items of its own, each item at most NSFW_REVIEW_MAX_REFS refs in all, every ref stored with the key
-that sent it (a client app tells its own refs apart in the webhook), and a remembered decision names
-no moderator to a predict key, nor an item that key had no part in.
+items of its own, at most NSFW_REVIEW_MAX_REFS refs of its own on an item (so it cannot crowd out
+another key's), every ref stored with the key that sent it (a client app tells its own refs apart in
+the webhook), and a remembered decision names no moderator to a predict key, nor an item that key had
+no part in.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import io
 import json
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from nsfw.errors import (
@@ -101,6 +103,13 @@ class Queued:
 # The pictures of an item: each classified frame's JPEG by its index in the animation (one entry for a
 # still image), made only when a new item is made; None when they cannot be made.
 Pictures = Callable[[], Mapping[int, bytes] | None]
+T = TypeVar("T")
+# How a store call is run: at once, or within a deadline (the prediction path's StoreGate).
+Runner = Callable[[Callable[[], T]], T]
+
+
+def _now(call: Callable[[], T]) -> T:
+    return call()
 
 
 def iso(seconds: float | None) -> str | None:
@@ -166,66 +175,110 @@ class ReviewQueue:
             return None
         return Decision(row.label, row.decided, row.id if row.involved else None)
 
-    def enqueue(self, candidate: Candidate, pictures: Pictures) -> Queued:
-        """The pending item for these bytes: the one already pending (the ref joins it, while the item
-        has room for refs), or a new one with its pictures (made only then), while the key has fewer
-        than max_pending_per_key pending items of its own (ReviewQueueFull otherwise)."""
+    def enqueue(self, candidate: Candidate, pictures: Pictures, run: Runner = _now) -> Queued:
+        """The pending item for these bytes: the one already pending (the ref joins it, while the key
+        has room for refs there), or a new one with its pictures (made only then, outside any
+        transaction). A key with max_pending_per_key pending items of its own makes no new item and
+        joins none it had no part in (ReviewQueueFull, the same answer for both: whether another key
+        has these bytes pending is not told). The cap and the refs are checked and written in one
+        transaction each, which SQLite serialises (BEGIN IMMEDIATE) and PostgreSQL by a lock on the
+        item's row, or on the key (an advisory lock). Each transaction goes through `run` (the
+        prediction path's bound on a store that does not answer); the pictures are made between them,
+        in no transaction."""
         now = self.clock()
         for _ in range(3):  # a concurrent enqueue of the same bytes may win the unique index once
-            with self.engine.begin() as connection:
-                found = connection.execute(
-                    select(reviews.c.id).where(reviews.c.sha256 == candidate.sha256, reviews.c.status == "pending")
-                ).first()
-                if found is not None:
-                    kept = self._add_ref(connection, found.id, candidate.key_name, candidate.ref, now)
-                    return Queued(str(found.id), kept)
-                if self.max_pending_per_key:
-                    mine = connection.execute(
-                        select(func.count()).where(
-                            reviews.c.key_name == candidate.key_name, reviews.c.status == "pending"
-                        )
-                    ).scalar_one()
-                    if mine >= self.max_pending_per_key:
-                        raise ReviewQueueFull(f"{candidate.key_name} has {mine} pending items")
+            joined = run(lambda: self._join(candidate, now))
+            if joined is not None:
+                return joined
             made = pictures() or {}
-            review_id = _new_id("rv")
             try:
-                with self.engine.begin() as connection:
-                    connection.execute(
-                        insert(reviews).values(
-                            id=review_id,
-                            created=now,
-                            kind=candidate.kind,
-                            status="pending",
-                            sha256=candidate.sha256,
-                            key_name=candidate.key_name,
-                            source_url=without_query(candidate.source_url),
-                            model=candidate.model,
-                            model_version=candidate.model_version,
-                            scores=json.dumps(dict(candidate.scores)),
-                            verdict=candidate.verdict,
-                            reason=candidate.reason,
-                            thumbnail=made.get(candidate.chosen_frame, next(iter(made.values()), None)),
-                            frame_count=candidate.frame_count,
-                            frames=json.dumps(list(candidate.frames)) if len(candidate.frames) > 1 else None,
-                            chosen_frame=candidate.chosen_frame,
-                        )
-                    )
-                    if len(candidate.frames) > 1:
-                        strip = [
-                            {"review_id": review_id, "position": n, "frame_index": index, "thumbnail": made[index]}
-                            for n, index in enumerate(sorted(made))
-                        ]
-                        if strip:
-                            connection.execute(insert(frames), strip)
-                    self._add_ref(connection, review_id, candidate.key_name, candidate.ref, now)
-                return Queued(review_id)
+                return run(lambda: self._insert(candidate, made, now))  # noqa: B023 - called at once
             except IntegrityError:
                 continue  # the other enqueue's item exists now: join it
         raise RuntimeError(f"could not enqueue {candidate.sha256}")
 
+    def _join(self, candidate: Candidate, now: float) -> Queued | None:
+        """The pending item for these bytes, with the ref added; None when there is none (and the key
+        has room for a new one)."""
+        with self.engine.begin() as connection:
+            found = connection.execute(
+                select(reviews.c.id, reviews.c.key_name)
+                .where(reviews.c.sha256 == candidate.sha256, reviews.c.status == "pending")
+                .with_for_update()
+            ).first()
+            if found is not None:
+                if found.key_name != candidate.key_name and not self._has_refs(connection, found.id, candidate):
+                    self._check_room(connection, candidate.key_name)
+                kept = self._add_ref(connection, found.id, candidate.key_name, candidate.ref, now)
+                return Queued(str(found.id), kept)
+            self._check_room(connection, candidate.key_name)
+        return None
+
+    def _insert(self, candidate: Candidate, made: Mapping[int, bytes], now: float) -> Queued:
+        review_id = _new_id("rv")
+        with self.engine.begin() as connection:
+            self._lock_key(connection, candidate.key_name)
+            self._check_room(connection, candidate.key_name)  # again, now that no one else can add
+            connection.execute(
+                insert(reviews).values(
+                    id=review_id,
+                    created=now,
+                    pending_since=now,
+                    kind=candidate.kind,
+                    status="pending",
+                    sha256=candidate.sha256,
+                    key_name=candidate.key_name,
+                    source_url=without_query(candidate.source_url),
+                    model=candidate.model,
+                    model_version=candidate.model_version,
+                    scores=json.dumps(dict(candidate.scores)),
+                    verdict=candidate.verdict,
+                    reason=candidate.reason,
+                    thumbnail=made.get(candidate.chosen_frame, next(iter(made.values()), None)),
+                    frame_count=candidate.frame_count,
+                    frames=json.dumps(list(candidate.frames)) if len(candidate.frames) > 1 else None,
+                    chosen_frame=candidate.chosen_frame,
+                )
+            )
+            if len(candidate.frames) > 1:
+                strip = [
+                    {"review_id": review_id, "position": n, "frame_index": index, "thumbnail": made[index]}
+                    for n, index in enumerate(sorted(made))
+                ]
+                if strip:
+                    connection.execute(insert(frames), strip)
+            self._add_ref(connection, review_id, candidate.key_name, candidate.ref, now)
+        return Queued(review_id)
+
+    def _check_room(self, connection: Any, key_name: str) -> None:
+        if not self.max_pending_per_key:
+            return
+        mine = connection.execute(
+            select(func.count()).where(reviews.c.key_name == key_name, reviews.c.status == "pending")
+        ).scalar_one()
+        if mine >= self.max_pending_per_key:
+            raise ReviewQueueFull(f"{key_name} has {mine} pending items")
+
+    @staticmethod
+    def _lock_key(connection: Any, key_name: str) -> None:
+        """PostgreSQL: one new item of a key at a time (its cap is counted and written in turn)."""
+        if connection.dialect.name == "postgresql":
+            lock = int.from_bytes(hashlib.sha256(f"nsfw-key:{key_name}".encode()).digest()[:8], "big", signed=True)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+
+    @staticmethod
+    def _has_refs(connection: Any, review_id: str, candidate: Candidate) -> bool:
+        return (
+            connection.execute(
+                select(refs.c.ref).where(refs.c.review_id == review_id, refs.c.key_name == candidate.key_name).limit(1)
+            ).first()
+            is not None
+        )
+
     def _add_ref(self, connection: Any, review_id: str, key_name: str, ref: str | None, now: float) -> bool:
-        """Attach (key, ref) to the item; False when the item already has max_refs refs (not kept)."""
+        """Attach (key, ref) to the item; False when this key already has max_refs refs on it (not
+        kept: each key has its own room, so one key cannot crowd out another's refs). Called with the
+        item's row locked (or SQLite's write lock held)."""
         if ref is None:
             return True
         known = connection.execute(
@@ -233,7 +286,9 @@ class ReviewQueue:
         ).first()
         if known is not None:
             return True
-        count = connection.execute(select(func.count()).where(refs.c.review_id == review_id)).scalar_one()
+        count = connection.execute(
+            select(func.count()).where(refs.c.review_id == review_id, refs.c.key_name == key_name)
+        ).scalar_one()
         if count >= self.max_refs:
             return False
         connection.execute(insert(refs).values(review_id=review_id, key_name=key_name, ref=ref, added=now))
@@ -358,6 +413,7 @@ class ReviewQueue:
                     .where(reviews.c.id == review_id, reviews.c.status == "decided")
                     .values(
                         status="pending",
+                        pending_since=now,  # its wait for a human starts again
                         label=None,
                         decided=None,
                         decided_by=None,
@@ -494,10 +550,11 @@ class ReviewQueue:
         closed_before = now - retention_days * 86400
         if pending_days:
             with self.engine.begin() as connection:
+                since = func.coalesce(reviews.c.pending_since, reviews.c.created)
                 stale = connection.execute(
                     select(reviews.c.id)
-                    .where(reviews.c.status == "pending", reviews.c.created < now - pending_days * 86400)
-                    .order_by(reviews.c.created)
+                    .where(reviews.c.status == "pending", since < now - pending_days * 86400)
+                    .order_by(since)
                     .limit(batch)
                 ).scalars()
                 for review_id in list(stale):
@@ -604,6 +661,9 @@ class ReviewQueue:
     @staticmethod
     def _outbox(connection: Any, now: float, event_type: str, item: dict[str, Any]) -> None:
         message_id = _new_id("msg")
+        # An item's messages are sent in this order: after its last one, even on a clock that stood still.
+        last = connection.execute(select(func.max(outbox.c.created)).where(outbox.c.review_id == item["id"])).scalar()
+        created = now if last is None or now > last else last + 1e-6
         data = {name: item[name] for name in ("id", "status", "refs", "label", "decided_by", "decided", "scores")}
         data |= {
             "model": item["model"],
@@ -623,7 +683,7 @@ class ReviewQueue:
                 status="pending",
                 attempts=0,
                 next_at=now,
-                created=now,
+                created=created,
             )
         )
 

@@ -77,6 +77,8 @@ reviews = Table(
     Column("frame_count", Integer),
     Column("frames", Text),
     Column("chosen_frame", Integer),
+    # Since when the item waits for a human: queued, or undone (expiry counts from here, not `created`).
+    Column("pending_since", Float),
     Index("reviews_sha256", "sha256"),
     Index("reviews_key_status", "key_name", "status"),
     Index("reviews_status_created", "status", "created"),
@@ -141,6 +143,7 @@ outbox = Table(
     Column("created", Float, nullable=False),
     Column("delivered", Float),
     Index("webhook_outbox_due", "status", "next_at"),
+    Index("webhook_outbox_review", "review_id"),
 )
 
 
@@ -185,8 +188,25 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    """The process's engine for url; SQLite's folder is made when missing."""
+# PostgreSQL, serving: a store that does not answer costs a bounded wait, never a thread for good.
+# libpq: 3 s to connect; TCP keepalives and a 10 s user timeout for a peer gone from the network;
+# the server ends a statement past 15 s and a transaction left idle past 60 s (an export whose
+# client stopped reading); the pool waits 5 s for a free connection (SQLAlchemy's default: 30 s).
+_PG_CONNECT = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+_PG_SERVING = "-c statement_timeout=15000 -c idle_in_transaction_session_timeout=60000"
+POOL_TIMEOUT = 5.0
+
+
+def make_engine(url: str, *, serving: bool = True) -> Engine:
+    """The process's engine for url; SQLite's folder is made when missing. `serving` (not for
+    migrations, which may take their time): PostgreSQL's statement and idle-transaction timeouts."""
     if url.startswith("sqlite"):
         path = Path(url.split(":///", 1)[1])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +214,10 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect: dict[str, Any] = dict(_PG_CONNECT) | ({"options": _PG_SERVING} if serving else {})
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=POOL_TIMEOUT, connect_args=connect
+    )
 
 
 def reading(engine: Engine) -> Connection:
@@ -202,16 +225,21 @@ def reading(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READ: True})
 
 
-def checkpoint(engine: Engine) -> None:
-    """SQLite: move the WAL into the database and truncate it (a no-op elsewhere). A reader in the
-    middle of a long read keeps the part it reads; the next checkpoint takes the rest."""
+def checkpoint(engine: Engine) -> bool:
+    """SQLite: move the WAL into the database and truncate it; False when a reader or a writer is in
+    the way (the next checkpoint does it). It never waits: a TRUNCATE checkpoint that waits holds every
+    writer off meanwhile (5 s behind a long read, every minute). A no-op elsewhere."""
     if engine.dialect.name != "sqlite":
-        return
+        return True
     raw = engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+    db = raw.driver_connection
     try:
-        raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # type: ignore[union-attr]
+        db.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()  # type: ignore[union-attr]
     finally:
+        db.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")  # type: ignore[union-attr]
         raw.close()
+    return not busy
 
 
 def _alembic_config(url: str) -> Any:
@@ -230,16 +258,25 @@ _MIGRATION_LOCK = 0x6E736677
 def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the store to revision (Alembic), one process at a time: SQLite's BEGIN IMMEDIATE and
     a PostgreSQL advisory lock serialise concurrent starts."""
+    _migrate(url, revision, down=False)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the store back to revision (an operator's way back from a release; tested)."""
+    _migrate(url, revision, down=True)
+
+
+def _migrate(url: str, revision: str, *, down: bool) -> None:
     from alembic import command
 
-    engine = make_engine(url)
+    engine = make_engine(url, serving=False)
     try:
         with engine.begin() as connection:
             if engine.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config = _alembic_config(url)
             config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+            (command.downgrade if down else command.upgrade)(config, revision)
     finally:
         engine.dispose()
 

@@ -11,6 +11,8 @@ message just rescheduled is not sent again at once. It POSTs through the same gu
 downloads (the URL is checked like any other; the delivery timeout bounds the whole attempt, reads
 included), then:
 
+- one item's messages go out in the order they were written: a message waits while an earlier one
+  of its item is pending (retried), so a receiver never hears an undo before the decision;
 - on a 2xx, marks the row delivered; if the store fails at that moment, the mark is kept in memory
   and tried again at every pass, well within the lease, so a store outage shorter than the lease
   sends nothing twice;
@@ -35,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, and_, exists, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from standardwebhooks.webhooks import Webhook
 
@@ -52,6 +54,9 @@ BACKOFF = (5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800)
 # failed at that moment to come back.
 LEASE_SECONDS = 60.0
 BATCH = 20
+# A pass takes no new message after this long, so that the maintenance thread's other duties (the
+# gauges, the WAL checkpoint, retention) are not held up by a slow receiver.
+PASS_SECONDS = 5.0
 
 Post = Callable[[str, bytes, Mapping[str, str], float], int]
 
@@ -101,11 +106,12 @@ class Sender:
 
     def deliver_due(self) -> int:
         """One pass: the marks owed from earlier passes, then the due messages, one at a time (at most
-        BATCH); how many this sender attempted. A store failure ends the pass (it is tried again at
-        the next one)."""
+        BATCH, for PASS_SECONDS at most); how many this sender attempted. A store failure ends the pass
+        (it is tried again at the next one)."""
         self._mark_owed()
         attempted = 0
-        while attempted < BATCH and not self._unmarked:
+        ends = time.monotonic() + PASS_SECONDS
+        while attempted < BATCH and not self._unmarked and time.monotonic() < ends:
             taken = self._take()
             if taken is None:
                 break
@@ -114,10 +120,21 @@ class Sender:
         return attempted
 
     def _due(self, now: float) -> Any:
+        """Pending, due, unleased, and the first of its item's pending messages: an item's messages
+        go out in the order they were written (a review.reverted never before its review.decided)."""
+        earlier = outbox.alias("earlier")
         return (
             (outbox.c.status == "pending")
             & (outbox.c.next_at <= now)
             & or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now)
+            & ~exists().where(
+                earlier.c.review_id == outbox.c.review_id,
+                earlier.c.status == "pending",
+                or_(
+                    earlier.c.created < outbox.c.created,
+                    and_(earlier.c.created == outbox.c.created, earlier.c.id < outbox.c.id),
+                ),
+            )
         )
 
     def _take(self) -> tuple[Any, str] | None:
@@ -170,6 +187,14 @@ class Sender:
             log.warning("webhook %s: the lease ran out during the attempt; another sender has it", row.id)
         metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
         log.warning("webhook %s (%s) attempt %d -> %s: %s", row.id, row.event, attempts, outcome, error)
+
+    def flush(self) -> None:
+        """At a worker's exit: make the owed marks if the store answers (else they are lost with the
+        worker, and those messages are sent again once their leases run out)."""
+        try:
+            self._mark_owed()
+        except SQLAlchemyError:
+            log.warning("webhooks: %d delivered marks could not be made before exit", len(self._unmarked))
 
     def _mark_owed(self) -> None:
         """Mark delivered what the receivers took; what the store refuses stays owed (raised after)."""

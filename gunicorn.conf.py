@@ -127,6 +127,16 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def worker_exit(server: Any, worker: Any) -> None:
+    """A worker's review queue ends cleanly: its maintenance thread stops, the webhooks it delivered
+    but could not mark yet are marked (else they are sent again once their leases run out), and its
+    store connections close."""
+    app = getattr(worker, "wsgi", None)
+    review = app.extensions.get("nsfw.review") if app is not None and hasattr(app, "extensions") else None
+    if review is not None:
+        review.close()
+
+
 def post_worker_init(worker: Any) -> None:
     """Refuse to serve when an admitted request could find no thread, or one caller could hold them all."""
     settings = worker.wsgi.extensions["nsfw"].settings

@@ -206,18 +206,16 @@ class Front:
                 await send({"type": "http.response.body", "body": payload})
                 return
             status, headers, payload = started
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": payload, "more_body": True})
+            # A client that stops reading ends the answer (and the app's work, its store read among
+            # it) instead of holding them for good: every send of a stream has a deadline.
+            await _sending(send, {"type": "http.response.start", "status": status, "headers": headers})
+            await _sending(send, {"type": "http.response.body", "body": payload, "more_body": True})
             while (chunk := await stream.chunks.get()) is not None:
                 stream.room.release()
-                # A client that stops reading ends the answer (and the app's work, its store read
-                # among it) instead of holding them for good.
-                await asyncio.wait_for(
-                    send({"type": "http.response.body", "body": chunk, "more_body": True}), STREAM_SEND_SECONDS
-                )
+                await _sending(send, {"type": "http.response.body", "body": chunk, "more_body": True})
             if stream.failed:  # no last chunk: the client sees a cut answer, never a short one that looks whole
                 raise RuntimeError("the app failed in the middle of a streamed answer")
-            await send({"type": "http.response.body", "body": b""})
+            await _sending(send, {"type": "http.response.body", "body": b""})
         finally:
             stream.abandoned = True  # a thread still streaming stops at its next chunk
 
@@ -346,6 +344,16 @@ class _Stream:
                     return False
                 return True
         return False
+
+
+async def _sending(send: Send, message: Message) -> None:
+    """One message of a streamed answer, within STREAM_SEND_SECONDS; past them the client is taken
+    for gone (gunicorn closes the connection, as for a client that left, without an error's log)."""
+    try:
+        await asyncio.wait_for(send(message), STREAM_SEND_SECONDS)
+    except TimeoutError:
+        log.info("front: the client read nothing of the answer for %.0f s; cut off", STREAM_SEND_SECONDS)
+        raise asyncio.CancelledError from None
 
 
 def _call_wsgi(

@@ -419,3 +419,49 @@ def test_two_masters_on_one_host_each_keep_their_control_socket(
         )
         assert done.returncode == 0, done.stderr
         assert {worker["pid"] for worker in json.loads(done.stdout)["workers"]} == server.workers()
+
+
+_WORKER_EXIT = """
+import os, runpy, time, types
+from nsfw import create_app
+from nsfw.config import Settings
+from nsfw.review.queue import ReviewQueue
+from nsfw.review.store import make_engine, upgrade
+from tests.support import FakeClassifier
+from tests.test_review import _enqueue
+settings = Settings.from_env(os.environ)
+upgrade(settings.database)
+app = create_app(settings, FakeClassifier())
+review = app.extensions["nsfw.review"]
+review_id = _enqueue(review.queue, "a" * 64)
+review.queue.decide(review_id, "alice", "adult")
+(delivery,) = review.queue.deliveries()
+review.sender._unmarked[delivery["id"]] = time.time()  # delivered; the store refused the mark then
+runpy.run_path("gunicorn.conf.py")["worker_exit"](None, types.SimpleNamespace(wsgi=app))
+after = ReviewQueue(make_engine(settings.database), lease=1, webhooks=True)
+print(after.deliveries()[0]["status"], review.thread.is_alive())
+"""
+
+
+def test_a_worker_that_exits_marks_what_it_delivered(tmp_path: Path) -> None:
+    """Found by the second review of issue 22: the marks a worker owed (delivered, the store refused the
+    mark) were never made at its exit, as nothing called the review queue's close."""
+    from tests.servers import free_port
+
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "NSFW_REVIEW": "true",
+        "NSFW_DATA_DIR": str(tmp_path),
+        "NSFW_API_KEYS": f"mod:{'m' * 43}:review",
+        "NSFW_SECRET_KEY": "s" * 40,
+        "NSFW_REVIEW_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",  # refused: never delivered by itself
+        "NSFW_REVIEW_WEBHOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
+        "NSFW_ALLOWED_PORTS": f"80,443,{port}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER_EXIT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["delivered", "False"]

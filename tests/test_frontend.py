@@ -356,5 +356,59 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off(front: Front, monkeypat
         return outcome
 
     outcome = asyncio.run(scenario())
-    assert isinstance(outcome[0], TimeoutError)
+    assert isinstance(outcome[0], asyncio.CancelledError)  # gunicorn closes it as a client that left
+    assert closed.is_set() and len(made) < 400 and front.admission.in_use == 0
+
+
+@pytest.mark.parametrize("stalled_at", [1, 2])
+def test_a_client_that_reads_nothing_of_a_stream_is_cut_off_too(
+    front: Front, monkeypatch: pytest.MonkeyPatch, stalled_at: int
+) -> None:
+    """Found by the second review of issue 22: the status line and the first payload of a stream were
+    sent with no deadline, so a client that read nothing at all held the app (and its store read)."""
+    import threading
+
+    from nsfw import frontend
+
+    monkeypatch.setattr(frontend, "STREAM_SEND_SECONDS", 0.2)
+    gate, made = threading.Event(), []
+    gate.set()
+    closed = threading.Event()
+    inner = _streaming_app(400, gate, made)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        body = inner(environ, start_response)
+
+        class Closing:
+            def __iter__(self) -> Iterator[bytes]:
+                return body
+
+            def close(self) -> None:
+                body.close()
+                closed.set()
+
+        return Closing()
+
+    front.app = app
+
+    async def scenario() -> list[BaseException | None]:
+        talk = Conversation([{"type": "http.request", "body": b""}])
+        sent: list[dict[str, Any]] = []
+
+        async def stuck(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if len(sent) >= stalled_at:
+                await asyncio.sleep(3600)
+
+        outcome = await asyncio.gather(
+            front(_scope("/reviews/export", method="GET"), talk.receive, stuck), return_exceptions=True
+        )
+        for _ in range(500):
+            if closed.is_set() and front.admission.in_use == 0:
+                break
+            await asyncio.sleep(0.01)
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert isinstance(outcome[0], asyncio.CancelledError)
     assert closed.is_set() and len(made) < 400 and front.admission.in_use == 0

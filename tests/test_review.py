@@ -1028,3 +1028,85 @@ def test_the_checkpoint_never_holds_the_writers_back(tmp_path: Path) -> None:
     assert checkpoint(queue.engine) is True and (tmp_path / "data" / "nsfw.db-wal").stat().st_size == 0
     reader.close()
     queue.engine.dispose()
+
+
+@pytest.mark.parametrize("others_have_it", [False, True])
+def test_what_a_key_is_answered_never_depends_on_what_others_have_pending(store_url: str, others_have_it: bool) -> None:
+    """Found by the second review of issue 22: joining another key's item cost no room, so a key one
+    below its cap could tell, by its next answer, whether another key had the bytes pending. A join
+    costs the room a new item would, ref or no ref."""
+    upgrade(store_url)
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, max_pending_per_key=2)
+    if others_have_it:
+        queue.enqueue(_candidate("e" * 64, key="bob"), lambda: {0: b"x"})
+    queue.enqueue(_candidate("f" * 64, ref=None), lambda: {0: b"x"})
+    queue.enqueue(_candidate("e" * 64, ref=None), lambda: {0: b"x"})  # made, or joined: the same to it
+    with pytest.raises(ReviewQueueFull):
+        queue.enqueue(_candidate("1" * 64, ref=None), lambda: {0: b"x"})
+    item = [i for i in queue.page("pending", 10, None)[0] if i["sha256"] == "e" * 64][0]
+    assert item["refs"] == ([{"ref": "ref", "key": "bob"}] if others_have_it else [])  # the join is not shown
+    queue.engine.dispose()
+
+
+def test_postgresql_serving_timeouts_keep_the_urls_own_options(postgres_server: PostgresServer) -> None:
+    """Serving connections get a statement and an idle-transaction timeout per transaction (SET LOCAL),
+    leaving a URL's own `options` alone (found by the second review of issue 22: the startup options
+    replaced them, and poolers refuse them)."""
+    url = postgres_server.database("timeouts") + "?options=-c%20search_path%3Dpublic,pg_catalog"
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            shown = [connection.execute(text(f"SHOW {name}")).scalar() for name in ("search_path", "statement_timeout")]
+            assert shown == ["public,pg_catalog", "15s"]
+            assert connection.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "1min"
+    finally:
+        engine.dispose()
+    migrating = make_engine(url, serving=False)
+    try:
+        with migrating.connect() as connection:
+            assert connection.execute(text("SHOW statement_timeout")).scalar() == "0"
+    finally:
+        migrating.dispose()
+
+
+def test_the_store_gate_bounds_waits_starts_nothing_late_and_stops_asking_a_hung_store() -> None:
+    """The prediction path's bound on the store (nsfw/review StoreGate; found by the reviews of issue
+    22): a call waits its timeout at most, a call whose time ran out waiting for a thread is never
+    started, and after BREAKER_FAILURES timeouts the store is not asked for a while."""
+    from nsfw.errors import ReviewStoreFailed
+    from nsfw.review import StoreGate
+
+    gate = StoreGate(timeout=0.2, threads=1)
+    hung, started = threading.Event(), []
+
+    def stuck() -> None:
+        started.append("stuck")
+        hung.wait(10)
+
+    with pytest.raises(ReviewStoreFailed, match="did not answer"):
+        gate.run(stuck)
+    with pytest.raises(ReviewStoreFailed, match="still waiting"):
+        gate.run(lambda: started.append("late"))  # the one thread is stuck: never started
+    with pytest.raises(ReviewStoreFailed, match="still waiting"):
+        gate.run(lambda: started.append("late"))
+    with pytest.raises(ReviewStoreFailed, match="not asked"):
+        gate.run(lambda: started.append("late"))  # the breaker: at once
+    hung.set()
+    assert started == ["stuck"]
+    gate.breaker.succeeded()
+    assert gate.run(lambda: 42) == 42
+    gate.close()
+
+
+def test_the_oldest_pending_gauge_counts_from_the_undo(store_url: str) -> None:
+    upgrade(store_url)
+    now = [1_000_000.0]
+    queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, clock=lambda: now[0])
+    review_id = _enqueue(queue, "9" * 64)
+    now[0] += 29 * 86400
+    queue.decide(review_id, "alice", "safe")
+    now[0] += 2 * 86400
+    queue.revert(review_id, "bob")
+    now[0] += 60
+    assert queue.depth() == (1, 60.0)
+    queue.engine.dispose()

@@ -440,3 +440,12 @@ def test_a_failing_store_is_a_page_that_says_so(app: Flask, monkeypatch: pytest.
     assert "not answering" in page.get_data(as_text=True)
     api = client.get("/reviews")
     assert api.status_code == 503 and api.get_json()["error"]["code"] == "review_store_unavailable"
+
+
+def test_an_ipv4_client_on_a_dual_stack_socket_counts_as_itself() -> None:
+    """Found by the second review of issue 22: every ::ffff:a.b.c.d address counted as ::/64, one address."""
+    from nsfw.review.signin import _prefix
+
+    assert _prefix("::ffff:198.51.100.7") == "198.51.100.7" != _prefix("::ffff:203.0.113.9")
+    assert _prefix("2001:db8::1") == _prefix("2001:db8::ffff") == "2001:db8::/64"
+    assert _prefix("198.51.100.7") == "198.51.100.7" and _prefix("unix-socket") == "unix-socket"

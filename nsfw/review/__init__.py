@@ -30,6 +30,7 @@ from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import metrics
+from nsfw.breaker import Breaker
 from nsfw.cache import sha256_of
 from nsfw.config import ConfigError, Settings
 from nsfw.errors import NsfwError, ReviewProblem, ReviewRefsFull, ReviewStoreFailed
@@ -49,21 +50,34 @@ DEFAULT_STORE_SECONDS = 6.0
 class StoreGate:
     """The prediction path's bound on the store: each call runs on one of `threads` threads of its own
     and is waited for `timeout` seconds at most, the wait for a free thread included; past it (a store
-    that hangs: PostgreSQL frozen, a lock never granted), ReviewStoreFailed. Threads stuck on a hung
-    store stay stuck, so a hung store costs at most `threads` threads and each later call its timeout.
-    A call given up on may still finish later (an item queued after its answer said it was not: it is
-    then reviewed as any other)."""
+    that hangs: PostgreSQL frozen, a lock never granted), ReviewStoreFailed. A call is not started
+    when its time is up before a thread is free. Threads stuck on a hung store stay stuck, so a hung
+    store costs at most `threads` threads; and after BREAKER_FAILURES timeouts in a row the store is
+    not asked for BREAKER_SECONDS (then once), so a detailed prediction is answered at once meanwhile
+    instead of holding its admission slot for the timeout. A call given up on may still finish
+    later (an item queued after its answer said it was not: it is then reviewed as any other)."""
+
+    BREAKER_FAILURES = 3
+    BREAKER_SECONDS = 5.0
 
     def __init__(self, timeout: float, threads: int = 8) -> None:
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="review-store")
         self._free = threading.BoundedSemaphore(threads)
+        self.breaker = Breaker(self.BREAKER_FAILURES, self.BREAKER_SECONDS)
 
     def run(self, call: Callable[[], T]) -> T:
-        started = time.monotonic()
+        if not self.breaker.allow():
+            raise ReviewStoreFailed("the store timed out repeatedly; not asked for a few seconds")
+        ends = time.monotonic() + self.timeout
         if not self._free.acquire(timeout=self.timeout):
-            metrics.REVIEW_STORE_ERRORS.labels("timeout").inc()
+            self._timed_out()
             raise ReviewStoreFailed("every store call of this worker is still waiting for the store")
+        left = ends - time.monotonic()
+        if left <= 0:
+            self._free.release()
+            self._timed_out()
+            raise ReviewStoreFailed("no time left for the store")
         try:
             future = self._pool.submit(contextvars.copy_context().run, call)
         except BaseException:
@@ -71,10 +85,16 @@ class StoreGate:
             raise
         future.add_done_callback(lambda _: self._free.release())
         try:
-            return future.result(max(0.0, self.timeout - (time.monotonic() - started)))
+            result = future.result(left)
         except FutureTimeout:
-            metrics.REVIEW_STORE_ERRORS.labels("timeout").inc()
+            self._timed_out()
             raise ReviewStoreFailed(f"the store did not answer in {self.timeout} s") from None
+        self.breaker.succeeded()
+        return result
+
+    def _timed_out(self) -> None:
+        metrics.REVIEW_STORE_ERRORS.labels("timeout").inc()
+        self.breaker.failed()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -47,6 +47,8 @@ from nsfw.model.specs import MODELS
 from nsfw.review.store import audit, frames, outbox, reading, refs, reviews
 
 LABELS = ("adult", "safe")
+# The ref that records a key's part in an item it joined without a ref of its own (never shown).
+JOINED = ""
 EVENT_DECIDED = "review.decided"
 EVENT_REVERTED = "review.reverted"
 EVENT_DELETED = "review.deleted"
@@ -207,7 +209,9 @@ class ReviewQueue:
                 .with_for_update()
             ).first()
             if found is not None:
-                if found.key_name != candidate.key_name and not self._has_refs(connection, found.id, candidate):
+                if found.key_name != candidate.key_name and not self._has_refs(
+                    connection, found.id, candidate.key_name
+                ):
                     self._check_room(connection, candidate.key_name)
                 kept = self._add_ref(connection, found.id, candidate.key_name, candidate.ref, now)
                 return Queued(str(found.id), kept)
@@ -251,13 +255,18 @@ class ReviewQueue:
         return Queued(review_id)
 
     def _check_room(self, connection: Any, key_name: str) -> None:
+        """ReviewQueueFull when the key has a part in max_pending_per_key pending items: made by it, or
+        joined (a ref, or the empty one that records a join without one). A join costs the room a new
+        item would, so what a key is answered never depends on what others have pending."""
         if not self.max_pending_per_key:
             return
-        mine = connection.execute(
-            select(func.count()).where(reviews.c.key_name == key_name, reviews.c.status == "pending")
-        ).scalar_one()
+        involved = or_(
+            reviews.c.key_name == key_name,
+            exists().where(refs.c.review_id == reviews.c.id, refs.c.key_name == key_name),
+        )
+        mine = connection.execute(select(func.count()).where(reviews.c.status == "pending", involved)).scalar_one()
         if mine >= self.max_pending_per_key:
-            raise ReviewQueueFull(f"{key_name} has {mine} pending items")
+            raise ReviewQueueFull(f"{key_name} has a part in {mine} pending items")
 
     @staticmethod
     def _lock_key(connection: Any, key_name: str) -> None:
@@ -267,29 +276,39 @@ class ReviewQueue:
             connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
 
     @staticmethod
-    def _has_refs(connection: Any, review_id: str, candidate: Candidate) -> bool:
+    def _has_refs(connection: Any, review_id: str, key_name: str) -> bool:
+        """Whether the key has any ref on the item, JOINED included."""
         return (
             connection.execute(
-                select(refs.c.ref).where(refs.c.review_id == review_id, refs.c.key_name == candidate.key_name).limit(1)
+                select(refs.c.ref).where(refs.c.review_id == review_id, refs.c.key_name == key_name).limit(1)
             ).first()
             is not None
         )
 
     def _add_ref(self, connection: Any, review_id: str, key_name: str, ref: str | None, now: float) -> bool:
         """Attach (key, ref) to the item; False when this key already has max_refs refs on it (not
-        kept: each key has its own room, so one key cannot crowd out another's refs). Called with the
+        kept: each key has its own room, so one key cannot crowd out another's refs). Without a ref,
+        a key that joins an item it did not make gets the empty ref, JOINED, which records its part
+        (its room, and the item's id in a remembered decision) and is never shown. Called with the
         item's row locked (or SQLite's write lock held)."""
         if ref is None:
-            return True
+            if (
+                self._has_refs(connection, review_id, key_name)
+                or connection.execute(
+                    select(reviews.c.id).where(reviews.c.id == review_id, reviews.c.key_name == key_name)
+                ).first()
+            ):
+                return True
+            ref = JOINED
         known = connection.execute(
             select(refs.c.ref).where(refs.c.review_id == review_id, refs.c.key_name == key_name, refs.c.ref == ref)
         ).first()
         if known is not None:
             return True
         count = connection.execute(
-            select(func.count()).where(refs.c.review_id == review_id, refs.c.key_name == key_name)
+            select(func.count()).where(refs.c.review_id == review_id, refs.c.key_name == key_name, refs.c.ref != JOINED)
         ).scalar_one()
-        if count >= self.max_refs:
+        if ref != JOINED and count >= self.max_refs:
             return False
         connection.execute(insert(refs).values(review_id=review_id, key_name=key_name, ref=ref, added=now))
         return True
@@ -489,7 +508,7 @@ class ReviewQueue:
         )
         query = (
             select(*columns)
-            .select_from(reviews.outerjoin(refs, refs.c.review_id == reviews.c.id))
+            .select_from(reviews.outerjoin(refs, and_(refs.c.review_id == reviews.c.id, refs.c.ref != JOINED)))
             .where(reviews.c.status == "decided")
             .order_by(reviews.c.decided, reviews.c.id, refs.c.added, refs.c.key_name, refs.c.ref)
         )
@@ -610,10 +629,12 @@ class ReviewQueue:
         return self.retain(retention_days=retention_days, pending_days=0, audit_days=36500)["thumbnails"]
 
     def depth(self) -> tuple[int, float | None]:
-        """Pending items, and the age in seconds of the oldest."""
+        """Pending items, and how long, in seconds, the longest waiting has waited (since it was queued,
+        or undone)."""
+        since = func.coalesce(reviews.c.pending_since, reviews.c.created)
         with reading(self.engine) as connection:
             count, oldest = connection.execute(
-                select(func.count(), func.min(reviews.c.created)).where(reviews.c.status == "pending")
+                select(func.count(), func.min(since)).where(reviews.c.status == "pending")
             ).one()
         return int(count), (self.clock() - oldest) if oldest is not None else None
 
@@ -694,7 +715,7 @@ class ReviewQueue:
         if ids:
             found = connection.execute(
                 select(refs.c.review_id, refs.c.ref, refs.c.key_name)
-                .where(refs.c.review_id.in_(ids))
+                .where(refs.c.review_id.in_(ids), refs.c.ref != JOINED)
                 .order_by(refs.c.added, refs.c.key_name, refs.c.ref)
             )
             for ref in found:

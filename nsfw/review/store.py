@@ -188,10 +188,13 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
-# PostgreSQL, serving: a store that does not answer costs a bounded wait, never a thread for good.
-# libpq: 3 s to connect; TCP keepalives and a 10 s user timeout for a peer gone from the network;
-# the server ends a statement past 15 s and a transaction left idle past 60 s (an export whose
-# client stopped reading); the pool waits 5 s for a free connection (SQLAlchemy's default: 30 s).
+# PostgreSQL, serving: a store that does not answer costs a bounded wait where the client can bound
+# it. libpq: 3 s to connect; TCP keepalives and a 10 s user timeout for a peer gone from the network;
+# the pool waits 5 s for a free connection (SQLAlchemy's default: 30 s). The server ends a statement
+# past 15 s and a transaction left idle past 60 s (an export whose client stopped reading): set per
+# transaction (SET LOCAL), not as the startup `options`, which would replace a URL's own `options`
+# and which poolers such as PgBouncer, in front of managed databases, refuse. A server that is frozen
+# (its kernel still answering) is bounded on the prediction path alone (nsfw/review StoreGate).
 _PG_CONNECT = {
     "connect_timeout": 3,
     "keepalives": 1,
@@ -200,8 +203,18 @@ _PG_CONNECT = {
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
 }
-_PG_SERVING = "-c statement_timeout=15000 -c idle_in_transaction_session_timeout=60000"
+_PG_SERVING = "SET LOCAL statement_timeout = 15000; SET LOCAL idle_in_transaction_session_timeout = 60000"
 POOL_TIMEOUT = 5.0
+
+
+def _pg_begin(connection: Connection) -> None:
+    # On a plain cursor of the driver's, whatever the connection's options: a streamed read's
+    # server-side cursor cannot DECLARE a SET.
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(_PG_SERVING)
+    finally:
+        cursor.close()
 
 
 def make_engine(url: str, *, serving: bool = True) -> Engine:
@@ -214,10 +227,12 @@ def make_engine(url: str, *, serving: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    connect: dict[str, Any] = dict(_PG_CONNECT) | ({"options": _PG_SERVING} if serving else {})
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=POOL_TIMEOUT, connect_args=connect
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=POOL_TIMEOUT, connect_args=_PG_CONNECT
     )
+    if serving:
+        event.listen(engine, "begin", _pg_begin)
+    return engine
 
 
 def reading(engine: Engine) -> Connection:

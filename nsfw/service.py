@@ -226,7 +226,7 @@ class PredictionService:
         self.review_hook: ReviewHook | None = None
         # The result cache (NSFW_CACHE_SIZE, NSFW_REDIS_URL); None when off.
         self.cache: ResultCache | None = None
-        # Downloads in progress by URL, for the requests that ask for the same URL meanwhile.
+        # Downloads in progress by tenant and URL, for the requests of that tenant for the URL meanwhile.
         self._flights: dict[tuple[str, str], _Flight] = {}
         self._flights_lock = threading.Lock()
 

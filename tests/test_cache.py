@@ -304,7 +304,8 @@ def test_a_hung_redis_never_starves_the_model(settings: Settings) -> None:
 
     with SilentServer() as silent:
         fake = FakeClassifier()
-        app = create_app(replace(settings, cache_size=64, redis_url=silent.uri, compute_wait=2.0), fake)
+        # 1 s for the model: 8 images' SETs under the lock (0.25 s each) took more before.
+        app = create_app(replace(settings, cache_size=64, redis_url=silent.uri, compute_wait=1.0), fake)
         skipped = REGISTRY.get_sample_value("nsfw_cache_errors_total", {"operation": "skipped"}) or 0
         opened = REGISTRY.get_sample_value("nsfw_cache_breaker_opened_total") or 0
         start = threading.Barrier(8)

@@ -865,7 +865,7 @@ def test_a_full_disk_is_survived_and_the_wal_given_back(settings: Settings, tmp_
     client = app.test_client()
     maintenance = app.extensions["nsfw.review"]
     engine = maintenance.queue.engine
-    for n in range(40):  # a WAL of a few MB
+    for n in range(60):  # a WAL of a few MB
         _predict(client, _jpeg((n * 6, 255 - n * 6, n), (640, 480)))
     wal = tmp_path / "data" / "nsfw.db-wal"
     assert wal.stat().st_size > 1024 * 1024

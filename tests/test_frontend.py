@@ -234,6 +234,25 @@ def _streaming_app(chunks: int, gate: Any, made: list[int]) -> Any:
     return app
 
 
+def _closing(inner: Any, closed: Any) -> Any:
+    """inner, whose answer's iterable sets `closed` when the front closes it."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        body = inner(environ, start_response)
+
+        class Closing:
+            def __iter__(self) -> Iterator[bytes]:
+                return body
+
+            def close(self) -> None:
+                body.close()
+                closed.set()
+
+        return Closing()
+
+    return app
+
+
 def test_a_long_answer_is_streamed_not_joined(front: Front) -> None:
     """Finding 15 of issue 22 (fails before it: the front joined every answer whole, so an export of
     50,000 items sat in the worker's memory twice). Past STREAM_AFTER bytes the answer goes out as
@@ -269,22 +288,7 @@ def test_a_client_that_leaves_mid_stream_stops_the_app(front: Front) -> None:
     gate, made = threading.Event(), []
     gate.set()
     closed = threading.Event()
-    inner = _streaming_app(400, gate, made)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        body = inner(environ, start_response)
-
-        class Closing:
-            def __iter__(self) -> Iterator[bytes]:
-                return body
-
-            def close(self) -> None:
-                body.close()
-                closed.set()
-
-        return Closing()
-
-    front.app = app
+    front.app = _closing(_streaming_app(400, gate, made), closed)
 
     async def scenario() -> None:
         talk = Conversation([{"type": "http.request", "body": b""}])
@@ -320,22 +324,7 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off(front: Front, monkeypat
     gate, made = threading.Event(), []
     gate.set()
     closed = threading.Event()
-    inner = _streaming_app(400, gate, made)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        body = inner(environ, start_response)
-
-        class Closing:
-            def __iter__(self) -> Iterator[bytes]:
-                return body
-
-            def close(self) -> None:
-                body.close()
-                closed.set()
-
-        return Closing()
-
-    front.app = app
+    front.app = _closing(_streaming_app(400, gate, made), closed)
 
     async def scenario() -> list[BaseException | None]:
         talk = Conversation([{"type": "http.request", "body": b""}])
@@ -374,22 +363,7 @@ def test_a_client_that_reads_nothing_of_a_stream_is_cut_off_too(
     gate, made = threading.Event(), []
     gate.set()
     closed = threading.Event()
-    inner = _streaming_app(400, gate, made)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        body = inner(environ, start_response)
-
-        class Closing:
-            def __iter__(self) -> Iterator[bytes]:
-                return body
-
-            def close(self) -> None:
-                body.close()
-                closed.set()
-
-        return Closing()
-
-    front.app = app
+    front.app = _closing(_streaming_app(400, gate, made), closed)
 
     async def scenario() -> list[BaseException | None]:
         talk = Conversation([{"type": "http.request", "body": b""}])

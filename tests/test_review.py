@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import threading
 import time
@@ -876,17 +877,20 @@ def test_a_full_disk_is_survived_and_the_wal_given_back(settings: Settings, tmp_
     room = {"pages": 1}
 
     def cap(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.execute("SELECT count(*) FROM reviews").fetchall()  # the file's size as it is now
         dbapi_connection.execute(f"PRAGMA max_page_count={room['pages']}")
 
     event.listen(engine, "connect", cap)
     engine.dispose()  # every new connection sees a full disk
-    full = _predict(client, _jpeg((250, 1, 1), (640, 480)))
-    assert full["verdict"]["label"] == "unknown" and full["review"]["error"]["code"] == "review_store_unavailable"
+    noise = io.BytesIO()  # an item whose pictures need new pages, whatever room the file has left
+    Image.frombytes("RGB", (640, 480), random.Random(7).randbytes(640 * 480 * 3)).save(noise, "JPEG")
+    full = _predict(client, noise.getvalue())
+    assert full["verdict"]["label"] == "unknown" and full["review"]["error"]["code"] == "review_store_unavailable", full
     room["pages"] = 1 << 30
     engine.dispose()
     maintenance.checkpoint()  # the maintenance thread's duty, every CHECKPOINT_EVERY seconds
     assert wal.stat().st_size == 0
-    assert _predict(client, _jpeg((250, 1, 1), (640, 480)))["review"]["status"] == "pending"
+    assert _predict(client, noise.getvalue())["review"]["status"] == "pending"
     other_worker.close()
 
 

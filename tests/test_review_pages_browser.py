@@ -14,15 +14,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from axe_selenium_python import Axe
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
 
 from scripts import hostile_images as bombs
@@ -99,7 +100,26 @@ def _sign_in(driver: WebDriver, base: str, name: str, password: str) -> None:
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.NAME, "username").send_keys(name)
     driver.find_element(By.NAME, "password").send_keys(password + Keys.ENTER)
-    WebDriverWait(driver, 10).until(staleness_of(page))  # the answer to the form has loaded
+    WebDriverWait(driver, 10).until(_gone(page))  # the answer to the form has loaded
+
+
+def _gone(element: Any) -> Callable[[WebDriver], bool]:
+    """Selenium's staleness_of, also for ChromeDriver 156's other way of saying that a node left the
+    page while it was asked about it ("unknown error: ... does not belong to the document"; seen once
+    in CI), which staleness_of raises instead of taking as an answer."""
+
+    def check(_: WebDriver) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return check
 
 
 _OPEN_ITEM = "const e = document.querySelector('.item.current[data-claimed]'); return e && e.dataset.reviewId;"

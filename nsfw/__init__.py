@@ -59,7 +59,7 @@ def create_app(
         app,
         settings.rate_limit,
         settings.instance_dir,
-        settings.rate_limit_storage or settings.redis_url,
+        settings.limits_redis,
         settings.rate_limit_on_error,
     )
     app.register_blueprint(bp)

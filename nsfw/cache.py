@@ -136,11 +136,6 @@ class ResultCache:
         raw = entry.to_json()
         self._ask("set", lambda redis: redis.set(PREFIX + cache_key, raw, ex=self.ttl or None))
 
-    def put(self, cache_key: str, entry: Entry) -> None:
-        """Both layers."""
-        self.remember(cache_key, entry)
-        self.share(cache_key, entry)
-
     def _ask(self, operation: str, call: Callable[[Any], Any]) -> Any:
         """call(redis), or None when there is no Redis, the breaker skips it, or it fails."""
         if self._redis is None:

@@ -315,6 +315,12 @@ class Settings:
         return replace(cls(), **values).validate()
 
     @property
+    def limits_redis(self) -> str:
+        """The Redis the rate limits and the sign-in limits count in (NSFW_RATE_LIMIT_STORAGE, else
+        NSFW_REDIS_URL); empty: the instance's SQLite file."""
+        return self.rate_limit_storage or self.redis_url
+
+    @property
     def forwards_a_list(self) -> bool:
         """Whether NSFW_CLIENT_ADDRESS_HEADER is a list each proxy appends to (X-Forwarded-For), read
         from the right; any other header holds one address, the one its trusted proxy set."""

@@ -346,7 +346,7 @@ def test_thumbnails_go_after_retention_and_the_memory_stays(store_url: str) -> N
     decided, waiting = _enqueue(queue, "c" * 64), _enqueue(queue, "d" * 64)
     queue.decide(decided, "alice", "adult")
     now[0] += 31 * 86400
-    assert queue.prune(30) == 1
+    assert queue.retain(retention_days=30, pending_days=0, audit_days=36500)["thumbnails"] == 1
     assert queue.thumbnail(decided) is None and queue.thumbnail(waiting) is not None
     assert queue.remembered("c" * 64) is not None and queue.get(decided)["label"] == "adult"
     queue.engine.dispose()

@@ -43,8 +43,6 @@ from nsfw.service import Prediction, PredictionService, ReviewContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# NSFW_REVIEW_STORE_TIMEOUT's default: above SQLite's busy timeout, which a write may wait under load.
-DEFAULT_STORE_SECONDS = 6.0
 
 
 class StoreGate:
@@ -107,16 +105,12 @@ class Reviewer:
     store's time whatever the store does (StoreGate)."""
 
     def __init__(
-        self,
-        queue: ReviewQueue,
-        audit_rate: float,
-        sample: Callable[[], float] = random.random,
-        gate: StoreGate | None = None,
+        self, queue: ReviewQueue, audit_rate: float, gate: StoreGate, sample: Callable[[], float] = random.random
     ) -> None:
         self.queue = queue
         self.audit_rate = audit_rate
+        self.gate = gate
         self.sample = sample
-        self.gate = gate or StoreGate(DEFAULT_STORE_SECONDS)
 
     def __call__(
         self, prediction: Prediction, body: IO[bytes], context: ReviewContext, pictures: Pictures
@@ -202,9 +196,7 @@ class Maintenance:
     CHECKPOINT_EVERY = 60.0
     RETAIN_EVERY = 3600.0
 
-    def __init__(
-        self, queue: ReviewQueue, sender: Sender | None, retention: Retention, gate: StoreGate | None = None
-    ) -> None:
+    def __init__(self, queue: ReviewQueue, sender: Sender | None, retention: Retention, gate: StoreGate) -> None:
         self.queue = queue
         self.gate = gate
         self.sender = sender
@@ -226,8 +218,7 @@ class Maintenance:
             self.thread.join(15)
         if self.sender is not None:
             self.sender.flush()
-        if self.gate is not None:
-            self.gate.close()
+        self.gate.close()
         self.queue.engine.dispose()
 
     def refresh_gauges(self) -> None:

@@ -17,7 +17,7 @@ table speak for all traffic. The page says how many of each it learned from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nsfw.model.specs import MODELS
@@ -42,7 +42,9 @@ class Insights:
     suggestion: Row | None
 
 
-def adult_score(model: str, scores: dict[str, float]) -> float:
+def adult_score(model: str, scores: Mapping[str, float]) -> float:
+    """The sum of the model's adult classes (GantMan's when the catalogue does not know the model):
+    what a verdict compares with its threshold."""
     spec = MODELS.get(model)
     classes = spec.adult_classes if spec else ("hentai", "porn", "sexy")
     return sum(scores.get(name, 0.0) for name in classes)

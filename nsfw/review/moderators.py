@@ -68,13 +68,6 @@ def end_sessions(engine: Engine, name: str) -> None:
         connection.execute(update(moderators).where(moderators.c.name == name).values(generation=_new_generation()))
 
 
-def generation(engine: Engine, name: str) -> str | None:
-    """The moderator's session generation; None when there is no such moderator."""
-    with engine.connect() as connection:
-        row = connection.execute(select(moderators.c.generation).where(moderators.c.name == name)).first()
-    return None if row is None else str(row.generation)
-
-
 def remove(engine: Engine, name: str) -> bool:
     with engine.begin() as connection:
         return bool(connection.execute(delete(moderators).where(moderators.c.name == name)).rowcount)

@@ -43,7 +43,7 @@ from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import access, errors, metrics
-from nsfw.config import REDIS_SCHEMES, Settings
+from nsfw.config import Settings
 from nsfw.limitstore import storage_uri
 from nsfw.review import insights as teach
 from nsfw.review import moderators
@@ -122,11 +122,11 @@ def _guard() -> SignInGuard:
 def _make_guard(settings: Settings) -> SignInGuard:
     """The worker's one sign-in guard, made at install (made lazily, concurrent first sign-ins each
     made their own, and with it their own bound on the checks at once)."""
-    configured = settings.rate_limit_storage or settings.redis_url
-    uri = storage_uri(configured, settings.instance_dir)
-    redis = configured.split("://", 1)[0] in REDIS_SCHEMES
+    redis = settings.limits_redis
     return SignInGuard(
-        uri, access.redis_options() if redis else {}, fail_closed=settings.rate_limit_on_error == "closed"
+        storage_uri(redis, settings.instance_dir),
+        access.redis_options() if redis else {},
+        fail_closed=settings.rate_limit_on_error == "closed",
     )
 
 
@@ -216,7 +216,7 @@ def undo(review_id: str) -> Any:
     csrf.protect()
     item = _queue().get(review_id)
     if item["status"] != "decided" or _decided_at(item) <= time.time() - UNDO_SECONDS:
-        return render_template("review/message.html", message="That decision can no longer be undone."), 409
+        return _message("That decision can no longer be undone.", 409)
     _queue().revert(review_id, str(moderator()))
     current_app.extensions["nsfw.review"].wake.set()
     return redirect(url_for("review_pages.queue"))
@@ -294,7 +294,7 @@ def _csrf_failed(error: CSRFError) -> Any:
     if request.path.startswith("/reviews"):
         refused = errors.Forbidden(f"CSRF: {error.description}")
         return {"error": {"code": refused.code, "message": "The CSRF token is missing or wrong."}}, 403
-    return render_template("review/message.html", message="The form expired; go back and try again."), 400
+    return _message("The form expired; go back and try again.", 400)
 
 
 def session_moderator() -> str | None:

@@ -44,6 +44,7 @@ from nsfw.errors import (
     ReviewQueueFull,
 )
 from nsfw.model.specs import MODELS
+from nsfw.review.insights import adult_score
 from nsfw.review.store import audit, frames, outbox, reading, refs, reviews
 
 LABELS = ("adult", "safe")
@@ -161,12 +162,8 @@ class ReviewQueue:
     def remembered(self, sha256: str, key_name: str = "-") -> Decision | None:
         """The latest human decision on these bytes, if any; its item's id only for a key that created
         the item or sent a ref to it."""
-        involved = or_(
-            reviews.c.key_name == key_name,
-            exists().where(refs.c.review_id == reviews.c.id, refs.c.key_name == key_name),
-        )
         query = (
-            select(reviews.c.id, reviews.c.label, reviews.c.decided, involved.label("involved"))
+            select(reviews.c.id, reviews.c.label, reviews.c.decided, _involving(key_name).label("involved"))
             .where(reviews.c.sha256 == sha256, reviews.c.status == "decided")
             .order_by(reviews.c.decided.desc())
             .limit(1)
@@ -209,11 +206,12 @@ class ReviewQueue:
                 .with_for_update()
             ).first()
             if found is not None:
-                if found.key_name != candidate.key_name and not self._has_refs(
+                involved = found.key_name == candidate.key_name or self._has_refs(
                     connection, found.id, candidate.key_name
-                ):
+                )
+                if not involved:
                     self._check_room(connection, candidate.key_name)
-                kept = self._add_ref(connection, found.id, candidate.key_name, candidate.ref, now)
+                kept = self._add_ref(connection, found.id, candidate.key_name, candidate.ref, now, involved=involved)
                 return Queued(str(found.id), kept)
             self._check_room(connection, candidate.key_name)
         return None
@@ -251,7 +249,7 @@ class ReviewQueue:
                 ]
                 if strip:
                     connection.execute(insert(frames), strip)
-            self._add_ref(connection, review_id, candidate.key_name, candidate.ref, now)
+            self._add_ref(connection, review_id, candidate.key_name, candidate.ref, now, involved=True)
         return Queued(review_id)
 
     def _check_room(self, connection: Any, key_name: str) -> None:
@@ -260,11 +258,9 @@ class ReviewQueue:
         item would, so what a key is answered never depends on what others have pending."""
         if not self.max_pending_per_key:
             return
-        involved = or_(
-            reviews.c.key_name == key_name,
-            exists().where(refs.c.review_id == reviews.c.id, refs.c.key_name == key_name),
-        )
-        mine = connection.execute(select(func.count()).where(reviews.c.status == "pending", involved)).scalar_one()
+        mine = connection.execute(
+            select(func.count()).where(reviews.c.status == "pending", _involving(key_name))
+        ).scalar_one()
         if mine >= self.max_pending_per_key:
             raise ReviewQueueFull(f"{key_name} has a part in {mine} pending items")
 
@@ -285,19 +281,16 @@ class ReviewQueue:
             is not None
         )
 
-    def _add_ref(self, connection: Any, review_id: str, key_name: str, ref: str | None, now: float) -> bool:
+    def _add_ref(
+        self, connection: Any, review_id: str, key_name: str, ref: str | None, now: float, *, involved: bool
+    ) -> bool:
         """Attach (key, ref) to the item; False when this key already has max_refs refs on it (not
         kept: each key has its own room, so one key cannot crowd out another's refs). Without a ref,
-        a key that joins an item it did not make gets the empty ref, JOINED, which records its part
-        (its room, and the item's id in a remembered decision) and is never shown. Called with the
-        item's row locked (or SQLite's write lock held)."""
+        a key that had no part in the item (`involved`: made it, or has a ref on it) gets the empty
+        ref, JOINED, which records its part (its room, and the item's id in a remembered decision)
+        and is never shown. Called with the item's row locked (or SQLite's write lock held)."""
         if ref is None:
-            if (
-                self._has_refs(connection, review_id, key_name)
-                or connection.execute(
-                    select(reviews.c.id).where(reviews.c.id == review_id, reviews.c.key_name == key_name)
-                ).first()
-            ):
+            if involved:
                 return True
             ref = JOINED
         known = connection.execute(
@@ -569,11 +562,10 @@ class ReviewQueue:
         closed_before = now - retention_days * 86400
         if pending_days:
             with self.engine.begin() as connection:
-                since = func.coalesce(reviews.c.pending_since, reviews.c.created)
                 stale = connection.execute(
                     select(reviews.c.id)
-                    .where(reviews.c.status == "pending", since < now - pending_days * 86400)
-                    .order_by(since)
+                    .where(reviews.c.status == "pending", _PENDING_SINCE < now - pending_days * 86400)
+                    .order_by(_PENDING_SINCE)
                     .limit(batch)
                 ).scalars()
                 for review_id in list(stale):
@@ -624,17 +616,12 @@ class ReviewQueue:
             ).rowcount
         return done
 
-    def prune(self, retention_days: int) -> int:
-        """Drop the pictures of items decided more than retention_days ago (retain's `thumbnails`)."""
-        return self.retain(retention_days=retention_days, pending_days=0, audit_days=36500)["thumbnails"]
-
     def depth(self) -> tuple[int, float | None]:
         """Pending items, and how long, in seconds, the longest waiting has waited (since it was queued,
         or undone)."""
-        since = func.coalesce(reviews.c.pending_since, reviews.c.created)
         with reading(self.engine) as connection:
             count, oldest = connection.execute(
-                select(func.count(), func.min(since)).where(reviews.c.status == "pending")
+                select(func.count(), func.min(_PENDING_SINCE)).where(reviews.c.status == "pending")
             ).one()
         return int(count), (self.clock() - oldest) if oldest is not None else None
 
@@ -731,11 +718,16 @@ _ITEM_COLUMNS = (
 )
 
 
-def adult_score(model: str, scores: Mapping[str, float]) -> float:
-    """The sum of the model's adult classes: what a verdict compares with its threshold."""
-    spec = MODELS.get(model)
-    adult = spec.adult_classes if spec is not None else ("hentai", "porn", "sexy")
-    return sum(scores.get(name, 0.0) for name in adult)
+# Since when an item waits for a human: queued, or undone (items from before 0004: queued).
+_PENDING_SINCE = func.coalesce(reviews.c.pending_since, reviews.c.created)
+
+
+def _involving(key_name: str) -> Any:
+    """The item is one the key had a part in: it made it, or has a ref on it (JOINED included)."""
+    return or_(
+        reviews.c.key_name == key_name,
+        exists().where(refs.c.review_id == reviews.c.id, refs.c.key_name == key_name),
+    )
 
 
 def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, Any]:

@@ -9,12 +9,12 @@ from typing import Any
 # PORT and WEB_CONCURRENCY are the platform's (DigitalOcean, Heroku, Docker); NSFW_* are the app's.
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# nsfw/frontend.py: gunicorn's asyncio worker reads every request whole (headers within `keepalive`
+# nsfw/web/frontend.py: gunicorn's asyncio worker reads every request whole (headers within `keepalive`
 # seconds, body within NSFW_BODY_TIMEOUT, spooled to disk past 1 MiB) and admits it before its body
 # (NSFW_MAX_QUEUE per worker) before a thread of the Flask app sees it, so slow clients cost sockets,
 # not threads. `threads` is that app's pool: downloads wait on the network there while the model
 # runs one image at a time; /health has two threads of its own.
-worker_class = "nsfw.frontend.Worker"
+worker_class = "nsfw.web.frontend.Worker"
 threads = int(os.environ.get("GUNICORN_THREADS", "32"))
 # Open connections per worker (idle keep-alive ones included); each costs a socket, not a thread.
 worker_connections = 1000
@@ -28,10 +28,10 @@ worker_tmp_dir = "/dev/shm"
 # Each worker imports the app and loads its own model: TensorFlow is not fork-safe.
 preload_app = False
 # The request line may be 8190 bytes (gunicorn's most; its default 4094 refused a 2,048-character URL
-# once percent-encoded, 3 bytes a character): longer is 414, in our JSON shape (nsfw/frontend.py).
+# once percent-encoded, 3 bytes a character): longer is 414, in our JSON shape (nsfw/web/frontend.py).
 limit_request_line = 8190
 accesslog = "-"
-# gunicorn's default format, and the request id every answer carries (nsfw/observe.py).
+# gunicorn's default format, and the request id every answer carries (nsfw/web/observe.py).
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
 # Query strings are redacted in the access log: pre-signed image URLs carry their signatures there.
 logger_class = "nsfw.accesslog.Logger"
@@ -74,11 +74,11 @@ def _migrate(server: Any) -> None:
 
 
 # The folder this instance's workers share (NSFW_INSTANCE_DIR): the rate limit counters
-# (limits.sqlite, nsfw/limitstore.py) and prometheus_client's multiprocess files (metrics/, nsfw/metrics.py:
+# (limits.sqlite, nsfw/web/limitstore.py) and prometheus_client's multiprocess files (metrics/, nsfw/metrics.py:
 # each worker writes its samples there, /metrics reads them all). Made fresh at each start, so a
 # restart does not add the last run's counts; on tmpfs, like the heartbeat files. Made when gunicorn
 # reads this file: prometheus_client decides its mode when it is first imported, and the arbiter
-# imports it (with nsfw.frontend, the worker class) before any hook runs. Removed when the arbiter
+# imports it (with nsfw.web.frontend, the worker class) before any hook runs. Removed when the arbiter
 # exits. An operator's own NSFW_INSTANCE_DIR or PROMETHEUS_MULTIPROC_DIR is emptied instead.
 _INSTANCE_ENV, _METRICS_ENV = "NSFW_INSTANCE_DIR", "PROMETHEUS_MULTIPROC_DIR"
 
@@ -128,13 +128,13 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """A worker's review queue ends cleanly: its maintenance thread stops, the webhooks it delivered
-    but could not mark yet are marked (else they are sent again once their leases run out), and its
-    store connections close."""
+    """A worker's store ends cleanly: its maintenance thread stops, the features' closers run (the
+    webhooks the review queue delivered but could not mark yet are marked, else they are sent again
+    once their leases run out), and its connections close."""
     app = getattr(worker, "wsgi", None)
-    review = app.extensions.get("nsfw.review") if app is not None and hasattr(app, "extensions") else None
-    if review is not None:
-        review.close()
+    store = app.extensions.get("nsfw.store") if app is not None and hasattr(app, "extensions") else None
+    if store is not None:
+        store.close()
 
 
 def post_worker_init(worker: Any) -> None:

@@ -31,11 +31,8 @@ import http.client
 import io
 import itertools
 import json
-import os
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,70 +41,20 @@ from typing import Any
 
 from PIL import Image
 
-from bench.load import TreeMemory, free_port_below_ephemeral
-from bench.serve import LOAD_CPU, SERVICE_CPU, _free_port, start_image_server, stop
+from bench.harness import (
+    REPO,
+    QuietHandler,
+    Service,
+    free_port,
+    image_server,
+    percentile,
+    pin_load,
+    serve_in_thread,
+    write_json,
+)
+from bench.load import TreeMemory
 
-REPO = Path(__file__).resolve().parents[1]
 CALLER_B = "127.0.0.2"
-
-
-class Service:
-    """gunicorn app:app from a checkout, pinned to the service CPU, allowed to fetch the image host."""
-
-    def __init__(self, checkout: Path, venv: Path, image_port: int, env: dict[str, str] | None = None) -> None:
-        self.port = free_port_below_ephemeral()
-        environment = {
-            **os.environ,
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": "2",
-            "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
-            "NSFW_ALLOWED_PORTS": f"80,443,{image_port}",
-            "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
-            **(env or {}),
-        }
-        self.log = tempfile.NamedTemporaryFile(prefix="abuse-gunicorn-", suffix=".log", delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", SERVICE_CPU, str(venv / "bin" / "gunicorn"), "app:app"],
-            cwd=checkout,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.ask("GET", "/health", timeout=1)[0] == 200:
-                return
-            time.sleep(0.05)
-        output = Path(self.log.name).read_text()[-3000:]
-        self.close()
-        raise RuntimeError(f"the service never became healthy: {output}")
-
-    def ask(
-        self, method: str, path: str, body: bytes | None = None, *, source: str = "127.0.0.1", timeout: float = 20
-    ) -> tuple[int, float]:
-        """(status, seconds); status 0 when the connection failed or timed out."""
-        started = time.monotonic()
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout, source_address=(source, 0))
-        try:
-            headers = {"Content-Type": "application/json"} if body is not None else {}
-            connection.request(method, path, body=body, headers=headers)
-            response = connection.getresponse()
-            response.read()
-            return response.status, time.monotonic() - started
-        except (OSError, http.client.HTTPException):  # HTTPException: e.g. a self-connect while polling
-            return 0, time.monotonic() - started
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        stop(self.proc)
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] if ordered else float("nan")
 
 
 def _health_watch(service: Service, stop_at: float) -> Callable[[], dict[str, float]]:
@@ -127,8 +74,8 @@ def _health_watch(service: Service, stop_at: float) -> Callable[[], dict[str, fl
         return {
             "health_n": len(samples),
             "health_failed": sum(1 for status, _ in samples if status != 200),
-            "health_p50_ms": round(_percentile(seconds, 0.5) * 1000, 1),
-            "health_p99_ms": round(_percentile(seconds, 0.99) * 1000, 1),
+            "health_p50_ms": round(percentile(seconds, 0.5) * 1000, 1),
+            "health_p99_ms": round(percentile(seconds, 0.99) * 1000, 1),
         }
 
     return result
@@ -348,55 +295,48 @@ def base64_flood(service: Service, image_bytes: bytes, seconds: float, times: fl
 
 
 def run(checkout: Path, venv: Path, seconds: float, only: list[str], extra: dict[str, str]) -> dict[str, Any]:
-    os.sched_setaffinity(0, {LOAD_CPU})
-    image_proc, image_base = start_image_server(str(venv / "bin" / "python"))
-    image_port = int(image_base.rsplit(":", 1)[1])
-    image = f"{image_base}/jpeg_1000x750"
-    slow_port = _free_port()
-    slow_server = _drip_server(slow_port)
-    slow = f"http://127.0.0.1:{slow_port}/slow.jpg"
-    results: dict[str, Any] = {}
-    small = io.BytesIO()
-    Image.new("RGB", (160, 120), (90, 140, 200)).save(small, "JPEG")
-    scenarios: list[tuple[str, dict[str, str], Callable[[Service], dict[str, Any]]]] = [
-        ("slow_headers", {}, lambda s: slow_headers(s, image, seconds)),
-        ("big_bodies", {}, lambda s: big_bodies(s, image, seconds)),
-        (
-            "slow_upstreams",
-            {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
-            lambda s: slow_upstreams(s, slow, image, seconds),
-        ),
-        (
-            "slow_host_same_caller",
-            {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
-            lambda s: slow_host_same_caller(s, slow, image.replace("127.0.0.1", "localhost", 1), seconds),
-        ),
-        ("keepalive_c8", {}, lambda s: keepalive_c8(s, image, seconds)),
-        ("base64_flood", {}, lambda s: base64_flood(s, small.getvalue(), seconds)),
-    ]
-    try:
-        for name, env, scenario in scenarios:
-            if only and name not in only:
-                continue
-            service = Service(checkout, venv, image_port, {**extra, **env})
-            try:
-                results[name] = scenario(service)
-            finally:
-                service.close()
-            print(name, json.dumps(results[name]), flush=True)
-    finally:
-        stop(image_proc)
-        slow_server.shutdown()
+    pin_load()
+    with image_server(str(venv / "bin" / "python")) as image_base:
+        image_port = int(image_base.rsplit(":", 1)[1])
+        image = f"{image_base}/jpeg_1000x750"
+        slow_port = free_port()
+        slow_server = _drip_server(slow_port)
+        slow = f"http://127.0.0.1:{slow_port}/slow.jpg"
+        results: dict[str, Any] = {}
+        small = io.BytesIO()
+        Image.new("RGB", (160, 120), (90, 140, 200)).save(small, "JPEG")
+        scenarios: list[tuple[str, dict[str, str], Callable[[Service], dict[str, Any]]]] = [
+            ("slow_headers", {}, lambda s: slow_headers(s, image, seconds)),
+            ("big_bodies", {}, lambda s: big_bodies(s, image, seconds)),
+            (
+                "slow_upstreams",
+                {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
+                lambda s: slow_upstreams(s, slow, image, seconds),
+            ),
+            (
+                "slow_host_same_caller",
+                {"NSFW_ALLOWED_PORTS": f"80,443,{image_port},{slow_port}"},
+                lambda s: slow_host_same_caller(s, slow, image.replace("127.0.0.1", "localhost", 1), seconds),
+            ),
+            ("keepalive_c8", {}, lambda s: keepalive_c8(s, image, seconds)),
+            ("base64_flood", {}, lambda s: base64_flood(s, small.getvalue(), seconds)),
+        ]
+        try:
+            for name, env, scenario in scenarios:
+                if only and name not in only:
+                    continue
+                with Service(checkout, venv, image_port, {**extra, **env}) as service:
+                    results[name] = scenario(service)
+                print(name, json.dumps(results[name]), flush=True)
+        finally:
+            slow_server.shutdown()
     return results
 
 
 def _drip_server(port: int) -> Any:
     """An upstream that drips one byte every 0.1 s of a 100 kB body: past any download deadline."""
-    import http.server
 
-    class Drip(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Drip(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -410,13 +350,7 @@ def _drip_server(port: int) -> Any:
             except OSError:
                 pass
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Drip)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_in_thread(Drip, port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     extra = dict(item.split("=", 1) for item in args.env)
     results = run(args.checkout.resolve(), args.venv.resolve(), args.seconds, args.only, extra)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(args.json, results)
     return 0
 
 

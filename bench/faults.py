@@ -5,7 +5,7 @@ database stops and the disk fills, on SQLite and on PostgreSQL.
     ./scripts/bench faults [...]
 
 Each fault gets a fresh service and store: `gunicorn app:app` as deployed (gunicorn.conf.py, its
-migrations, WEB_CONCURRENCY=2) from .venv-serve, pinned to CPU 0 (bench.abuse.Service), with the
+migrations, WEB_CONCURRENCY=2) from .venv-serve, pinned to CPU 0 (bench.harness.Service), with the
 review queue on, 16 moderator keys and a webhook receiver. Loopback only, every wait bounded.
 
 1. `--items` images the model leaves unknown (strict per-request thresholds) are queued, each a
@@ -61,14 +61,11 @@ from urllib.parse import quote
 
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from bench.abuse import Service
+from bench.harness import REPO, QuietHandler, Service, pin_load, serve_in_thread, write_json
 from bench.imageserver import with_counter
-from bench.load import children
-from bench.serve import LOAD_CPU
 from scripts.hostile_images import jpeg_flat
 from tests.servers import PostgresServer, _postgres_bin
 
-REPO = Path(__file__).resolve().parents[1]
 MODERATORS = 16
 PAIRS = MODERATORS // 2  # moderators m and m + PAIRS decide the same items
 WORKERS = 2
@@ -167,9 +164,7 @@ class Peer:
         verifier = Webhook(secret)
         peer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 match = re.fullmatch(r"/img/(\d+)", self.path)
                 if match is None:
@@ -205,20 +200,14 @@ class Peer:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
         class Server(http.server.ThreadingHTTPServer):
-            daemon_threads = True
-
             def handle_error(self, request: Any, client_address: Any) -> None:
                 if not isinstance(sys.exc_info()[1], ConnectionError):  # a killed worker's keep-alive
                     super().handle_error(request, client_address)
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = serve_in_thread(Handler, server_class=Server)
         self.port = int(self.server.server_address[1])
         self.base = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def decided(self) -> list[Heard]:
         with self._lock:
@@ -530,7 +519,7 @@ class Run:
 
     def workers(self) -> list[int]:
         assert self.service is not None
-        return sorted(children(self.service.proc.pid))
+        return sorted(self.service.workers())
 
     def apply_fault(self, deciding: Deciding) -> None:
         """The fault, at its time; what it did and when (seconds since the deciding began) in info."""
@@ -767,9 +756,8 @@ class Run:
         try:
             if self.service is not None:
                 stop_service = self.service
-                log = Path(stop_service.log.name)
                 with contextlib.suppress(OSError):
-                    text = log.read_text(errors="replace")
+                    text = stop_service.log_text()
                     summary = log_summary(text)
                     if self.args.keep_logs:
                         self.args.keep_logs.mkdir(parents=True, exist_ok=True)
@@ -805,7 +793,7 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 def run(args: argparse.Namespace, report: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     if (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {LOAD_CPU})  # the service has CPU 0 (bench.abuse.Service)
+        pin_load()  # the service has CPU 0 (bench.harness.Service)
     args.webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     results: list[dict[str, Any]] = []
     with contextlib.ExitStack() as cleanup, _sigterm_unwinds():
@@ -943,8 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results = run(args, report)
     print(f"total {time.monotonic() - started:.0f} s", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"results": results}, indent=1) + "\n")
+    write_json(args.json, {"results": results})
     clean = all(
         "error" not in r and not r["missing"] and not r["mismatched"] and not r["double_200"] and r["recovered"]
         for r in results

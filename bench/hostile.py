@@ -26,7 +26,6 @@ import argparse
 import base64
 import contextlib
 import http.client
-import http.server
 import json
 import os
 import socket
@@ -38,12 +37,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bench.abuse import Service
-from bench.load import TreeMemory, children
-from bench.serve import LOAD_CPU, SERVICE_CPU
+from bench.harness import (
+    REPO,
+    SERVICE_CPU,
+    QuietHandler,
+    Service,
+    percentile,
+    pin_load,
+    serve_in_thread,
+    status_kb,
+    write_json,
+)
+from bench.load import TreeMemory
 from scripts import hostile_images as bombs
 
-REPO = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 FILES: dict[str, Callable[[], bytes]] = {
@@ -78,9 +85,7 @@ class ImageHost:
         lock = threading.Lock()
         host = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
                 with lock:
                     host.hits.append(self.path)
@@ -105,13 +110,8 @@ class ImageHost:
                     with lock:
                         host.open_now -= 1
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_in_thread(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -168,7 +168,7 @@ def one_at_a_time(service: Service, host: ImageHost, timeout: float) -> dict[str
         path = _path(name)
         data = host.files[path]
         with TreeMemory(service.proc.pid) as memory:
-            workers = children(service.proc.pid)
+            workers = service.workers()
             memory.window()
             cpu = _cpu_seconds(workers)
             answer = _post(service, "/predict?url=" + quote(host.url(path), safe=""), None, timeout)
@@ -238,7 +238,7 @@ def batches(service: Service, host: ImageHost, timeout: float) -> dict[str, Any]
     results["one url 32 times"] = fetched([{"url": host.url("/photo.jpg")}] * 32)
     results["32 distinct urls on one host"] = fetched([{"url": host.url(f"/photo.jpg?n={n}")} for n in range(32)])
     del host.files["/delay"]
-    workers = children(service.proc.pid)
+    workers = service.workers()
     # The 373 KB file (23,000 scans), and one of 9,000 scans: under NSFW_MAX_JPEG_SCANS=10000
     # (--env) only the batch deadline and the decode deadline stop the second.
     for name, size in (("16 base64 repeated-scan jpegs", 373_000), ("16 base64 jpegs of 9,000 scans", 150_000)):
@@ -299,8 +299,8 @@ def http_side(service: Service) -> dict[str, Any]:
 def _subprocess_decode(data: bytes) -> Any:
     import io
 
-    from nsfw.imaging import preprocess_frames
     from nsfw.imaging.budget import Limits
+    from nsfw.imaging.recipes import preprocess_frames
     from nsfw.model.specs import MOBILENET_V2
 
     inputs, _ = preprocess_frames(
@@ -320,7 +320,7 @@ def _median_ms(run_once: Callable[[], object], count: int) -> float:
         started = time.perf_counter()
         run_once()
         times.append(time.perf_counter() - started)
-    return round(sorted(times)[len(times) // 2] * 1e3, 2)
+    return round(percentile(times, 0.5) * 1e3, 2)
 
 
 def decode_options(count: int = 30) -> dict[str, Any]:
@@ -333,8 +333,9 @@ def decode_options(count: int = 30) -> dict[str, Any]:
 
     from bench.imageserver import make_images
     from nsfw.errors import ImageTooComplex
-    from nsfw.imaging import budget, preprocess_frames
+    from nsfw.imaging import budget
     from nsfw.imaging.budget import Limits
+    from nsfw.imaging.recipes import preprocess_frames
     from nsfw.model.specs import MOBILENET_V2
 
     photo = make_images()["jpeg_1000x750"]
@@ -371,13 +372,7 @@ def decode_options(count: int = 30) -> dict[str, Any]:
         result["decode in a forkserver subprocess (ms)"] = _median_ms(
             lambda: pool.submit(_subprocess_decode, photo).result(), count
         )
-        pids = [pid for pid in multiprocessing.active_children()]
-        rss = sum(
-            int(line.split()[1])
-            for child in pids
-            for line in Path(f"/proc/{child.pid}/status").read_text().splitlines()
-            if line.startswith("VmRSS:")
-        )
+        rss = sum(status_kb(child.pid, "VmRSS") for child in multiprocessing.active_children())
         result["forkserver pool process rss (MB)"] = round(rss / 1024, 1)
     for name, value in result.items():
         print(name, value, flush=True)
@@ -389,7 +384,7 @@ def run(checkout: Path, venv: Path, timeout: float, only: list[str], env: dict[s
     if only == ["options"]:
         os.sched_setaffinity(0, {int(SERVICE_CPU)})
         return {"options": decode_options()}
-    os.sched_setaffinity(0, {LOAD_CPU})
+    pin_load()
     host = ImageHost()
     for name, make in FILES.items():
         host.files[_path(name)] = make()
@@ -428,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             del FILES[name]
     env = dict(item.split("=", 1) for item in args.env)
     results = run(args.checkout.resolve(), args.venv.resolve(), args.timeout, args.only, env)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    write_json(args.json, results)
     return 0
 
 

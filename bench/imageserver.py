@@ -19,7 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image, ImageDraw
 
-CORPUS = Path(__file__).resolve().parents[1] / "tests" / "data" / "reference" / "corpus"
+from bench.harness import REPO, QuietHandler
+
+CORPUS = REPO / "tests" / "data" / "reference" / "corpus"
 PHOTO = "rocket.jpg"
 
 
@@ -62,9 +64,7 @@ def with_counter(data: bytes, n: int) -> bytes:
 def main(port_file: str) -> None:
     images = make_images()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
             split = urlsplit(self.path)
             data = images.get(split.path.lstrip("/"))
@@ -78,9 +78,6 @@ def main(port_file: str) -> None:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
-import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+
+from bench.harness import children, status_kb
 
 
 @dataclass(frozen=True)
@@ -162,28 +162,6 @@ def by_upload(varied: Callable[[int], bytes], kind: str) -> Callable[[], Request
     return make
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Peaks:
     by_pid: dict[int, int] = field(default_factory=dict)
@@ -230,8 +208,8 @@ class TreeMemory:
     def _sample(self) -> None:
         total = 0
         for pid in [self.root, *children(self.root)]:
-            rss = _status_kb(pid, "VmRSS")
-            peak = max(rss, _status_kb(pid, "VmHWM"))
+            rss = status_kb(pid, "VmRSS")
+            peak = max(rss, status_kb(pid, "VmHWM"))
             for peaks in (self.overall, self.current):
                 peaks.by_pid[pid] = max(peaks.by_pid.get(pid, 0), peak)
             total += rss
@@ -247,17 +225,3 @@ class TreeMemory:
         self._stop.set()
         self._thread.join()
         self._sample()
-
-
-def free_port_below_ephemeral() -> int:
-    """A free loopback port below Linux's ephemeral range (32768 and up): after a flood, tens of
-    thousands of the load's own client ports sit in TIME_WAIT, and one of them may be the port the
-    next server wants to bind."""
-    for port in random.sample(range(20000, 32000), 200):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")

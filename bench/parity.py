@@ -17,8 +17,10 @@ import sys
 
 import numpy as np
 
-from nsfw import imaging
 from nsfw.config import Settings
+from nsfw.imaging.decode import decode
+from nsfw.imaging.recipes import preprocess
+from nsfw.imaging.resize import resize_nsfwjs
 from nsfw.model import load_classifier
 from tests.reference import CORPORA, Corpus, corpus
 
@@ -52,8 +54,8 @@ def report(reference: Corpus) -> list[tuple[str, str]]:
         rows.append(("inception_v3, fixed 299 tensors", _worst(_per_row(inception.predict(x), expected))))
     resized = []
     for t in reference.resize_tensors(224):
-        rgb = np.asarray(imaging.decode(io.BytesIO(reference.image_bytes(t.source)), max_pixels=MAX_PIXELS))
-        resized.append(float(np.abs(imaging.resize_nsfwjs(rgb, 224) - t.x.reshape(224, 224, 3)).max()))
+        rgb = np.asarray(decode(io.BytesIO(reference.image_bytes(t.source)), max_pixels=MAX_PIXELS))
+        resized.append(float(np.abs(resize_nsfwjs(rgb, 224) - t.x.reshape(224, 224, 3)).max()))
     rows.append(("our resize vs nsfwjs's 224 tensors", _worst(resized)))
     rows.append(
         (
@@ -71,9 +73,7 @@ def report(reference: Corpus) -> list[tuple[str, str]]:
         for name, info in reference.images(model).items():
             if info["format"] == "TIFF":
                 continue
-            x = imaging.preprocess(
-                io.BytesIO(reference.image_bytes(name)), size=size, mode="nsfwjs", max_pixels=MAX_PIXELS
-            )
+            x = preprocess(io.BytesIO(reference.image_bytes(name)), size=size, mode="nsfwjs", max_pixels=MAX_PIXELS)
             diffs.append(float(np.abs(classifier.predict(x[None])[0] - info["variants"]["main"]["probs_array"]).max()))
         rows.append((label, _worst(diffs)))
     images = reference.images()
@@ -82,7 +82,7 @@ def report(reference: Corpus) -> list[tuple[str, str]]:
         if images[name]["format"] == "TIFF":
             continue
         rotated = images[name]["exif_orientation"] not in (None, 1)
-        x = imaging.preprocess(
+        x = preprocess(
             io.BytesIO(reference.image_bytes(name)),
             size=224,
             mode="gantman",

@@ -22,17 +22,14 @@ A table goes to stdout, all figures to bench/results/public-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import REPO, Gunicorn, free_port, image_server, pin_load, service_env, write_results
 from bench.load import Client, Request, by_url, percentiles, saturate, sequential, throughput
-from bench.serve import LOAD_CPU, REPO, _free_port, start_gunicorn, start_image_server, stop
 
 TOKENS = ("a" * 43, "b" * 43, "c" * 43)
 METRICS_TOKEN = "m" * 43
@@ -107,26 +104,15 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-serve")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {LOAD_CPU})
+    pin_load()
     python = str(args.venv / "bin" / "python")
-    image_proc, image_base = start_image_server(python)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
-    try:
+    with image_server(python) as image_base:
         for round_number in range(args.rounds):
             for config, extra in CONFIGS.items():
-                port = _free_port()
-                env = {
-                    "PORT": str(port),
-                    "WEB_CONCURRENCY": "2",
-                    "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
-                    "NSFW_ALLOWED_PORTS": image_base.rsplit(":", 1)[1],
-                    **extra,
-                }
-                proc, _ = start_gunicorn(args.venv, "app:app", [], env)
-                try:
-                    run = measure(config, f"http://127.0.0.1:{port}", image_base, args)
-                finally:
-                    stop(proc)
+                env = service_env(free_port(), image_base.rsplit(":", 1)[1], extra)
+                with Gunicorn(args.venv, env) as server:
+                    run = measure(config, server.base, image_base, args)
                 runs[config].append(run)
                 print(
                     f"  round {round_number + 1} {config:3} "
@@ -135,13 +121,9 @@ def main() -> None:
                         for row in ("models", "jpeg_1000x750")
                     )
                 )
-    finally:
-        stop(image_proc)
     summary = summarise(runs)
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "summary": summary}
-    out = args.out or REPO / "bench" / "results" / f"public-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_results(result, args.out, "public")
     print_table(summary)
     print(f"\nJSON: {out}")
 

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import REPO, Gunicorn, free_port, image_server, pin_load, service_env, write_results
 from bench.load import Request, TreeMemory, percentiles, saturate, sequential, throughput
-from bench.serve import LOAD_CPU, REPO, _free_port, start_gunicorn, start_image_server, stop
 
 
 def _one_image(image_base: str) -> Callable[[], Request]:
@@ -82,31 +79,16 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=REPO / ".venv-serve")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {LOAD_CPU})
-    image_proc, image_base = start_image_server(str(args.venv / "bin" / "python"))
+    pin_load()
     result: dict[str, Any] = {"settings": {k: str(v) for k, v in vars(args).items()}}
-    try:
+    with image_server(str(args.venv / "bin" / "python")) as image_base:
         for name, size in (("off", 0), ("on", args.cache_size)):
-            port = _free_port()
-            env = {
-                "PORT": str(port),
-                "WEB_CONCURRENCY": "2",
-                "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
-                "NSFW_ALLOWED_PORTS": image_base.rsplit(":", 1)[1],
-                "NSFW_CACHE_SIZE": str(size),
-            }
-            proc, _ = start_gunicorn(args.venv, "app:app", [], env)
-            try:
-                result[name] = measure(f"http://127.0.0.1:{port}", image_base, proc.pid, args, size)
-            finally:
-                stop(proc)
+            env = service_env(free_port(), image_base.rsplit(":", 1)[1], {"NSFW_CACHE_SIZE": str(size)})
+            with Gunicorn(args.venv, env) as server:
+                result[name] = measure(server.base, image_base, server.proc.pid, args, size)
             row = result[name]
             print(f"  cache {name:3}: c1 p50 {row['hit_c1']['p50_ms']:.2f} ms, {row['repeat_rps']:.1f} rps")
-    finally:
-        stop(image_proc)
-    out = args.out or REPO / "bench" / "results" / f"repeat-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_results(result, args.out, "repeat")
     off, on = result["off"], result["on"]
     print("\n| cache | c=1 p50, one image again | req/s, half repeats | worker RSS, cache full | errors |")
     print("|---|---|---|---|---|")

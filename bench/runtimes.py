@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.harness import REPO
+
 REFERENCE = REPO / "tests" / "data" / "reference"
 
 _CHILD = r"""

@@ -1,7 +1,7 @@
 """Request-level benchmark of the service exactly as deployed, against NSFW-FLASK's path in the same run.
 
     ./scripts/bench                      # makes the virtualenvs, then runs this
-    python -m bench.serve [--seconds 10] [--requests 200] [--no-baseline]
+    python -m bench.serve [--seconds 10] [--requests 200] [--no-baseline] [--before DIR]
 
 The service runs as deployed (`gunicorn app:app` with gunicorn.conf.py, WEB_CONCURRENCY=2) from
 .venv-serve, pinned to CPU 0 (`taskset -c 0`) to stand in for 1 vCPU. This process, the load and the
@@ -25,15 +25,23 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import (
+    LOAD_CPU,
+    REPO,
+    SERVICE_CPU,
+    Gunicorn,
+    free_port,
+    image_server,
+    pin_load,
+    service_env,
+    write_results,
+)
 from bench.imageserver import make_images, with_counter
 from bench.load import (
-    Client,
     Request,
     TreeMemory,
     by_batch,
@@ -46,9 +54,7 @@ from bench.load import (
 )
 from nsfw.model.specs import BUNDLED
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGES = ("jpeg_1000x750", "jpeg_4000x3000", "png_alpha_800x600", "gif_anim_480x360x24")
-SERVICE_CPU, LOAD_CPU = "0", 1
 FLOAT32_FLOOR_MS = 5.3  # 0.6 GFLOP per image at ~112 GFLOP/s on one core of this machine
 TARGETS = {
     "model_only_ms": 8.0,
@@ -62,60 +68,6 @@ TARGETS = {
     "health_p99_ms": 100.0,
     "install_mb": 300.0,
 }
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_image_server(python: str) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = Path(tempfile.mkdtemp()) / "port"
-    proc = subprocess.Popen(
-        ["taskset", "-c", str(LOAD_CPU), python, "-m", "bench.imageserver", str(port_file)], cwd=REPO
-    )
-    deadline = time.monotonic() + 60
-    while not port_file.exists() or not port_file.read_text():
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError("image server did not start")
-        time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port_file.read_text()}"
-
-
-def start_gunicorn(
-    venv: Path, target: str, extra: list[str], env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], float]:
-    """gunicorn pinned to the service CPU; returns it and the seconds until /health first answered 200."""
-    port = int(env["PORT"])
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        ["taskset", "-c", SERVICE_CPU, str(venv / "bin" / "gunicorn"), *extra, target],
-        cwd=REPO,
-        env={**os.environ, **env, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = Client(f"http://127.0.0.1:{port}", timeout=2)
-    while time.monotonic() - started < 300:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{target} exited with {proc.returncode}")
-        if client.request("GET", "/health").status == 200:
-            cold = time.monotonic() - started
-            client.close()
-            return proc, cold
-        time.sleep(0.01)
-    raise RuntimeError(f"{target} never became healthy")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def measure_server(
@@ -198,8 +150,15 @@ def main() -> None:
     parser.add_argument("--serve-venv", type=Path, default=REPO / ".venv-serve")
     parser.add_argument("--tf-venv", type=Path, default=REPO / ".venv")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a work tree of another commit (git worktree add /tmp/before <commit>): served and measured "
+        "like this one, right after it, with the same requests (row `before`)",
+    )
     args = parser.parse_args()
-    os.sched_setaffinity(0, {LOAD_CPU})
+    pin_load()
 
     result: dict[str, Any] = {
         "machine": {
@@ -209,51 +168,40 @@ def main() -> None:
             "service_cpu": SERVICE_CPU,
             "load_cpu": LOAD_CPU,
         },
-        "settings": vars(args) | {"serve_venv": str(args.serve_venv), "tf_venv": str(args.tf_venv), "out": None},
+        "settings": vars(args)
+        | {"serve_venv": str(args.serve_venv), "tf_venv": str(args.tf_venv), "out": None, "before": str(args.before)},
     }
     serve_python = str(args.serve_venv / "bin" / "python")
     result["model_only"] = model_only(serve_python)
     result["install_mb"] = installed_mb(args.serve_venv)
-    image_proc, image_base = start_image_server(serve_python)
-    try:
+    with image_server(serve_python) as image_base:
         jpeg = {"jpeg_1000x750": (by_url(f"{image_base}/jpeg_1000x750"), 1)}
-        servers = [("service", args.serve_venv, "app:app", [], args.requests, {}, workloads("service", image_base))]
+        service = workloads("service", image_base)
+        servers = [("service", args.serve_venv, "app:app", [], args.requests, {}, service, REPO)]
+        if args.before is not None:
+            servers.append(("before", args.serve_venv, "app:app", [], args.requests, {}, service, args.before))
         if not args.no_baseline:
             baseline_conf = ["--config", "python:bench.baseline_gunicorn"]
             baseline_app, baseline = "bench.baseline_app:app", workloads("baseline", image_base)
             servers.append(
-                ("baseline", args.tf_venv, baseline_app, baseline_conf, args.baseline_requests, {}, baseline)
+                ("baseline", args.tf_venv, baseline_app, baseline_conf, args.baseline_requests, {}, baseline, REPO)
             )
         # One row per model: a server that loads that model alone (NSFW_MODEL), so its worker RSS is
         # that model's, and one that loads all of them, as NSFW_MODELS would.
         for model in args.models:
             env = {"NSFW_MODEL": model, "NSFW_MODELS": model}
-            servers.append((f"model:{model}", args.serve_venv, "app:app", [], args.requests // 2, env, jpeg))
+            servers.append((f"model:{model}", args.serve_venv, "app:app", [], args.requests // 2, env, jpeg, REPO))
         if len(args.models) > 1:
             env = {"NSFW_MODELS": ",".join(args.models)}
-            servers.append(("model:all loaded", args.serve_venv, "app:app", [], args.requests // 2, env, jpeg))
-        for name, venv, target, extra, requests, extra_env, loads in servers:
-            port = _free_port()
-            env = {
-                "PORT": str(port),
-                "WEB_CONCURRENCY": "2",
-                "NSFW_ALLOWED_NETWORKS": "127.0.0.1/32",
-                "NSFW_ALLOWED_PORTS": image_base.rsplit(":", 1)[1],
-                **extra_env,
-            }
-            proc, cold = start_gunicorn(venv, target, extra, env)
-            try:
-                result[name] = {"cold_start_s": round(cold, 2)}
-                result[name] |= measure_server(name, f"http://127.0.0.1:{port}", proc, args, requests, loads)
-            finally:
-                stop(proc)
-    finally:
-        stop(image_proc)
+            servers.append(("model:all loaded", args.serve_venv, "app:app", [], args.requests // 2, env, jpeg, REPO))
+        for name, venv, target, extra, requests, extra_env, loads, checkout in servers:
+            env = service_env(free_port(), image_base.rsplit(":", 1)[1], extra_env)
+            with Gunicorn(venv, env, target=target, options=extra, cwd=checkout) as server:
+                result[name] = {"cold_start_s": round(server.cold_start_s, 2)}
+                result[name] |= measure_server(name, server.base, server.proc, args, requests, loads)
 
     result["targets"] = check_targets(result)
-    out = args.out or REPO / "bench" / "results" / f"serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_results(result, args.out, "serve")
     print_table(result)
     print(f"\nJSON: {out}")
 
@@ -303,7 +251,7 @@ def print_table(result: dict[str, Any]) -> None:
     header = "| server | image | c=1 p50 | p90 | p99 | saturated p50 | p99 | req/s | /health p99 | worker RSS |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
-    for name in ("service", "baseline"):
+    for name in ("service", "before", "baseline"):
         if name not in result:
             continue
         for image, row in result[name]["images"].items():
@@ -315,7 +263,7 @@ def print_table(result: dict[str, Any]) -> None:
             )
     print("\n| server | cold start | idle worker RSS | arbiter peak RSS | worker peak RSS | all processes peak |")
     print("|---|---|---|---|---|---|")
-    for name in ("service", "baseline"):
+    for name in ("service", "before", "baseline"):
         if name in result:
             mem, idle = result[name]["memory"], result[name]["idle_memory"]
             print(

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
-import os
 import re
 import secrets
 import sys
@@ -34,11 +32,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from bench.abuse import Service
-from bench.load import TreeMemory, _status_kb, children
-from bench.serve import LOAD_CPU
+from bench.harness import REPO, Service, children, percentile, pin_load, status_kb, write_json
+from bench.load import TreeMemory
 
-REPO = Path(__file__).resolve().parents[1]
 SESSION_COOKIE = "nsfw_session"
 # Must show: all processes of the service together under this during the sign-ins.
 TARGET_TOTAL_MB = 700.0
@@ -61,7 +57,7 @@ class TreeMemoryEvery(TreeMemory):
             with self._lock:
                 total = 0
                 for pid in pids:
-                    rss = _status_kb(pid, "VmRSS")
+                    rss = status_kb(pid, "VmRSS")
                     for peaks in (self.overall, self.current):
                         peaks.by_pid[pid] = max(peaks.by_pid.get(pid, 0), rss)
                     total += rss
@@ -134,7 +130,7 @@ def sign_ins(service: Service, clients: int, rounds: int) -> dict[str, Any]:
     with TreeMemoryEvery(service.proc.pid) as memory:
         time.sleep(0.5)
         memory.window()
-        idle = {pid: _status_kb(pid, "VmRSS") for pid in [service.proc.pid, *children(service.proc.pid)]}
+        idle = {pid: status_kb(pid, "VmRSS") for pid in service.pids()}
         started = time.monotonic()
         threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
         for t in threads:
@@ -144,7 +140,7 @@ def sign_ins(service: Service, clients: int, rounds: int) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         time.sleep(0.2)
         during = memory.window()
-        after = sum(_status_kb(pid, "VmRSS") for pid in [service.proc.pid, *children(service.proc.pid)])
+        after = sum(status_kb(pid, "VmRSS") for pid in service.pids())
     ends = [*released[1:], float("inf")]  # a round: from its release to the next one's
     peak_by_round = [
         max((kb for at, kb in memory.series if start <= at < end), default=0)
@@ -167,7 +163,7 @@ def sign_ins(service: Service, clients: int, rounds: int) -> dict[str, Any]:
         "worker_idle_mb": [round(idle.get(pid, 0) / 1024, 1) for pid in workers],
         "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
         "statuses_by_round": [{str(s): got.count(s) for s in sorted(set(got))} for got in by_round],
-        "sign_in_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if ordered else None,
+        "sign_in_p50_ms": round(percentile(ordered, 0.5) * 1000, 1) if ordered else None,
         "sign_in_max_ms": round(ordered[-1] * 1000, 1) if ordered else None,
         # Judged on the bound, which no sample can miss.
         "under_target": sum(during.by_pid.values()) / 1024 < TARGET_TOTAL_MB,
@@ -185,13 +181,12 @@ def _environment(data_dir: str) -> dict[str, str]:
 
 
 def run(checkout: Path, venv: Path, clients: int, rounds: int) -> dict[str, Any]:
-    os.sched_setaffinity(0, {LOAD_CPU})
-    with tempfile.TemporaryDirectory(prefix="signin-data-") as data_dir:
-        service = Service(checkout, venv, 443, _environment(data_dir))
-        try:
-            result = sign_ins(service, clients, rounds)
-        finally:
-            service.close()
+    pin_load()
+    with (
+        tempfile.TemporaryDirectory(prefix="signin-data-") as data_dir,
+        Service(checkout, venv, 443, _environment(data_dir)) as service,
+    ):
+        result = sign_ins(service, clients, rounds)
     return {"checkout": str(checkout), **result}
 
 
@@ -229,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients must be 1..250 (one loopback address each, 127.0.0.2 up)")
     result = run(args.checkout.resolve(), args.venv.resolve(), args.clients, args.rounds)
     print_table(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result)
     return 0
 
 

@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from bench.imageserver import CORPUS
-from nsfw import imaging
-from nsfw.config import Settings
+from nsfw.config import RESIZE_MODES, Settings
+from nsfw.imaging.decode import decode
+from nsfw.imaging.recipes import preprocess
 from nsfw.model import load_classifier
 
 SIDES = (80, 128, 160)
@@ -27,17 +28,17 @@ def main() -> None:
     print("| size | resize | images | median max abs diff | p90 | max | top class changed |")
     print("|---|---|---|---|---|---|---|")
     for side in SIDES:
-        for mode in imaging.RESIZE_MODES:
+        for mode in RESIZE_MODES:
             diffs, changed = [], 0
             for name, info in reference.items():
                 if info.get("format") == "TIFF":
                     continue
                 full = np.array(info["variants"]["main"]["probs_array"])
-                image = imaging.decode(io.BytesIO((CORPUS / name).read_bytes()), max_pixels=10**8)
+                image = decode(io.BytesIO((CORPUS / name).read_bytes()), max_pixels=10**8)
                 small = image.resize((side, side), Image.Resampling.LANCZOS)
                 out = io.BytesIO()
                 small.save(out, "PNG")
-                tensor = imaging.preprocess(out, size=224, mode=mode, max_pixels=10**8)
+                tensor = preprocess(out, size=224, mode=mode, max_pixels=10**8)
                 probabilities = classifier.predict(tensor[None])[0]
                 diffs.append(float(np.abs(probabilities - full).max()))
                 changed += int(np.argmax(probabilities) != np.argmax(full))

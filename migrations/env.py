@@ -1,4 +1,4 @@
-"""Alembic's environment for the review store: migrations run on the connection nsfw.review.store
+"""Alembic's environment for the store: migrations run on the connection nsfw.store.migrate
 hands over (`config.attributes["connection"]`, inside its transaction and lock), or on the URL of
 `sqlalchemy.url` when Alembic's own command line runs them."""
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from nsfw.review.store import make_engine, metadata
+from nsfw.review.tables import metadata
+from nsfw.store.engine import make_engine
 
 connection = context.config.attributes.get("connection")
 if connection is None:

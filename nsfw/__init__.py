@@ -1,94 +1,17 @@
 """NSFW image moderation service: GantMan's models with nsfwjs-identical scores (and Yahoo's and
-Bumble's) behind Flask."""
+Bumble's) behind Flask.
+
+The rooms, each with one job (README, "Architecture"): web/ (the front door, the app's hooks, the
+route table, the API), pipeline/ (who may fetch or compute now, one image -> prediction, batches,
+verdicts), imaging/ (budget, decode, model-exact resize, per-model recipes, pictures), model/ (the
+runtimes, the catalogue, the served registry), fetch.py and cache.py (bytes in, results remembered),
+review/ (the human loop), store/ (the database and its maintenance thread); config.py and errors.py
+at the bottom.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
-from collections.abc import Mapping, Sequence
-
-from flask import Flask
-
-from nsfw import access, observe, openapi
-from nsfw.api import bp, register_error_handlers
 from nsfw.config import ConfigError, Settings
-from nsfw.fetch import Resolver, system_resolver
-from nsfw.model import Classifier, load_classifiers
-from nsfw.service import PredictionService, build_service
+from nsfw.web.app import WORKER_BOOT_ERROR, create_app
 
-__all__ = ["ConfigError", "Settings", "create_app"]
-
-log = logging.getLogger(__name__)
-
-# gunicorn halts the whole server, instead of respawning forever, when a worker exits with this.
-WORKER_BOOT_ERROR = 3
-
-
-def create_app(
-    settings: Settings | None = None,
-    classifier: Classifier | Sequence[Classifier] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    resolver: Resolver = system_resolver,
-) -> Flask:
-    """The one factory: settings (from NSFW_* when not given), the classifiers (every served model,
-    loaded and warmed here when not given; the first given is the default), fetcher, blueprint and
-    error handlers."""
-    if settings is None:
-        settings = Settings.from_env(os.environ if environ is None else environ)
-    _configure_logging(settings.log_level, settings.log_format)
-    service = build_service(settings, resolver)
-    if isinstance(classifier, Sequence):
-        service.set_classifiers({c.spec.name: c for c in classifier})
-    elif classifier is not None:
-        service.set_classifier(classifier)
-    elif settings.load_in_background:
-        threading.Thread(target=_load_or_exit, args=(service,), name="model-loader", daemon=True).start()
-    else:
-        service.set_classifiers(load_classifiers(settings))
-
-    app = Flask(__name__, static_folder=None)  # no /static route: nothing of ours is static but /docs
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
-    app.extensions["nsfw"] = service
-    observe.install(app)  # first: every answer, a refusal too, carries the request's id
-    # Before the blueprint's hooks: no body is read for a stranger.
-    access.install(app, settings.api_keys, settings.metrics_token)
-    access.install_limits(
-        app,
-        settings.rate_limit,
-        settings.instance_dir,
-        settings.limits_redis,
-        settings.rate_limit_on_error,
-    )
-    app.register_blueprint(bp)
-    if settings.review:
-        from nsfw import review  # the queue's code and its SQL stack load only when it is on
-
-        review.install(app, settings, service)
-    openapi.install(app)
-    register_error_handlers(app)
-    return app
-
-
-def _configure_logging(level: str, log_format: str = "text") -> None:
-    """The nsfw logger at NSFW_LOG_LEVEL, in NSFW_LOG_FORMAT; to stderr (gunicorn's error log) unless
-    the host process configured logging itself. Without a handler, Python would print only warnings
-    and above, and the detail of every refused request (kept out of the response) would be lost."""
-    logger = logging.getLogger("nsfw")
-    logger.setLevel(level)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.addFilter(observe.RequestIdFilter())
-        handler.setFormatter(observe.formatter(log_format))
-        logger.addHandler(handler)
-
-
-def _load_or_exit(service: PredictionService) -> None:
-    try:
-        service.set_classifiers(load_classifiers(service.settings))
-    except BaseException:
-        log.critical("model failed to load; stopping the worker", exc_info=True)
-        logging.shutdown()
-        os._exit(WORKER_BOOT_ERROR)
+__all__ = ["WORKER_BOOT_ERROR", "ConfigError", "Settings", "create_app"]

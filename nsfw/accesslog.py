@@ -11,7 +11,7 @@ headers never reach a format.
 With NSFW_LOG_FORMAT=json both of gunicorn's logs are JSON lines (python-json-logger's formatter), and
 each access line has the fields an operator filters on: request id, key name, route rule, status,
 duration, verdict, and the client address (after trusted proxies) beside the socket's. The app and
-the front fill those facts in a dict that gunicorn's environ for this log carries (nsfw/frontend.py).
+the front fill those facts in a dict that gunicorn's environ for this log carries (nsfw/web/frontend.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 from gunicorn.glogging import Logger as GunicornLogger
 
 from nsfw.config import ConfigError, Settings
-from nsfw.observe import FACTS, formatter
+from nsfw.web.observe import FACTS, formatter
 
 REDACTED = "REDACTED"
 # Options whose values are the service's own vocabulary: kept in the log as they were sent.

@@ -68,7 +68,7 @@ class Entry:
 
 
 def key(tenant: str, sha256: str, model: str, version: str, resize: str) -> str:
-    """The entry's key: a result is shared within one tenant (API key) only (service.TENANT)."""
+    """The entry's key: a result is shared within one tenant (API key) only (pipeline.flow.TENANT)."""
     return f"{tenant}/{sha256}:{model}:{version}:{resize}"
 
 

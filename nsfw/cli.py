@@ -24,11 +24,10 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from nsfw import errors
-from nsfw.config import SCOPES, ConfigError, Settings, parse_api_keys
-from nsfw.imaging import RESIZE_MODES
+from nsfw.config import RESIZE_MODES, SCOPES, ConfigError, Settings, parse_api_keys
 from nsfw.model import load_classifier
 from nsfw.model.specs import MODELS
-from nsfw.service import PredictionService, build_service
+from nsfw.pipeline.service import Ask, PredictionService, build_service
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"})
 
@@ -47,10 +46,10 @@ def inputs(args: Sequence[str]) -> Iterator[str]:
 def classify(service: PredictionService, item: str, resize: str | None) -> dict[str, Any]:
     try:
         if "://" in item:
-            return service.predict_url(item, resize=resize).scores
+            return service.predict_url(item, Ask(resize=resize)).scores
         try:
             with open(item, "rb") as body:
-                return service.predict_image(body, resize=resize).scores
+                return service.predict_image(body, Ask(resize=resize)).scores
         except OSError as exc:
             raise errors.UnreadableFile(f"{item}: {exc}") from None
     except errors.NsfwError as exc:
@@ -88,8 +87,9 @@ def db_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         parser.error(str(exc))
-    from nsfw.review.store import make_engine, revisions
-    from nsfw.review.store import upgrade as migrate
+    from nsfw.store.engine import make_engine
+    from nsfw.store.migrate import revisions
+    from nsfw.store.migrate import upgrade as migrate
 
     migrate(settings.database, args.revision)
     engine = make_engine(settings.database)
@@ -116,7 +116,8 @@ def moderators_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     from nsfw.review import moderators
-    from nsfw.review.store import make_engine, upgrade
+    from nsfw.store.engine import make_engine
+    from nsfw.store.migrate import upgrade
 
     upgrade(settings.database)
     engine = make_engine(settings.database)
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     service = build_service(settings)
-    service.set_classifier(classifier)
+    service.models.set_one(classifier)
     items = list(inputs(args.inputs))
     show = args.progress == "always" or args.progress == "auto" and sys.stderr.isatty() and len(items) > 1
     failed = 0

@@ -7,13 +7,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nsfw.numbers import parse_float, parse_int
-from nsfw.policy import Policy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-# NSFW_RATE_LIMIT_STORAGE's schemes (limits' RedisStorage; nsfw/limitstore.py maps them).
+# NSFW_RATE_LIMIT_STORAGE's schemes (limits' RedisStorage; nsfw/web/limitstore.py maps them).
 REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 
 BACKENDS = ("litert", "tensorflow")
@@ -24,6 +23,20 @@ LOG_FORMATS = ("text", "json")
 LIST_HEADERS = frozenset({"x-forwarded-for"})
 PREFIX = "NSFW_"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def threshold_problems(adult_threshold: float, safe_threshold: float) -> list[str]:
+    """What is wrong with a verdict policy's two thresholds (NSFW_ADULT_THRESHOLD, NSFW_SAFE_THRESHOLD,
+    or a request's override of them); empty when they make a policy."""
+    found = [
+        f"{name} must be in (0, 1]"
+        for name, value in (("adult_threshold", adult_threshold), ("safe_threshold", safe_threshold))
+        if not 0 < value <= 1  # also refuses NaN
+    ]
+    if not found and adult_threshold + safe_threshold <= 1:
+        # The two sums add up to 1, so both rules could match one image.
+        found.append("adult_threshold + safe_threshold must be above 1")
+    return found
 
 
 class ConfigError(ValueError):
@@ -76,8 +89,8 @@ def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Everything an operator can tune; one field per NSFW_<FIELD> variable."""
+class RuntimeSettings:
+    """Which models each worker serves, and on what runtime."""
 
     # Runtime of mobilenet_v2: litert (default; no TensorFlow) or tensorflow (loads the .keras file).
     # inception_v3 and open_nsfw run on ONNX Runtime, private_detector on TensorFlow.
@@ -101,6 +114,26 @@ class Settings:
     load_in_background: bool = False
     # Threads the runtime may use for one prediction; 1 suits a 1 vCPU box with 2 workers.
     inference_threads: int = 1
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """The models each worker loads: the default first, then NSFW_MODELS."""
+        return (self.model, *(name for name in self.models if name != self.model))
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
+            ("resize", self.resize in RESIZE_MODES, f"must be one of {', '.join(RESIZE_MODES)}"),
+            ("models_dir", self.models_dir.is_dir(), "must be a directory"),
+            ("inference_threads", 1 <= self.inference_threads <= 64, "must be 1..64"),
+        ]
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Downloading an image: timeouts, sizes, which destinations (nsfw/fetch.py)."""
+
     # Seconds to establish the TCP (and TLS) connection to the image host.
     connect_timeout: float = 3.0
     # Seconds to wait for any single read from the image host.
@@ -109,6 +142,44 @@ class Settings:
     download_timeout: float = 10.0
     # Largest image body fetched, in bytes (counted after any content decoding).
     max_bytes: int = 10 * 1024 * 1024
+    # Longest accepted URL, in characters.
+    max_url_length: int = 2048
+    # Redirect hops followed; each hop is checked like the first URL.
+    max_redirects: int = 3
+    # Ports that may be fetched.
+    allowed_ports: tuple[int, ...] = (80, 443)
+    # CIDRs that may be fetched although private, loopback or otherwise refused. Empty by default.
+    allowed_networks: tuple[IPNetwork, ...] = field(default=())
+    # Bytes one request (a batch: all its items) may download from image hosts in total; an item
+    # whose download would pass it answers 422 download_budget_exceeded. With one fetch per distinct
+    # URL this bounds what one small request can make us pull from a third party.
+    max_request_download_bytes: int = 32 * 1024 * 1024
+    # Connections one request (a batch) holds to one image host at once.
+    max_host_connections: int = 2
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("connect_timeout", 0 < self.connect_timeout <= 60, "must be in (0, 60]"),
+            ("read_timeout", 0 < self.read_timeout <= 60, "must be in (0, 60]"),
+            ("download_timeout", 0 < self.download_timeout <= 300, "must be in (0, 300]"),
+            ("max_bytes", 1024 <= self.max_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
+            ("max_url_length", 16 <= self.max_url_length <= 65536, "must be 16..65536"),
+            ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
+            ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
+            (
+                "max_request_download_bytes",
+                self.max_bytes <= self.max_request_download_bytes <= 1 << 34,
+                "must be NSFW_MAX_BYTES..16 GiB",
+            ),
+            ("max_host_connections", 1 <= self.max_host_connections <= 64, "must be 1..64"),
+        ]
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """Decoding an image: what one decode may cost (nsfw/imaging/)."""
+
     # Largest image decoded, in pixels (width x height) of its real canvas, checked before decoding;
     # also the canvas area an animation's decoded frames may add up to (each seek decodes the frames
     # before it).
@@ -127,14 +198,30 @@ class Settings:
     # Seconds one image's decoding and preprocessing may take; past it a 422 image_too_complex
     # (checked between frames and between the decoder's input blocks). A batch's deadline cuts it shorter.
     decode_timeout: float = 5.0
-    # Longest accepted URL, in characters.
-    max_url_length: int = 2048
-    # Redirect hops followed; each hop is checked like the first URL.
-    max_redirects: int = 3
-    # Ports that may be fetched.
-    allowed_ports: tuple[int, ...] = (80, 443)
-    # CIDRs that may be fetched although private, loopback or otherwise refused. Empty by default.
-    allowed_networks: tuple[IPNetwork, ...] = field(default=())
+    # Frames classified per animation (GIF, WebP, APNG), spread from the first to the last; the
+    # answer is the frame with the highest hentai + porn + sexy. 1 classifies the first frame only.
+    max_frames: int = 8
+    # Largest total of PNG text metadata (tEXt/zTXt/iTXt) decoded per image, in bytes; a compressed
+    # text bomb past it is a 422.
+    max_metadata_bytes: int = 1024 * 1024
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("max_pixels", 1 <= self.max_pixels <= 200_000_000, "must be 1..200000000"),
+            ("max_decode_bytes", 1 << 20 <= self.max_decode_bytes <= 1 << 34, "must be 1 MiB..16 GiB"),
+            ("max_jpeg_scans", 1 <= self.max_jpeg_scans <= 10_000, "must be 1..10000"),
+            ("max_decoded_frames", 1 <= self.max_decoded_frames <= 1_000_000, "must be 1..1000000"),
+            ("decode_timeout", 0 < self.decode_timeout <= 600, "must be in (0, 600] seconds"),
+            ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
+            ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
+        ]
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """Who may fetch, parse or compute now, per worker (nsfw/pipeline/flow.py, nsfw/web/frontend.py)."""
+
     # Downloads one caller (client address) may have in flight per worker; more from that caller get a
     # fast 503 `overloaded` with Retry-After. A batch's items wait for their caller's share instead.
     # Below gunicorn's threads, so that one caller never holds them all; the worker refuses to boot
@@ -157,12 +244,31 @@ class Settings:
     # Request bodies (JSON with image_base64, uploads) one worker parses at once: each may take
     # about three times its size in memory while it is parsed. Others wait up to compute_wait.
     max_body_decodes: int = 2
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
+            ("max_downloads", self.max_in_flight <= self.max_downloads <= 1024, "must be NSFW_MAX_IN_FLIGHT..1024"),
+            ("download_wait", 0 <= self.download_wait <= 10, "must be 0..10 seconds"),
+            ("max_queue", 1 <= self.max_queue <= 1024, "must be 1..1024"),
+            ("max_queue_per_caller", 1 <= self.max_queue_per_caller <= self.max_queue, "must be 1..NSFW_MAX_QUEUE"),
+            ("compute_wait", 0 <= self.compute_wait <= 60, "must be 0..60 seconds"),
+            ("body_timeout", 0 < self.body_timeout <= 600, "must be in (0, 600] seconds"),
+            ("max_body_decodes", 1 <= self.max_body_decodes <= 64, "must be 1..64"),
+        ]
+
+
+@dataclass(frozen=True)
+class VerdictSettings:
+    """Scores -> adult / unknown / safe, and the second tier (nsfw/pipeline/verdict.py)."""
+
     # Verdicts (?detail=true): adult when hentai + porn + sexy reaches this...
     adult_threshold: float = 0.7
     # ...safe when drawings + neutral reaches this, unknown (human review) otherwise. The two must add
     # up to more than 1, so that no image matches both.
     safe_threshold: float = 0.7
-    # The second tier, asked when the verdict is unknown (nsfw/tiers.py): an operator's endpoint...
+    # The second tier, asked when the verdict is unknown (nsfw/pipeline/verdict.py): an operator's endpoint...
     # (empty: none).
     second_tier_url: str = ""
     # ...or a second model of NSFW_MODELS, run on the same image (empty: none). At most one of the two.
@@ -173,6 +279,38 @@ class Settings:
     second_tier_adult_threshold: float = 0.95
     # ...at or below this safe, between them still unknown.
     second_tier_safe_threshold: float = 0.05
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            (
+                "adult_threshold",
+                not threshold_problems(self.adult_threshold, self.safe_threshold),
+                "; ".join(threshold_problems(self.adult_threshold, self.safe_threshold)),
+            ),
+            (
+                "second_tier_url",
+                not self.second_tier_url or self.second_tier_url.startswith(("http://", "https://")),
+                "must be an http(s) URL or empty",
+            ),
+            (
+                "second_tier_model",
+                not (self.second_tier_model and self.second_tier_url),
+                "set it or NSFW_SECOND_TIER_URL, not both",
+            ),
+            ("second_tier_timeout", 0 < self.second_tier_timeout <= 60, "must be in (0, 60]"),
+            (
+                "second_tier_adult_threshold",
+                0 <= self.second_tier_safe_threshold < self.second_tier_adult_threshold <= 1,
+                "must be above NSFW_SECOND_TIER_SAFE_THRESHOLD, both in [0, 1]",
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """POST /predict/batch (nsfw/pipeline/batch.py)."""
+
     # Items one POST /predict/batch may carry.
     max_batch: int = 32
     # Largest /predict/batch body, in bytes (items may carry image_base64).
@@ -181,26 +319,24 @@ class Settings:
     batch_timeout: float = 20.0
     # Items of one batch fetched and decoded at once (decoding and inference still run one at a time).
     batch_concurrency: int = 4
-    # Bytes one request (a batch: all its items) may download from image hosts in total; an item
-    # whose download would pass it answers 422 download_budget_exceeded. With one fetch per distinct
-    # URL this bounds what one small request can make us pull from a third party.
-    max_request_download_bytes: int = 32 * 1024 * 1024
-    # Connections one request (a batch) holds to one image host at once.
-    max_host_connections: int = 2
-    # Frames classified per animation (GIF, WebP, APNG), spread from the first to the last; the
-    # answer is the frame with the highest hentai + porn + sexy. 1 classifies the first frame only.
-    max_frames: int = 8
-    # Largest total of PNG text metadata (tEXt/zTXt/iTXt) decoded per image, in bytes; a compressed
-    # text bomb past it is a 422.
-    max_metadata_bytes: int = 1024 * 1024
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("max_batch", 1 <= self.max_batch <= 1024, "must be 1..1024"),
+            ("max_batch_bytes", 1024 <= self.max_batch_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
+            ("batch_timeout", 0 < self.batch_timeout <= 600, "must be in (0, 600]"),
+            ("batch_concurrency", 1 <= self.batch_concurrency <= 64, "must be 1..64"),
+        ]
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The HTTP edge: request bodies, keys, rate limits, proxies, logs (nsfw/web/)."""
+
     # Largest request body of fields alone (a URL in JSON or a form), in bytes; bodies carrying an
     # image may add NSFW_MAX_BYTES (in base64 for JSON) to it.
     max_request_bytes: int = 64 * 1024
-    # Log level of the nsfw logger.
-    log_level: str = "INFO"
-    # text (default), or json: the service's log lines and gunicorn's (its access log too) as one
-    # JSON object a line, with the request id, key name, route, status, duration and verdict.
-    log_format: str = "text"
     # API keys, `name:token[:scope+scope]` comma-separated (scopes: predict, the default, and review).
     # When any is set, every route but /health needs one (Authorization: Bearer, or X-API-Key);
     # when none is, the service is open, as NSFW-FLASK was, and says so at boot.
@@ -211,15 +347,6 @@ class Settings:
     # Requests allowed per key (per client address without one), in Flask-Limiter's notation:
     # `120/minute;5000/day`. Empty: no limit. Over it: 429 rate_limited with Retry-After.
     rate_limit: str = ""
-    # Results each worker remembers (the image bytes' sha256 with model, version and resize -> its
-    # scores): a repeated image is answered without decoding or inference. 0 (default): off, so every
-    # request is classified as before; the deployment files set 1024 (about 0.5 MB a worker).
-    cache_size: int = 0
-    # Redis shared by every worker and instance: the result cache's second layer, and the rate limits'
-    # counters unless NSFW_RATE_LIMIT_STORAGE says otherwise. Empty: none.
-    redis_url: str = field(default="", repr=False)
-    # Seconds a result stays in Redis.
-    cache_ttl: int = 7 * 86400
     # Where the rate limit counters live: a Redis URI (redis://[:password@]host:port/db, rediss://, or
     # redis+unix://) shared by several instances; empty: the instance's own SQLite file on tmpfs.
     rate_limit_storage: str = field(default="", repr=False)
@@ -238,16 +365,114 @@ class Settings:
     # (metrics/). gunicorn.conf.py makes a fresh one on tmpfs at each start; empty without gunicorn
     # (the counters are then the process's own).
     instance_dir: Path | None = None
+    # Log level of the nsfw logger.
+    log_level: str = "INFO"
+    # text (default), or json: the service's log lines and gunicorn's (its access log too) as one
+    # JSON object a line, with the request id, key name, route, status, duration and verdict.
+    log_format: str = "text"
 
-    # The review queue (nsfw/review/): off unless true; needs a key with the review scope. With it on,
-    # ?detail=true requests that end unknown are queued for a human, and human decisions are
-    # remembered as verdicts for the same bytes.
-    review: bool = False
+    @property
+    def forwards_a_list(self) -> bool:
+        """Whether NSFW_CLIENT_ADDRESS_HEADER is a list each proxy appends to (X-Forwarded-For), read
+        from the right; any other header holds one address, the one its trusted proxy set."""
+        return self.client_address_header.lower() in LIST_HEADERS
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
+            ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
+            ("log_format", self.log_format in LOG_FORMATS, f"must be one of {', '.join(LOG_FORMATS)}"),
+            ("rate_limit_on_error", self.rate_limit_on_error in ("open", "closed"), "must be open or closed"),
+            (
+                "rate_limit_storage",
+                not self.rate_limit_storage or self.rate_limit_storage.split("://", 1)[0] in REDIS_SCHEMES,
+                "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
+            ),
+            (
+                "trusted_proxies",
+                not (self.forwards_a_list and any(net.prefixlen == 0 for net in self.trusted_proxies)),
+                "trusts every address with X-Forwarded-For, which every client writes: name the proxies, "
+                "or read a single-address header a proxy sets (NSFW_CLIENT_ADDRESS_HEADER=DO-Connecting-IP)",
+            ),
+            (
+                "client_address_header",
+                bool(_HEADER_NAME.fullmatch(self.client_address_header)),
+                "must be a header name (letters, digits and -)",
+            ),
+            (
+                "metrics_token",
+                not self.metrics_token or bool(_KEY_TOKEN.fullmatch(self.metrics_token)),
+                "must be 32-512 URL-safe characters (python -m nsfw keys new makes one)",
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The result cache (nsfw/cache.py)."""
+
+    # Results each worker remembers (the image bytes' sha256 with model, version and resize -> its
+    # scores): a repeated image is answered without decoding or inference. 0 (default): off, so every
+    # request is classified as before; the deployment files set 1024 (about 0.5 MB a worker).
+    cache_size: int = 0
+    # Redis shared by every worker and instance: the result cache's second layer, and the rate limits'
+    # counters unless NSFW_RATE_LIMIT_STORAGE says otherwise. Empty: none.
+    redis_url: str = field(default="", repr=False)
+    # Seconds a result stays in Redis.
+    cache_ttl: int = 7 * 86400
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("cache_size", 0 <= self.cache_size <= 1_000_000, "must be 0..1000000 entries"),
+            ("cache_ttl", 1 <= self.cache_ttl <= 365 * 86400, "must be 1 s..365 days"),
+            (
+                "redis_url",
+                not self.redis_url or self.redis_url.split("://", 1)[0] in REDIS_SCHEMES,
+                "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """The database the review queue (and what comes next) keeps its state in (nsfw/store/)."""
+
     # The review store: SQLAlchemy URL (postgresql+psycopg://user:pass@host/db); empty: SQLite at
     # NSFW_DATA_DIR/nsfw.db (lost with the container's disk on App Platform: use PostgreSQL there).
     database_url: str = field(default="", repr=False)
     # Where the default SQLite store lives.
     data_dir: Path = Path("data")
+
+    @property
+    def database(self) -> str:
+        """The review store's SQLAlchemy URL: NSFW_DATABASE_URL (a plain postgresql:// one through
+        psycopg 3), else SQLite in NSFW_DATA_DIR."""
+        for plain in ("postgresql://", "postgres://"):
+            if self.database_url.startswith(plain):
+                return "postgresql+psycopg://" + self.database_url.removeprefix(plain)
+        return self.database_url or f"sqlite:///{(self.data_dir / 'nsfw.db').resolve()}"
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            (
+                "database_url",
+                not self.database_url or self.database_url.startswith(DATABASE_SCHEMES),
+                f"must start with one of {', '.join(DATABASE_SCHEMES)}",
+            ),
+        ]
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """The review queue, its webhooks and the moderators' sign-in (nsfw/review/)."""
+
+    # The review queue (nsfw/review/): off unless true; needs a key with the review scope. With it on,
+    # ?detail=true requests that end unknown are queued for a human, and human decisions are
+    # remembered as verdicts for the same bytes.
+    review: bool = False
     # Share of automatic adult and safe verdicts also queued (kind audit), so humans keep checking
     # the model; 0 (default) to 1.
     review_audit_rate: float = 0.0
@@ -281,19 +506,109 @@ class Settings:
     # Hours a moderator's sign-in lasts (a working day); signing out, a new password or removal end it
     # sooner, on every device.
     session_hours: int = 12
-
     # Signs the moderators' session cookies (the review pages); needed with NSFW_REVIEW, at least 32
     # characters (python -m nsfw keys new makes a good one). Changing it signs everyone out.
     secret_key: str = field(default="", repr=False)
 
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            (
+                "secret_key",
+                not self.review or len(self.secret_key) >= 32,
+                "needs at least 32 characters with NSFW_REVIEW (it signs the moderators' sessions)",
+            ),
+            ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
+            ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
+            (
+                "review_webhook_url",
+                not self.review_webhook_url or self.review_webhook_url.startswith(("http://", "https://")),
+                "must be an http(s) URL or empty",
+            ),
+            (
+                "review_webhook_secret",
+                not self.review_webhook_url or bool(_WEBHOOK_SECRET.fullmatch(self.review_webhook_secret)),
+                "must be whsec_ and base64 (24-64 bytes) when NSFW_REVIEW_WEBHOOK_URL is set",
+            ),
+            ("review_retention_days", 1 <= self.review_retention_days <= 3650, "must be 1..3650"),
+            ("review_pending_days", 0 <= self.review_pending_days <= 3650, "must be 0..3650 (0: never)"),
+            ("review_audit_days", 1 <= self.review_audit_days <= 36500, "must be 1..36500"),
+            ("review_max_pending_per_key", 0 <= self.review_max_pending_per_key <= 10_000_000, "must be 0..10000000"),
+            ("review_max_refs", 1 <= self.review_max_refs <= 10_000, "must be 1..10000"),
+            ("review_webhook_timeout", 0 < self.review_webhook_timeout <= 60, "must be in (0, 60] seconds"),
+            ("review_store_timeout", 0 < self.review_store_timeout <= 60, "must be in (0, 60] seconds"),
+            ("session_hours", 1 <= self.session_hours <= 24 * 30, "must be 1..720 hours"),
+        ]
+
+
+G = TypeVar("G")
+
+
+def _view(settings: Settings, group: type[G]) -> G:
+    """settings' values of one group, as that group's own type (what a room takes)."""
+    return group(**{f.name: getattr(settings, f.name) for f in fields(group)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Settings(
+    RuntimeSettings,
+    FetchSettings,
+    DecodeSettings,
+    FlowSettings,
+    VerdictSettings,
+    BatchSettings,
+    WebSettings,
+    CacheSettings,
+    StoreSettings,
+    ReviewSettings,
+):
+    """Everything an operator can tune: one field per NSFW_<FIELD> variable, declared in its
+    concern's group above; `settings.fetch`, `settings.decode`, ... give one group alone."""
+
     @property
-    def database(self) -> str:
-        """The review store's SQLAlchemy URL: NSFW_DATABASE_URL (a plain postgresql:// one through
-        psycopg 3), else SQLite in NSFW_DATA_DIR."""
-        for plain in ("postgresql://", "postgres://"):
-            if self.database_url.startswith(plain):
-                return "postgresql+psycopg://" + self.database_url.removeprefix(plain)
-        return self.database_url or f"sqlite:///{(self.data_dir / 'nsfw.db').resolve()}"
+    def runtime(self) -> RuntimeSettings:
+        return _view(self, RuntimeSettings)
+
+    @property
+    def fetch(self) -> FetchSettings:
+        return _view(self, FetchSettings)
+
+    @property
+    def decode(self) -> DecodeSettings:
+        return _view(self, DecodeSettings)
+
+    @property
+    def flow(self) -> FlowSettings:
+        return _view(self, FlowSettings)
+
+    @property
+    def verdicts(self) -> VerdictSettings:
+        return _view(self, VerdictSettings)
+
+    @property
+    def batch(self) -> BatchSettings:
+        return _view(self, BatchSettings)
+
+    @property
+    def web(self) -> WebSettings:
+        return _view(self, WebSettings)
+
+    @property
+    def cache(self) -> CacheSettings:
+        return _view(self, CacheSettings)
+
+    @property
+    def store(self) -> StoreSettings:
+        return _view(self, StoreSettings)
+
+    @property
+    def reviewing(self) -> ReviewSettings:
+        return _view(self, ReviewSettings)
+
+    @property
+    def max_json_image_bytes(self) -> int:
+        """Largest JSON body carrying one image in base64 (4 characters per 3 bytes) and a few fields."""
+        return -(-self.max_bytes // 3) * 4 + self.max_request_bytes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -320,178 +635,44 @@ class Settings:
         NSFW_REDIS_URL); empty: the instance's SQLite file."""
         return self.rate_limit_storage or self.redis_url
 
-    @property
-    def forwards_a_list(self) -> bool:
-        """Whether NSFW_CLIENT_ADDRESS_HEADER is a list each proxy appends to (X-Forwarded-For), read
-        from the right; any other header holds one address, the one its trusted proxy set."""
-        return self.client_address_header.lower() in LIST_HEADERS
-
-    @property
-    def served_models(self) -> tuple[str, ...]:
-        """The models each worker loads: the default first, then NSFW_MODELS."""
-        return (self.model, *(name for name in self.models if name != self.model))
-
-    @property
-    def max_json_image_bytes(self) -> int:
-        """Largest JSON body carrying one image in base64 (4 characters per 3 bytes) and a few fields."""
-        return -(-self.max_bytes // 3) * 4 + self.max_request_bytes
-
-    def body_limit(self, path: str, mimetype: str) -> int:
-        """The cap of a request body, by what it carries: an image, an image in base64, or a few
-        fields. The front (nsfw/frontend.py) refuses past it from Content-Length alone, before any
-        100 Continue; the app applies it again to what it reads."""
-        if path.startswith("/review"):
-            # The review API and pages take a label, a note or a form: a few fields. A stranger with a
-            # made-up session cookie reaches the app (which checks sessions), so its body stays small.
-            return self.max_request_bytes
-        if mimetype.startswith("image/"):
-            return self.max_bytes
-        if mimetype == "multipart/form-data":
-            return self.max_bytes + self.max_request_bytes
-        if path == "/predict/batch":
-            return self.max_batch_bytes
-        if mimetype == "application/json" or mimetype.startswith("application/") and mimetype.endswith("+json"):
-            return self.max_json_image_bytes  # may carry image_base64: 4 characters per 3 bytes
-        return self.max_request_bytes
-
-    def policy(self) -> Policy:
-        """The verdict policy these settings define (requests may override its thresholds)."""
-        return Policy(self.adult_threshold, self.safe_threshold)
-
-    def validate(self) -> Settings:
-        """Return self, or raise ConfigError naming the NSFW_* variable that is wrong."""
-        checks: list[tuple[str, bool, str]] = [
-            ("backend", self.backend in BACKENDS, f"must be one of {', '.join(BACKENDS)}"),
-            ("resize", self.resize in RESIZE_MODES, f"must be one of {', '.join(RESIZE_MODES)}"),
-            ("models_dir", self.models_dir.is_dir(), "must be a directory"),
-            ("inference_threads", 1 <= self.inference_threads <= 64, "must be 1..64"),
-            ("connect_timeout", 0 < self.connect_timeout <= 60, "must be in (0, 60]"),
-            ("read_timeout", 0 < self.read_timeout <= 60, "must be in (0, 60]"),
-            ("download_timeout", 0 < self.download_timeout <= 300, "must be in (0, 300]"),
-            ("max_bytes", 1024 <= self.max_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
-            ("max_pixels", 1 <= self.max_pixels <= 200_000_000, "must be 1..200000000"),
-            ("max_decode_bytes", 1 << 20 <= self.max_decode_bytes <= 1 << 34, "must be 1 MiB..16 GiB"),
-            ("max_jpeg_scans", 1 <= self.max_jpeg_scans <= 10_000, "must be 1..10000"),  # budget.SCAN_COUNT_CAP
-            ("max_decoded_frames", 1 <= self.max_decoded_frames <= 1_000_000, "must be 1..1000000"),
-            ("decode_timeout", 0 < self.decode_timeout <= 600, "must be in (0, 600] seconds"),
-            ("max_url_length", 16 <= self.max_url_length <= 65536, "must be 16..65536"),
-            ("max_redirects", 0 <= self.max_redirects <= 10, "must be 0..10"),
-            ("allowed_ports", all(0 < p < 65536 for p in self.allowed_ports), "ports are 1..65535"),
-            ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
-            ("max_downloads", self.max_in_flight <= self.max_downloads <= 1024, "must be NSFW_MAX_IN_FLIGHT..1024"),
-            ("download_wait", 0 <= self.download_wait <= 10, "must be 0..10 seconds"),
-            ("max_queue", 1 <= self.max_queue <= 1024, "must be 1..1024"),
-            ("max_queue_per_caller", 1 <= self.max_queue_per_caller <= self.max_queue, "must be 1..NSFW_MAX_QUEUE"),
-            ("compute_wait", 0 <= self.compute_wait <= 60, "must be 0..60 seconds"),
-            ("body_timeout", 0 < self.body_timeout <= 600, "must be in (0, 600] seconds"),
-            ("max_body_decodes", 1 <= self.max_body_decodes <= 64, "must be 1..64"),
-            ("max_frames", 1 <= self.max_frames <= 64, "must be 1..64"),
-            ("adult_threshold", not self.policy().problems(), "; ".join(self.policy().problems())),
-            (
-                "second_tier_url",
-                not self.second_tier_url or self.second_tier_url.startswith(("http://", "https://")),
-                "must be an http(s) URL or empty",
-            ),
-            (
-                "second_tier_model",
-                not (self.second_tier_model and self.second_tier_url),
-                "set it or NSFW_SECOND_TIER_URL, not both",
-            ),
+    def _cross_checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what needs fields of more than one group."""
+        return [
             (
                 "second_tier_model",
                 not self.second_tier_model or self.second_tier_model in self.served_models,
                 "must be NSFW_MODEL or one of NSFW_MODELS",
-            ),
-            ("second_tier_timeout", 0 < self.second_tier_timeout <= 60, "must be in (0, 60]"),
-            (
-                "second_tier_adult_threshold",
-                0 <= self.second_tier_safe_threshold < self.second_tier_adult_threshold <= 1,
-                "must be above NSFW_SECOND_TIER_SAFE_THRESHOLD, both in [0, 1]",
-            ),
-            ("max_batch", 1 <= self.max_batch <= 1024, "must be 1..1024"),
-            ("max_batch_bytes", 1024 <= self.max_batch_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
-            ("batch_timeout", 0 < self.batch_timeout <= 600, "must be in (0, 600]"),
-            ("batch_concurrency", 1 <= self.batch_concurrency <= 64, "must be 1..64"),
-            (
-                "max_request_download_bytes",
-                self.max_bytes <= self.max_request_download_bytes <= 1 << 34,
-                "must be NSFW_MAX_BYTES..16 GiB",
-            ),
-            ("max_host_connections", 1 <= self.max_host_connections <= 64, "must be 1..64"),
-            ("max_metadata_bytes", 1024 <= self.max_metadata_bytes <= 1 << 26, "must be 1 KiB..64 MiB"),
-            ("max_request_bytes", 1024 <= self.max_request_bytes <= 1 << 30, "must be 1 KiB..1 GiB"),
-            ("log_level", self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "a logging level"),
-            ("log_format", self.log_format in LOG_FORMATS, f"must be one of {', '.join(LOG_FORMATS)}"),
-            ("rate_limit_on_error", self.rate_limit_on_error in ("open", "closed"), "must be open or closed"),
-            (
-                "rate_limit_storage",
-                not self.rate_limit_storage or self.rate_limit_storage.split("://", 1)[0] in REDIS_SCHEMES,
-                "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
             ),
             (
                 "review",
                 not self.review or any("review" in key.scopes for key in self.api_keys),
                 "needs a key with the review scope in NSFW_API_KEYS (the queue holds images)",
             ),
-            (
-                "database_url",
-                not self.database_url or self.database_url.startswith(DATABASE_SCHEMES),
-                f"must start with one of {', '.join(DATABASE_SCHEMES)}",
-            ),
-            (
-                "secret_key",
-                not self.review or len(self.secret_key) >= 32,
-                "needs at least 32 characters with NSFW_REVIEW (it signs the moderators' sessions)",
-            ),
-            ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
-            ("cache_size", 0 <= self.cache_size <= 1_000_000, "must be 0..1000000 entries"),
-            ("cache_ttl", 1 <= self.cache_ttl <= 365 * 86400, "must be 1 s..365 days"),
-            (
-                "redis_url",
-                not self.redis_url or self.redis_url.split("://", 1)[0] in REDIS_SCHEMES,
-                "must be a Redis URI (redis://, rediss:// or redis+unix://) or empty",
-            ),
-            ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
-            (
-                "review_webhook_url",
-                not self.review_webhook_url or self.review_webhook_url.startswith(("http://", "https://")),
-                "must be an http(s) URL or empty",
-            ),
-            (
-                "review_webhook_secret",
-                not self.review_webhook_url or bool(_WEBHOOK_SECRET.fullmatch(self.review_webhook_secret)),
-                "must be whsec_ and base64 (24-64 bytes) when NSFW_REVIEW_WEBHOOK_URL is set",
-            ),
-            ("review_retention_days", 1 <= self.review_retention_days <= 3650, "must be 1..3650"),
-            ("review_pending_days", 0 <= self.review_pending_days <= 3650, "must be 0..3650 (0: never)"),
-            ("review_audit_days", 1 <= self.review_audit_days <= 36500, "must be 1..36500"),
-            ("review_max_pending_per_key", 0 <= self.review_max_pending_per_key <= 10_000_000, "must be 0..10000000"),
-            ("review_max_refs", 1 <= self.review_max_refs <= 10_000, "must be 1..10000"),
-            ("review_webhook_timeout", 0 < self.review_webhook_timeout <= 60, "must be in (0, 60] seconds"),
-            ("review_store_timeout", 0 < self.review_store_timeout <= 60, "must be in (0, 60] seconds"),
-            ("session_hours", 1 <= self.session_hours <= 24 * 30, "must be 1..720 hours"),
-            (
-                "trusted_proxies",
-                not (self.forwards_a_list and any(net.prefixlen == 0 for net in self.trusted_proxies)),
-                "trusts every address with X-Forwarded-For, which every client writes: name the proxies, "
-                "or read a single-address header a proxy sets (NSFW_CLIENT_ADDRESS_HEADER=DO-Connecting-IP)",
-            ),
-            (
-                "client_address_header",
-                bool(_HEADER_NAME.fullmatch(self.client_address_header)),
-                "must be a header name (letters, digits and -)",
-            ),
-            (
-                "metrics_token",
-                not self.metrics_token or bool(_KEY_TOKEN.fullmatch(self.metrics_token)),
-                "must be 32-512 URL-safe characters (python -m nsfw keys new makes one)",
-            ),
         ]
+
+    def validate(self) -> Settings:
+        """Return self, or raise ConfigError naming the NSFW_* variable that is wrong."""
+        checks = [row for group in GROUPS for row in group._checks(self)] + self._cross_checks()
         for name, ok, why in checks:
             if not ok:
                 shown = "(hidden)" if name in _SECRETS else repr(getattr(self, name))
                 raise ConfigError(f"{PREFIX}{name.upper()}={shown}: {why}")
         return self
+
+
+# The groups Settings is made of, in the order their values are checked.
+GROUPS = (
+    RuntimeSettings,
+    FetchSettings,
+    DecodeSettings,
+    FlowSettings,
+    VerdictSettings,
+    BatchSettings,
+    WebSettings,
+    CacheSettings,
+    StoreSettings,
+    ReviewSettings,
+)
 
 
 def _split(raw: str) -> list[str]:

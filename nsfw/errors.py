@@ -6,6 +6,7 @@ upstream status or an exception text).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 
@@ -23,6 +24,10 @@ class NsfwError(Exception):
 
     def to_dict(self) -> dict[str, dict[str, str]]:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def to_json(self) -> bytes:
+        """The body as the front door writes it, before the app (nsfw/web/frontend.py)."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode() + b"\n"
 
 
 # 400: the request itself is wrong.
@@ -107,7 +112,7 @@ class UrlPortNotAllowed(UrlNotAllowed):
     message = "The url's port is not allowed."
 
 
-# 401 / 403: keys (nsfw/access.py).
+# 401 / 403: keys (nsfw/web/access.py).
 class Unauthorized(NsfwError):
     status = 401
     code = "unauthorized"
@@ -177,7 +182,7 @@ class PayloadTooLarge(NsfwError):
     message = "The request body is too large, or not expected here."
 
 
-# 414 / 431 / 501: answered by the HTTP server (nsfw/frontend.py) before the app sees the request.
+# 414 / 431 / 501: answered by the HTTP server (nsfw/web/frontend.py) before the app sees the request.
 class UriTooLong(NsfwError):
     status = 414
     code = "uri_too_long"
@@ -320,12 +325,12 @@ class ReviewRefsFull(ReviewProblem):
 
 
 def review_problems() -> list[type[ReviewProblem]]:
-    """The review problems an answer may name (nsfw/openapi.py lists their codes)."""
+    """The review problems an answer may name (nsfw/web/openapi.py lists their codes)."""
     return [ReviewProblem, *ReviewProblem.__subclasses__()]
 
 
 def every_error(cls: type[NsfwError] = NsfwError) -> Iterator[type[NsfwError]]:
-    """cls and every error class under it: the codes the API can answer (nsfw/openapi.py lists them)."""
+    """cls and every error class under it: the codes the API can answer (nsfw/web/openapi.py lists them)."""
     yield cls
     for sub in cls.__subclasses__():
         yield from every_error(sub)

@@ -63,7 +63,8 @@ Resolver = Callable[[str, int], Sequence[str]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
-# Bodies up to this size stay in memory; bigger ones roll over to an unlinked temporary file.
+# Bodies up to this size stay in memory; bigger ones roll over to an unlinked temporary file: a
+# download, a request's body (nsfw/web/frontend.py), a decoded base64 image (nsfw/web/api.py).
 SPOOL_MEMORY_BYTES = 1024 * 1024
 USER_AGENT = "nsfw-api/1.0 (+image moderation; fetches only the URL it was given)"
 # identity: the body is not compressed in transit, so what we count is what we decode (a server that

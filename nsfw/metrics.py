@@ -4,7 +4,7 @@ Under gunicorn every worker writes its samples to files in PROMETHEUS_MULTIPROC_
 gunicorn.conf.py makes fresh at start (and marks each dead worker's files); `/metrics` builds a
 registry over that folder per scrape, so the numbers are the instance's, all workers together.
 Without that variable (tests, the command line) the process's own registry is used. No Flask here:
-the service counts its stages, nsfw/observe.py the requests.
+the service counts its stages, nsfw/web/observe.py the requests.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ palette, 1-bit and alpha PNG, GIF and animated GIF, APNG, lossy, lossless, alpha
 The two big variants (a 4096x4096 JPEG and a 4096x4096 lossy WebP of about 4 MB) are not committed:
 `big_variants()` makes them from committed corpus files, and the test run has nsfwjs score them live.
 `reference_rgb` is the decode the reference follows (../shared/reference/README.md, variant `main`),
-written here on plain Pillow so it does not share code with nsfw/imaging.py, which it checks.
+written here on plain Pillow so it does not share code with nsfw/imaging/decode.py, which it checks.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import IO
 
 import pytest
 
-from bench.load import free_port_below_ephemeral
+from bench.harness import children, free_port_below_ephemeral, stop
 from tests.support import REPO, ImageServer
 
 
@@ -37,10 +37,6 @@ def _serving_python() -> str:
     return sys.executable
 
 
-def _free_port() -> int:
-    return free_port_below_ephemeral()
-
-
 def _get(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]:
     request = urllib.request.Request(url, method=method)
     try:
@@ -48,6 +44,20 @@ def _get(url: str, method: str = "GET", timeout: float = 10) -> tuple[int, dict]
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def call(server: Gunicorn, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, bytes, dict]:
+    """`method path` with the bearer token (and `body` as JSON): (status, raw body, headers), for errors too."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{server.base}{path}", data=data, method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return answer.status, answer.read(), dict(answer.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
 
 
 @dataclass
@@ -59,15 +69,7 @@ class Gunicorn:
 
     def workers(self) -> set[int]:
         """Pids of the arbiter's children, from /proc."""
-        children = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            if int(fields[1]) == self.proc.pid:
-                children.add(int(stat.parent.name))
-        return children
+        return set(children(self.proc.pid))
 
 
 @pytest.fixture()
@@ -77,7 +79,7 @@ def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callab
 
     def start(extra_env: dict[str, str] | None = None, *, wait_healthy: bool = True, app: str = "app:app") -> Gunicorn:
         python = _serving_python()
-        port = _free_port()
+        port = free_port_below_ephemeral()
         env = {
             "PATH": f"{Path(python).parent}:{os.environ['PATH']}",
             "PORT": str(port),
@@ -112,11 +114,7 @@ def start_gunicorn(image_server: ImageServer, tmp_path: Path) -> Iterator[Callab
 
     yield start
     for proc, log in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 

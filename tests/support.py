@@ -4,6 +4,7 @@ tests use (a connection tripwire, a memory watch, a leak check)."""
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import resource
 import socket
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from nsfw import errors
 from nsfw.model.specs import MOBILENET_V2, ModelSpec
@@ -151,6 +153,13 @@ class FakeClassifier:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.seen.append(batch)
         return np.tile(np.asarray(self.probabilities, np.float32), (batch.shape[0], 1))
+
+
+def encode(img: Image.Image, fmt: str, **options: object) -> bytes:
+    """The image saved in `fmt` (Pillow's save options), as bytes."""
+    out = io.BytesIO()
+    img.save(out, fmt, **options)
+    return out.getvalue()
 
 
 def corpus_bytes(name: str) -> bytes:

@@ -1,4 +1,4 @@
-"""API keys and scopes (nsfw/access.py): parsed at boot, asked of every route but /health."""
+"""API keys and scopes (nsfw/web/access.py): parsed at boot, asked of every route but /health."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 from flask.testing import FlaskClient
 
-from nsfw import access, create_app
+from nsfw import create_app
 from nsfw.cli import main
 from nsfw.config import ApiKey, ConfigError, Settings, parse_api_keys
-from nsfw.frontend import Front
+from nsfw.web import access
+from nsfw.web.frontend import Front
 from tests.support import FakeClassifier, ImageServer, corpus_bytes
 from tests.test_frontend import Conversation, _scope
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsfw import create_app, imaging
+from nsfw import create_app
 from nsfw.config import Settings
+from nsfw.imaging.decode import decode_frames, frame_indices
 from nsfw.model import Classifier
-from nsfw.service import worst_frame
+from nsfw.pipeline.service import worst_frame
 from tests.support import ImageServer, corpus_bytes
 
 
@@ -29,7 +30,7 @@ from tests.support import ImageServer, corpus_bytes
     ],
 )
 def test_frames_are_spread_from_first_to_last(n_frames: int, max_frames: int, expected: list[int]) -> None:
-    assert imaging.frame_indices(n_frames, max_frames) == expected
+    assert frame_indices(n_frames, max_frames) == expected
 
 
 def _animation(frames: list[Image.Image], fmt: str = "GIF") -> bytes:
@@ -51,16 +52,16 @@ def _frame_number(frame: Image.Image) -> int:
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
 def test_the_sampled_frames_are_the_ones_asked_for(fmt: str) -> None:
-    frames = imaging.decode_frames(io.BytesIO(_animation(_numbered(40, (16, 16)), fmt)), max_pixels=10**6, max_frames=8)
-    assert [_frame_number(f) for f in frames.images] == frames.indices == imaging.frame_indices(40, 8)
+    frames = decode_frames(io.BytesIO(_animation(_numbered(40, (16, 16)), fmt)), max_pixels=10**6, max_frames=8)
+    assert [_frame_number(f) for f in frames.images] == frames.indices == frame_indices(40, 8)
     assert frames.total == 40
 
 
 def test_the_decoded_area_bounds_how_far_sampling_reaches() -> None:
     """300 frames of 100x100 with a budget of 100 frames' pixels: spread over the first 100."""
     data = _animation(_numbered(300, (100, 100)))
-    frames = imaging.decode_frames(io.BytesIO(data), max_pixels=100 * 100 * 100, max_frames=8)
-    assert [_frame_number(f) for f in frames.images] == frames.indices == imaging.frame_indices(100, 8)
+    frames = decode_frames(io.BytesIO(data), max_pixels=100 * 100 * 100, max_frames=8)
+    assert [_frame_number(f) for f in frames.images] == frames.indices == frame_indices(100, 8)
     assert frames.total == 300
 
 

@@ -13,6 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 
 import nsfw
+import nsfw.web.app
 from nsfw.config import Settings
 from tests.reference import Corpus
 from tests.support import FakeClassifier, ImageServer, corpus_bytes, send
@@ -82,7 +83,7 @@ def test_health_is_503_while_the_model_loads(settings: Settings, monkeypatch: py
         release.wait(5)
         return {"mobilenet_v2": FakeClassifier()}
 
-    monkeypatch.setattr(nsfw, "load_classifiers", slow_load)
+    monkeypatch.setattr(nsfw.web.app, "load_classifiers", slow_load)
     from dataclasses import replace
 
     client = nsfw.create_app(replace(settings, load_in_background=True)).test_client()

@@ -17,25 +17,21 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from nsfw import errors, imaging
+from nsfw import errors
 from nsfw.imaging import budget
 from nsfw.imaging.budget import Limits, read_layout
+from nsfw.imaging.decode import Frames, decode_frames, frame_indices, open_image, sniff_format
+from nsfw.imaging.recipes import preprocess_frames
 from nsfw.model.specs import MOBILENET_V2
 from scripts import hostile_images as bombs
-from tests.support import REPO
+from tests.support import REPO, encode
 
 MiB = 1024 * 1024
 
 
-def _save(img: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    img.save(out, fmt, **options)
-    return out.getvalue()
-
-
-def _decode(data: bytes, limits: Limits | None = None, max_frames: int = 8) -> imaging.Frames[np.ndarray]:
+def _decode(data: bytes, limits: Limits | None = None, max_frames: int = 8) -> Frames[np.ndarray]:
     limits = limits or Limits()
-    _, frames = imaging.preprocess_frames(
+    _, frames = preprocess_frames(
         io.BytesIO(data), spec=MOBILENET_V2, resize="nsfwjs", limits=limits, max_frames=max_frames
     )
     return frames
@@ -61,18 +57,18 @@ def test_a_gif_canvas_grows_with_its_frames() -> None:
     ],
 )
 def test_jpeg_frame_and_scans(options: dict[str, object], mode: str, samples: float, scans: int) -> None:
-    data = _save(Image.new("RGB", (300, 200), (30, 90, 150)).convert(mode), "JPEG", **options)
+    data = encode(Image.new("RGB", (300, 200), (30, 90, 150)).convert(mode), "JPEG", **options)
     layout = read_layout(data, "JPEG")
     assert (layout.width, layout.height, layout.jpeg_samples, layout.jpeg_scans) == (300, 200, samples, scans)
 
 
 def test_jpeg_scans_are_counted_to_the_first_image_only() -> None:
     """An EXIF thumbnail (a JPEG inside APP1) and an MPO's later images are not the first image's scans."""
-    thumb = _save(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
+    thumb = encode(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
     exif = Image.Exif()
     exif[0x0112] = 1
     app1 = b"Exif\0\0" + exif.tobytes() + thumb
-    plain = _save(Image.new("RGB", (300, 200)), "JPEG")
+    plain = encode(Image.new("RGB", (300, 200)), "JPEG")
     with_thumb = plain[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + plain[2:]
     assert read_layout(with_thumb, "JPEG").jpeg_scans == 1
     mpo = bombs.mpo_big_entries((640, 480))
@@ -96,7 +92,7 @@ def test_png_and_apng_headers() -> None:
 
 @pytest.mark.parametrize("options", [{"lossless": True}, {"quality": 60}, {"lossless": True, "exif": b"Exif\0\0"}])
 def test_webp_sizes_and_frames(options: dict[str, object]) -> None:
-    layout = read_layout(_save(Image.new("RGBA", (321, 123), (1, 2, 3, 4)), "WEBP", **options), "WEBP")
+    layout = read_layout(encode(Image.new("RGBA", (321, 123), (1, 2, 3, 4)), "WEBP", **options), "WEBP")
     assert (layout.width, layout.height, layout.frame_count) == (321, 123, 1)
     animated = read_layout(bombs.webp_many_frames(500, (40, 30)), "WEBP")
     assert (animated.width, animated.height, animated.frame_count) == (40, 30, 500)
@@ -105,7 +101,7 @@ def test_webp_sizes_and_frames(options: dict[str, object]) -> None:
 def test_bmp_rle_is_seen_and_its_runs_bounded() -> None:
     layout = read_layout(bombs.bmp_rle8(100, 10), "BMP")
     assert (layout.width, layout.height, layout.bmp_rle) == (100, 10, True)
-    assert not read_layout(_save(Image.new("RGB", (5, 5)), "BMP"), "BMP").bmp_rle
+    assert not read_layout(encode(Image.new("RGB", (5, 5)), "BMP"), "BMP").bmp_rle
     assert _decode(bombs.bmp_rle8(400, 300)).total == 1  # 120 KB of runs: decoded
     with pytest.raises(errors.ImageTooComplex):
         _decode(bombs.bmp_rle8())  # 5 MB of runs: 1.7 s of Python
@@ -113,7 +109,7 @@ def test_bmp_rle_is_seen_and_its_runs_bounded() -> None:
 
 @pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "JPEG", "BMP"])
 def test_truncated_headers_price_nothing_and_raise_nothing(fmt: str) -> None:
-    data = _save(Image.new("RGB", (50, 40)), fmt)
+    data = encode(Image.new("RGB", (50, 40)), fmt)
     for cut in (0, 5, 11, 20, 30):
         read_layout(data[:cut], fmt)  # Pillow refuses such files; pricing them must not fail first
 
@@ -167,12 +163,12 @@ def test_a_16_bit_grey_png_of_40_mp_is_priced_at_4_bytes_a_pixel() -> None:
 )
 def test_animations_are_sampled_within_the_frames_the_budget_reaches(make: object, reachable: int) -> None:
     frames = _decode(make())  # type: ignore[operator]
-    assert frames.indices == imaging.frame_indices(reachable, 8)
+    assert frames.indices == frame_indices(reachable, 8)
 
 
 def test_limits_are_the_settings() -> None:
     from nsfw.config import Settings
-    from nsfw.service import decode_limits
+    from nsfw.pipeline.service import decode_limits
 
     assert decode_limits(Settings()) == Limits()
     custom = decode_limits(replace(Settings(), max_decode_bytes=2 * MiB, max_jpeg_scans=3))
@@ -180,7 +176,7 @@ def test_limits_are_the_settings() -> None:
 
 
 def test_the_scan_limit_is_a_setting() -> None:
-    data = _save(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
+    data = encode(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
     assert _decode(data).total == 1
     with pytest.raises(errors.ImageTooComplex):
         _decode(data, Limits(max_jpeg_scans=9))
@@ -192,7 +188,7 @@ def test_a_late_exif_orientation_is_priced_before_the_upright_copy() -> None:
     img = Image.new("RGB", (1000, 1000), (9, 9, 9))
     exif = Image.Exif()
     exif[0x0112] = 6
-    data = _save(img, "PNG")
+    data = encode(img, "PNG")
     iend = data.rindex(b"IEND") - 4
     chunk = bombs._chunk(b"eXIf", exif.tobytes())
     late = data[:iend] + chunk + data[iend:]
@@ -209,7 +205,7 @@ def test_a_late_exif_orientation_is_priced_before_the_upright_copy() -> None:
 
 def _noise_png_idat_split(size: int) -> bytes:
     """A 300x300 noise PNG, stored (270 KB of image data), in IDAT chunks of `size` bytes."""
-    return bombs.png_idat_split(_save(_noise((300, 300)), "PNG", compress_level=0), size)
+    return bombs.png_idat_split(encode(_noise((300, 300)), "PNG", compress_level=0), size)
 
 
 @pytest.mark.parametrize(
@@ -286,7 +282,7 @@ def test_ordinary_rle_bmps_decode(make: Callable[[], Image.Image]) -> None:
     3 MB (the drawing decoded then too)."""
     img = make()
     data = bombs.bmp_rle8_of(img)
-    frames = imaging.decode_frames(io.BytesIO(data), limits=Limits())
+    frames = decode_frames(io.BytesIO(data), limits=Limits())
     assert np.array_equal(np.asarray(frames.images[0]), np.asarray(img.convert("RGB")))
 
 
@@ -301,9 +297,9 @@ def test_png_chunks_are_counted_to_the_limit() -> None:
         _decode(bombs.png_many_chunks(limit - 2))
     assert budget.MAX_PNG_CHUNKS == read_layout(at_limit, "PNG").png_chunks == limit
     img = _noise((1500, 1000))
-    data = bombs.png_idat_split(_save(img, "PNG", compress_level=1), 8192)
+    data = bombs.png_idat_split(encode(img, "PNG", compress_level=1), 8192)
     assert 500 < read_layout(data, "PNG").png_chunks < 1000
-    frames = imaging.decode_frames(io.BytesIO(data), limits=Limits())
+    frames = decode_frames(io.BytesIO(data), limits=Limits())
     assert np.array_equal(np.asarray(frames.images[0]), np.asarray(img))
 
 
@@ -313,7 +309,7 @@ def test_an_apng_is_sampled_over_the_frames_within_the_chunk_limit() -> None:
     all 100 (100,000 chunks read in Python)."""
     data = bombs.apng_many_frames(100, (64, 64), chunks_per_frame=1000)
     frames = _decode(data)
-    assert (frames.total, frames.indices) == (100, imaging.frame_indices(33, 8))
+    assert (frames.total, frames.indices) == (100, frame_indices(33, 8))
     # IHDR, acTL, fcTL and IDAT, then 1,001 a frame: the first 33 are read through frame 33's fcTL,
     # chunk 5 + 1,001 x 32.
     layout = read_layout(data, "PNG")
@@ -327,7 +323,7 @@ def test_a_decode_that_runs_past_its_deadline_stops() -> None:
     """A repeated-scan JPEG let through the scan limit would take minutes; it stops at its deadline."""
     data = bombs.jpeg_repeated_scans(400_000, (1024, 1024))
     with pytest.raises(errors.ImageTooComplex):
-        imaging.preprocess_frames(
+        preprocess_frames(
             io.BytesIO(data),
             spec=MOBILENET_V2,
             resize="nsfwjs",
@@ -339,7 +335,7 @@ def test_a_decode_that_runs_past_its_deadline_stops() -> None:
 
 def test_an_animation_stops_between_frames_at_its_deadline() -> None:
     with pytest.raises(errors.ImageTooComplex):
-        imaging.preprocess_frames(
+        preprocess_frames(
             io.BytesIO(bombs.webp_many_frames(50, (8, 8))),
             spec=MOBILENET_V2,
             resize="nsfwjs",
@@ -355,8 +351,8 @@ _MEASURE = """
 import ctypes, io, sys, tempfile, time
 ctypes.CDLL("libc.so.6").mallopt(-3, 4 * 1024 * 1024)  # gunicorn.conf.py's post_fork
 sys.path.insert(0, sys.argv[1])
-from nsfw.imaging import preprocess_frames
 from nsfw.imaging.budget import Limits
+from nsfw.imaging.recipes import preprocess_frames
 from nsfw.model.specs import MOBILENET_V2
 spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)
 spool.write(sys.stdin.buffer.read())
@@ -379,10 +375,10 @@ def _noise(size: tuple[int, int]) -> Image.Image:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: _save(_noise((3000, 2000)), "JPEG", progressive=True, quality=80),
-        lambda: _save(_noise((3000, 2000)).convert("CMYK"), "JPEG"),
-        lambda: _save(_noise((3000, 2000)).convert("RGBA"), "PNG", compress_level=1),
-        lambda: _save(_noise((3000, 2000)), "WEBP", quality=50),
+        lambda: encode(_noise((3000, 2000)), "JPEG", progressive=True, quality=80),
+        lambda: encode(_noise((3000, 2000)).convert("CMYK"), "JPEG"),
+        lambda: encode(_noise((3000, 2000)).convert("RGBA"), "PNG", compress_level=1),
+        lambda: encode(_noise((3000, 2000)), "WEBP", quality=50),
         lambda: bombs.png16_grey(3000, 2000),
         lambda: bombs.gif_growing_canvas(3000, 2000, frames=3),
         lambda: bombs.webp_many_frames(130_000, (8, 8)),
@@ -400,8 +396,8 @@ def test_the_estimate_covers_the_measured_peak(make: object) -> None:
             [python, "-c", _MEASURE, str(REPO)], input=data, capture_output=True, check=True, timeout=120
         ).stdout
     )
-    fmt = imaging.sniff_format(data[:16])
-    img = imaging.open_image(io.BytesIO(data), max_pixels=10**9)
+    fmt = sniff_format(data[:16])
+    img = open_image(io.BytesIO(data), max_pixels=10**9)
     total = getattr(img, "n_frames", 1) if fmt != "JPEG" else 1
     plan = budget.plan(
         read_layout(data, fmt),

@@ -143,11 +143,11 @@ def _three_at_once(app, url: str, route: _Gated) -> list:  # type: ignore[no-unt
     service = app.extensions["nsfw"]
     deadline = time.monotonic() + 10
     shared = ("-", url)  # no keys: one tenant
-    while shared not in service._flights and time.monotonic() < deadline:
+    while shared not in service.flow._flights and time.monotonic() < deadline:
         time.sleep(0.01)
     for thread in threads[1:]:
         thread.start()
-    while service._flights.get(shared) is not None and service._flights[shared].followers < 2:
+    while service.flow._flights.get(shared) is not None and service.flow._flights[shared].followers < 2:
         time.sleep(0.01)
     route.gate.set()
     for thread in threads:
@@ -178,7 +178,7 @@ def test_the_followers_of_a_failed_download_get_its_error(settings: Settings, im
 
 
 def _reviewed_app(settings: Settings, tmp_path, classifier: FakeClassifier, **more: object):  # type: ignore[no-untyped-def]
-    from nsfw.review.store import upgrade
+    from nsfw.store.migrate import upgrade
     from tests.test_review import KEYS, SECRET_KEY
 
     reviewed = replace(
@@ -219,14 +219,14 @@ def test_a_hit_found_under_the_model_lock_is_finished_after_it(settings: Setting
     first.start()
     assert gate.entered.wait(10)
     second.start()
-    _wait_for(lambda: service._compute.waiting == 1)  # the second waits for the model behind the first
+    _wait_for(lambda: service.flow._compute.waiting == 1)  # the second waits for the model behind the first
     gate.go.set()
     first.join(20)
     second.join(20)
     assert [answer.status_code for answer in answers] == [200, 200], [a.get_json() for a in answers]
     reviews = [answer.get_json()["review"] for answer in answers]
     assert reviews[0]["status"] == reviews[1]["status"] == "pending" and reviews[0]["id"] == reviews[1]["id"]
-    assert len(gate.seen) == 1  # the model ran once; the pictures were made once, after the lock
+    assert len(gate.seen) == 1  # the model ran once; the pictures were made once, from its decode
     app.extensions["nsfw.review"].close()
 
 
@@ -262,6 +262,11 @@ def test_a_review_that_cannot_make_its_pictures_in_time_says_so_and_the_answer_i
             worker.join(10)
 
     service.review_hook = busy_first
+    # Issue 23: a decode makes the pictures from the frames the model saw, so only a result from the
+    # cache (no decode) decodes again for them, under the model's lock: this image's result is cached
+    # first, by a request without detail (which never touches the queue).
+    warm = app.test_client().post("/predict", data=_jpeg((9, 80, 9)), headers={**APP, "Content-Type": "image/jpeg"})
+    assert warm.status_code == 200
     answer = app.test_client().post(
         "/predict?detail=true", data=_jpeg((9, 80, 9)), headers={**APP, "Content-Type": "image/jpeg"}
     )
@@ -272,6 +277,55 @@ def test_a_review_that_cannot_make_its_pictures_in_time_says_so_and_the_answer_i
             "message": "The image was not queued: All inference slots are busy; retry shortly.",
         }
     }
+    assert [o.status_code for o in other] == [200]
+    app.extensions["nsfw.review"].close()
+
+
+def test_a_decoded_images_pictures_come_from_its_decode_and_never_wait_for_the_model(
+    settings: Settings, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23: the review hook gets the pictures made from the frames the model saw (and the bytes'
+    sha256 the cache computed), not a second decode: with the model busy with another image for
+    longer than NSFW_COMPUTE_WAIT, a freshly decoded image is still queued, with its picture."""
+    from nsfw.cache import sha256_of
+    from tests.test_review import APP
+
+    blocker = _Gate()
+    app = _reviewed_app(settings, tmp_path, blocker, compute_wait=0.3)
+    service = app.extensions["nsfw"]
+    blocker.go.set()
+    hook = service.review_hook
+    other: list = []
+    handed: list = []
+
+    def busy_first(prediction, image, context, pictures):  # type: ignore[no-untyped-def]
+        blocker.go.clear()
+        blocker.entered.clear()
+        worker = threading.Thread(
+            target=lambda: other.append(
+                app.test_client().post("/predict", data=_jpeg((1, 2, 3)), headers={**APP, "Content-Type": "image/jpeg"})
+            )
+        )
+        worker.start()
+        assert blocker.entered.wait(10)  # another image holds the model now
+        handed.append((image.sha256, sha256_of(image.body)))
+        try:
+            return hook(prediction, image, context, pictures)
+        finally:
+            blocker.go.set()
+            worker.join(10)
+
+    service.review_hook = busy_first
+    answer = app.test_client().post(
+        "/predict?detail=true", data=_jpeg((9, 80, 9)), headers={**APP, "Content-Type": "image/jpeg"}
+    )
+    assert answer.status_code == 200, answer.get_json()
+    review = answer.get_json()["review"]
+    assert review["status"] == "pending", review
+    assert handed[0][0] == handed[0][1]
+    queue = app.extensions["nsfw.review"].queue
+    picture = queue.thumbnail(review["id"])
+    assert picture is not None and picture[:2] == b"\xff\xd8"  # a JPEG of the classified frame
     assert [o.status_code for o in other] == [200]
     app.extensions["nsfw.review"].close()
 
@@ -372,7 +426,7 @@ def test_a_second_tier_model_after_a_hit_under_the_lock_runs_after_it(settings: 
     first.start()
     assert gate.entered.wait(10)
     other.start()
-    _wait_for(lambda: service._compute.waiting == 1)
+    _wait_for(lambda: service.flow._compute.waiting == 1)
     gate.go.set()
     first.join(20)
     other.join(20)

@@ -69,7 +69,7 @@ def _gunicorn_conf(env: dict[str, str]) -> dict[str, object]:
 def test_gunicorn_conf() -> None:
     conf = _gunicorn_conf({})
     assert conf["bind"] == "0.0.0.0:8080" and conf["workers"] == 2
-    assert conf["worker_class"] == "nsfw.frontend.Worker" and int(conf["threads"]) >= 24  # type: ignore[arg-type]
+    assert conf["worker_class"] == "nsfw.web.frontend.Worker" and int(conf["threads"]) >= 24  # type: ignore[arg-type]
     assert conf["worker_tmp_dir"] == "/dev/shm" and conf["preload_app"] is False
     assert 30 <= int(conf["timeout"]) <= 120  # type: ignore[arg-type]
     conf = _gunicorn_conf({"PORT": "9000", "WEB_CONCURRENCY": "3"})
@@ -426,7 +426,8 @@ import os, runpy, time, types
 from nsfw import create_app
 from nsfw.config import Settings
 from nsfw.review.queue import ReviewQueue
-from nsfw.review.store import make_engine, upgrade
+from nsfw.store.engine import make_engine
+from nsfw.store.migrate import upgrade
 from tests.support import FakeClassifier
 from tests.test_review import _enqueue
 settings = Settings.from_env(os.environ)

@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from nsfw.openapi import DOCS_CSP, document
+from nsfw.web.openapi import DOCS_CSP, document
 from scripts import hostile_images as bombs
 from tests.served import Gunicorn
 from tests.support import ImageServer

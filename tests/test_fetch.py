@@ -368,9 +368,9 @@ def test_a_slow_host_leaves_its_caller_room_for_its_other_hosts(settings, image_
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 10
-    while service._downloads.in_use < 4 and time.monotonic() < deadline:
+    while service.flow._downloads.in_use < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert service._downloads.in_use == 4 and not slow_answers
+    assert service.flow._downloads.in_use == 4 and not slow_answers
     slow()  # the slow host has the caller's whole share: a fast 503
     assert slow_answers == [503]
     assert [app.test_client().post(f"/predict?url={fast}").status_code for _ in range(3)] == [200] * 3

@@ -14,7 +14,8 @@ from flask import Flask
 
 from nsfw import create_app
 from nsfw.config import Settings
-from nsfw.frontend import Front, _call_wsgi
+from nsfw.web import routes
+from nsfw.web.frontend import Front, _call_wsgi
 from tests.support import FakeClassifier, ImageServer, corpus_bytes
 
 
@@ -100,7 +101,7 @@ def test_a_chunked_body_reaches_the_app_whole_with_its_length(front: Front) -> N
 
 
 def test_a_content_length_over_the_cap_is_413_before_any_body(front: Front) -> None:
-    cap = front.settings.body_limit("/predict", "image/jpeg")
+    cap = routes.body_limit(front.settings, "/predict", "image/jpeg")
     headers = [(b"content-type", b"image/jpeg"), (b"content-length", str(cap + 1).encode())]
     talk = _run(front, _scope("/predict", headers=headers), Conversation([], wait_after=False))
     assert talk.status == 413 and talk.json["error"]["code"] == "payload_too_large"
@@ -108,7 +109,7 @@ def test_a_content_length_over_the_cap_is_413_before_any_body(front: Front) -> N
 
 
 def test_a_body_passing_the_cap_while_it_streams_is_413(front: Front) -> None:
-    cap = front.settings.body_limit("/predict/batch", "application/json")
+    cap = routes.body_limit(front.settings, "/predict/batch", "application/json")
     chunk = b"x" * (1 << 20)
     messages = [{"type": "http.request", "body": chunk, "more_body": True}] * (cap // len(chunk) + 2)
     talk = _run(front, _scope("/predict/batch", headers=[(b"transfer-encoding", b"chunked")]), Conversation(messages))
@@ -151,7 +152,7 @@ def test_past_the_queue_the_answer_comes_before_the_body(front: Front) -> None:
 def test_a_refused_client_that_asked_to_wait_is_not_read_from(front: Front, content_type: str) -> None:
     """The front refuses by the same cap as the app (a form body's is 64 KiB, a JSON one's an image
     in base64): never a 100 Continue (the first receive) for a body the app would refuse with 413."""
-    cap = front.settings.body_limit("/predict", content_type)
+    cap = routes.body_limit(front.settings, "/predict", content_type)
     headers = [(b"content-length", str(cap + 1).encode()), (b"expect", b"100-continue")]
     if content_type:
         headers.append((b"content-type", f"{content_type}; charset=utf-8".encode()))
@@ -318,7 +319,7 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off(front: Front, monkeypat
     read with it), instead of holding its thread and its read for good (found by the review of issue 22)."""
     import threading
 
-    from nsfw import frontend
+    from nsfw.web import frontend
 
     monkeypatch.setattr(frontend, "STREAM_SEND_SECONDS", 0.2)
     gate, made = threading.Event(), []
@@ -357,7 +358,7 @@ def test_a_client_that_reads_nothing_of_a_stream_is_cut_off_too(
     sent with no deadline, so a client that read nothing at all held the app (and its store read)."""
     import threading
 
-    from nsfw import frontend
+    from nsfw.web import frontend
 
     monkeypatch.setattr(frontend, "STREAM_SEND_SECONDS", 0.2)
     gate, made = threading.Event(), []

@@ -39,6 +39,7 @@ from tests.support import (
     Tripwire,
     corpus_bytes,
     drip_headers,
+    encode,
     files_open_under,
     never_answer,
     send,
@@ -623,37 +624,31 @@ def test_animations_with_thousands_of_frames_answer_fast(
 # --- Odd but legitimate images: 200 ------------------------------------------------------------------
 
 
-def _encode(img: Image.Image, fmt: str, **options: object) -> bytes:
-    out = io.BytesIO()
-    img.save(out, fmt, **options)
-    return out.getvalue()
-
-
 def _photo(size: tuple[int, int]) -> Image.Image:
     return Image.open(io.BytesIO(corpus_bytes("rocket.jpg"))).convert("RGB").resize(size)
 
 
 LEGITIMATE: list[tuple[str, Callable[[], bytes]]] = [
-    ("1x1 png", lambda: _encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")),
-    ("1x4000 strip", lambda: _encode(Image.new("L", (1, 4000), 128), "PNG")),
-    ("4000x1 strip", lambda: _encode(Image.new("RGB", (4000, 1), (1, 2, 3)), "JPEG")),
-    ("progressive jpeg", lambda: _encode(_photo((800, 600)), "JPEG", progressive=True)),
-    ("cmyk jpeg", lambda: _encode(_photo((300, 200)).convert("CMYK"), "JPEG")),
-    ("grey jpeg", lambda: _encode(_photo((300, 200)).convert("L"), "JPEG")),
-    ("1-bit png", lambda: _encode(_photo((300, 200)).convert("1"), "PNG")),
-    ("LA png", lambda: _encode(_photo((300, 200)).convert("LA"), "PNG")),
-    ("palette png with transparency", lambda: _encode(_photo((300, 200)).convert("P"), "PNG", transparency=0)),
+    ("1x1 png", lambda: encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG")),
+    ("1x4000 strip", lambda: encode(Image.new("L", (1, 4000), 128), "PNG")),
+    ("4000x1 strip", lambda: encode(Image.new("RGB", (4000, 1), (1, 2, 3)), "JPEG")),
+    ("progressive jpeg", lambda: encode(_photo((800, 600)), "JPEG", progressive=True)),
+    ("cmyk jpeg", lambda: encode(_photo((300, 200)).convert("CMYK"), "JPEG")),
+    ("grey jpeg", lambda: encode(_photo((300, 200)).convert("L"), "JPEG")),
+    ("1-bit png", lambda: encode(_photo((300, 200)).convert("1"), "PNG")),
+    ("LA png", lambda: encode(_photo((300, 200)).convert("LA"), "PNG")),
+    ("palette png with transparency", lambda: encode(_photo((300, 200)).convert("P"), "PNG", transparency=0)),
     ("16-bit png", lambda: corpus_bytes("v_coffee_16bit_rgb.png")),
     ("rgba webp", lambda: corpus_bytes("v_minduka_alpha.webp")),
     ("32-bit bmp", lambda: corpus_bytes("v_logo_32bit.bmp")),
     ("rle8 bmp", lambda: bombs.bmp_rle8_of(_photo((800, 600)).convert("P"))),
     (
         "png in 8 KiB IDAT chunks, as libpng writes",
-        lambda: bombs.png_idat_split(_encode(_photo((800, 600)), "PNG"), 8192),
+        lambda: bombs.png_idat_split(encode(_photo((800, 600)), "PNG"), 8192),
     ),
-    ("exif orientation 6", lambda: _encode(_photo((300, 200)), "JPEG", exif=_exif(orientation=6))),
-    ("malformed exif", lambda: _encode(_photo((300, 200)), "JPEG", exif=b"Exif\0\0MM\0*\0\0\0\x08\xff\xff")),
-    ("6000x4000 photo", lambda: _encode(_photo((6000, 4000)), "JPEG", quality=85)),
+    ("exif orientation 6", lambda: encode(_photo((300, 200)), "JPEG", exif=_exif(orientation=6))),
+    ("malformed exif", lambda: encode(_photo((300, 200)), "JPEG", exif=b"Exif\0\0MM\0*\0\0\0\x08\xff\xff")),
+    ("6000x4000 photo", lambda: encode(_photo((6000, 4000)), "JPEG", quality=85)),
 ]
 
 

@@ -16,7 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from nsfw.cache import BREAKER_SECONDS
 from scripts import hostile_images as bombs
-from tests.served import Gunicorn
+from tests.served import Gunicorn, call
 from tests.servers import PostgresServer, RedisServer
 from tests.support import ImageServer
 from tests.test_review import SECRET, Receiver
@@ -27,20 +27,13 @@ STRICT = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
 
 
 def _call(server: Gunicorn, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, dict | str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{server.base}{path}", data=data, method=method)
-    request.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
+    """call(), its answer parsed as JSON, or as text where it is not JSON."""
+    status, raw, _ = call(server, method, path, token, body)
+    text = raw.decode()
     try:
-        with urllib.request.urlopen(request, timeout=20) as answer:
-            raw, status = answer.read().decode(), answer.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read().decode(), exc.code
-    try:
-        return status, json.loads(raw)
+        return status, json.loads(text)
     except ValueError:
-        return status, raw
+        return status, text
 
 
 def _inferences(server: Gunicorn) -> float:

@@ -1,4 +1,4 @@
-"""Rate limits (NSFW_RATE_LIMIT, nsfw/access.py) and the storage every worker shares (nsfw/limitstore.py)."""
+"""Rate limits (NSFW_RATE_LIMIT, nsfw/web/access.py) and the storage every worker shares (nsfw/web/limitstore.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings, parse_api_keys
-from nsfw.limitstore import SCHEME
+from nsfw.web.limitstore import SCHEME
 from tests.servers import RedisServer
 from tests.support import FakeClassifier
 
@@ -63,7 +63,7 @@ def test_health_and_metrics_are_never_limited(settings: Settings) -> None:
 
 
 def _hit_many(path: str, count: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    import nsfw.limitstore  # noqa: F401 - registers the scheme in this process
+    import nsfw.web.limitstore  # noqa: F401 - registers the scheme in this process
 
     limiter = FixedWindowRateLimiter(storage_from_string(f"{SCHEME}://{path}"))
     out.put(sum(limiter.hit(parse("60/minute"), "caller") for _ in range(count)))
@@ -84,7 +84,7 @@ def test_the_shared_storage_holds_a_limit_across_processes(tmp_path: Path) -> No
 
 
 def test_the_shared_storage_keeps_windows(tmp_path: Path) -> None:
-    import nsfw.limitstore  # noqa: F401
+    import nsfw.web.limitstore  # noqa: F401
 
     storage = storage_from_string(f"{SCHEME}://{tmp_path / 'limits.sqlite'}")
     assert storage.check() and storage.get("k") == 0

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from nsfw import create_app
 from nsfw.config import Settings, parse_api_keys
-from nsfw.frontend import Front
+from nsfw.web.frontend import Front
 from tests.support import FakeClassifier, ImageServer, corpus_bytes
 from tests.test_frontend import Conversation, _scope
 

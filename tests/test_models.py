@@ -17,7 +17,8 @@ from PIL import Image
 
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings
-from nsfw.imaging import decode, model_input, open_nsfw_input, preprocess, private_detector_input
+from nsfw.imaging.decode import decode
+from nsfw.imaging.recipes import model_input, open_nsfw_input, preprocess, private_detector_input
 from nsfw.model import Classifier, load_classifier
 from nsfw.model.onnx import expand_lean, initializer_piece
 from nsfw.model.specs import INCEPTION_V3, PRIVATE_DETECTOR_SPEC

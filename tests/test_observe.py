@@ -1,4 +1,4 @@
-"""Request ids (nsfw/observe.py): kept when safe, made otherwise, on every answer and log line."""
+"""Request ids (nsfw/web/observe.py): kept when safe, made otherwise, on every answer and log line."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from dataclasses import replace
 import pytest
 from flask.testing import FlaskClient
 
-from nsfw import create_app, observe
+from nsfw import create_app
 from nsfw.config import Settings, parse_api_keys
-from nsfw.frontend import Front
+from nsfw.web import observe
+from nsfw.web.frontend import Front
 from tests.support import FakeClassifier, ImageServer, corpus_bytes
 from tests.test_frontend import Conversation, _scope
 
@@ -84,7 +85,7 @@ def test_json_lines_name_the_request_id_and_the_key() -> None:
     import json
     import logging
 
-    from nsfw.observe import RequestIdFilter, current, formatter
+    from nsfw.web.observe import RequestIdFilter, current, formatter
 
     record = logging.LogRecord("nsfw.api", logging.INFO, __file__, 1, "refused %s", ("x",), None)
     token = current.set("rid-5")

@@ -1,4 +1,4 @@
-"""The OpenAPI document (nsfw/openapi.py): valid, the same routes as the app, every error code, and
+"""The OpenAPI document (nsfw/web/openapi.py): valid, the same routes as the app, every error code, and
 true of the live service (schemathesis against a real gunicorn)."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
 
 from nsfw import create_app, errors
 from nsfw.config import Settings, parse_api_keys
-from nsfw.openapi import document
-from nsfw.review.store import upgrade
+from nsfw.store.migrate import upgrade
+from nsfw.web.openapi import document
 from tests.served import Gunicorn
 from tests.support import FakeClassifier
 

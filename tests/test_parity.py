@@ -13,7 +13,7 @@ import pytest
 
 from nsfw import errors
 from nsfw.config import Settings
-from nsfw.imaging import preprocess
+from nsfw.imaging.recipes import preprocess
 from nsfw.model import Classifier, load_classifier
 from tests.reference import Corpus
 

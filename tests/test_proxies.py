@@ -1,4 +1,4 @@
-"""The client address behind trusted proxies (NSFW_TRUSTED_PROXIES, nsfw.access.client_of)."""
+"""The client address behind trusted proxies (NSFW_TRUSTED_PROXIES, nsfw.web.access.client_of)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 
 from nsfw import create_app
-from nsfw.access import client_of
 from nsfw.config import ConfigError, Settings
+from nsfw.web.access import client_of
 from tests.support import FakeClassifier
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))

@@ -10,7 +10,8 @@ from flask.testing import FlaskClient
 
 from nsfw.accesslog import REDACTED, redact_query, redact_target
 from nsfw.config import ConfigError, Settings
-from nsfw.frontend import server_error
+from nsfw.web import routes
+from nsfw.web.frontend import server_error
 from tests.support import ImageServer, corpus_bytes
 
 
@@ -99,7 +100,7 @@ def test_settings_numbers_are_ascii_too(value: str) -> None:
 def test_a_body_one_byte_over_its_cap_is_413(fake_client: FlaskClient, mimetype: str, limit: str) -> None:
     settings = fake_client.application.extensions["nsfw"].settings
     cap = getattr(settings, limit)
-    assert settings.body_limit("/predict", mimetype) == cap
+    assert routes.body_limit(settings, "/predict", mimetype) == cap
     response = fake_client.post("/predict", data=b"x" * (cap + 1), content_type=mimetype or None)
     assert response.status_code == 413 and _code(response) == "payload_too_large"
 

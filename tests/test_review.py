@@ -26,8 +26,10 @@ from nsfw.config import ConfigError, Settings, parse_api_keys
 from nsfw.errors import ReviewQueueFull
 from nsfw.review import Reviewer
 from nsfw.review.queue import Candidate, ReviewQueue
-from nsfw.review.store import downgrade, make_engine, metadata, outbox, refs, reviews, upgrade
+from nsfw.review.tables import metadata, outbox, refs, reviews
 from nsfw.review.webhooks import BACKOFF, Sender
+from nsfw.store.engine import make_engine
+from nsfw.store.migrate import downgrade, upgrade
 from tests.servers import PostgresServer
 from tests.support import FakeClassifier, ImageServer
 
@@ -385,8 +387,8 @@ def _enqueue(queue: ReviewQueue, sha256: str) -> str:
 
 
 def _sender(queue: ReviewQueue, settings: Settings, url: str, clock: Callable[[], float]) -> Sender:
+    from nsfw.pipeline.service import build_service
     from nsfw.review import _poster
-    from nsfw.service import build_service
 
     return Sender(queue.engine, url, SECRET, _poster(build_service(settings).fetcher), clock=clock, timeout=2)
 
@@ -470,10 +472,11 @@ def test_the_webhook_url_is_guarded_like_an_image_url(settings: Settings, store_
 
 def test_reviewer_is_the_only_thing_the_service_sees() -> None:
     """The prediction path imports nothing of the review package (STYLE.md): it gets a hook."""
-    import nsfw.service
+    import nsfw.pipeline
 
-    source = Path(nsfw.service.__file__).read_text()
-    assert "nsfw.review" not in source and "import review" not in source
+    for module in Path(nsfw.pipeline.__file__).parent.glob("*.py"):
+        source = module.read_text()
+        assert "nsfw.review" not in source and "import review" not in source, module.name
     assert callable(Reviewer)
 
 
@@ -525,7 +528,7 @@ def test_a_reverted_decision_is_pending_again_forgotten_and_heard(
 
 
 def test_the_workers_head_is_alembics() -> None:
-    from nsfw.review.store import HEAD, alembic_head
+    from nsfw.store.migrate import HEAD, alembic_head
 
     assert alembic_head() == HEAD
 
@@ -1014,7 +1017,7 @@ def test_the_checkpoint_never_holds_the_writers_back(tmp_path: Path) -> None:
     at once, and says whether it truncated."""
     import sqlite3
 
-    from nsfw.review.store import checkpoint
+    from nsfw.store.engine import checkpoint
 
     url = f"sqlite:///{tmp_path / 'data' / 'nsfw.db'}"
     upgrade(url)

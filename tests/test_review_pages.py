@@ -17,7 +17,8 @@ from flask.testing import FlaskClient
 from nsfw import create_app
 from nsfw.review import moderators
 from nsfw.review.insights import learn
-from nsfw.review.store import upgrade
+from nsfw.store.migrate import upgrade
+from nsfw.web import routes
 from tests.support import REPO, FakeClassifier
 from tests.test_review import APP, KEYS, SECRET_KEY, _jpeg
 
@@ -206,8 +207,10 @@ def test_a_made_up_session_cookie_gets_no_room_for_a_big_body(app: Flask) -> Non
     """The front lets a /reviews request with a session cookie through to the app, which checks the
     session; such bodies are capped at NSFW_MAX_REQUEST_BYTES, as fields are, never an image's size."""
     settings = app.extensions["nsfw"].settings
-    assert settings.body_limit("/reviews/x/decision", "application/json") == settings.max_request_bytes
-    assert settings.body_limit("/review/login", "application/x-www-form-urlencoded") == settings.max_request_bytes
+    assert routes.body_limit(settings, "/reviews/x/decision", "application/json") == settings.max_request_bytes
+    assert (
+        routes.body_limit(settings, "/review/login", "application/x-www-form-urlencoded") == settings.max_request_bytes
+    )
     client = app.test_client()
     client.set_cookie("nsfw_session", "made-up")
     answer = client.post(
@@ -328,7 +331,7 @@ def test_passwords_are_hashed_for_a_small_box_and_old_hashes_rehashed(app: Flask
     from argon2 import PasswordHasher
     from sqlalchemy import select, update
 
-    from nsfw.review.store import moderators as table
+    from nsfw.review.tables import moderators as table
 
     def stored() -> str:
         with _engine(app).connect() as connection:

@@ -14,24 +14,11 @@ from pathlib import Path
 from standardwebhooks.webhooks import Webhook
 
 from scripts import hostile_images as bombs
-from tests.served import Gunicorn
+from tests.served import Gunicorn, call
 from tests.support import ImageServer, corpus_bytes
 from tests.test_review import SECRET, Receiver
 
 APP, MOD = "a" * 43, "m" * 43
-
-
-def _call(server: Gunicorn, method: str, path: str, token: str, body: dict | None = None) -> tuple[int, bytes, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{server.base}{path}", data=data, method=method)
-    request.add_header("Authorization", f"Bearer {token}")
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=20) as answer:
-            return answer.status, answer.read(), dict(answer.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
 
 
 def test_queue_decide_hear_restart_remember(
@@ -51,17 +38,17 @@ def test_queue_decide_hear_restart_remember(
     photo = image_server.add_file("/photo.jpg", corpus_bytes("grace_hopper.jpg"))
     # Thresholds this strict leave the flat image to a human; the photo is safe at the defaults.
     strict = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999&ref=upload-7"
-    status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", APP)
+    status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", APP)
     queued = json.loads(body)
     assert status == 200 and queued["verdict"]["label"] == "unknown" and queued["review"]["status"] == "pending"
     review_id = queued["review"]["id"]
-    status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(photo)}&detail=true", APP)
+    status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(photo)}&detail=true", APP)
     assert status == 200 and json.loads(body)["verdict"]["label"] == "safe" and "review" not in json.loads(body)
 
-    assert _call(server, "GET", "/reviews", APP)[0] == 403  # a predict key is no moderator
-    status, body, _ = _call(server, "GET", "/reviews", MOD)
+    assert call(server, "GET", "/reviews", APP)[0] == 403  # a predict key is no moderator
+    status, body, _ = call(server, "GET", "/reviews", MOD)
     assert status == 200 and [item["id"] for item in json.loads(body)["items"]] == [review_id]
-    status, body, _ = _call(server, "POST", f"/reviews/{review_id}/decision", MOD, {"label": "adult", "note": "x"})
+    status, body, _ = call(server, "POST", f"/reviews/{review_id}/decision", MOD, {"label": "adult", "note": "x"})
     assert status == 200
 
     deadline = time.monotonic() + 15
@@ -74,7 +61,7 @@ def test_queue_decide_hear_restart_remember(
     assert payload["data"]["label"] == "adult" and payload["data"]["moderator"] == "moderator"
 
     time.sleep(0.3)  # the sender marks the delivery after the receiver's answer
-    metrics = _call(server, "GET", "/metrics", APP)[1].decode()
+    metrics = call(server, "GET", "/metrics", APP)[1].decode()
     for sample in (
         'nsfw_review_queued_total{kind="unknown"} 1.0',
         'nsfw_review_decisions_total{label="adult"} 1.0',
@@ -85,19 +72,19 @@ def test_queue_decide_hear_restart_remember(
     server.proc.terminate()
     server.proc.wait(30)
     server = start_gunicorn(env)  # the same store: nothing lost
-    status, body, _ = _call(server, "GET", f"/reviews/{review_id}", MOD)
+    status, body, _ = call(server, "GET", f"/reviews/{review_id}", MOD)
     item = json.loads(body)
     assert status == 200 and item["label"] == "adult" and item["decided_by"] == "moderator"
-    status, body, headers = _call(server, "GET", "/reviews/export?format=jsonl", MOD)
+    status, body, headers = call(server, "GET", "/reviews/export?format=jsonl", MOD)
     rows = [json.loads(line) for line in body.decode().splitlines()]
     assert status == 200 and [(row["id"], row["label"]) for row in rows] == [(review_id, "adult")]
-    status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", APP)
+    status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", APP)
     again = json.loads(body)
     assert again["tier"] == "human" and again["verdict"]["label"] == "adult"
     assert again["verdict"]["reason"].startswith("human review (20") and "moderator" not in again["verdict"]["reason"]
     time.sleep(1.5)  # a worker's sender pass: the delivered message is never sent again
     assert len(receiver.received) == 1
-    assert "nsfw_review_remembered_total 1.0" in _call(server, "GET", "/metrics", APP)[1].decode()
+    assert "nsfw_review_remembered_total 1.0" in call(server, "GET", "/metrics", APP)[1].decode()
 
 
 def test_moderators_at_once_two_workers_and_a_slow_receiver_hear_each_decision_once(
@@ -131,7 +118,7 @@ def test_moderators_at_once_two_workers_and_a_slow_receiver_hear_each_decision_o
     queued = []
     for n in range(12):
         url = image_server.add_file(f"/m{n}.jpg", bombs.jpeg_flat(40 + n, 30))
-        status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(url)}&{strict}", APP)
+        status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(url)}&{strict}", APP)
         assert status == 200, body
         queued.append(json.loads(body)["review"]["id"])
     start = threading.Barrier(16)
@@ -141,7 +128,7 @@ def test_moderators_at_once_two_workers_and_a_slow_receiver_hear_each_decision_o
         token = tokens[n]
         start.wait()
         for review_id in queued[n % 12 :] + queued[: n % 12]:
-            status, _, _ = _call(server, "POST", f"/reviews/{review_id}/decision", token, {"label": "adult"})
+            status, _, _ = call(server, "POST", f"/reviews/{review_id}/decision", token, {"label": "adult"})
             if status == 200:
                 answered[review_id] += 1
 
@@ -156,7 +143,7 @@ def test_moderators_at_once_two_workers_and_a_slow_receiver_hear_each_decision_o
         time.sleep(0.2)
     time.sleep(3)  # every worker's sender makes passes meanwhile
     assert len(receiver.ids) == 12 and set(receiver.ids.values()) == {1}, receiver.ids
-    _, body, _ = _call(server, "GET", "/reviews/webhooks?status=delivered", tokens[0])
+    _, body, _ = call(server, "GET", "/reviews/webhooks?status=delivered", tokens[0])
     deliveries = json.loads(body)["deliveries"]
     assert len(deliveries) == 12 and {d["attempts"] for d in deliveries} == {1}
 
@@ -201,14 +188,14 @@ def test_a_frozen_postgresql_costs_a_prediction_a_bounded_wait(
         server = start_gunicorn(env)
         strict = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
         urls = [image_server.add_file(f"/f{n}.jpg", bombs.jpeg_flat(30 + n, 20)) for n in range(8)]
-        status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(urls[0])}&{strict}", APP)
+        status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(urls[0])}&{strict}", APP)
         assert status == 200 and json.loads(body)["review"]["status"] == "pending"
         _freeze(server_pg.folder / "data", signal.SIGSTOP)
         try:
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
                 answers = list(
                     pool.map(
-                        lambda url: _call(server, "POST", f"/predict?url={urllib.parse.quote(url)}&{strict}", APP),
+                        lambda url: call(server, "POST", f"/predict?url={urllib.parse.quote(url)}&{strict}", APP),
                         urls[1:7],
                     )
                 )
@@ -216,13 +203,13 @@ def test_a_frozen_postgresql_costs_a_prediction_a_bounded_wait(
             assert {json.loads(body)["review"]["error"]["code"] for _, body, _ in answers} == {
                 "review_store_unavailable"
             }
-            assert _call(server, "POST", f"/predict?url={urllib.parse.quote(urls[7])}", APP)[0] == 200
-            assert _call(server, "GET", "/health", APP)[0] == 200
+            assert call(server, "POST", f"/predict?url={urllib.parse.quote(urls[7])}", APP)[0] == 200
+            assert call(server, "GET", "/health", APP)[0] == 200
         finally:
             _freeze(server_pg.folder / "data", signal.SIGCONT)
         deadline = time.monotonic() + 30
         while True:
-            status, body, _ = _call(server, "POST", f"/predict?url={urllib.parse.quote(urls[7])}&{strict}", APP)
+            status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(urls[7])}&{strict}", APP)
             if status == 200 and json.loads(body)["review"].get("status") == "pending":
                 break
             assert time.monotonic() < deadline, body

@@ -13,7 +13,7 @@ from PIL import Image
 from nsfw import create_app, errors
 from nsfw.config import ConfigError, Settings
 from nsfw.model.specs import OPEN_NSFW_SPEC
-from nsfw.policy import Policy
+from nsfw.pipeline.verdict import Policy
 from tests.support import MESSAGES, REPO, FakeClassifier, ImageServer, corpus_bytes
 
 CLASSES = ("drawings", "hentai", "neutral", "porn", "sexy")
@@ -37,7 +37,7 @@ def _scores(*values: float) -> dict[str, float]:
     ],
 )
 def test_the_default_policy(scores: dict[str, float], label: str, rule: str) -> None:
-    verdict = Settings().policy().decide(scores)
+    verdict = Policy.of(Settings()).decide(scores)
     assert verdict.label == label and rule in verdict.reason
 
 
@@ -79,7 +79,7 @@ def test_bad_overrides_are_invalid_policy(values: dict[str, str]) -> None:
 def test_bad_settings_stop_the_boot_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="NSFW_ADULT_THRESHOLD"):
         Settings.from_env({"NSFW_ADULT_THRESHOLD": "0.3", "NSFW_SAFE_THRESHOLD": "0.6"})
-    assert Settings.from_env({"NSFW_ADULT_THRESHOLD": "0.95", "NSFW_SAFE_THRESHOLD": "0.95"}).policy() == Policy(
+    assert Policy.of(Settings.from_env({"NSFW_ADULT_THRESHOLD": "0.95", "NSFW_SAFE_THRESHOLD": "0.95"})) == Policy(
         0.95, 0.95
     )
 

@@ -15,8 +15,9 @@ from sqlalchemy import event, text
 from nsfw.config import Settings
 from nsfw.review import webhooks
 from nsfw.review.queue import ReviewQueue
-from nsfw.review.store import make_engine, upgrade
 from nsfw.review.webhooks import Sender
+from nsfw.store.engine import make_engine
+from nsfw.store.migrate import upgrade
 from tests.servers import PostgresServer
 from tests.support import ImageServer
 from tests.test_review import SECRET, Receiver, _enqueue, _sender, store_url  # noqa: F401 - a fixture
@@ -52,8 +53,8 @@ def _decided(queue: ReviewQueue, count: int) -> list[str]:
 
 
 def _two_workers(store_url: str, settings: Settings, url: str, timeout: float) -> list[Sender]:  # noqa: F811
+    from nsfw.pipeline.service import build_service
     from nsfw.review import _poster
-    from nsfw.service import build_service
 
     return [
         Sender(make_engine(store_url), url, SECRET, _poster(build_service(settings).fetcher), timeout=timeout)

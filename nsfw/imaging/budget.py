@@ -361,7 +361,7 @@ _READERS = {"GIF": _read_gif, "PNG": _read_png, "WEBP": _read_webp, "JPEG": _rea
 # Bytes per canvas pixel that Pillow's image of each mode holds (it pads RGB to 4 bytes).
 MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 _FOUR_BYTES = 4
-# What this package's conversion to the model's image adds (imaging.to_model_image), by mode:
+# What this package's conversion to the model's image adds (decode.to_model_image), by mode:
 # grey stays grey (1 byte), RGBA is sampled as is; palette, CMYK and LA are converted once.
 CONVERSION_BYTES = {"1": 1, "P": 4, "PA": 4, "LA": 1, "La": 1, "CMYK": 4, "YCbCr": 4, "I;16": 2, "I": 2, "F": 2}
 for _mode in ("I;16B", "I;16L", "I;16N"):
@@ -372,7 +372,7 @@ for _mode in ("I;16B", "I;16L", "I;16N"):
 LATER_FRAME_BYTES = 13
 # libwebp's animation decoder keeps two RGBA canvases (the frame and the previous one), 8 bytes a
 # pixel, and a lossy file its YUV planes (about 1 more), beside the frame it returns, which is the
-# image (imaging._webp_frames).
+# image (decode._webp_frames).
 WEBP_DECODER_BYTES = 9
 # libwebp's demuxer keeps a record of every frame in the file (measured: 27.5 MB for 200,000 frames).
 WEBP_FRAME_BYTES = 160

@@ -23,7 +23,7 @@ class Classifier(Protocol):
     path: Path  # the artifact it loaded (GET /models gives its sha256)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """The model's inputs [N, ...] (nsfw.imaging.model_input) -> float32 [N, len(classes)] probabilities."""
+        """The model's inputs [N, ...] (nsfw.imaging.recipes.model_input) -> float32 [N, len(classes)] probabilities."""
         ...
 
 

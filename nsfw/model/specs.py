@@ -6,15 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nsfw.policy import ADULT_CLASSES, SAFE_CLASSES
-
 # GantMan's class names, in the order of the model's softmax output. nsfwjs calls them
 # Drawing, Hentai, Neutral, Porn, Sexy; NSFW-FLASK's clients expect these spellings.
 GANTMAN_CLASSES: tuple[str, ...] = ("drawings", "hentai", "neutral", "porn", "sexy")
-GANTMAN_ADULT: tuple[str, ...] = ADULT_CLASSES
-GANTMAN_SAFE: tuple[str, ...] = SAFE_CLASSES
+# What a verdict adds up as adult, and as safe (nsfw/pipeline/verdict.py); other models bring their own.
+GANTMAN_ADULT: tuple[str, ...] = ("hentai", "porn", "sexy")
+GANTMAN_SAFE: tuple[str, ...] = ("drawings", "neutral")
 
-# Preprocessing recipes (nsfw/imaging.py `model_input`).
+# Preprocessing recipes (nsfw/imaging/recipes.py `model_input`).
 NSFWJS = "nsfwjs"  # bilinear align-corners resize of x / 255 (or ?resize=gantman)
 OPEN_NSFW = "open_nsfw"  # Yahoo: 256x256 Pillow bilinear, centre 224 crop, JPEG round trip, BGR - mean
 PRIVATE_DETECTOR = "private_detector"  # Bumble: 480 letterbox (pad 128), (x - 128) / 128 float16, flat

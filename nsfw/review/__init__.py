@@ -1,16 +1,17 @@
 """The review queue (NSFW_REVIEW=true): unknown verdicts wait for a human, decisions reach the client
 app as signed webhooks, and are remembered as verdicts for the same bytes.
 
-- store.py: tables, engine, migrations (the only SQL); queue.py: the rules; webhooks.py: the
-  outbox's delivery; views.py: the API (the review scope).
-- `Reviewer` is the one function the prediction path calls (service.ReviewHook), for detailed
+- tables.py: the tables (the engine, migrations and maintenance thread are the store's, nsfw/store/);
+  queue.py: the rules; webhooks.py: the outbox's delivery; views.py: the API (the review scope).
+- `Reviewer` is the one function the prediction path calls (pipeline.service.ReviewHook), for detailed
   answers only: a remembered decision becomes the verdict (tier "human"), an unknown (or an audit
   sample) is queued, and a failure of its own (the store, a full queue, the pictures) changes nothing
   but the answer's `review`, which says so.
 - `install` wires it into the app in each worker: one engine per process, made after the fork; the
   schema must be at the migrations' head (gunicorn.conf.py runs `python -m nsfw db upgrade` once per
-  start, before any worker), and a maintenance thread sends the webhooks, refreshes the queue's
-  gauges, checkpoints SQLite's WAL and applies retention.
+  start, before any worker), and the store's maintenance thread runs the review's duties
+  (ReviewDuties): it sends the webhooks, refreshes the queue's gauges, checkpoints SQLite's WAL and
+  applies retention.
 """
 
 from __future__ import annotations
@@ -24,22 +25,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 from flask import Flask
 from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import metrics
 from nsfw.breaker import Breaker
-from nsfw.cache import sha256_of
-from nsfw.config import ConfigError, Settings
+from nsfw.config import Settings
 from nsfw.errors import NsfwError, ReviewProblem, ReviewRefsFull, ReviewStoreFailed
 from nsfw.fetch import Fetcher
-from nsfw.policy import Verdict
+from nsfw.pipeline.service import ImageBytes, Prediction, PredictionService, ReviewContext
+from nsfw.pipeline.verdict import Verdict
 from nsfw.review.queue import Candidate, Pictures, ReviewQueue
-from nsfw.review.store import checkpoint, make_engine, revisions
 from nsfw.review.webhooks import Sender
-from nsfw.service import Prediction, PredictionService, ReviewContext
+from nsfw.store.engine import checkpoint
+from nsfw.store.shared import Store
+from nsfw.web import state
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +101,7 @@ class StoreGate:
 
 
 class Reviewer:
-    """service.ReviewHook: what the queue makes of a decided, detailed prediction. Every failure of
+    """pipeline.service.ReviewHook: what the queue makes of a decided, detailed prediction. Every failure of
     its own (the store, a full queue, the pictures: the model busy, the deadline) becomes the answer's
     `review.error`; the prediction stands and answers 200, within NSFW_REVIEW_STORE_TIMEOUT of the
     store's time whatever the store does (StoreGate)."""
@@ -113,11 +115,11 @@ class Reviewer:
         self.sample = sample
 
     def __call__(
-        self, prediction: Prediction, body: IO[bytes], context: ReviewContext, pictures: Pictures
+        self, prediction: Prediction, image: ImageBytes, context: ReviewContext, pictures: Pictures
     ) -> Prediction:
         assert prediction.verdict is not None
         try:
-            return self._review(prediction, body, context, pictures)
+            return self._review(prediction, image, context, pictures)
         except ReviewProblem as problem:
             error: ReviewProblem = problem
         except NsfwError as exc:  # the pictures could not be made in time (the model busy, the deadline)
@@ -133,10 +135,10 @@ class Reviewer:
         return replace(prediction, review={"error": error.to_dict()})
 
     def _review(
-        self, prediction: Prediction, body: IO[bytes], context: ReviewContext, pictures: Pictures
+        self, prediction: Prediction, image: ImageBytes, context: ReviewContext, pictures: Pictures
     ) -> Prediction:
         assert prediction.verdict is not None
-        sha256 = sha256_of(body)
+        sha256 = image.sha256  # the pipeline's, computed once
         decision = self.gate.run(lambda: self.queue.remembered(sha256, context.key_name))
         if decision is not None:
             metrics.REVIEW_REMEMBERED.inc()
@@ -186,40 +188,47 @@ class Retention:
     audit_days: int = 365
 
 
-class Maintenance:
-    """The worker's background duties, each on its own schedule and each failing alone (a store
-    that is down for a while must not end the thread, nor one duty's failure skip the others):
-    webhooks every second (at once when woken), the queue's gauges every 15 s, SQLite's WAL
-    checkpoint every minute, retention every hour."""
+class ReviewDuties:
+    """The review feature in a worker (app.extensions["nsfw.review"]): its queue, its webhook sender,
+    and its duties on the store's maintenance thread, each on its own schedule and each failing alone
+    (nsfw/store/maintenance.py): webhooks at every pass (at once when woken), the queue's gauges every
+    15 s, SQLite's WAL checkpoint every minute, retention every hour."""
 
     GAUGES_EVERY = 15.0
     CHECKPOINT_EVERY = 60.0
     RETAIN_EVERY = 3600.0
 
-    def __init__(self, queue: ReviewQueue, sender: Sender | None, retention: Retention, gate: StoreGate) -> None:
+    def __init__(
+        self, queue: ReviewQueue, sender: Sender | None, retention: Retention, gate: StoreGate, store: Store
+    ) -> None:
         self.queue = queue
         self.gate = gate
         self.sender = sender
         self.retention = retention
-        self.stop = threading.Event()
-        self.wake = sender.wake if sender is not None else threading.Event()
-        self.thread: threading.Thread | None = None
-        self._due: dict[str, float] = {}
+        self.store = store
+        self.maintenance = maintenance = store.maintenance
+        if sender is not None:
+            maintenance.register("webhooks", 0.0, sender.deliver_due)
+        maintenance.register("gauges", self.GAUGES_EVERY, self.refresh_gauges)
+        maintenance.register("checkpoint", self.CHECKPOINT_EVERY, self.checkpoint)
+        maintenance.register("retention", self.RETAIN_EVERY, self.retain)
+        if sender is not None:
+            maintenance.on_close(sender.flush)
+        maintenance.on_close(gate.close)
 
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="review-maintenance", daemon=True)
-        self.thread.start()
+    @property
+    def wake(self) -> threading.Event:
+        """Set: the maintenance thread's next pass now (a decision's webhook goes out at once)."""
+        return self.maintenance.wake
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self.maintenance.thread
 
     def close(self) -> None:
-        """Stop the thread and close the store's connections (a worker's exit, or a test's end)."""
-        self.stop.set()
-        self.wake.set()
-        if self.thread is not None:
-            self.thread.join(15)
-        if self.sender is not None:
-            self.sender.flush()
-        self.gate.close()
-        self.queue.engine.dispose()
+        """Close the store this feature is on (a test's end; a worker's exit closes the store): the
+        thread joined, then the sender's owed marks, the gate, then the engine."""
+        self.store.close()
 
     def refresh_gauges(self) -> None:
         depth, oldest = self.queue.depth()
@@ -241,50 +250,13 @@ class Maintenance:
     def checkpoint(self) -> None:
         checkpoint(self.queue.engine)
 
-    def pass_once(self) -> None:
-        """One pass: every duty that is due."""
-        now = time.monotonic()
-        duties: list[tuple[str, float, Callable[[], object]]] = [
-            ("gauges", self.GAUGES_EVERY, self.refresh_gauges),
-            ("checkpoint", self.CHECKPOINT_EVERY, self.checkpoint),
-            ("retention", self.RETAIN_EVERY, self.retain),
-        ]
-        if self.sender is not None:
-            duties.insert(0, ("webhooks", 0.0, self.sender.deliver_due))
-        for name, every, duty in duties:
-            if now < self._due.get(name, 0.0):
-                continue
-            try:
-                duty()
-                self._due[name] = now + every
-            except Exception as exc:  # noqa: BLE001 - see the class docstring
-                log.warning("review maintenance: %s failed: %s: %s", name, type(exc).__name__, str(exc)[:300])
-                metrics.REVIEW_STORE_ERRORS.labels(name).inc()
-                self._due[name] = now + min(every, 5.0)  # tried again soon, not at once in a loop
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.pass_once()
-            self.wake.wait(1.0)
-            self.wake.clear()
-
-
-def install(app: Flask, settings: Settings, service: PredictionService, *, background: bool = True) -> ReviewQueue:
-    """The review queue in this worker: engine, schema check, hook, API, maintenance thread."""
+def install(app: Flask, settings: Settings, service: PredictionService, store: Store) -> ReviewQueue:
+    """The review queue in this worker, on the worker's store (nsfw/store/shared.py): the hook, the
+    API and the pages, and its duties on the store's maintenance thread (started by create_app)."""
     from nsfw.review import pages, views
 
-    engine = make_engine(settings.database)
-    try:
-        current, head = revisions(engine)
-    except SQLAlchemyError as exc:
-        engine.dispose()
-        raise ConfigError(f"NSFW_DATABASE_URL: the review store does not answer ({type(exc).__name__})") from None
-    if current != head:
-        engine.dispose()
-        raise ConfigError(
-            f"the review store is at revision {current}, not {head}: run `python -m nsfw db upgrade` "
-            "(gunicorn.conf.py runs it at each start)"
-        )
+    engine = store.engine
     queue = ReviewQueue(
         engine,
         lease=settings.review_lease,
@@ -304,12 +276,9 @@ def install(app: Flask, settings: Settings, service: PredictionService, *, backg
             timeout=settings.review_webhook_timeout,
         )
     retention = Retention(settings.review_retention_days, settings.review_pending_days, settings.review_audit_days)
-    maintenance = Maintenance(queue, sender, retention, gate)
-    app.extensions["nsfw.review"] = maintenance
+    app.extensions[state.REVIEW] = ReviewDuties(queue, sender, retention, gate, store)
     app.register_blueprint(views.bp)
     pages.install(app, settings)
-    if background:
-        maintenance.start()
     return queue
 
 

@@ -7,7 +7,7 @@ one small plain script (static/review.js), everything served from this package.
   checks both: a removed moderator, a signed-out one (everywhere), one with a new password and a
   session older than NSFW_SESSION_HOURS are signed out at the next request.
 - CSRF: Flask-WTF's tokens on every form and on every state-changing fetch (`X-CSRFToken`); the API
-  routes ask for one only when a session, not a key, authenticates them (nsfw/access.py).
+  routes ask for one only when a session, not a key, authenticates them (nsfw/web/access.py, nsfw/web/routes.py).
 - Sign-in: failures limited per name and address, per name and per address, in the rate limits'
   store; a few password checks at once per worker (nsfw/review/signin.py).
 - Every page carries a Content-Security-Policy with no inline script, X-Frame-Options: DENY, no-store.
@@ -29,7 +29,6 @@ from flask import (
     Blueprint,
     Flask,
     Response,
-    current_app,
     g,
     redirect,
     render_template,
@@ -42,19 +41,22 @@ from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import Markup
 from sqlalchemy.exc import SQLAlchemyError
 
-from nsfw import access, errors, metrics
+from nsfw import errors, metrics
 from nsfw.config import Settings
-from nsfw.limitstore import storage_uri
 from nsfw.review import insights as teach
 from nsfw.review import moderators
 from nsfw.review.queue import ReviewQueue, iso
 from nsfw.review.signin import SignInBusy, SignInGuard
+from nsfw.web import access, state
+from nsfw.web.answers import error_response
+from nsfw.web.limits import redis_options
+from nsfw.web.limitstore import storage_uri
+from nsfw.web.routes import PAGES_PATH, SESSION_COOKIE
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("review_pages", __name__, template_folder="templates", static_folder="static", url_prefix="/review")
+bp = Blueprint("review_pages", __name__, template_folder="templates", static_folder="static", url_prefix=PAGES_PATH)
 
-SESSION_COOKIE = "nsfw_session"
 UNDO_SECONDS = 600
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -71,7 +73,7 @@ class _SessionInterface(SecureCookieSessionInterface):
 
 
 def _queue() -> ReviewQueue:
-    queue: ReviewQueue = current_app.extensions["nsfw.review"].queue
+    queue: ReviewQueue = state.review().queue
     return queue
 
 
@@ -85,7 +87,7 @@ def moderator() -> str | None:
     if "moderator" not in g:
         g.moderator, g.blur = None, True
         name, generation, at = (session.get(key) for key in _SIGNED_IN)
-        settings: Settings = current_app.extensions["nsfw"].settings
+        settings: Settings = state.service().settings
         fresh = isinstance(at, int | float) and 0 <= time.time() - at < settings.session_hours * 3600
         if isinstance(name, str) and isinstance(generation, str) and fresh:
             found = moderators.session_of(_queue().engine, name)
@@ -115,7 +117,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _guard() -> SignInGuard:
-    guard: SignInGuard = current_app.extensions["nsfw.signin"]
+    guard: SignInGuard = state.signin()
     return guard
 
 
@@ -125,7 +127,7 @@ def _make_guard(settings: Settings) -> SignInGuard:
     redis = settings.limits_redis
     return SignInGuard(
         storage_uri(redis, settings.instance_dir),
-        access.redis_options() if redis else {},
+        redis_options() if redis else {},
         fail_closed=settings.rate_limit_on_error == "closed",
     )
 
@@ -218,7 +220,7 @@ def undo(review_id: str) -> Any:
     if item["status"] != "decided" or _decided_at(item) <= time.time() - UNDO_SECONDS:
         return _message("That decision can no longer be undone.", 409)
     _queue().revert(review_id, str(moderator()))
-    current_app.extensions["nsfw.review"].wake.set()
+    state.review().wake.set()
     return redirect(url_for("review_pages.queue"))
 
 
@@ -234,7 +236,7 @@ def _decided_at(item: dict[str, Any]) -> float:
 @bp.get("/insights")
 @signed_in
 def insights() -> str:
-    settings: Settings = current_app.extensions["nsfw"].settings
+    settings: Settings = state.service().settings
     decided = _queue().decided_scores()
     learned = teach.learn(decided)
     kinds = _queue().kinds_decided()
@@ -292,13 +294,12 @@ def _store_failed(exc: SQLAlchemyError) -> Any:
 
 def _csrf_failed(error: CSRFError) -> Any:
     if request.path.startswith("/reviews"):
-        refused = errors.Forbidden(f"CSRF: {error.description}")
-        return {"error": {"code": refused.code, "message": "The CSRF token is missing or wrong."}}, 403
+        return error_response(errors.Forbidden(f"CSRF: {error.description}"), "The CSRF token is missing or wrong.")
     return _message("The form expired; go back and try again.", 400)
 
 
 def session_moderator() -> str | None:
-    """For nsfw/access.py: the moderator a session cookie signs in for the review API, with the
+    """For nsfw/web/access.py: the moderator a session cookie signs in for the review API, with the
     CSRF token checked on anything that changes state."""
     name = moderator()
     if name is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -329,5 +330,5 @@ def install(app: Flask, settings: Settings) -> None:
     app.register_error_handler(CSRFError, _csrf_failed)
     app.after_request(_headers)
     app.register_blueprint(bp)
-    app.extensions["nsfw.session_moderator"] = session_moderator
-    app.extensions["nsfw.signin"] = _make_guard(settings)
+    state.edge(app).session_moderator = session_moderator
+    app.extensions[state.SIGNIN] = _make_guard(settings)

@@ -1,5 +1,5 @@
 """The review queue's rules: enqueue, remember, claim, decide, revert, delete, list, export, retain.
-Plain functions over the store (nsfw/review/store.py), no Flask.
+Plain functions over the store (the tables: nsfw/review/tables.py), no Flask.
 
 An item is a small state machine, pending -> decided (or expired, past NSFW_REVIEW_PENDING_DAYS),
 every transition in the audit log with who and when (Discourse's reviewables). A transition is one
@@ -45,7 +45,8 @@ from nsfw.errors import (
 )
 from nsfw.model.specs import MODELS
 from nsfw.review.insights import adult_score
-from nsfw.review.store import audit, frames, outbox, reading, refs, reviews
+from nsfw.review.tables import audit, frames, outbox, refs, reviews
+from nsfw.store.engine import reading
 
 LABELS = ("adult", "safe")
 # The ref that records a key's part in an item it joined without a ref of its own (never shown).

@@ -1,4 +1,4 @@
-"""The review API, every route needing a key with the `review` scope (nsfw/access.py: /reviews...).
+"""The review API, every route needing a key with the `review` scope (nsfw/web/routes.py: /reviews...).
 The moderator is the key's name. Thin: the rules are nsfw/review/queue.py's."""
 
 from __future__ import annotations
@@ -7,12 +7,14 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, g, jsonify, request, stream_with_context
 from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import errors, metrics
 from nsfw.numbers import parse_int
 from nsfw.review.queue import MAX_PAGE, ReviewQueue
+from nsfw.web import state
+from nsfw.web.answers import error_response
 
 bp = Blueprint("reviews", __name__)
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ EXPORT_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8
 
 
 def _queue() -> ReviewQueue:
-    queue: ReviewQueue = current_app.extensions["nsfw.review"].queue
+    queue: ReviewQueue = state.review().queue
     return queue
 
 
@@ -36,7 +38,7 @@ def _store_failed(exc: SQLAlchemyError) -> Any:
     metrics.REVIEW_STORE_ERRORS.labels("api").inc()
     error = errors.ReviewStoreUnavailable()
     log.warning("%s %s -> 503 %s: %s: %s", request.method, request.path, error.code, type(exc).__name__, str(exc)[:300])
-    return jsonify(error.to_dict()), error.status, dict(error.headers)
+    return error_response(error)
 
 
 def _one_arg(name: str, default: str) -> str:
@@ -147,19 +149,19 @@ def decide(review_id: str) -> Response:
         raise errors.InvalidLabel('the body must be JSON {"label": ...}')
     item = _queue().decide(review_id, _moderator(), body.get("label"), body.get("note"))
     metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
-    current_app.extensions["nsfw.review"].wake.set()  # this worker's sender sends it now
+    state.review().wake.set()  # this worker's sender sends it now
     return jsonify(item)
 
 
 @bp.post("/reviews/<review_id>/revert")
 def revert(review_id: str) -> Response:
     item = _queue().revert(review_id, _moderator())
-    current_app.extensions["nsfw.review"].wake.set()
+    state.review().wake.set()
     return jsonify(item)
 
 
 @bp.delete("/reviews/<review_id>")
 def delete_review(review_id: str) -> Response:
     _queue().delete(review_id, _moderator())
-    current_app.extensions["nsfw.review"].wake.set()  # review.deleted goes out now
+    state.review().wake.set()  # review.deleted goes out now
     return jsonify({"id": review_id, "deleted": True})

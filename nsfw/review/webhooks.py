@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -43,7 +42,7 @@ from standardwebhooks.webhooks import Webhook
 
 from nsfw import metrics
 from nsfw.errors import NsfwError
-from nsfw.review.store import outbox
+from nsfw.review.tables import outbox
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,6 @@ class Sender:
         self.post = post
         self.timeout = timeout
         self.clock = clock
-        self.wake = threading.Event()
         # Messages the receiver took (2xx) whose mark the store refused: id -> when; marked at every pass.
         self._unmarked: dict[str, float] = {}
 

@@ -2,7 +2,7 @@
 
 Every answer has an `X-Request-Id`: the client's, when it is 1 to 128 visible ASCII characters (no
 spaces or control characters, which would forge or break a log line), else a fresh one (32 hex
-digits). The front door (nsfw/frontend.py) decides it first, so its own answers (401, 413, 503, 408,
+digits). The front door (nsfw/web/frontend.py) decides it first, so its own answers (401, 413, 503, 408,
 /health) carry it too and the app sees the same one; the app decides it again when it runs under
 another server. Each log line of the request names it: a context variable, read by a filter on the
 service's log handler (the batch's item threads get a copy of the context).
@@ -19,10 +19,11 @@ from contextvars import ContextVar
 from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
-from nsfw import access, metrics
+from nsfw import metrics
+from nsfw.web import access
 
 HEADER = "X-Request-Id"
-# The WSGI environ's dict of facts for gunicorn's access log (nsfw/frontend.py makes it).
+# The WSGI environ's dict of facts for gunicorn's access log (nsfw/web/frontend.py makes it).
 FACTS = "nsfw.facts"
 # The route label of a request that matched no rule (a 404): never the raw path, which a stranger
 # could vary to make a metric per request.
@@ -87,7 +88,7 @@ def install(app: Flask) -> None:
         response.headers[HEADER] = g.get("request_id") or request_id(request.headers.get(HEADER))
         route = request.url_rule.rule if request.url_rule is not None else UNMATCHED
         facts = request.environ.get(FACTS)
-        if isinstance(facts, dict):  # served by nsfw/frontend.py: for gunicorn's access log
+        if isinstance(facts, dict):  # served by nsfw/web/frontend.py: for gunicorn's access log
             facts.update(route=route, key=g.get("api_key", "-"), client=access.client_address())
             if "verdicts" in g:
                 facts["verdict"] = g.verdicts[0] if len(g.verdicts) == 1 else g.verdicts

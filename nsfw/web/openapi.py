@@ -25,10 +25,10 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
 from nsfw import errors
-from nsfw.config import SCOPES
-from nsfw.imaging import RESIZE_MODES
+from nsfw.config import RESIZE_MODES, SCOPES
 from nsfw.model.specs import MODELS
-from nsfw.policy import OVERRIDABLE
+from nsfw.pipeline.verdict import OVERRIDABLE
+from nsfw.web.routes import SESSION_COOKIE
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
@@ -501,7 +501,7 @@ def document() -> Schema:
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An NSFW_API_KEYS token."},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "NSFW_METRICS_TOKEN."},
-                "session": {"type": "apiKey", "in": "cookie", "name": "nsfw_session"},
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
             },
         },
     }

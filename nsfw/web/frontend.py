@@ -23,7 +23,7 @@ down). This module is the gunicorn worker class that `gunicorn.conf.py` names in
   streaming to it, which gives up when the client leaves.
 - What gunicorn answers by itself (a request it cannot parse: 400, 414, 431, 501) is our JSON error
   shape (`_Protocol`), and a transfer coding other than chunked is refused (501) before the body.
-- `GET /health` is answered on the event loop itself (nsfw.api.health_answer, the view's own body),
+- `GET /health` is answered on the event loop itself (api.health_answer, the view's own body),
   never queued behind a thread: under a flood of 1,400 requests a second it answered with p99 244 ms
   through a thread of its own, because that thread waited for the GIL behind the app's threads.
 """
@@ -50,10 +50,12 @@ from gunicorn.asgi import protocol as gunicorn_protocol
 from gunicorn.workers import gasgi
 from werkzeug.exceptions import HTTPException
 
-from nsfw import access, errors, observe
-from nsfw.api import health_answer
-from nsfw.service import PredictionService
+from nsfw import errors
+from nsfw.fetch import SPOOL_MEMORY_BYTES
+from nsfw.pipeline.service import PredictionService
 from nsfw.slots import FairSlots
+from nsfw.web import access, observe, routes, state
+from nsfw.web.api import health_answer
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-HEALTH_PATH = "/health"
-SPOOL_IN_MEMORY = 1024 * 1024
 LINGER_SECONDS = 2.0
 SWITCH_INTERVAL = 0.001
 APP_NICENESS = 5
@@ -126,13 +126,13 @@ class Front:
         observe.current.set(rid)  # this request's task: the front's own log lines name it
         scope, send = _with_request_id(scope, rid), _stamped(send, rid)
         scope["nsfw.started"] = time.perf_counter()
-        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
+        if scope["path"] == routes.HEALTH_PATH and scope["method"] == "GET":
             body, status = health_answer(self.service)
             await _send_json(send, status, body, [])
             self._count(scope, status)
             return
-        if (self.settings.api_keys or self.settings.metrics_token) and not access.may_use_session(
-            scope["path"], _header_getter(scope)
+        if (self.settings.api_keys or self.settings.metrics_token) and not routes.may_use_session(
+            scope["path"], _header_getter(scope)("Cookie")
         ):
             try:  # before admission and before any of the body: a stranger costs neither
                 key = access.check(
@@ -162,7 +162,7 @@ class Front:
 
     def _caller(self, scope: Scope) -> str:
         """Whose share of the worker this request takes: the client address, as the app reads it
-        (nsfw.access.client_of), trusted proxies' forwarded-for header included."""
+        (access.client_of), trusted proxies' forwarded-for header included."""
         peer = scope["client"][0] if scope.get("client") else "-"
         if not self.settings.trusted_proxies:
             return peer
@@ -173,7 +173,7 @@ class Front:
         )
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send, handed_over: list[Any]) -> None:
-        cap = self.settings.body_limit(scope["path"], _mimetype(scope))
+        cap = routes.body_limit(self.settings, scope["path"], _mimetype(scope))
         try:
             body = await asyncio.wait_for(_read_body(scope, receive, cap), self.settings.body_timeout)
         except errors.NsfwError as error:
@@ -263,7 +263,7 @@ async def _read_body(scope: Scope, receive: Receive, cap: int) -> IO[bytes] | No
     declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise errors.PayloadTooLarge(f"Content-Length {int(declared)} over {cap}")
-    body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - closed by caller
+    body: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - closed by caller
     size = 0
     try:
         while True:
@@ -431,11 +431,14 @@ async def _answer(send: Send, error: errors.NsfwError) -> None:
     else:
         log.info("front -> %d %s: %s", error.status, error.code, error.detail)
     extra = [(b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]
-    await _send_json(send, error.status, error.to_dict(), extra)
+    await _send_body(send, error.status, error.to_json(), extra)
 
 
 async def _send_json(send: Send, status: int, body: object, extra: list[tuple[bytes, bytes]]) -> None:
-    payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+    await _send_body(send, status, json.dumps(body, separators=(",", ":")).encode() + b"\n", extra)
+
+
+async def _send_body(send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]]) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -525,7 +528,7 @@ class _Protocol(gunicorn_protocol.ASGIProtocol):
         error = server_error(status)
         # gunicorn's message may quote the request line, and with it a signed URL's query.
         log.info("server -> %d %s: %s", error.status, error.code, _QUERY.sub("?REDACTED", message[:200]))
-        payload = json.dumps(error.to_dict(), separators=(",", ":")).encode() + b"\n"
+        payload = error.to_json()
         extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
         head = (
             f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
@@ -552,7 +555,7 @@ class Worker(gasgi.ASGIWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         self.wsgi = self.asgi  # the Flask app, as gunicorn.conf.py's hooks expect
-        self.asgi = Front(self.wsgi, self.wsgi.extensions["nsfw"], threads=self.cfg.threads)
+        self.asgi = Front(self.wsgi, state.service(self.wsgi), threads=self.cfg.threads)
         # Everything loaded so far lives as long as the worker: out of the collector's sight, a full
         # collection under load no longer walks the model runtime's and Flask's objects (it paused the
         # event loop, and so /health, for tens of milliseconds).

@@ -16,7 +16,7 @@ Endpoints:
   `<name>` = `all` runs every served model on the one image, fetched once.
 - `GET /health`: 200 `{"status": "ok", ...}` once the model is loaded and warmed; 503 before. It does
   no network and no inference, so it never waits behind predictions.
-Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors.
+Every failure is `{"error": {"code", "message"}}` with the status of nsfw.errors (answers.py).
 """
 
 from __future__ import annotations
@@ -31,22 +31,26 @@ import time
 from collections import Counter
 from typing import IO, Any, NamedTuple
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Blueprint, Response, g, jsonify, request
 
-from nsfw import access, errors, metrics
-from nsfw.imaging import RESIZE_MODES
+from nsfw import errors, metrics
+from nsfw.config import RESIZE_MODES
+from nsfw.fetch import SPOOL_MEMORY_BYTES
 from nsfw.model.specs import MODELS, NSFWJS
-from nsfw.policy import OVERRIDABLE, Policy
-from nsfw.service import TENANT, BatchItem, Prediction, PredictionService, ReviewContext
+from nsfw.pipeline.batch import BatchItem
+from nsfw.pipeline.batch import predict_batch as run_batch
+from nsfw.pipeline.flow import TENANT
+from nsfw.pipeline.service import Ask, Prediction, PredictionService, ReviewContext
+from nsfw.pipeline.verdict import OVERRIDABLE, Policy
+from nsfw.web import limits, routes, state
+from nsfw.web.access import client_address
 
 log = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
 
 
 def _service() -> PredictionService:
-    service: PredictionService = current_app.extensions["nsfw"]
-    return service
+    return state.service()
 
 
 def _one(values: list[str], name: str) -> str | None:
@@ -66,7 +70,7 @@ def _limit_the_body() -> None:
     A chunked body (no Content-Length) that reaches the cap is refused here too: Werkzeug stops
     reading such a stream at the cap and returns what it has (one byte of slack: exactly-the-cap
     counts as over)."""
-    limit = request.max_content_length = _service().settings.body_limit(request.path, request.mimetype)
+    limit = request.max_content_length = routes.body_limit(_service().settings, request.path, request.mimetype)
     if request.content_length is not None or not request.environ.get("wsgi.input_terminated"):
         return
     if len(request.get_data(cache=True)) >= limit:
@@ -111,13 +115,9 @@ def _decode_base64(value: object) -> IO[bytes]:
     return _spooled(data)
 
 
-# Decoded images wait for the model in files that keep at most this much in memory.
-_SPOOL_BYTES = 1024 * 1024
-
-
 def _spooled(data: bytes) -> IO[bytes]:
     """The bytes in a spooled file: a request waiting for the model holds 1 MiB of memory at most."""
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 - the service closes it
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - the service closes it
     spool.write(data)
     spool.seek(0)
     return spool
@@ -133,7 +133,7 @@ def _request_image() -> tuple[str | None, IO[bytes] | None]:
     service's body-decoding limit (a JSON base64 body takes about three times its size meanwhile)."""
     if not _has_body():
         return _parse_request_image()
-    with _service().decoding_body():
+    with _service().flow.decoding_body():
         return _parse_request_image()
 
 
@@ -185,7 +185,7 @@ def _options() -> Options:
     """The per-request options: model, resize mode, detail flag, and the verdict policy with overrides."""
     service = _service()
     model = _one(request.args.getlist("model"), "model")
-    spec = service.classifier_for(model).spec
+    spec = service.models.named(model).spec
     resize = _one(request.args.getlist("resize"), "resize")
     if resize is not None and resize not in RESIZE_MODES:
         raise errors.BadRequest(f"resize={resize!r}")
@@ -196,7 +196,7 @@ def _options() -> Options:
         raise errors.BadRequest(f"detail={detail!r}")
     for name in OVERRIDABLE:
         _one(request.args.getlist(name), name)
-    return Options(model, resize, _FLAGS[detail.lower()], service.settings.policy().overridden(request.args))
+    return Options(model, resize, _FLAGS[detail.lower()], Policy.of(service.settings).overridden(request.args))
 
 
 _FLAGS = {"true": True, "1": True, "false": False, "0": False}
@@ -207,7 +207,7 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     if not detail:
         return prediction.scores
     assert prediction.verdict is not None  # detail passes the policy down, so the service decided
-    g.setdefault("verdicts", []).append(prediction.verdict.label)  # for the access log (nsfw/observe.py)
+    g.setdefault("verdicts", []).append(prediction.verdict.label)  # for the access log (nsfw/web/observe.py)
     answer: dict[str, Any] = {
         "scores": prediction.scores,
         "verdict": prediction.verdict.to_dict(),
@@ -260,7 +260,7 @@ def _review_context(detail: bool, source_url: str | None = None) -> ReviewContex
 
 @bp.before_app_request
 def _tenant() -> None:
-    """Every call of the service in this request is its key's (service.TENANT), reset at its end."""
+    """Every call of the service in this request is its key's (pipeline.flow.TENANT), reset at its end."""
     g.tenant_token = TENANT.set(str(g.get("api_key", "-")))
 
 
@@ -278,18 +278,19 @@ def predict() -> Response:
     options = _options()
     url, image = _request_image()
     # A verdict (and with it a second tier's opinion) is only worked out when it is asked for.
-    kwargs: dict[str, Any] = {
-        "model": options.model,
-        "resize": options.resize,
-        "policy": options.policy if options.detail else None,
-        "review": _review_context(options.detail, url),
-    }
+    ask = Ask(
+        model=options.model,
+        resize=options.resize,
+        policy=options.policy if options.detail else None,
+        caller=client_address(),
+        review=_review_context(options.detail, url),
+    )
     if image is not None:
         with image:
-            prediction = service.predict_image(image, **kwargs)
+            prediction = service.predict_image(image, ask)
     else:
         assert url is not None  # _request_image gives one or the other
-        prediction = service.predict_url(url, **kwargs, caller=access.client_address())
+        prediction = service.predict_url(url, ask)
     return jsonify(_answer(prediction, options.detail, options.policy, started))
 
 
@@ -316,25 +317,19 @@ def predict_batch() -> Response:
     started = time.perf_counter()
     service = _service()
     model, resize, detail, policy = _options()
-    with service.decoding_body():
+    with service.flow.decoding_body():
         body = _json_body() if request.is_json else None
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise errors.BadRequest('the body must be JSON {"items": [...]}')
         items = body["items"]
         if len(items) > service.settings.max_batch:
             raise errors.TooManyItems(f"{len(items)} items > {service.settings.max_batch}")
-        access.charge(len(items) - 1)  # each item counts against the caller's limit, as a request would
+        limits.charge(len(items) - 1)  # each item counts against the caller's limit, as a request would
         batch = [_batch_item(raw) for raw in items]
         del body, items  # the JSON text goes; the decoded images wait in spooled files
     try:
-        results = service.predict_batch(
-            batch,
-            model=model,
-            resize=resize,
-            policy=policy if detail else None,
-            caller=access.client_address(),
-            review=_review_context(detail),
-        )
+        ask = Ask(model, resize, policy if detail else None, client_address(), _review_context(detail))
+        results = run_batch(service, batch, ask)
     finally:
         for item in batch:
             if item.image is not None:
@@ -354,7 +349,7 @@ def models() -> Response:
     """The catalogue: every model, whether this worker serves it, and what a client needs to trust
     and use its scores."""
     service = _service()
-    served = service.classifiers
+    served = service.models.served
     listing = []
     for name, spec in MODELS.items():
         classifier = served.get(name)
@@ -362,14 +357,14 @@ def models() -> Response:
             "name": name,
             "version": spec.version,
             "served": classifier is not None,
-            "default": name == service.classifier.spec.name,
+            "default": name == service.models.default.spec.name,
             "backend": classifier.backend if classifier else next(iter(spec.artifacts), "tensorflow"),
             "input_size": spec.input_size,
             "classes": list(spec.classes),
             "adult_classes": list(spec.adult_classes),
             "source": spec.source,
             "licence": spec.licence,
-            "sha256": service.artifact_sha256(classifier) if classifier else service.bundled_sha256(spec),
+            "sha256": service.models.artifact_sha256(classifier) if classifier else service.models.bundled_sha256(spec),
         }
         listing.append(entry)
     return jsonify({"models": listing})
@@ -394,15 +389,15 @@ def predict_with_model(name: str) -> Response:
     url, image = _request_image()
     try:
         if name == "all":
-            predictions = service.predict_all(url, image, caller=access.client_address())
+            predictions = service.predict_all(url, image, caller=client_address())
             answer: dict[str, Any] = {
                 _FLASK_NAMES.get(model, model): _flask_value(prediction) for model, prediction in predictions.items()
             }
         elif image is not None:
-            answer = {name: _flask_value(service.predict_image(image, model=name))}
+            answer = {name: _flask_value(service.predict_image(image, Ask(model=name)))}
         else:
             assert url is not None
-            answer = {name: _flask_value(service.predict_url(url, model=name, caller=access.client_address()))}
+            answer = {name: _flask_value(service.predict_url(url, Ask(model=name, caller=client_address())))}
     finally:
         if image is not None:
             image.close()
@@ -410,12 +405,12 @@ def predict_with_model(name: str) -> Response:
 
 
 def health_answer(service: PredictionService) -> tuple[dict[str, Any], int]:
-    """/health's body and status; also answered by nsfw/frontend.py on its event loop, never queued."""
-    if not service.ready:
+    """/health's body and status; also answered by nsfw/web/frontend.py on its event loop, never queued."""
+    if not service.models.ready:
         return {"status": "loading"}, 503
-    classifier = service.classifier
+    classifier = service.models.default
     body = {"status": "ok", "model": classifier.spec.name, "version": classifier.spec.version}
-    return {**body, "backend": classifier.backend, "models": list(service.classifiers)}, 200
+    return {**body, "backend": classifier.backend, "models": list(service.models.served)}, 200
 
 
 @bp.route("/metrics", methods=["GET"])
@@ -428,44 +423,3 @@ def metrics_page() -> Response:
 def health() -> tuple[Response, int]:
     body, status = health_answer(_service())
     return jsonify(body), status
-
-
-def _error_response(error: errors.NsfwError) -> tuple[Response, int, dict[str, str]]:
-    return jsonify(error.to_dict()), error.status, dict(error.headers)
-
-
-def _handle_nsfw_error(error: errors.NsfwError) -> tuple[Response, int, dict[str, str]]:
-    level = logging.ERROR if error.status >= 500 and error.status not in (502, 503, 504) else logging.INFO
-    log.log(level, "%s %s -> %d %s: %s", request.method, request.path, error.status, error.code, error.detail)
-    return _error_response(error)
-
-
-_HTTP_ERRORS: dict[int, type[errors.NsfwError]] = {
-    404: errors.NotFound,
-    405: errors.MethodNotAllowed,
-    413: errors.PayloadTooLarge,
-    429: errors.RateLimited,
-}
-
-
-def _handle_http_exception(exc: HTTPException) -> Any:
-    mapped = _HTTP_ERRORS.get(exc.code or 500)
-    if mapped is None:
-        mapped = errors.BadRequest if exc.code and exc.code < 500 else errors.NsfwError
-    response = _handle_nsfw_error(mapped(f"{exc.code} {exc.name}"))
-    if isinstance(exc, RequestEntityTooLarge):
-        return response
-    if exc.code == 405 and exc.valid_methods:
-        response[2]["Allow"] = ", ".join(exc.valid_methods)
-    return response
-
-
-def _handle_unexpected(exc: Exception) -> tuple[Response, int, dict[str, str]]:
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return _error_response(errors.NsfwError(repr(exc)))
-
-
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(errors.NsfwError, _handle_nsfw_error)
-    app.register_error_handler(HTTPException, _handle_http_exception)
-    app.register_error_handler(Exception, _handle_unexpected)

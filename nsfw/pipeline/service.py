@@ -1,0 +1,387 @@
+"""One image -> its prediction: the result cache, or decode -> preprocess -> predict under the model's
+lock; then, off the lock, the verdict (nsfw/pipeline/verdict.py) and the hooks after it (the review
+queue). No Flask: the web layer (nsfw/web/api.py) parses requests into these calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import IO, Any
+
+import numpy as np
+from PIL import Image
+
+from nsfw import metrics
+from nsfw.cache import Entry as CacheEntry
+from nsfw.cache import ResultCache, sha256_of
+from nsfw.cache import key as result_key
+from nsfw.config import DecodeSettings, FetchSettings, FlowSettings, Settings
+from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError
+from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
+from nsfw.imaging.budget import Limits
+from nsfw.imaging.decode import decode_frames, harden_pillow
+from nsfw.imaging.recipes import model_input
+from nsfw.imaging.thumbnail import frame_thumbnails, picture
+from nsfw.model import Classifier
+from nsfw.model.registry import Registry
+from nsfw.model.specs import NSFWJS, ModelSpec
+from nsfw.pipeline.flow import TENANT, Flow
+from nsfw.pipeline.verdict import Policy, Tiers, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def fetch_policy(fetching: FetchSettings, flow: FlowSettings) -> FetchPolicy:
+    return FetchPolicy(
+        connect_timeout=fetching.connect_timeout,
+        read_timeout=fetching.read_timeout,
+        download_timeout=fetching.download_timeout,
+        max_bytes=fetching.max_bytes,
+        max_redirects=fetching.max_redirects,
+        max_url_length=fetching.max_url_length,
+        allowed_ports=fetching.allowed_ports,
+        allowed_networks=fetching.allowed_networks,
+        max_lookups=flow.max_downloads,
+        max_lookups_per_caller=flow.max_in_flight,
+    )
+
+
+def decode_limits(decoding: DecodeSettings) -> Limits:
+    """The limits every decode runs under (nsfw/imaging/budget.py)."""
+    return Limits(decoding.max_pixels, decoding.max_decode_bytes, decoding.max_jpeg_scans, decoding.max_decoded_frames)
+
+
+def build_service(settings: Settings, resolver: Resolver = system_resolver) -> PredictionService:
+    """The service for one process (a gunicorn worker, or the command line): Pillow's process-wide
+    limits set, fetcher built; the caller sets the classifiers (`service.models.set`)."""
+    harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
+    service = PredictionService(settings, Fetcher(fetch_policy(settings.fetch, settings.flow), resolver))
+    if settings.cache_size or settings.redis_url:
+        service.cache = ResultCache(settings.cache_size, settings.redis_url, settings.cache_ttl)
+    return service
+
+
+@dataclass(frozen=True)
+class ReviewContext:
+    """What a detailed request tells the review queue about its image."""
+
+    key_name: str
+    ref: str | None = None
+    source_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a request asks of the pipeline besides its image: which model and resize (None: the
+    settings'), a verdict (only with a policy), whose download share it draws on (the client's
+    address), and what the review queue is told (detailed answers with the queue on)."""
+
+    model: str | None = None
+    resize: str | None = None
+    policy: Policy | None = None
+    caller: str = "-"
+    review: ReviewContext | None = None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: the flat scores (of its least safe frame), and what led to them."""
+
+    scores: dict[str, float]
+    model: ModelSpec
+    backend: str
+    # Per classified frame: its index in the animation and its scores; `chosen` is the answer's.
+    frame_indices: list[int]
+    frame_scores: list[dict[str, float]]
+    chosen: int
+    frame_count: int
+    seconds: float
+    # Filled when a verdict was asked for: the verdict, the tier that decided it (1 or 2), and what
+    # the second tier said ({"nsfw": p}, with "model" for a model tier, or {"error": ...}) when asked.
+    verdict: Verdict | None = None
+    tier: int | str = 1  # 1, 2, or "human" (a remembered review decision)
+    second_tier: dict[str, Any] | None = None
+    # With the result cache on: "hit" (no decoding, no inference) or "miss".
+    cache: str | None = None
+    # With the review queue on (detailed answers only): {"id", "status"} of the image's item, or
+    # {"error": ...} when the store failed (the prediction stands).
+    review: dict[str, Any] | None = None
+
+
+class ImageBytes:
+    """One image's bytes as the pipeline holds them, with what it learnt of them once, for whoever
+    comes after: their sha256 (the result cache's key, the review queue's memory) and, when a review
+    may follow, the picture of each classified frame, made from the frames the model saw."""
+
+    def __init__(self, body: IO[bytes]) -> None:
+        self.body = body
+        self._sha256: str | None = None
+        # {frame index: JPEG}, made while the frames were decoded for the model (None: not made).
+        self.pictures: dict[int, bytes] | None = None
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = sha256_of(self.body)
+        return self._sha256
+
+
+# The review queue's one entry point, wired in by create_app (nsfw/review/): the decided prediction,
+# its image (bytes, sha256), the request's context and a way to get the pictures of the classified
+# frames (by frame index; made during the decode, else decoded again) -> the prediction as answered
+# (a remembered human verdict, or the item it joined, or why it was not queued). Called off the
+# model's lock. The service knows nothing else of it.
+ReviewHook = Callable[[Prediction, ImageBytes, ReviewContext, Callable[[], Mapping[int, bytes] | None]], Prediction]
+
+
+def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probabilities: np.ndarray) -> int:
+    """Index of the row with the highest sum of the model's adult classes (hentai + porn + sexy for
+    GantMan's), the verdict's adult sum (the first, on a tie): an animation scores as its least safe
+    frame, so a harmless first frame cannot hide the rest."""
+    unsafe = [classes.index(name) for name in adult_classes]
+    return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
+
+
+def _picture_or_none(frame: Image.Image) -> bytes | None:
+    try:
+        return picture(frame)
+    except Exception as exc:  # noqa: BLE001 - a picture that cannot be made costs the review its picture only
+        log.warning("no thumbnail: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+class PredictionService:
+    """Everything a request needs, set up once per worker by create_app."""
+
+    def __init__(self, settings: Settings, fetcher: Fetcher) -> None:
+        self.settings = settings
+        self.fetcher = fetcher
+        self.models = Registry(settings.models_dir)
+        self.flow = Flow(settings.fetch, settings.flow, fetcher)
+        self.tiers = Tiers(settings.verdicts)
+        self._limits = decode_limits(settings.decode)
+        # The review queue's entry point, when NSFW_REVIEW is on (create_app wires it).
+        self.review_hook: ReviewHook | None = None
+        # The result cache (NSFW_CACHE_SIZE, NSFW_REDIS_URL); None when off.
+        self.cache: ResultCache | None = None
+
+    def fetch(
+        self, url: str, caller: str, share: RequestShare, *, timeout: float | None = None, wait: float | None = None
+    ) -> IO[bytes]:
+        """url's bytes (Flow.fetch); 503 `unavailable` first while the models load."""
+        self.models.served  # noqa: B018 - raises Unavailable while loading
+        return self.flow.fetch(url, caller, share, timeout=timeout, wait=wait)
+
+    def classify(
+        self,
+        classifier: Classifier,
+        body: IO[bytes],
+        resize: str | None,
+        policy: Policy | None = None,
+        deadline: float | None = None,
+        review: ReviewContext | None = None,
+    ) -> Prediction:
+        """The image's scores (from the result cache, or decoded and predicted under the worker's
+        model lock), then its verdict and review (`_finish`), after the lock is released: those may
+        wait for the model themselves (a picture, a second-tier model) or call out (a second-tier
+        endpoint), and the lock is not re-entrant."""
+        started = time.perf_counter()
+        image = ImageBytes(body)
+        spec = classifier.spec
+        cache_key = None
+        prediction = None
+        if self.cache is not None:
+            mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
+            cache_key = result_key(TENANT.get(), image.sha256, spec.name, spec.version, mode)
+            entry = self.cache.get(cache_key)
+            if entry is not None:
+                prediction = self._from_entry(classifier, entry, started)
+        if prediction is None:
+            # The pictures are made from the decoded frames only when a review may follow.
+            pictures = review is not None and policy is not None and self.review_hook is not None
+            prediction, fresh = self._infer(classifier, image, resize, deadline, cache_key, started, pictures)
+            if fresh is not None and cache_key is not None and self.cache is not None:
+                self.cache.share(cache_key, fresh)  # Redis, off the model's lock
+        return self._finish(prediction, image, policy, review, deadline)
+
+    def classify_upload(
+        self,
+        classifier: Classifier,
+        body: IO[bytes],
+        resize: str | None,
+        policy: Policy | None = None,
+        deadline: float | None = None,
+        review: ReviewContext | None = None,
+    ) -> Prediction:
+        body.seek(0, 2)
+        size = body.tell()
+        if size > self.settings.max_bytes:
+            raise ImageTooLarge(f"upload of {size} bytes")
+        if size == 0:
+            raise InvalidImage("empty upload")
+        return self.classify(classifier, body, resize, policy, deadline, review)
+
+    def _infer(
+        self,
+        classifier: Classifier,
+        image: ImageBytes,
+        resize: str | None,
+        deadline: float | None,
+        cache_key: str | None,
+        started: float,
+        pictures: bool,
+    ) -> tuple[Prediction, CacheEntry | None]:
+        """Decode, preprocess and predict under the worker's model lock; decoding ends by
+        NSFW_DECODE_TIMEOUT, or by `deadline` (a batch's) when that comes first. With `pictures`, each
+        decoded frame also becomes its review picture (image.pictures). Returns the prediction and,
+        when it was computed here (not found meanwhile), its cache entry."""
+        spec = classifier.spec
+        mode = resize or self.settings.resize
+        with self.flow.computing(deadline):
+            if cache_key is not None and self.cache is not None:
+                # Single flight: the same bytes may have been classified while this one waited for the model.
+                entry = self.cache.get_local(cache_key)
+                if entry is not None:
+                    return self._from_entry(classifier, entry, started), None
+            begun = time.perf_counter()  # the wait for the model is not the decode's
+            decode_deadline = time.monotonic() + self.settings.decode_timeout
+            image.body.seek(0)
+            try:
+                frames = decode_frames(
+                    image.body,
+                    limits=self._limits,
+                    max_frames=self.settings.max_frames,
+                    deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
+                    convert=(
+                        (lambda frame: (model_input(frame, spec, mode), _picture_or_none(frame)))
+                        if pictures
+                        else (lambda frame: (model_input(frame, spec, mode), None))
+                    ),
+                )
+            except InvalidImage as exc:
+                metrics.REFUSED_IMAGES.labels(exc.code).inc()
+                raise
+            inputs = np.stack([made[0] for made in frames.images])
+            if pictures and all(made[1] is not None for made in frames.images):
+                image.pictures = {index: made[1] for index, made in zip(frames.indices, frames.images, strict=True)}
+            decoded = time.perf_counter()
+            metrics.STAGE_DURATION.labels("decode", spec.name).observe(decoded - begun)
+            probabilities = classifier.predict(inputs)
+            metrics.STAGE_DURATION.labels("inference", spec.name).observe(time.perf_counter() - decoded)
+            per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
+            chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
+            entry = CacheEntry(list(frames.indices), per_frame, chosen, frames.total)
+            if cache_key is not None and self.cache is not None:
+                # This worker's layer, before the model is free: the next request for these bytes finds it.
+                self.cache.remember(cache_key, entry)
+        prediction = Prediction(
+            scores=per_frame[chosen],
+            model=spec,
+            backend=classifier.backend,
+            frame_indices=frames.indices,
+            frame_scores=per_frame,
+            chosen=chosen,
+            frame_count=frames.total,
+            seconds=time.perf_counter() - started,
+            cache=None if cache_key is None else "miss",
+        )
+        return prediction, entry
+
+    @staticmethod
+    def _from_entry(classifier: Classifier, entry: CacheEntry, started: float) -> Prediction:
+        return Prediction(
+            scores=entry.frame_scores[entry.chosen],
+            model=classifier.spec,
+            backend=classifier.backend,
+            frame_indices=entry.frame_indices,
+            frame_scores=entry.frame_scores,
+            chosen=entry.chosen,
+            frame_count=entry.frame_count,
+            seconds=time.perf_counter() - started,
+            cache="hit",
+        )
+
+    def _finish(
+        self,
+        prediction: Prediction,
+        image: ImageBytes,
+        policy: Policy | None,
+        review: ReviewContext | None,
+        deadline: float | None,
+    ) -> Prediction:
+        """The verdict when one is asked for (tiers, then the review queue), and the count."""
+        spec = prediction.model
+        if policy is None:
+            metrics.PREDICTIONS.labels(spec.name, "none").inc()
+            return prediction
+        decided = self._decide(prediction, image.body, policy)
+        if review is not None and self.review_hook is not None:
+            decided = self.review_hook(decided, image, review, lambda: self._pictures(image, deadline))
+        assert decided.verdict is not None
+        metrics.PREDICTIONS.labels(spec.name, decided.verdict.label).inc()
+        return decided
+
+    def _pictures(self, image: ImageBytes, deadline: float | None) -> dict[int, bytes] | None:
+        """The review item's pictures: each classified frame as a JPEG (longest side 256) by its
+        index: made during the decode, or (a result from the cache) decoded again under the model
+        lock and the decode limits like any decode; None when they cannot be made (an NsfwError
+        when the model stays busy or the deadline passes)."""
+        if image.pictures is not None:
+            return image.pictures
+        with self.flow.computing(deadline):
+            decode_deadline = time.monotonic() + self.settings.decode_timeout
+            try:
+                made = frame_thumbnails(
+                    image.body,
+                    limits=self._limits,
+                    max_frames=self.settings.max_frames,
+                    deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
+                )
+            except InvalidImage as exc:
+                log.warning("no thumbnail: %s %s", exc.code, exc.detail)
+                return None
+        return dict(zip(made.indices, made.images, strict=True))
+
+    def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
+        """The tiers' verdict; the second tier's probability from a second model on the same bytes, or
+        the operator's endpoint."""
+        spec = prediction.model
+
+        def ask(tiers: Tiers) -> float:
+            if tiers.second_model:
+                classifier = self.models.named(tiers.second_model)
+                scores = self.classify(classifier, body, None).scores
+                return sum(scores[name] for name in classifier.spec.adult_classes)
+            assert tiers.http is not None
+            body.seek(0)
+            return tiers.http.ask(self.fetcher, body.read())
+
+        def failed(exc: NsfwError) -> None:
+            log.info("second tier -> %s: %s", exc.code, exc.detail)
+
+        decided = self.tiers.decide(policy, prediction.scores, spec.adult_classes, spec.safe_classes, ask, failed)
+        return replace(prediction, verdict=decided.verdict, tier=decided.tier, second_tier=decided.second_tier)
+
+    def predict_url(self, url: str, ask: Ask) -> Prediction:
+        """Fetch url and classify the image (with a verdict when ask has a policy); raises NsfwError
+        subclasses on every failure. The download draws on ask.caller's share; with ask.review, the
+        review queue sees the decided image (ReviewHook)."""
+        classifier = self.models.named(ask.model)
+        with self.fetch(url, ask.caller, self.flow.request_share()) as body:
+            return self.classify(classifier, body, ask.resize, ask.policy, review=ask.review)
+
+    def predict_image(self, body: IO[bytes], ask: Ask) -> Prediction:
+        """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
+        classifier = self.models.named(ask.model)
+        return self.classify_upload(classifier, body, ask.resize, ask.policy, review=ask.review)
+
+    def predict_all(self, url: str | None, image: IO[bytes] | None, caller: str = "-") -> dict[str, Prediction]:
+        """Every served model on one image, fetched once (NSFW-FLASK's /models/all/predict fetched
+        it once per model)."""
+        if image is not None:
+            return {name: self.classify_upload(c, image, None) for name, c in self.models.served.items()}
+        assert url is not None
+        with self.fetch(url, caller, self.flow.request_share()) as body:
+            return {name: self.classify(c, body, None) for name, c in self.models.served.items()}

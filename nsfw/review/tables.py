@@ -1,0 +1,138 @@
+"""The review queue's tables: items, their refs and frames, the audit log, the webhook outbox, the
+moderators (`metadata`: Alembic's target, migrations/env.py).
+
+The schema is Alembic's (migrations/, one revision per change; the engine and the migration runner are
+the store's, nsfw/store/); these Table objects are what the review feature's queries use (queue.py,
+webhooks.py, moderators.py), and tests/test_review.py checks that they match what the migrations make.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+    true,
+)
+
+metadata = MetaData()
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created", Float, nullable=False),
+    Column("kind", String(16), nullable=False),  # unknown (the model could not decide) | audit (a sample)
+    Column("status", String(16), nullable=False),  # pending | decided | expired (left undecided past retention)
+    Column("sha256", String(64), nullable=False),
+    Column("key_name", String(64), nullable=False),
+    Column("source_url", Text),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("scores", Text, nullable=False),  # JSON
+    Column("verdict", String(16), nullable=False),  # the automatic label
+    Column("reason", Text, nullable=False),
+    Column("thumbnail", LargeBinary),  # JPEG, longest side 256; None after retention
+    Column("claimed_by", String(64)),
+    Column("claim_until", Float),
+    Column("decided", Float),  # when it left the queue: decided, or expired
+    Column("label", String(16)),  # adult | safe
+    Column("decided_by", String(64)),
+    Column("note", Text),
+    # What the model judged: the image's frame count, and for an animation each classified frame's
+    # index and scores (JSON [{"index", "scores"}]) and the index of the frame that decided the verdict
+    # (the thumbnail's); NULL for items queued before revision 0004.
+    Column("frame_count", Integer),
+    Column("frames", Text),
+    Column("chosen_frame", Integer),
+    # Since when the item waits for a human: queued, or undone (expiry counts from here, not `created`).
+    Column("pending_since", Float),
+    Index("reviews_sha256", "sha256"),
+    Index("reviews_key_status", "key_name", "status"),
+    Index("reviews_status_created", "status", "created"),
+    # One pending item per image: the same bytes join it (their refs are kept).
+    Index(
+        "reviews_one_pending_per_image",
+        "sha256",
+        unique=True,
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
+)
+
+refs = Table(
+    "review_refs",
+    metadata,
+    Column("review_id", String(32), ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("key_name", String(64), nullable=False),  # the key that sent the ref: its client app's own
+    Column("ref", String(200), nullable=False),
+    Column("added", Float, nullable=False),
+    PrimaryKeyConstraint("review_id", "key_name", "ref"),
+)
+
+# An animation's classified frames, each as the moderator sees it (JPEG, longest side 256): the strip
+# under the item. Dropped with the thumbnail at retention.
+frames = Table(
+    "review_frames",
+    metadata,
+    Column("review_id", String(32), ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),  # 0.. in the animation's order
+    Column("frame_index", Integer, nullable=False),
+    Column("thumbnail", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("review_id", "position"),
+)
+
+audit = Table(
+    "review_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),  # claimed | decided | reverted | deleted | expired
+    Column("review_id", String(32), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+    Index("review_audit_review", "review_id"),
+    Index("review_audit_at", "at"),
+)
+
+outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", String(40), primary_key=True),  # the webhook-id: the same on every attempt
+    Column("review_id", String(32), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("payload", Text, nullable=False),  # the JSON body, as signed
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", Float, nullable=False),
+    Column("lease_until", Float),  # a sender's claim on the row while it sends...
+    Column("lease_token", String(32)),  # ...and whose: only the holder reschedules the row
+    Column("last_error", Text),
+    Column("created", Float, nullable=False),
+    Column("delivered", Float),
+    Index("webhook_outbox_due", "status", "next_at"),
+    Index("webhook_outbox_review", "review_id"),
+)
+
+
+moderators = Table(
+    "moderators",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("password_hash", Text, nullable=False),  # Argon2id, argon2-cffi's encoding
+    Column("created", Float, nullable=False),
+    Column("blur", Boolean, nullable=False, server_default=true()),  # thumbnails blurred until revealed
+    # A random token in every session cookie of this moderator, checked on every request; a new one
+    # (sign-out, a new password) ends every session made before it.
+    Column("generation", String(32), nullable=False, server_default="0"),
+)

@@ -1,0 +1,93 @@
+"""One route table: for each path, the scope a key needs, whether a moderator's session may stand in
+for the key, whether the rate limits count it, and what its body may carry. The front door
+(frontend.py), the access check (access.py), the rate limits (limits.py) and the body caps (api.py,
+frontend.py) all read it; none of them knows a path of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nsfw.config import Settings
+
+# Body kinds: what a route's body may carry, and so its cap (body_limit).
+FIELDS = "fields"  # a few fields: a label, a note, a form
+IMAGE = "image"  # by its Content-Type: an image, a multipart upload, JSON with image_base64, or fields
+BATCH = "batch"  # as IMAGE, but JSON is a batch's (NSFW_MAX_BATCH_BYTES)
+
+PREDICT, REVIEW = "predict", "review"  # the scopes of nsfw.config.SCOPES a route may need
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    prefix: bool = False  # the path is a prefix (every path starting with it), not one path
+    scope: str | None = PREDICT  # None: answered to anyone (or, for the pages, a session of their own)
+    session: bool = False  # a moderator's session cookie may stand in for a key (the app checks it)
+    limited: bool = True  # counted by the rate limits
+    body: str = IMAGE
+    metrics_token: bool = False  # NSFW_METRICS_TOKEN, when set, stands in for a key here
+
+    def matches(self, path: str) -> bool:
+        return path.startswith(self.path) if self.prefix else path == self.path
+
+
+# The moderator's pages sign in with a session of their own (nsfw/review/pages.py), never a key.
+PAGES_PATH = "/review"
+HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
+REVIEWS_PREFIX = "/reviews"
+
+# First match wins; a path none matches is DEFAULT's. Unknown paths need `predict`, so that a
+# stranger learns nothing about which routes exist.
+ROUTES: tuple[Route, ...] = (
+    Route(HEALTH_PATH, scope=None, limited=False),  # the platform's probe
+    Route("/openapi.json", scope=None),  # the API's description and its page
+    Route("/docs", scope=None),
+    Route("/docs/", prefix=True, scope=None),
+    Route(METRICS_PATH, limited=False, metrics_token=True),  # the scraper's page
+    # The review API: a review key, or a moderator's session; bodies are a label, a note. (A stranger
+    # with a made-up session cookie reaches the app, which checks sessions, so its body stays small.)
+    Route(REVIEWS_PREFIX, prefix=True, scope=REVIEW, session=True, body=FIELDS),
+    Route(PAGES_PATH, scope=None, body=FIELDS),
+    Route(PAGES_PATH + "/", prefix=True, scope=None, body=FIELDS),
+    Route(PAGES_PATH, prefix=True, body=FIELDS),  # /reviewX: no route, but no big body either
+    Route("/predict/batch", body=BATCH),
+)
+DEFAULT = Route("/", prefix=True)
+
+
+def route_for(path: str) -> Route:
+    return next((route for route in ROUTES if route.matches(path)), DEFAULT)
+
+
+def is_page(path: str) -> bool:
+    """A moderator's page (nsfw/review/pages.py): signed in with its own session."""
+    return path == PAGES_PATH or path.startswith(PAGES_PATH + "/")
+
+
+# The moderators' session cookie (nsfw/review/pages.py sets it; the front door looks for it).
+SESSION_COOKIE = "nsfw_session"
+
+
+def may_use_session(path: str, cookie_header: str | None) -> bool:
+    """A request the app must decide (the front door cannot read a session): one carrying a
+    moderator's session cookie to a route that takes one, with its CSRF check."""
+    return route_for(path).session and SESSION_COOKIE + "=" in (cookie_header or "")
+
+
+def body_limit(settings: Settings, path: str, mimetype: str) -> int:
+    """The cap of a request body, by what its route takes and what it carries: an image, an image in
+    base64, or a few fields. The front door refuses past it from Content-Length alone, before any
+    100 Continue; the app applies it again to what it reads."""
+    kind = route_for(path).body
+    if kind == FIELDS:
+        return settings.max_request_bytes
+    if mimetype.startswith("image/"):
+        return settings.max_bytes
+    if mimetype == "multipart/form-data":
+        return settings.max_bytes + settings.max_request_bytes
+    if kind == BATCH:
+        return settings.max_batch_bytes
+    if mimetype == "application/json" or mimetype.startswith("application/") and mimetype.endswith("+json"):
+        return settings.max_json_image_bytes  # may carry image_base64: 4 characters per 3 bytes
+    return settings.max_request_bytes

@@ -1,0 +1,61 @@
+"""What the app keeps for its requests in Flask's `app.extensions`, each under a name defined once
+here and read through a typed function, so that a reader finds who sets what and who reads it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from flask_limiter import Limiter
+
+    from nsfw.pipeline.service import PredictionService
+
+SERVICE = "nsfw"  # the worker's PredictionService (create_app)
+STORE = "nsfw.store"  # the worker's store, when a feature keeps state (nsfw/store/shared.py Store)
+REVIEW = "nsfw.review"  # the review queue's room in this worker (nsfw/review/__init__.py install)
+EDGE = "nsfw.edge"  # the web layer's wiring (Edge)
+SIGNIN = "nsfw.signin"  # the moderators' sign-in limits (nsfw/review/signin.py SignInGuard, set by pages.py)
+
+
+@dataclass
+class Edge:
+    """The web layer's own wiring, filled by create_app and what it installs."""
+
+    # The moderator a session cookie signs in for the review API (nsfw/review/pages.py, when the queue
+    # is on); None: sessions sign nobody in.
+    session_moderator: Callable[[], str | None] | None = None
+    # Flask-Limiter, when NSFW_RATE_LIMIT is set (nsfw/web/limits.py), and whether a failing counter
+    # store closes the limited routes (NSFW_RATE_LIMIT_ON_ERROR=closed).
+    limiter: Limiter | None = None
+    limits_closed: bool = False
+
+
+def _app(app: Flask | None) -> Flask:
+    return current_app if app is None else app  # type: ignore[return-value]
+
+
+def service(app: Flask | None = None) -> PredictionService:
+    found: PredictionService = _app(app).extensions[SERVICE]
+    return found
+
+
+def edge(app: Flask | None = None) -> Edge:
+    extensions = _app(app).extensions
+    if EDGE not in extensions:
+        extensions[EDGE] = Edge()
+    found: Edge = extensions[EDGE]
+    return found
+
+
+def signin(app: Flask | None = None) -> Any:
+    """The SignInGuard the review pages check sign-ins with."""
+    return _app(app).extensions[SIGNIN]
+
+
+def review(app: Flask | None = None) -> Any:
+    """The review room (nsfw/review: its queue, its maintenance's wake), or None with the queue off."""
+    return _app(app).extensions.get(REVIEW)

@@ -50,12 +50,13 @@ def predict_batch(service: PredictionService, items: Sequence[BatchItem], ask: A
             if deadline - time.monotonic() <= 0:
                 raise (UpstreamTimeout if item.url else DeadlineExceeded)("batch deadline passed before this item")
             context = None if review is None else replace(review, ref=item.ref or review.ref, source_url=item.url)
+            asked = replace(ask, review=context)
             if item.image is not None:
-                return service.classify_upload(classifier, item.image, ask.resize, ask.policy, deadline, context)
+                return service.classify_upload(classifier, item.image, asked, deadline)
             assert item.url is not None
             left = deadline - time.monotonic()
             with service.fetch(item.url, ask.caller, share, timeout=left, wait=left) as body:
-                return service.classify(classifier, body, ask.resize, ask.policy, deadline, context)
+                return service.classify(classifier, body, asked, deadline)
         except NsfwError as exc:
             log.info("batch item -> %d %s: %s", exc.status, exc.code, exc.detail)
             return exc

@@ -85,6 +85,9 @@ class Ask:
     review: ReviewContext | None = None
 
 
+PLAIN = Ask()  # the scores alone, by the default model and resize
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One image's answer: the flat scores (of its least safe frame), and what led to them."""
@@ -175,19 +178,15 @@ class PredictionService:
         return self.flow.fetch(url, caller, share, timeout=timeout, wait=wait)
 
     def classify(
-        self,
-        classifier: Classifier,
-        body: IO[bytes],
-        resize: str | None,
-        policy: Policy | None = None,
-        deadline: float | None = None,
-        review: ReviewContext | None = None,
+        self, classifier: Classifier, body: IO[bytes], ask: Ask = PLAIN, deadline: float | None = None
     ) -> Prediction:
-        """The image's scores (from the result cache, or decoded and predicted under the worker's
-        model lock), then its verdict and review (`_finish`), after the lock is released: those may
-        wait for the model themselves (a picture, a second-tier model) or call out (a second-tier
-        endpoint), and the lock is not re-entrant."""
+        """The image's scores by ask.resize (from the result cache, or decoded and predicted under the
+        worker's model lock), then, with ask.policy, its verdict and, with ask.review, its review
+        (`_finish`), after the lock is released: those may wait for the model themselves (a picture,
+        a second-tier model) or call out (a second-tier endpoint), and the lock is not re-entrant.
+        A batch's `deadline` bounds the waits and the decode."""
         started = time.perf_counter()
+        resize, policy, review = ask.resize, ask.policy, ask.review
         image = ImageBytes(body)
         spec = classifier.spec
         cache_key = None
@@ -207,21 +206,16 @@ class PredictionService:
         return self._finish(prediction, image, policy, review, deadline)
 
     def classify_upload(
-        self,
-        classifier: Classifier,
-        body: IO[bytes],
-        resize: str | None,
-        policy: Policy | None = None,
-        deadline: float | None = None,
-        review: ReviewContext | None = None,
+        self, classifier: Classifier, body: IO[bytes], ask: Ask = PLAIN, deadline: float | None = None
     ) -> Prediction:
+        """classify, for bytes a client sent: refused when empty or over NSFW_MAX_BYTES."""
         body.seek(0, 2)
         size = body.tell()
         if size > self.settings.max_bytes:
             raise ImageTooLarge(f"upload of {size} bytes")
         if size == 0:
             raise InvalidImage("empty upload")
-        return self.classify(classifier, body, resize, policy, deadline, review)
+        return self.classify(classifier, body, ask, deadline)
 
     def _infer(
         self,
@@ -352,7 +346,7 @@ class PredictionService:
         def ask(tiers: Tiers) -> float:
             if tiers.second_model:
                 classifier = self.models.named(tiers.second_model)
-                scores = self.classify(classifier, body, None).scores
+                scores = self.classify(classifier, body).scores
                 return sum(scores[name] for name in classifier.spec.adult_classes)
             assert tiers.http is not None
             body.seek(0)
@@ -370,18 +364,18 @@ class PredictionService:
         review queue sees the decided image (ReviewHook)."""
         classifier = self.models.named(ask.model)
         with self.fetch(url, ask.caller, self.flow.request_share()) as body:
-            return self.classify(classifier, body, ask.resize, ask.policy, review=ask.review)
+            return self.classify(classifier, body, ask)
 
     def predict_image(self, body: IO[bytes], ask: Ask) -> Prediction:
         """Classify image bytes the client sent (upload, raw body, base64) under the same limits."""
         classifier = self.models.named(ask.model)
-        return self.classify_upload(classifier, body, ask.resize, ask.policy, review=ask.review)
+        return self.classify_upload(classifier, body, ask)
 
     def predict_all(self, url: str | None, image: IO[bytes] | None, caller: str = "-") -> dict[str, Prediction]:
         """Every served model on one image, fetched once (NSFW-FLASK's /models/all/predict fetched
         it once per model)."""
         if image is not None:
-            return {name: self.classify_upload(c, image, None) for name, c in self.models.served.items()}
+            return {name: self.classify_upload(c, image) for name, c in self.models.served.items()}
         assert url is not None
         with self.fetch(url, caller, self.flow.request_share()) as body:
-            return {name: self.classify(c, body, None) for name, c in self.models.served.items()}
+            return {name: self.classify(c, body) for name, c in self.models.served.items()}

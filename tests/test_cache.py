@@ -330,6 +330,51 @@ def test_a_decoded_images_pictures_come_from_its_decode_and_never_wait_for_the_m
     app.extensions["nsfw.review"].close()
 
 
+def test_making_the_pictures_does_not_spend_the_decodes_time(settings: Settings, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23's review: the pictures made during the decode counted against NSFW_DECODE_TIMEOUT, so
+    an animation that decodes in time answered 422 image_too_complex with ?detail=true and the review
+    queue on, and 200 without detail. Each picture here takes longer than the whole decode may."""
+    import io
+    import time
+
+    from PIL import Image
+
+    import nsfw.pipeline.service as pipeline_service
+    from tests.test_review import APP
+
+    real_picture = pipeline_service.picture
+
+    def slow_picture(frame):  # type: ignore[no-untyped-def]
+        time.sleep(1.2)
+        return real_picture(frame)
+
+    monkeypatch.setattr(pipeline_service, "picture", slow_picture)
+    gate = _Gate()
+    gate.go.set()
+    app = _reviewed_app(settings, tmp_path, gate, decode_timeout=1.0, max_frames=3)
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    out = io.BytesIO()
+    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    answer = app.test_client().post(
+        "/predict?detail=true", data=out.getvalue(), headers={**APP, "Content-Type": "image/gif"}
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["review"]["status"] == "pending"
+    app.extensions["nsfw.review"].close()
+
+
+def test_a_deadline_stands_aside_for_the_work_beside_the_decode() -> None:
+    import time
+
+    from nsfw.imaging.decode import Deadline
+
+    deadline = Deadline(time.monotonic() + 60)
+    before = deadline.at
+    with deadline.aside():
+        time.sleep(0.05)
+    assert deadline.at >= before + 0.05
+
+
 def test_a_thread_holding_the_model_may_not_ask_for_it_again_nor_call_out() -> None:
     """The model lock is not re-entrant and says so at once (a deadlock until NSFW_COMPUTE_WAIT was
     finding 1 of issue 22), and the network guard refuses a call under it."""

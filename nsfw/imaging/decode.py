@@ -20,6 +20,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -219,8 +220,26 @@ class Frames(NamedTuple, Generic[T]):
     total: int
 
 
-def _check_deadline(deadline: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
+class Deadline:
+    """A decode's deadline that work done beside the decode can stand aside from: time spent inside
+    `aside()` (the review's pictures, made from the frames as they are decoded) moves it later, so
+    only the decode and the model's input count against NSFW_DECODE_TIMEOUT, as they always did."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.at += time.monotonic() - started
+
+
+def _check_deadline(deadline: float | Deadline | None) -> None:
+    at = deadline.at if isinstance(deadline, Deadline) else deadline
+    if at is not None and time.monotonic() > at:
         raise ImageTooComplex("decoding passed the request's deadline")
 
 
@@ -229,7 +248,7 @@ class _Deadlined:
     input in blocks of `decodermaxblock` bytes from Python, so a C decoder that would run for
     minutes (each block of a hostile JPEG may hold thousands of scans) stops at the next block."""
 
-    def __init__(self, fp: IO[bytes], deadline: float) -> None:
+    def __init__(self, fp: IO[bytes], deadline: float | Deadline) -> None:
         self._fp = fp
         self._deadline = deadline
 
@@ -259,7 +278,7 @@ class _Container(Protocol):
     total: int
     orientation: int
 
-    def frames(self, indices: list[int], deadline: float | None) -> Iterator[Image.Image]: ...
+    def frames(self, indices: list[int], deadline: float | Deadline | None) -> Iterator[Image.Image]: ...
 
     def close(self) -> None: ...
 
@@ -275,14 +294,16 @@ class _PillowContainer:
         self.mode, self.total = img.mode, getattr(img, "n_frames", 1) if max_frames > 1 and fmt != "JPEG" else 1
         self.orientation = _orientation(img.info.get("exif"))
 
-    def frames(self, indices: list[int], deadline: float | None) -> Iterator[Image.Image]:
+    def frames(self, indices: list[int], deadline: float | Deadline | None) -> Iterator[Image.Image]:
         return _pillow_frames(self._img, indices, deadline)
 
     def close(self) -> None:
         self._img.close()
 
 
-def _open_pillow(fp: IO[bytes], fmt: str, *, max_pixels: int, max_frames: int, deadline: float | None) -> _Container:
+def _open_pillow(
+    fp: IO[bytes], fmt: str, *, max_pixels: int, max_frames: int, deadline: float | Deadline | None
+) -> _Container:
     source: IO[bytes] = _Deadlined(fp, deadline) if deadline is not None else fp  # type: ignore[assignment]
     img = open_image(source, max_pixels=max_pixels)
     try:
@@ -292,7 +313,7 @@ def _open_pillow(fp: IO[bytes], fmt: str, *, max_pixels: int, max_frames: int, d
         raise
 
 
-def _pillow_frames(img: Image.Image, indices: list[int], deadline: float | None) -> Iterator[Image.Image]:
+def _pillow_frames(img: Image.Image, indices: list[int], deadline: float | Deadline | None) -> Iterator[Image.Image]:
     """The frames at indices, seeking one frame at a time (each is drawn over the last), with the
     deadline checked between frames; each yielded frame is img itself, redrawn by the next seek."""
     current = 0
@@ -316,7 +337,7 @@ class _WebpContainer:
         self.mode, self.total = ("RGBA" if layout.webp_alpha else "RGB"), layout.frame_count if max_frames > 1 else 1
         self.orientation = 1
 
-    def frames(self, indices: list[int], deadline: float | None) -> Iterator[Image.Image]:
+    def frames(self, indices: list[int], deadline: float | Deadline | None) -> Iterator[Image.Image]:
         data, self._data = self._data, None  # the reader's alone, to let go once its decoder is made
         return _webp_frames(data, indices, deadline)
 
@@ -324,7 +345,7 @@ class _WebpContainer:
         self._data = None
 
 
-def _webp_frames(data: bytes | None, indices: list[int], deadline: float | None) -> Iterator[Image.Image]:
+def _webp_frames(data: bytes | None, indices: list[int], deadline: float | Deadline | None) -> Iterator[Image.Image]:
     """WebP frames from libwebp's animation decoder (Pillow's own C module), read directly.
 
     Pillow's plugin makes a decoder to open the file and holds every frame twice more than the
@@ -363,7 +384,7 @@ def decode_frames(
     max_pixels: int | None = None,
     max_frames: int = 1,
     apply_exif: bool = True,
-    deadline: float | None = None,
+    deadline: float | Deadline | None = None,
     convert: Callable[[Image.Image], T] | None = None,
 ) -> Frames[T]:
     """Bytes -> up to max_frames frames spread over an animation (GIF, WebP, APNG), each passed to

@@ -21,7 +21,7 @@ from nsfw.config import DecodeSettings, FetchSettings, FlowSettings, Settings
 from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError
 from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
 from nsfw.imaging.budget import Limits
-from nsfw.imaging.decode import decode_frames, harden_pillow
+from nsfw.imaging.decode import Deadline, decode_frames, harden_pillow
 from nsfw.imaging.recipes import model_input
 from nsfw.imaging.thumbnail import frame_thumbnails, picture
 from nsfw.model import Classifier
@@ -241,18 +241,26 @@ class PredictionService:
                     return self._from_entry(classifier, entry, started), None
             begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout
+            # The pictures stand aside from the decode's deadline: they are not the decode's work, and
+            # an image that decodes in time must not fail because a review may follow (a batch's own
+            # deadline still bounds the batch: every wait after this checks it again).
+            limit = Deadline(decode_deadline if deadline is None else min(deadline, decode_deadline))
+
+            def convert(frame: Image.Image) -> tuple[np.ndarray, bytes | None]:
+                if not pictures:
+                    return model_input(frame, spec, mode), None
+                made = model_input(frame, spec, mode)
+                with limit.aside():
+                    return made, _picture_or_none(frame)
+
             image.body.seek(0)
             try:
                 frames = decode_frames(
                     image.body,
                     limits=self._limits,
                     max_frames=self.settings.max_frames,
-                    deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
-                    convert=(
-                        (lambda frame: (model_input(frame, spec, mode), _picture_or_none(frame)))
-                        if pictures
-                        else (lambda frame: (model_input(frame, spec, mode), None))
-                    ),
+                    deadline=limit,
+                    convert=convert,
                 )
             except InvalidImage as exc:
                 metrics.REFUSED_IMAGES.labels(exc.code).inc()

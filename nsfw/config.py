@@ -551,16 +551,18 @@ def _view(settings: Settings, group: type[G]) -> G:
 
 @dataclass(frozen=True)
 class Settings(
-    RuntimeSettings,
-    FetchSettings,
-    DecodeSettings,
-    FlowSettings,
-    VerdictSettings,
-    BatchSettings,
-    WebSettings,
-    CacheSettings,
-    StoreSettings,
+    # Last first: a dataclass takes its bases' fields from the last base on, so fields(Settings), the
+    # order variables are read and checked in, runs from the runtime to the review queue.
     ReviewSettings,
+    StoreSettings,
+    CacheSettings,
+    WebSettings,
+    BatchSettings,
+    VerdictSettings,
+    FlowSettings,
+    DecodeSettings,
+    FetchSettings,
+    RuntimeSettings,
 ):
     """Everything an operator can tune: one field per NSFW_<FIELD> variable, declared in its
     concern's group above; `settings.fetch`, `settings.decode`, ... give one group alone."""
@@ -653,14 +655,17 @@ class Settings(
     def validate(self) -> Settings:
         """Return self, or raise ConfigError naming the NSFW_* variable that is wrong."""
         checks = [row for group in GROUPS for row in group._checks(self)] + self._cross_checks()
-        for name, ok, why in checks:
+        # The first wrong value in the fields' order is the one named (NSFW_REVIEW's missing review
+        # key before its secret key, as an operator sets them).
+        order = {f.name: position for position, f in enumerate(fields(self))}
+        for name, ok, why in sorted(checks, key=lambda row: order[row[0]]):
             if not ok:
                 shown = "(hidden)" if name in _SECRETS else repr(getattr(self, name))
                 raise ConfigError(f"{PREFIX}{name.upper()}={shown}: {why}")
         return self
 
 
-# The groups Settings is made of, in the order their values are checked.
+# The groups Settings is made of, each checking its own values (Settings.validate).
 GROUPS = (
     RuntimeSettings,
     FetchSettings,

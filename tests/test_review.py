@@ -142,9 +142,9 @@ def test_a_worker_refuses_a_store_that_is_not_migrated(settings: Settings, store
 
 
 def test_the_queue_needs_a_key_with_the_review_scope() -> None:
-    with pytest.raises(ConfigError, match="NSFW_REVIEW"):
+    with pytest.raises(ConfigError, match="NSFW_REVIEW=True: needs a key with the review scope"):
         Settings.from_env({"NSFW_REVIEW": "true"})
-    with pytest.raises(ConfigError, match="NSFW_REVIEW"):
+    with pytest.raises(ConfigError, match="NSFW_REVIEW=True: needs a key with the review scope"):
         Settings.from_env({"NSFW_REVIEW": "true", "NSFW_API_KEYS": f"app:{PREDICT}"})
     with pytest.raises(ConfigError, match="NSFW_SECRET_KEY"):
         Settings.from_env({"NSFW_REVIEW": "true", "NSFW_API_KEYS": f"mod:{MODERATOR}:review"})

@@ -47,7 +47,7 @@ from nsfw.review import insights as teach
 from nsfw.review import moderators
 from nsfw.review.queue import ReviewQueue, iso
 from nsfw.review.signin import SignInBusy, SignInGuard
-from nsfw.web import access, state
+from nsfw.web import access, routes, state
 from nsfw.web.answers import error_response
 from nsfw.web.limits import redis_options
 from nsfw.web.limitstore import storage_uri
@@ -111,7 +111,7 @@ def signed_in(view: Callable[..., Any]) -> Callable[..., Any]:
 
 def _safe_next(target: str | None) -> str:
     """Only our own pages: a sign-in must never redirect elsewhere."""
-    if target and target.startswith("/review") and not urlsplit(target).netloc and "\\" not in target:
+    if target and target.startswith(PAGES_PATH) and not urlsplit(target).netloc and "\\" not in target:
         return target
     return url_for("review_pages.queue")
 
@@ -276,7 +276,7 @@ def _age(stamp: str | None) -> str:
 
 
 def _headers(response: Response) -> Response:
-    if request.path.startswith("/review") and not request.path.startswith("/reviews"):
+    if routes.route_for(request.path).page:
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"
@@ -293,7 +293,7 @@ def _store_failed(exc: SQLAlchemyError) -> Any:
 
 
 def _csrf_failed(error: CSRFError) -> Any:
-    if request.path.startswith("/reviews"):
+    if routes.route_for(request.path).session:  # the review API: the API's error shape
         return error_response(errors.Forbidden(f"CSRF: {error.description}"), "The CSRF token is missing or wrong.")
     return _message("The form expired; go back and try again.", 400)
 

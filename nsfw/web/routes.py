@@ -26,6 +26,7 @@ class Route:
     limited: bool = True  # counted by the rate limits
     body: str = IMAGE
     metrics_token: bool = False  # NSFW_METRICS_TOKEN, when set, stands in for a key here
+    page: bool = False  # a moderator's page: its answers carry the pages' security headers
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path) if self.prefix else path == self.path
@@ -48,9 +49,9 @@ ROUTES: tuple[Route, ...] = (
     # The review API: a review key, or a moderator's session; bodies are a label, a note. (A stranger
     # with a made-up session cookie reaches the app, which checks sessions, so its body stays small.)
     Route(REVIEWS_PREFIX, prefix=True, scope=REVIEW, session=True, body=FIELDS),
-    Route(PAGES_PATH, scope=None, body=FIELDS),
-    Route(PAGES_PATH + "/", prefix=True, scope=None, body=FIELDS),
-    Route(PAGES_PATH, prefix=True, body=FIELDS),  # /reviewX: no route, but no big body either
+    Route(PAGES_PATH, scope=None, body=FIELDS, page=True),
+    Route(PAGES_PATH + "/", prefix=True, scope=None, body=FIELDS, page=True),
+    Route(PAGES_PATH, prefix=True, body=FIELDS, page=True),  # /reviewX: no route, but no big body either
     Route("/predict/batch", body=BATCH),
 )
 DEFAULT = Route("/", prefix=True)

@@ -72,10 +72,13 @@ def test_the_harness_runs_as_documented(tmp_path: Path) -> None:
     serve_venv = _serving_venv()
     out = tmp_path / "result.json"
     args = ["--no-baseline", "--seconds", "1", "--requests", "3", "--models", "open_nsfw", "--out", str(out)]
-    result = _run_bench("bench.serve", [*args, "--serve-venv", str(serve_venv)], out)
+    # --before serves another checkout (here this one) with the same requests, in the same run.
+    result = _run_bench("bench.serve", [*args, "--serve-venv", str(serve_venv), "--before", str(REPO)], out)
     for image, row in result["service"]["images"].items():
         assert row["c1"]["errors"] == 0 and row["saturated"]["errors"] == 0, image
         assert row["rps"] > 0 and row["memory"]["worker_peak_mb"] > 0
+    assert result["before"]["images"].keys() == result["service"]["images"].keys()
+    assert all(row["c1"]["errors"] == 0 for row in result["before"]["images"].values())
     assert result["service"]["cold_start_s"] > 0 and result["model_only"]["median_ms"] > 0
     model_row = result["model:open_nsfw"]["images"]["jpeg_1000x750"]
     assert model_row["c1"]["errors"] == 0 and model_row["memory"]["worker_peak_mb"] > 0
@@ -168,3 +171,14 @@ def test_the_faults_run_as_documented(tmp_path: Path) -> None:
     assert result["answered"] == result["stored"] > 0 and not result["missing"] and not result["mismatched"]
     assert result["decided"] == result["delivered"] == 8 and not result["items_heard_under_two_ids"]
     assert result["recovered"] and result["health_failures"] == 0
+
+
+def test_the_pictures_cost_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.pictures` in miniature: one round per image, the hook given its pictures."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "pictures.json"
+    command = [str(serve_venv / "bin" / "python"), "-m", "bench.pictures", "--rounds", "1", "--json", str(out)]
+    subprocess.run(command, cwd=REPO, check=True, timeout=300, capture_output=True)
+    result = json.loads(out.read_text())
+    assert set(result) == set(make_images())
+    assert all(row["queue_on_ms"] > 0 and row["second_decode_ms"] > 0 for row in result.values())

@@ -131,8 +131,10 @@ def worker_exit(server: Any, worker: Any) -> None:
     """A worker's store ends cleanly: its maintenance thread stops, the features' closers run (the
     webhooks the review queue delivered but could not mark yet are marked, else they are sent again
     once their leases run out), and its connections close."""
+    from nsfw.web import state
+
     app = getattr(worker, "wsgi", None)
-    store = app.extensions.get("nsfw.store") if app is not None and hasattr(app, "extensions") else None
+    store = state.store(app) if app is not None and hasattr(app, "extensions") else None
     if store is not None:
         store.close()
 

@@ -76,6 +76,15 @@ def test_health_is_ok_once_loaded(client: FlaskClient) -> None:
     }
 
 
+def test_the_app_is_named_for_the_package(settings: Settings) -> None:
+    """Issue 23 moved create_app into nsfw/web/app.py; the app keeps the package's name, so its
+    logger is still the `nsfw` logger NSFW_LOG_LEVEL and NSFW_LOG_FORMAT configure."""
+    import logging
+
+    app = nsfw.create_app(settings, FakeClassifier())
+    assert app.name == "nsfw" and app.logger is logging.getLogger("nsfw")
+
+
 def test_health_is_503_while_the_model_loads(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
 

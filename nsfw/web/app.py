@@ -48,7 +48,9 @@ def create_app(
     else:
         service.models.set(load_classifiers(settings))
 
-    app = Flask(__name__, static_folder=None)  # no /static route: nothing of ours is static but /docs
+    # Named for the package, as before the app moved here: its logger is the `nsfw` logger, its root
+    # the package's folder. No /static route: nothing of ours is static but /docs.
+    app = Flask("nsfw", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # keep the model's class order (which is also alphabetical)
     app.extensions[state.SERVICE] = service

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import Flask, current_app
 
@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from flask_limiter import Limiter
 
     from nsfw.pipeline.service import PredictionService
+    from nsfw.review import ReviewDuties
+    from nsfw.review.signin import SignInGuard
+    from nsfw.store.shared import Store
 
 SERVICE = "nsfw"  # the worker's PredictionService (create_app)
 STORE = "nsfw.store"  # the worker's store, when a feature keeps state (nsfw/store/shared.py Store)
@@ -51,11 +54,20 @@ def edge(app: Flask | None = None) -> Edge:
     return found
 
 
-def signin(app: Flask | None = None) -> Any:
-    """The SignInGuard the review pages check sign-ins with."""
-    return _app(app).extensions[SIGNIN]
+def signin(app: Flask | None = None) -> SignInGuard:
+    """The guard the review pages check sign-ins with."""
+    found: SignInGuard = _app(app).extensions[SIGNIN]
+    return found
 
 
-def review(app: Flask | None = None) -> Any:
-    """The review room (nsfw/review: its queue, its maintenance's wake), or None with the queue off."""
-    return _app(app).extensions.get(REVIEW)
+def review(app: Flask | None = None) -> ReviewDuties:
+    """The review queue's room in this worker (its queue, its maintenance's wake); only its own views
+    and pages ask, and they exist only with the queue on."""
+    found: ReviewDuties = _app(app).extensions[REVIEW]
+    return found
+
+
+def store(app: Flask | None = None) -> Store | None:
+    """The worker's store, or None when no feature that keeps state is on."""
+    found: Store | None = _app(app).extensions.get(STORE)
+    return found

@@ -230,6 +230,37 @@ def test_a_hit_found_under_the_model_lock_is_finished_after_it(settings: Setting
     app.extensions["nsfw.review"].close()
 
 
+def _busy_while_reviewing(app, blocker: _Gate, look=None) -> list:  # type: ignore[no-untyped-def]
+    """Wrap the app's review hook: while it runs, another image (1, 2, 3) holds the model until the
+    hook is done (`look` sees the image handed to the hook first). The other request's answers."""
+    from tests.test_review import APP
+
+    service = app.extensions["nsfw"]
+    hook = service.review_hook
+    other: list = []
+
+    def busy_first(prediction, image, context, pictures):  # type: ignore[no-untyped-def]
+        blocker.go.clear()
+        blocker.entered.clear()
+        worker = threading.Thread(
+            target=lambda: other.append(
+                app.test_client().post("/predict", data=_jpeg((1, 2, 3)), headers={**APP, "Content-Type": "image/jpeg"})
+            )
+        )
+        worker.start()
+        assert blocker.entered.wait(10)  # another image holds the model now
+        if look is not None:
+            look(image)
+        try:
+            return hook(prediction, image, context, pictures)
+        finally:
+            blocker.go.set()
+            worker.join(10)
+
+    service.review_hook = busy_first
+    return other
+
+
 def test_a_review_that_cannot_make_its_pictures_in_time_says_so_and_the_answer_is_200(
     settings: Settings, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -240,28 +271,8 @@ def test_a_review_that_cannot_make_its_pictures_in_time_says_so_and_the_answer_i
 
     blocker = _Gate()
     app = _reviewed_app(settings, tmp_path, blocker, compute_wait=0.3)
-    service = app.extensions["nsfw"]
     blocker.go.set()  # the first image's inference goes through
-    hook = service.review_hook
-    other: list = []
-
-    def busy_first(prediction, body, context, pictures):  # type: ignore[no-untyped-def]
-        blocker.go.clear()
-        blocker.entered.clear()
-        worker = threading.Thread(
-            target=lambda: other.append(
-                app.test_client().post("/predict", data=_jpeg((1, 2, 3)), headers={**APP, "Content-Type": "image/jpeg"})
-            )
-        )
-        worker.start()
-        assert blocker.entered.wait(10)  # another image holds the model now
-        try:
-            return hook(prediction, body, context, pictures)
-        finally:
-            blocker.go.set()
-            worker.join(10)
-
-    service.review_hook = busy_first
+    other = _busy_while_reviewing(app, blocker)
     # Issue 23: a decode makes the pictures from the frames the model saw, so only a result from the
     # cache (no decode) decodes again for them, under the model's lock: this image's result is cached
     # first, by a request without detail (which never touches the queue).
@@ -292,30 +303,9 @@ def test_a_decoded_images_pictures_come_from_its_decode_and_never_wait_for_the_m
 
     blocker = _Gate()
     app = _reviewed_app(settings, tmp_path, blocker, compute_wait=0.3)
-    service = app.extensions["nsfw"]
     blocker.go.set()
-    hook = service.review_hook
-    other: list = []
     handed: list = []
-
-    def busy_first(prediction, image, context, pictures):  # type: ignore[no-untyped-def]
-        blocker.go.clear()
-        blocker.entered.clear()
-        worker = threading.Thread(
-            target=lambda: other.append(
-                app.test_client().post("/predict", data=_jpeg((1, 2, 3)), headers={**APP, "Content-Type": "image/jpeg"})
-            )
-        )
-        worker.start()
-        assert blocker.entered.wait(10)  # another image holds the model now
-        handed.append((image.sha256, sha256_of(image.body)))
-        try:
-            return hook(prediction, image, context, pictures)
-        finally:
-            blocker.go.set()
-            worker.join(10)
-
-    service.review_hook = busy_first
+    other = _busy_while_reviewing(app, blocker, lambda image: handed.append((image.sha256, sha256_of(image.body))))
     answer = app.test_client().post(
         "/predict?detail=true", data=_jpeg((9, 80, 9)), headers={**APP, "Content-Type": "image/jpeg"}
     )

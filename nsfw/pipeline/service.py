@@ -278,21 +278,11 @@ class PredictionService:
             if cache_key is not None and self.cache is not None:
                 # This worker's layer, before the model is free: the next request for these bytes finds it.
                 self.cache.remember(cache_key, entry)
-        prediction = Prediction(
-            scores=per_frame[chosen],
-            model=spec,
-            backend=classifier.backend,
-            frame_indices=frames.indices,
-            frame_scores=per_frame,
-            chosen=chosen,
-            frame_count=frames.total,
-            seconds=time.perf_counter() - started,
-            cache=None if cache_key is None else "miss",
-        )
-        return prediction, entry
+        return self._from_entry(classifier, entry, started, None if cache_key is None else "miss"), entry
 
     @staticmethod
-    def _from_entry(classifier: Classifier, entry: CacheEntry, started: float) -> Prediction:
+    def _from_entry(classifier: Classifier, entry: CacheEntry, started: float, cache: str | None = "hit") -> Prediction:
+        """The prediction of a result (the cache's, or one just computed: `cache` says which)."""
         return Prediction(
             scores=entry.frame_scores[entry.chosen],
             model=classifier.spec,
@@ -302,7 +292,7 @@ class PredictionService:
             chosen=entry.chosen,
             frame_count=entry.frame_count,
             seconds=time.perf_counter() - started,
-            cache="hit",
+            cache=cache,
         )
 
     def _finish(

@@ -1,6 +1,6 @@
 """The command line: `python -m nsfw PATH_OR_URL...` classifies files, folders and URLs;
 `python -m nsfw keys new NAME [--scopes predict+review]` makes an API key (a file called `keys` is
-then `./keys`).
+then `./keys`); `python -m nsfw check FILE` answers with its exit code (nsfw/check.py).
 
 One JSON line per image on stdout, in input order: `{"input": ..., <the model's scores>}` or
 `{"input": ..., "error": {"code", "message"}}`, exactly what the HTTP API answers for that image
@@ -156,6 +156,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         return keys_main(argv[1:], out)
     if argv[:1] == ["db"]:
         return db_main(argv[1:], out)
+    if argv[:1] == ["check"]:  # the Matrix content scanner's script (nsfw/check.py)
+        from nsfw import check
+
+        return check.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m nsfw", description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", metavar="PATH_OR_URL", help="image files, folders, http(s) URLs")
     parser.add_argument("--model", choices=list(MODELS), help="model to run (default NSFW_MODEL)")

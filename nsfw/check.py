@@ -1,0 +1,145 @@
+"""`python -m nsfw check FILE`: one file -> an exit code, for the Matrix content scanner.
+
+element-hq/matrix-content-scanner-python (`src/matrix_content_scanner/scanner/scanner.py`, `_run_scan`)
+runs its `scan.script` with the downloaded (and decrypted) file's path as the only argument, under
+`temp_directory/<server_name>/<media_id>`, and reads nothing but the exit code: 0 is clean, anything
+else is not, and the codes in `result_cache.exit_codes_to_ignore` are not cached. So:
+
+- 0: the verdict is safe or unknown (`--unknown-is-adult`: unknown is 1);
+- 1: adult;
+- 2: the file could not be classified (unreadable, not an image, the service down or refusing):
+  the scanner blocks the file, and an operator lists 2 in `exit_codes_to_ignore` so that it is asked
+  again next time rather than remembered.
+
+The verdict is the service's (NSFW_ADULT_THRESHOLD, NSFW_SAFE_THRESHOLD). With `--service URL` the
+file goes to that running service (`POST /predict?detail=true`, the key from `--key` or `--key-file`),
+so its limits, metrics and review queue apply: an unknown image is queued under the key's name with
+`mxc://<server_name>/<media_id>` as its ref. Without it the model runs in this process (slower to
+start: it loads the model for one file). One line on stderr says what was decided, or why not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+CLEAN, ADULT, FAILED = 0, 1, 2
+TIMEOUT_SECONDS = 30.0
+CHUNK_BYTES = 64 * 1024
+
+
+class CheckFailed(Exception):
+    """The file could not be classified; the message says why (exit 2)."""
+
+
+def main(argv: Sequence[str], err: TextIO = sys.stderr) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nsfw check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("file", type=Path, help="the file to classify")
+    parser.add_argument("--service", help="a running service's base URL (http://host:8080); else in-process")
+    parser.add_argument("--key", default=None, help="an API key's token for --service (visible in `ps`)")
+    parser.add_argument("--key-file", type=Path, default=None, help="a file holding the token (not in `ps`)")
+    parser.add_argument("--unknown-is-adult", action="store_true", help="exit 1 for unknown too")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_SECONDS, help="seconds for --service's answer")
+    args = parser.parse_args(argv)
+    try:
+        label = _remote(args) if args.service else _local(args.file)
+    except CheckFailed as exc:
+        err.write(f"nsfw check {args.file}: not classified: {exc}\n")
+        return FAILED
+    adult = label == "adult" or label == "unknown" and args.unknown_is_adult
+    err.write(f"nsfw check {args.file}: {label}\n")
+    return ADULT if adult else CLEAN
+
+
+def _local(path: Path) -> str:
+    """The verdict of the model in this process, under the same settings (NSFW_*) and limits."""
+    from nsfw import errors
+    from nsfw.config import ConfigError, Settings
+    from nsfw.model import load_classifier
+    from nsfw.pipeline.service import Ask, build_service
+    from nsfw.pipeline.verdict import Policy
+
+    try:
+        settings = Settings.from_env(os.environ)
+        service = build_service(settings)
+        service.models.set_one(load_classifier(settings))
+    except ConfigError as exc:
+        raise CheckFailed(str(exc)) from None
+    try:
+        with path.open("rb") as body:
+            prediction = service.predict_image(body, Ask(policy=Policy.of(settings)))
+    except OSError as exc:
+        raise CheckFailed(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+    except errors.NsfwError as exc:
+        raise CheckFailed(f"{exc.code}: {exc.detail or exc.message}") from None
+    assert prediction.verdict is not None
+    return prediction.verdict.label
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.key_file is not None:
+        try:
+            return args.key_file.read_text().strip()
+        except OSError as exc:
+            raise CheckFailed(f"--key-file: {exc.strerror or exc}") from None
+    return args.key
+
+
+def _remote(args: argparse.Namespace) -> str:
+    """The verdict of the service at args.service, the file sent as a multipart upload."""
+    boundary = "nsfw-check-" + secrets.token_hex(12)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="file"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    try:
+        size = args.file.stat().st_size
+        file = args.file.open("rb")
+    except OSError as exc:
+        raise CheckFailed(f"{type(exc).__name__}: {exc.strerror or exc}") from None
+
+    def body() -> Iterator[bytes]:  # streamed: a big file is never in memory whole
+        yield head
+        while chunk := file.read(CHUNK_BYTES):
+            yield chunk
+        yield tail
+
+    # The scanner's path ends in <server_name>/<media_id>: the media's own name, for the moderator.
+    ref = f"mxc://{args.file.parent.name}/{args.file.name}"
+    url = f"{args.service.rstrip('/')}/predict?detail=true&ref={urllib.parse.quote(ref, safe='')}"
+    request = urllib.request.Request(url, data=body(), method="POST")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    request.add_header("Content-Length", str(len(head) + size + len(tail)))
+    token = _token(args)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy from the environment
+    try:
+        with file, opener.open(request, timeout=args.timeout) as answer:
+            payload = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        raise CheckFailed(f"{exc.code} {_error_code(exc.read())}") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, cut, not JSON
+        raise CheckFailed(f"{args.service}: {type(exc).__name__}: {exc}") from None
+    label = payload.get("verdict", {}).get("label") if isinstance(payload, dict) else None
+    if label not in ("adult", "unknown", "safe"):
+        raise CheckFailed(f"{args.service} answered no verdict")
+    return str(label)
+
+
+def _error_code(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "(not the service's error shape)"

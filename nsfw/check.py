@@ -115,9 +115,10 @@ def _remote(args: argparse.Namespace) -> str:
             yield chunk
         yield tail
 
-    # The scanner's path ends in <server_name>/<media_id>: the media's own name, for the moderator.
-    ref = f"mxc://{args.file.parent.name}/{args.file.name}"
-    url = f"{args.service.rstrip('/')}/predict?detail=true&ref={urllib.parse.quote(ref, safe='')}"
+    url = f"{args.service.rstrip('/')}/predict?detail=true"
+    ref = media_ref(args.file)
+    if ref is not None:
+        url += f"&ref={urllib.parse.quote(ref, safe='')}"
     request = urllib.request.Request(url, data=body(), method="POST")
     request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
     request.add_header("Content-Length", str(len(head) + size + len(tail)))
@@ -136,6 +137,18 @@ def _remote(args: argparse.Namespace) -> str:
     if label not in ("adult", "unknown", "safe"):
         raise CheckFailed(f"{args.service} answered no verdict")
     return str(label)
+
+
+# What the service takes as a ref (nsfw/web/api.py): 1-200 printable characters.
+MAX_REF = 200
+
+
+def media_ref(path: Path) -> str | None:
+    """`mxc://<server_name>/<media_id>` from the path the scanner wrote the file to (its last two
+    parts): the media's own name, for the moderator. None when the service would refuse it as a ref
+    (a server name can be 255 characters): the file is still classified, only without a ref."""
+    ref = f"mxc://{path.parent.name}/{path.name}"
+    return ref if len(ref) <= MAX_REF and ref.isprintable() else None
 
 
 def _error_code(raw: bytes) -> str:

@@ -133,3 +133,8 @@ def test_the_scanner_runs_it_against_the_service_on_real_gunicorn(
     assert _run_scan(wrong, photo) == check.FAILED  # 401
     gone = _script(tmp_path, "gone", "--service", "http://127.0.0.1:9")
     assert _run_scan(gone, photo) == check.FAILED  # nothing listens
+
+
+def test_the_ref_is_the_medias_mxc_name_unless_the_service_would_refuse_it() -> None:
+    assert check.media_ref(Path("/tmp/scan/example.org/AbCdEf")) == "mxc://example.org/AbCdEf"
+    assert check.media_ref(Path("/tmp/scan/" + "s" * 250 + "/AbCdEf")) is None  # past 200 characters: a 400

@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import sys
 import urllib.error
 import urllib.parse
@@ -49,16 +50,47 @@ def main(argv: Sequence[str], err: TextIO = sys.stderr) -> int:
     parser.add_argument("--key", default=None, help="an API key's token for --service (visible in `ps`)")
     parser.add_argument("--key-file", type=Path, default=None, help="a file holding the token (not in `ps`)")
     parser.add_argument("--unknown-is-adult", action="store_true", help="exit 1 for unknown too")
-    parser.add_argument("--timeout", type=float, default=TIMEOUT_SECONDS, help="seconds for --service's answer")
+    parser.add_argument("--timeout", type=_seconds, default=TIMEOUT_SECONDS, help="seconds for the whole check")
     args = parser.parse_args(argv)
+    # The scanner waits for its script without a limit, one of its scan slots held meanwhile: the
+    # whole check (a service that drips its answer, a FIFO given as the file) ends by --timeout.
+    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.setitimer(signal.ITIMER_REAL, args.timeout)
     try:
         label = _remote(args) if args.service else _local(args.file)
     except CheckFailed as exc:
-        err.write(f"nsfw check {args.file}: not classified: {exc}\n")
-        return FAILED
+        return _not_classified(err, args.file, str(exc))
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - a traceback exits 1, which reads as "adult"
+        return _not_classified(err, args.file, f"{type(exc).__name__}: {exc}")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
     adult = label == "adult" or label == "unknown" and args.unknown_is_adult
     err.write(f"nsfw check {args.file}: {label}\n")
     return ADULT if adult else CLEAN
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be in (0, 3600] seconds")
+    return value
+
+
+def _out_of_time(signum: int, frame: object) -> None:
+    raise CheckFailed("the check did not end within --timeout")
+
+
+def _not_classified(err: TextIO, path: Path, why: str) -> int:
+    err.write(f"nsfw check {path}: not classified: {why}\n")
+    return FAILED
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer we refuse (exit 2): following it would send the key elsewhere (urllib
+    keeps Authorization) and turn the upload into a GET that classifies nothing."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
 
 
 def _local(path: Path) -> str:
@@ -97,6 +129,11 @@ def _token(args: argparse.Namespace) -> str | None:
 
 def _remote(args: argparse.Namespace) -> str:
     """The verdict of the service at args.service, the file sent as a multipart upload."""
+    url = f"{args.service.rstrip('/')}/predict?detail=true"
+    ref = media_ref(args.file)
+    if ref is not None:
+        url += f"&ref={urllib.parse.quote(ref, safe='')}"
+    token = _token(args)
     boundary = "nsfw-check-" + secrets.token_hex(12)
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="file"\r\n'
@@ -115,25 +152,23 @@ def _remote(args: argparse.Namespace) -> str:
             yield chunk
         yield tail
 
-    url = f"{args.service.rstrip('/')}/predict?detail=true"
-    ref = media_ref(args.file)
-    if ref is not None:
-        url += f"&ref={urllib.parse.quote(ref, safe='')}"
-    request = urllib.request.Request(url, data=body(), method="POST")
-    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
-    request.add_header("Content-Length", str(len(head) + size + len(tail)))
-    token = _token(args)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy from the environment
-    try:
-        with file, opener.open(request, timeout=args.timeout) as answer:
-            payload = json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        raise CheckFailed(f"{exc.code} {_error_code(exc.read())}") from None
-    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, cut, not JSON
-        raise CheckFailed(f"{args.service}: {type(exc).__name__}: {exc}") from None
-    label = payload.get("verdict", {}).get("label") if isinstance(payload, dict) else None
+    with file:
+        request = urllib.request.Request(url, data=body(), method="POST")
+        request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+        request.add_header("Content-Length", str(len(head) + size + len(tail)))
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        # No proxy from the environment, no redirect followed.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+        try:
+            with opener.open(request, timeout=args.timeout) as answer:
+                payload = json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            raise CheckFailed(f"{exc.code} {_error_code(exc.read())}") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, cut, not JSON
+            raise CheckFailed(f"{args.service}: {type(exc).__name__}: {exc}") from None
+    verdict = payload.get("verdict") if isinstance(payload, dict) else None
+    label = verdict.get("label") if isinstance(verdict, dict) else None
     if label not in ("adult", "unknown", "safe"):
         raise CheckFailed(f"{args.service} answered no verdict")
     return str(label)

@@ -10,13 +10,17 @@ run the script the same way: an executable file as `scan.script`, the media's pa
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import json
 import os
 import stat
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -47,15 +51,24 @@ def _run_scan(script: Path, file_name: Path) -> int:
     return asyncio.run(scan())
 
 
+def _readme_wrapper() -> str:
+    """The README's `scan.script` wrapper, as an operator pastes it."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    start = text.index("    #!/bin/sh\n    cd /srv/nsfw-api")
+    end = text.index("\n\n", start)
+    return "\n".join(line.removeprefix("    ") for line in text[start:end].splitlines()) + "\n"
+
+
 def _script(tmp_path: Path, name: str, *arguments: str) -> Path:
-    """The wrapper the README gives for `scan.script` (the scanner runs one executable, no arguments
-    of its own): this checkout's python, `-m nsfw check`, the file, then `arguments`."""
+    """The README's wrapper for `scan.script` with this checkout's folder and serving python, and
+    `arguments` instead of its --service and --key-file."""
     python = os.environ.get("TEST_SERVING_PYTHON", sys.executable)
+    wrapper = _readme_wrapper()
+    head, _ = wrapper.split(' "$1"', 1)
+    text = head.replace("cd /srv/nsfw-api", f"cd {REPO}").replace(".venv-serve/bin/python", python)
     script = tmp_path / "bin" / name
     script.parent.mkdir(exist_ok=True)
-    script.write_text(
-        f'#!/bin/sh\ncd {REPO}\nexec {python} -m nsfw check "$1" {" ".join(arguments)}\n', encoding="utf-8"
-    )
+    script.write_text(f'{text} "$1" {" ".join(arguments)}\n', encoding="utf-8")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script
 
@@ -138,3 +151,86 @@ def test_the_scanner_runs_it_against_the_service_on_real_gunicorn(
 def test_the_ref_is_the_medias_mxc_name_unless_the_service_would_refuse_it() -> None:
     assert check.media_ref(Path("/tmp/scan/example.org/AbCdEf")) == "mxc://example.org/AbCdEf"
     assert check.media_ref(Path("/tmp/scan/" + "s" * 250 + "/AbCdEf")) is None  # past 200 characters: a 400
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    """A service that answers badly: `/redirect` sends the client to /elsewhere (which says safe and
+    records who came), `/odd` answers a verdict that is no object, `/drip` a safe verdict slowly."""
+
+    seen: ClassVar[list[dict[str, str]]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.startswith("/redirect/"):
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif self.path.startswith("/odd/"):
+            self._json(b'{"verdict": "adult"}')
+        elif self.path.startswith("/drip/"):  # a safe verdict, a byte every 0.1 s: 3 s in all
+            body = b'{"verdict": {"label": "safe"}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for byte in body:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.1)
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).seen.append(dict(self.headers))
+        self._json(b'{"verdict": {"label": "safe"}}')
+
+    def _json(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def stub() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Stub.seen.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("service", "extra"),
+    [
+        ("{stub}/redirect", ["--key", "k" * 43]),  # found by the review: the key went along, the answer was 0
+        ("{stub}/odd", []),  # a verdict that is no object was a traceback: exit 1, "adult"
+        ("{stub}/drip", ["--timeout", "1.5"]),  # each read within --timeout, the whole answer not: was 0
+        ("localhost", []),  # no scheme: a ValueError, a traceback
+    ],
+)
+def test_every_failure_is_2_never_0_nor_1(tmp_path: Path, stub: str, service: str, extra: list[str]) -> None:
+    """Issue 24's review: a traceback exits 1, which the scanner remembers as adult, and a followed
+    redirect sent the key to another place and classified nothing (exit 0)."""
+    photo = _media(tmp_path, corpus_bytes("grace_hopper.jpg"))
+    err = io.StringIO()
+    assert check.main([str(photo), "--service", service.format(stub=stub), *extra], err) == check.FAILED
+    assert "not classified" in err.getvalue()
+    assert _Stub.seen == []  # nothing followed the redirect
+
+
+def test_a_key_file_that_is_not_text_and_a_broken_model_are_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = _media(tmp_path, corpus_bytes("grace_hopper.jpg"))
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xff\xfe\x00 not text")
+    err = io.StringIO()
+    assert check.main([str(photo), "--service", "http://127.0.0.1:9", "--key-file", str(key_file)], err) == 2
+    empty = tmp_path / "models"
+    empty.mkdir()
+    monkeypatch.setenv("NSFW_MODELS_DIR", str(empty))  # no artifact: the runtime raises, not ConfigError
+    assert check.main([str(photo)], err) == check.FAILED

@@ -22,7 +22,7 @@ from nsfw.slots import FairSlots, ModelLock
 # Whose request this is (the API key's name; "-" without keys): results and downloads in progress are
 # shared within one tenant only, since a result found in the cache (it answers at once) or a download
 # someone else has in flight would tell one key what another sent. Set by the web layer for each
-# request (nsfw/web/app.py), read where they are shared; a batch's threads run in a copy of the
+# request (nsfw/web/api.py `_tenant`), read where they are shared; a batch's threads run in a copy of the
 # request's context.
 TENANT: contextvars.ContextVar[str] = contextvars.ContextVar("nsfw_tenant", default="-")
 

@@ -28,7 +28,8 @@ review queue on, 16 moderator keys and a webhook receiver. Loopback only, every 
 Per fault: answered (decisions answered 200), stored (of those, in `GET /reviews/export` with the same
 moderator and label; the missing ones are listed), delivered (decided items heard as review.decided),
 duplicated (webhook-ids heard more than once; items heard under more than one webhook-id are listed
-too), predictions answered 200 of all (how many with `review.error`), /health failures, and recovered:
+too), predictions answered 200 of all (how many with `review.error`), /health failures (a probe whose
+connection the killed worker held when SIGKILL came dies with it, and is listed apart), and recovered:
 without a restart of the arbiter, a new unknown image is queued again, the export answers, every item
 ended decided, the outbox drained and every decision was heard. A table goes to stdout, everything to `--json`.
 """
@@ -85,9 +86,11 @@ def call(
     body: Any = None,
     timeout: float = 20,
     in_flight: set[int] | None = None,
+    ports: list[int] | None = None,
 ) -> tuple[int, Any]:
     """(status, parsed JSON or raw bytes); status 0 when the connection failed or timed out. While the
-    request is out, its connection's local port is in `in_flight` (to find the worker that holds it)."""
+    request is out, its connection's local port is in `in_flight` (to find the worker that holds it);
+    `ports` keeps it for good (to tell afterwards whether a killed worker held it)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = None
@@ -97,9 +100,12 @@ def call(
     local = 0
     try:
         connection.connect()
-        if in_flight is not None and connection.sock is not None:
+        if connection.sock is not None:
             local = connection.sock.getsockname()[1]
+        if in_flight is not None and local:
             in_flight.add(local)
+        if ports is not None:
+            ports.append(local)
         connection.request(method, path, body=data, headers=headers)
         response = connection.getresponse()
         raw = response.read()
@@ -114,6 +120,25 @@ def call(
         with contextlib.suppress(ValueError):
             return status, json.loads(raw)
     return status, raw
+
+
+def held_by(service_port: int, pid: int) -> set[int]:
+    """The loopback client ports of the connections to the service that worker `pid` has accepted."""
+    by_inode = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+            if local == service_port:
+                by_inode[f"socket:[{fields[9]}]"] = remote
+    held = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target in by_inode:
+                    held.add(by_inode[target])
+    return held
 
 
 def holders(service_port: int, client_ports: set[int], workers: list[int]) -> dict[int, int]:
@@ -318,7 +343,10 @@ class Background:
         self.port, self.peer, self.token, self.start = port, peer, token, start
         self.stop = threading.Event()
         self.predictions: list[tuple[float, int, str]] = []  # (t, status, review state: queued | error code | -)
-        self.health: list[tuple[float, int]] = []
+        self.health: list[tuple[float, int, int]] = []  # (t, status, the probe's local port)
+        # The probes' connections a worker killed with SIGKILL held at that moment: those die with
+        # it, by the fault's own nature (no server can answer on a connection whose process is gone).
+        self.lost_with_worker: set[int] = set()
         self._threads = [threading.Thread(target=self._predict), threading.Thread(target=self._health)]
         for thread in self._threads:
             thread.start()
@@ -342,8 +370,9 @@ class Background:
     def _health(self) -> None:
         while not self.stop.is_set():
             started = time.monotonic()
-            status, _ = call(self.port, "GET", "/health", timeout=3)
-            self.health.append((round(started - self.start, 2), status))
+            ports: list[int] = []
+            status, _ = call(self.port, "GET", "/health", timeout=3, ports=ports)
+            self.health.append((round(started - self.start, 2), status, ports[0] if ports else 0))
             self.stop.wait(max(0.0, 0.1 - (time.monotonic() - started)))
 
     def finish(self) -> dict[str, Any]:
@@ -352,7 +381,8 @@ class Background:
             thread.join()
         failed_predictions = [(t, s) for t, s, _ in self.predictions if s != 200]
         errors = Counter(state for _, s, state in self.predictions if s == 200 and state not in ("queued", "-"))
-        failed_health = [(t, s) for t, s in self.health if s != 200]
+        failed_health = [(t, s) for t, s, port in self.health if s != 200 and port not in self.lost_with_worker]
+        lost_health = [(t, s) for t, s, port in self.health if s != 200 and port in self.lost_with_worker]
         return {
             "predictions": len(self.predictions),
             "predictions_200": sum(1 for _, s, _ in self.predictions if s == 200),
@@ -363,6 +393,7 @@ class Background:
             "health": len(self.health),
             "health_failures": len(failed_health),
             "health_failed": failed_health[:20],
+            "health_lost_with_killed_worker": lost_health,
         }
 
 
@@ -510,6 +541,7 @@ class Run:
     postgres: Postgres | None = None
     disk: SmallDisk | None = None
     service: Service | None = None
+    background: Background | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -540,7 +572,10 @@ class Run:
                     victim, held = pid, count
                     break
                 time.sleep(0.002)
+            held_probes = held_by(self.port, victim)
             os.kill(victim, signal.SIGKILL)
+            if self.background is not None:
+                self.background.lost_with_worker |= held_probes
             self.info["fault_info"] = {"killed_worker": victim, "decisions_it_held": held, "at_s": at()}
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -599,7 +634,7 @@ class Run:
         moderator = next(iter(keys.moderators.values()))
         outage = args.outage if self.fault in ("pg_stop", "disk_full") else 0.0
         start = time.monotonic()
-        background = Background(self.port, self.peer, keys.probe, start)
+        background = self.background = Background(self.port, self.peer, keys.probe, start)
         deciding = Deciding(self.port, keys, items, args.decide_seconds, start + args.decide_seconds + outage + 60)
         fault = None
         if self.fault != "baseline":
@@ -879,6 +914,8 @@ def details(result: dict[str, Any]) -> list[str]:
         lines.append(f"  predictions not 200 (t s, status): {result['predictions_failed']}")
     if result["health_failed"]:
         lines.append(f"  /health not 200 (t s, status): {result['health_failed']}")
+    if lost := result["health_lost_with_killed_worker"]:
+        lines.append(f"  /health on the killed worker's own connections (t s, status): {lost}")
     for key in (
         "missing",
         "mismatched",

@@ -182,3 +182,19 @@ def test_the_pictures_cost_runs_as_documented(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result) == set(make_images())
     assert all(row["queue_on_ms"] > 0 and row["second_decode_ms"] > 0 for row in result.values())
+
+
+def test_held_by_names_the_client_ports_a_process_accepted() -> None:
+    """bench.faults tells a /health probe that died with the worker SIGKILL took (its connection was
+    that worker's) from a failure to answer: the ports come from /proc, as for the decisions."""
+    import socket
+
+    from bench.faults import held_by
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                assert client.getsockname()[1] in held_by(port, os.getpid())
+            assert client.getsockname()[1] not in held_by(port, os.getpid())  # closed: no longer held

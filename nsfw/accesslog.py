@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 from gunicorn.glogging import Logger as GunicornLogger
 
 from nsfw.config import ConfigError, Settings
 from nsfw.web.observe import FACTS, formatter
+from nsfw.web.routes import REDACTED, redact_path
 
-REDACTED = "REDACTED"
 # Options whose values are the service's own vocabulary: kept in the log as they were sent.
 KEPT_PARAMETERS = frozenset({"detail", "model", "resize", "adult_threshold", "safe_threshold"})
 _SECRET_HEADERS = ("{authorization}i", "{x-api-key}i", "{cookie}i", "{proxy-authorization}i")
@@ -43,9 +43,24 @@ def redact_query(query: str) -> str:
 
 
 def redact_target(target: str) -> str:
-    """A request target (path?query) or URL with its query redacted."""
+    """A request target (path?query) with its query redacted, and a key's token in its path
+    (pict-rs' and Pleroma's URLs carry one: nsfw/web/routes.py)."""
     path, sep, query = target.partition("?")
-    return f"{path}{sep}{redact_query(query)}" if sep else target
+    origin, slashes, rest = path.partition("://")  # an absolute-form target: http://host/path
+    if slashes:
+        host, slash, rest = rest.partition("/")
+        path = f"{origin}://{host}{_redact_path(slash + rest) if slash else ''}"
+    else:
+        path = _redact_path(path)
+    return f"{path}{sep}{redact_query(query)}" if sep else path
+
+
+def _redact_path(path: str) -> str:
+    """redact_path, also of a path spelt with percent-escapes (the app routes it decoded)."""
+    if "%" not in path:
+        return redact_path(path)
+    decoded = unquote(path)
+    return quote(redact_path(decoded), safe="/") if redact_path(decoded) != decoded else path
 
 
 def _redact_url(url: str) -> str:

@@ -18,6 +18,10 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 BACKENDS = ("litert", "tensorflow")
 RESIZE_MODES = ("nsfwjs", "gantman")
 LOG_FORMATS = ("text", "json")
+# The platforms whose own protocol the service speaks under /compat/<platform>/ (nsfw/web/compat/).
+COMPAT_PLATFORMS = ("misskey", "pictrs", "nsfw_api", "discourse")
+ACCEPT_OR_REJECT = ("accept", "reject")
+NSFW_API_SCORES = ("adult", "porn_hentai")
 # Client address headers each proxy appends a hop to; any other (DO-Connecting-IP, CF-Connecting-IP,
 # X-Real-IP, Fly-Client-IP) holds the one address its proxy set.
 LIST_HEADERS = frozenset({"x-forwarded-for"})
@@ -409,6 +413,45 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class CompatSettings:
+    """The platform adapters (nsfw/web/compat/): which are on, which need no key, and how each maps
+    a verdict into its platform's answer."""
+
+    # Adapters served under /compat/<platform>/, comma-separated, of misskey, pictrs, nsfw_api and
+    # discourse. Default: all of them. Empty: none (their paths answer 404).
+    compat: tuple[str, ...] = COMPAT_PLATFORMS
+    # Adapters answered without a key when NSFW_API_KEYS is set (a platform that cannot send one:
+    # Pleroma's nsfw_api policy). Empty (default): each needs a key like /predict, in the platform's
+    # own place for it (a header, or a key's token in the path for pictrs and nsfw_api).
+    compat_open: tuple[str, ...] = ()
+    # pict-rs: an image the verdict leaves `unknown` is accepted (default; it is queued for review
+    # when NSFW_REVIEW is on) or rejected.
+    compat_pictrs_unknown: str = "accept"
+    # pict-rs: an upload this service cannot judge (unreadable, too large, overloaded, failing) is
+    # accepted (default: pict-rs rejects every upload our failure touches, and an outage of this
+    # service must not stop a community's uploads unless its operator chooses so) or rejected.
+    compat_pictrs_on_error: str = "accept"
+    # nsfw_api (Pleroma, Akkoma, Rebased): the score it answers: adult (hentai + porn + sexy, the
+    # default, as open_nsfw's P(nsfw) counts suggestive images) or porn_hentai (hentai + porn).
+    compat_nsfw_api_score: str = "adult"
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        known = f"must be a comma list of {', '.join(COMPAT_PLATFORMS)}"
+        return [
+            ("compat", set(self.compat) <= set(COMPAT_PLATFORMS), known),
+            ("compat_open", set(self.compat_open) <= set(COMPAT_PLATFORMS), known),
+            ("compat_pictrs_unknown", self.compat_pictrs_unknown in ACCEPT_OR_REJECT, "must be accept or reject"),
+            ("compat_pictrs_on_error", self.compat_pictrs_on_error in ACCEPT_OR_REJECT, "must be accept or reject"),
+            (
+                "compat_nsfw_api_score",
+                self.compat_nsfw_api_score in NSFW_API_SCORES,
+                f"must be one of {', '.join(NSFW_API_SCORES)}",
+            ),
+        ]
+
+
+@dataclass(frozen=True)
 class CacheSettings:
     """The result cache (nsfw/cache.py)."""
 
@@ -556,6 +599,7 @@ class Settings(
     ReviewSettings,
     StoreSettings,
     CacheSettings,
+    CompatSettings,
     WebSettings,
     BatchSettings,
     VerdictSettings,
@@ -594,6 +638,10 @@ class Settings(
     @property
     def web(self) -> WebSettings:
         return _view(self, WebSettings)
+
+    @property
+    def platforms(self) -> CompatSettings:
+        return _view(self, CompatSettings)
 
     @property
     def cache(self) -> CacheSettings:
@@ -674,6 +722,7 @@ GROUPS = (
     VerdictSettings,
     BatchSettings,
     WebSettings,
+    CompatSettings,
     CacheSettings,
     StoreSettings,
     ReviewSettings,
@@ -737,6 +786,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "trusted_proxies": _parse_proxies,
     "models_dir": Path,
     "models": lambda raw: tuple(_split(raw)),
+    "compat": lambda raw: tuple(_split(raw.lower())),
+    "compat_open": lambda raw: tuple(_split(raw.lower())),
+    "compat_pictrs_unknown": str.lower,
+    "compat_pictrs_on_error": str.lower,
+    "compat_nsfw_api_score": str.lower,
     "private_detector_path": lambda raw: Path(raw) if raw else None,
     "log_level": str.upper,
     "log_format": str.lower,

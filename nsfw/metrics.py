@@ -41,6 +41,11 @@ REFUSED_IMAGES = Counter(
 RATE_LIMIT_ERRORS = Counter(
     "nsfw_rate_limit_errors_total", "Rate limit checks the counter store failed (the requests went through)."
 )
+PLATFORM_ANSWERS = Counter(
+    "nsfw_platform_answers_total",
+    "What the platform adapters (/compat/<platform>/) answered: each image's verdict, or an error's code.",
+    ["platform", "outcome"],
+)
 IN_FLIGHT = Gauge("nsfw_in_flight", "Requests the app is working on.", multiprocess_mode="livesum")
 MODEL_INFO = Gauge(
     "nsfw_model_info",

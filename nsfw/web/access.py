@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from flask import Flask, Response, g, request
 
@@ -74,10 +74,16 @@ def authenticate(token: str, keys: Sequence[ApiKey]) -> ApiKey | None:
 
 
 def check(
-    path: str, header: Callable[[str], str | None], keys: Sequence[ApiKey], metrics_token: str = ""
+    path: str,
+    header: Callable[[str], str | None],
+    keys: Sequence[ApiKey],
+    metrics_token: str = "",
+    open_platforms: Collection[str] = (),
 ) -> ApiKey | None:
     """The caller's key for path (None when the service is open or the path is), or raise 401 / 403.
-    With NSFW_METRICS_TOKEN set, /metrics asks for that token instead of a key."""
+    With NSFW_METRICS_TOKEN set, /metrics asks for that token instead of a key. A platform adapter's
+    route is open when its platform is in open_platforms (NSFW_COMPAT_OPEN); one whose URL may carry
+    the token (pict-rs, nsfw_api) takes it from its path first."""
     route = routes.route_for(path)
     if route.metrics_token and metrics_token:
         token = presented_token(header)
@@ -85,14 +91,14 @@ def check(
             raise Unauthorized("no or a wrong metrics token")
         return None
     scope = route.scope
-    if not keys or scope is None:
+    if not keys or scope is None or route.platform in open_platforms:
         return None
-    token = presented_token(header)
+    token = routes.path_token(path) or presented_token(header)
     key = authenticate(token, keys) if token else None
     if key is None:
         raise Unauthorized("no API key" if token is None else "unknown API key")
     if scope not in key.scopes:
-        raise Forbidden(f"key {key.name} lacks the {scope} scope for {path}")
+        raise Forbidden(f"key {key.name} lacks the {scope} scope for {routes.redact_path(path)}")
     return key
 
 
@@ -163,7 +169,7 @@ def _is_trusted(peer: str, proxies: Sequence[IPNetwork]) -> bool:
     return address is not None and _trusted(address, proxies)
 
 
-def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None:
+def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "", open_platforms: Collection[str] = ()) -> None:
     """Check every request of the Flask app before anything else reads it; `g.api_key` is the key's
     name (or, on the review API, the moderator a session signs in)."""
 
@@ -175,7 +181,7 @@ def install(app: Flask, keys: Sequence[ApiKey], metrics_token: str = "") -> None
             if name is not None:
                 g.api_key = name
                 return
-        key = check(request.path, request.headers.get, keys, metrics_token)
+        key = check(request.path, request.headers.get, keys, metrics_token, open_platforms)
         g.api_key = key.name if key else "-"
 
     @app.after_request

@@ -90,7 +90,7 @@ def _no_constant(name: str) -> None:
     raise errors.InvalidJson(f"{name} is not JSON")
 
 
-def _json_body() -> object:
+def json_body() -> object:
     """The request's JSON body, strictly (RFC 8259): invalid, duplicate keys, NaN or Infinity, or
     nested past the interpreter's recursion limit (Flask let that RecursionError through: a 500) are
     a 400 invalid_json. Numbers are JSON's, so ASCII digits only."""
@@ -112,10 +112,10 @@ def _decode_base64(value: object) -> IO[bytes]:
         data = base64.b64decode(text.translate(_URLSAFE), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise errors.InvalidBase64(str(exc)) from None
-    return _spooled(data)
+    return spooled(data)
 
 
-def _spooled(data: bytes) -> IO[bytes]:
+def spooled(data: bytes) -> IO[bytes]:
     """The bytes in a spooled file: a request waiting for the model holds 1 MiB of memory at most."""
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - the service closes it
     spool.write(data)
@@ -141,7 +141,7 @@ def _parse_request_image() -> tuple[str | None, IO[bytes] | None]:
     urls: list[str] = request.args.getlist("url")
     images: list[IO[bytes]] = []
     if request.is_json:
-        body = _json_body()
+        body = json_body()
         if not isinstance(body, dict):
             raise errors.BadRequest("JSON body is not an object")
         if "url" in body:
@@ -154,7 +154,7 @@ def _parse_request_image() -> tuple[str | None, IO[bytes] | None]:
         urls += request.form.getlist("url")
         images += [upload.stream for upload in request.files.getlist("image")]
     elif request.mimetype.startswith("image/"):
-        images.append(_spooled(request.get_data()))
+        images.append(spooled(request.get_data()))
     elif _has_body():
         # HOSTILE_INPUTS.md: a body where none is expected is a 413, as if its cap were zero.
         raise errors.PayloadTooLarge(f"unexpected body of type {request.mimetype or 'unknown'}")
@@ -318,7 +318,7 @@ def predict_batch() -> Response:
     service = _service()
     model, resize, detail, policy = _options()
     with service.flow.decoding_body():
-        body = _json_body() if request.is_json else None
+        body = json_body() if request.is_json else None
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise errors.BadRequest('the body must be JSON {"items": [...]}')
         items = body["items"]

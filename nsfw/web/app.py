@@ -15,7 +15,7 @@ from nsfw.config import Settings
 from nsfw.fetch import Resolver, system_resolver
 from nsfw.model import Classifier, load_classifiers
 from nsfw.pipeline.service import PredictionService, build_service
-from nsfw.web import access, limits, observe, openapi, state
+from nsfw.web import access, compat, landing, limits, observe, openapi, state
 from nsfw.web.answers import register_error_handlers
 from nsfw.web.api import bp
 
@@ -56,7 +56,7 @@ def create_app(
     app.extensions[state.SERVICE] = service
     observe.install(app)  # first: every answer, a refusal too, carries the request's id
     # Before the blueprint's hooks: no body is read for a stranger.
-    access.install(app, settings.api_keys, settings.metrics_token)
+    access.install(app, settings.api_keys, settings.metrics_token, settings.compat_open)
     limits.install(
         app,
         settings.rate_limit,
@@ -65,6 +65,8 @@ def create_app(
         settings.rate_limit_on_error,
     )
     app.register_blueprint(bp)
+    app.register_blueprint(landing.bp)
+    compat.install(app, settings)  # the platform adapters NSFW_COMPAT turns on
     if settings.review:
         # The store and the queue's code (with the SQL stack) load only when a feature needs them.
         from nsfw import review

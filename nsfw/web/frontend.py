@@ -54,7 +54,7 @@ from nsfw import errors
 from nsfw.fetch import SPOOL_MEMORY_BYTES
 from nsfw.pipeline.service import PredictionService
 from nsfw.slots import FairSlots
-from nsfw.web import access, observe, routes, state
+from nsfw.web import access, compat, observe, routes, state
 from nsfw.web.api import health_answer
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,11 @@ class Front:
         ):
             try:  # before admission and before any of the body: a stranger costs neither
                 key = access.check(
-                    scope["path"], _header_getter(scope), self.settings.api_keys, self.settings.metrics_token
+                    scope["path"],
+                    _header_getter(scope),
+                    self.settings.api_keys,
+                    self.settings.metrics_token,
+                    self.settings.compat_open,
                 )
                 if key is not None and FACTS in scope:
                     scope[FACTS]["key"] = key.name
@@ -220,8 +224,17 @@ class Front:
             stream.abandoned = True  # a thread still streaming stops at its next chunk
 
     async def _refuse(self, scope: Scope, send: Send, error: errors.NsfwError) -> None:
-        await _answer(send, error)
-        self._count(scope, error.status)
+        """An answer before the app: the service's error shape, or a platform adapter's (compat/)."""
+        platform_answer = compat.refusal_for(scope["path"], error, self.settings)
+        if platform_answer is None:
+            await _answer(send, error)
+            self._count(scope, error.status)
+            return
+        _note(error)
+        headers = platform_answer.headers.items()
+        extra = [(b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in headers)]
+        await _send_body(send, platform_answer.status, platform_answer.body, extra, platform_answer.content_type)
+        self._count(scope, platform_answer.status)
 
     def _count(self, scope: Scope, status: int) -> None:
         """An answer the front gave itself, in the metrics (the app counts its own), by route rule."""
@@ -426,20 +439,27 @@ _overloads = _OverloadLog()
 
 async def _answer(send: Send, error: errors.NsfwError) -> None:
     """An error the front decided, in the app's JSON shape; the connection closes (its body is unread)."""
+    _note(error)
+    extra = [(b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]
+    await _send_body(send, error.status, error.to_json(), extra)
+
+
+def _note(error: errors.NsfwError) -> None:
+    """The front's refusal in the log (overloads summed up, not one line each)."""
     if isinstance(error, errors.Overloaded):
         _overloads.note(error)
     else:
         log.info("front -> %d %s: %s", error.status, error.code, error.detail)
-    extra = [(b"connection", b"close"), *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]
-    await _send_body(send, error.status, error.to_json(), extra)
 
 
 async def _send_json(send: Send, status: int, body: object, extra: list[tuple[bytes, bytes]]) -> None:
     await _send_body(send, status, json.dumps(body, separators=(",", ":")).encode() + b"\n", extra)
 
 
-async def _send_body(send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *extra]
+async def _send_body(
+    send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]], content_type: str = "application/json"
+) -> None:
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 

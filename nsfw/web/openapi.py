@@ -28,11 +28,11 @@ from nsfw import errors
 from nsfw.config import RESIZE_MODES, SCOPES
 from nsfw.model.specs import MODELS
 from nsfw.pipeline.verdict import OVERRIDABLE
+from nsfw.version import VERSION
 from nsfw.web.routes import SESSION_COOKIE
 
 OPENAPI_PATH = "/openapi.json"
 DOCS_PATH = "/docs"
-VERSION = "1.0.0"
 
 Schema = dict[str, Any]
 
@@ -466,6 +466,22 @@ def document() -> Schema:
                     operationId="health",
                 )
             },
+            "/": {
+                "get": _open(
+                    "What this service is: version, models, the platform adapters and the URL to paste into "
+                    "each, and links. HTML for a browser (Accept: text/html), else JSON.",
+                    {
+                        "200": {
+                            "description": "The service's description.",
+                            "headers": _HEADERS,
+                            "content": {"application/json": {"schema": _ref("Landing")}, "text/html": {}},
+                        },
+                        **_errors(400, 414, 429, 431, 500, 503),
+                    },
+                    operationId="landing",
+                )
+            },
+            **_compat_paths(),
             **_review_paths(),
             **_page_paths(),
             OPENAPI_PATH: {
@@ -495,7 +511,7 @@ def document() -> Schema:
             },
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **_COMPAT_SCHEMAS},
             "responses": error_responses(),
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An NSFW_API_KEYS token."},
@@ -505,6 +521,261 @@ def document() -> Schema:
             },
         },
     }
+
+
+def _platform_errors(failure: Schema, statuses: tuple[int, ...]) -> Schema:
+    """A platform adapter's errors: in its own shape (failure), or, for what gunicorn refuses before
+    any route (400, 414, 431, 501), the service's."""
+    either = {"anyOf": [failure, _ref("Error")]}
+    return {str(status): _json(either, "A failure, in the platform's shape.") for status in sorted(statuses)}
+
+
+def _compat_paths() -> Schema:
+    """The platform adapters (nsfw/web/compat/; each on with NSFW_COMPAT): each platform's own protocol."""
+    token = [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}]
+    raw_image = {
+        "required": True,
+        "description": "The stored file's bytes, as pict-rs sends them (Content-Type: its media type).",
+        "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}},
+    }
+    pictrs_ok = _json(_ref("PictrsAnswer"), "Accepted: safe, unknown, or not judged with ON_ERROR=accept.")
+    pictrs_responses = {
+        "200": pictrs_ok,
+        "406": _json(_ref("PictrsAnswer"), "Rejected: adult (or unknown with NSFW_COMPAT_PICTRS_UNKNOWN=reject)."),
+        **_platform_errors(_ref("PictrsAnswer"), (400, 401, 403, 408, 413, 414, 422, 429, 431, 500, 501, 503)),
+    }
+
+    def pictrs(operation_id: str, **more: Any) -> Schema:
+        return _operation(
+            "pict-rs external_validation: 2xx accepts the upload, anything else rejects it.",
+            pictrs_responses,
+            operationId=operation_id,
+            requestBody=raw_image,
+            **more,
+        )
+
+    url = _query("url", {"type": "string"}, "The image's URL, not percent-encoded (read from the raw query).")
+    nsfw_api_responses = {
+        "200": _json({"anyOf": [_ref("NsfwApiScore"), _ref("NsfwApiError")]}, "The score, or nsfw_api's failure."),
+        "400": {
+            "description": "No url (nsfw_api's text), or a request gunicorn could not read.",
+            "headers": _HEADERS,
+            "content": {"text/plain": {}, "application/json": {"schema": _ref("Error")}},
+        },
+        **_platform_errors(_ref("NsfwApiError"), (401, 403, 408, 413, 414, 429, 431, 500, 501, 503)),
+    }
+
+    def nsfw_api(operation_id: str, **more: Any) -> Schema:
+        return _operation(
+            "Pleroma's NsfwApiPolicy (EugenCepoi/nsfw_api's protocol): P(nsfw) of the image at ?url=.",
+            nsfw_api_responses,
+            operationId=operation_id,
+            parameters=[url, *more.pop("parameters", [])],
+            **more,
+        )
+
+    misskey_failure = _ref("MisskeyFailure")
+    return {
+        "/compat/misskey/health": {
+            "get": _open(
+                "sensitive-detector's probe.",
+                {
+                    "200": _json(_ref("MisskeyHealth"), "Ready."),
+                    "503": _json({"anyOf": [_ref("MisskeyHealth"), misskey_failure]}, "Not ready, or busy."),
+                    **_platform_errors(misskey_failure, (400, 414, 431, 500, 501)),
+                },
+                operationId="misskey_health",
+            )
+        },
+        "/compat/misskey/v1/detect-images": {
+            "post": _operation(
+                "Misskey's sensitive media detection (sensitive-detector's protocol): image0...imageN.",
+                {
+                    "200": _json(_ref("MisskeyResults"), "One result per part, in part order."),
+                    **_platform_errors(misskey_failure, (400, 401, 403, 408, 413, 414, 415, 429, 431, 500, 501, 503)),
+                },
+                operationId="misskey_detect_images",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "description": "Parts image0, image1, ...: PNG (any image Pillow reads is taken).",
+                                "additionalProperties": {
+                                    "type": "string",
+                                    "contentMediaType": "application/octet-stream",
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/compat/pictrs": {"post": pictrs("pictrs_validate")},
+        "/compat/pictrs/{token}": {"post": pictrs("pictrs_validate_token", parameters=token)},
+        "/compat/nsfw_api/": {"get": nsfw_api("nsfw_api_classify")},
+        "/compat/nsfw_api/{token}/": {"get": nsfw_api("nsfw_api_classify_token", parameters=token)},
+        "/compat/discourse/api/v1/classify": {
+            "post": _operation(
+                "Discourse AI's NSFW classification: percentages, integers 0-100.",
+                {
+                    "200": _json(
+                        {"anyOf": [_ref("DiscourseNsfwDetector"), _ref("DiscourseOpenNsfw2")]},
+                        "nsfw_detector: the five classes; opennsfw2: nsfw_probability.",
+                    ),
+                    **_platform_errors(
+                        _ref("DiscourseFailure"),
+                        (400, 401, 403, 408, 413, 414, 415, 429, 431, 500, 501, 502, 503, 504),
+                    ),
+                },
+                operationId="discourse_classify",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["model", "content"],
+                                "properties": {
+                                    "model": {"enum": ["nsfw_detector", "opennsfw2"]},
+                                    "content": {"type": "string", "description": "The image's URL."},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+    }
+
+
+_PERCENT: Schema = {"type": "integer", "minimum": 0, "maximum": 100}
+_COMPAT_SCHEMAS: dict[str, Schema] = {
+    "Landing": {
+        "type": "object",
+        "required": ["service", "version", "models", "platforms", "links"],
+        "properties": {
+            "service": {"type": "string"},
+            "version": {"type": "string"},
+            "models": {"type": "array", "items": {"type": "object"}},
+            "platforms": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "on", "paste", "where", "key"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "on": {"type": "boolean"},
+                        "paste": {"type": "string"},
+                        "where": {"type": "string"},
+                        "key": {"type": "string"},
+                    },
+                },
+            },
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+    "MisskeyHealth": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"enum": ["ok", "unavailable"]}, "reason": {"type": "string"}},
+    },
+    "MisskeyFailure": {
+        "type": "object",
+        "required": ["success", "error"],
+        "properties": {
+            "success": {"const": False},
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "MisskeyResults": {
+        "type": "object",
+        "required": ["success", "result"],
+        "properties": {
+            "success": {"const": True},
+            "result": {
+                "type": "object",
+                "required": ["results"],
+                "properties": {
+                    "results": {
+                        "type": "array",
+                        "items": {
+                            "anyOf": [
+                                {
+                                    "type": "object",
+                                    "required": ["success", "predictions"],
+                                    "properties": {
+                                        "success": {"const": True},
+                                        "predictions": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "required": ["className", "probability"],
+                                                "properties": {
+                                                    "className": {
+                                                        "enum": ["Drawing", "Hentai", "Neutral", "Porn", "Sexy"]
+                                                    },
+                                                    "probability": _PROBABILITY,
+                                                },
+                                            },
+                                        },
+                                    },
+                                },
+                                _ref("MisskeyFailure"),
+                            ]
+                        },
+                    }
+                },
+            },
+        },
+    },
+    "PictrsAnswer": {
+        "type": "object",
+        "required": ["message"],
+        "properties": {
+            "message": {"type": "string"},
+            "verdict": {"type": "object"},
+            "error": {"type": "object"},
+            "accepted": {"type": "string"},
+        },
+    },
+    "NsfwApiScore": {
+        "type": "object",
+        "required": ["score", "url"],
+        "properties": {"score": _PROBABILITY, "url": {"type": "string"}},
+    },
+    "NsfwApiError": {
+        "type": "object",
+        "required": ["error_code", "error_reason", "url"],
+        "properties": {
+            "error_code": {"type": "integer"},
+            "error_reason": {"type": "string"},
+            "url": {"type": ["string", "null"]},
+        },
+    },
+    "DiscourseNsfwDetector": {
+        "type": "object",
+        "required": ["drawings", "hentai", "neutral", "porn", "sexy"],
+        "properties": {name: _PERCENT for name in ("drawings", "hentai", "neutral", "porn", "sexy")},
+        "additionalProperties": False,
+    },
+    "DiscourseOpenNsfw2": {
+        "type": "object",
+        "required": ["nsfw_probability"],
+        "properties": {"nsfw_probability": _PERCENT},
+        "additionalProperties": False,
+    },
+    "DiscourseFailure": {
+        "type": "object",
+        "required": ["error", "status"],
+        "properties": {"error": {"type": "string"}, "status": {"type": "integer"}, "code": {"type": "string"}},
+    },
+}
 
 
 # The review API's answers (nsfw/review/views.py): the keys and limits first, then the store.

@@ -13,6 +13,7 @@ from nsfw.config import Settings
 FIELDS = "fields"  # a few fields: a label, a note, a form
 IMAGE = "image"  # by its Content-Type: an image, a multipart upload, JSON with image_base64, or fields
 BATCH = "batch"  # as IMAGE, but JSON is a batch's (NSFW_MAX_BATCH_BYTES)
+UPLOADS = "uploads"  # several images in one multipart body, as a batch (NSFW_MAX_BATCH_BYTES)
 
 PREDICT, REVIEW = "predict", "review"  # the scopes of nsfw.config.SCOPES a route may need
 
@@ -27,6 +28,12 @@ class Route:
     body: str = IMAGE
     metrics_token: bool = False  # NSFW_METRICS_TOKEN, when set, stands in for a key here
     page: bool = False  # a moderator's page: its answers carry the pages' security headers
+    # A platform adapter's route (nsfw/web/compat/): answers, refusals included, in that platform's
+    # shape; on or off with NSFW_COMPAT, open with NSFW_COMPAT_OPEN.
+    platform: str | None = None
+    # The key's token may be the path's segment after /compat/<platform>/: the URL is all that
+    # pict-rs and Pleroma can carry. The logs show that segment as REDACTED (redact_path).
+    path_token: bool = False
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path) if self.prefix else path == self.path
@@ -37,6 +44,19 @@ PAGES_PATH = "/review"
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 REVIEWS_PREFIX = "/reviews"
+LANDING_PATH = "/"
+COMPAT_PREFIX = "/compat/"
+MISSKEY_HEALTH_PATH = "/compat/misskey/health"
+
+
+def _compat(platform: str, **route: object) -> tuple[Route, Route]:
+    """A platform's routes: /compat/<platform> and every path under it."""
+    base = f"{COMPAT_PREFIX}{platform}"
+    return (
+        Route(base, platform=platform, **route),  # type: ignore[arg-type]
+        Route(base + "/", prefix=True, platform=platform, **route),  # type: ignore[arg-type]
+    )
+
 
 # First match wins; a path none matches is DEFAULT's. Unknown paths need `predict`, so that a
 # stranger learns nothing about which routes exist.
@@ -53,12 +73,43 @@ ROUTES: tuple[Route, ...] = (
     Route(PAGES_PATH + "/", prefix=True, scope=None, body=FIELDS, page=True),
     Route(PAGES_PATH, prefix=True, body=FIELDS, page=True),  # /reviewX: no route, but no big body either
     Route("/predict/batch", body=BATCH),
+    Route(LANDING_PATH, scope=None, body=FIELDS),  # what this service is, for an operator's first visit
+    # Misskey's probe of its detector, open like /health; then Misskey's detect-images, a key in
+    # Authorization: Bearer when keys are on.
+    Route(MISSKEY_HEALTH_PATH, scope=None, limited=False, body=FIELDS, platform="misskey"),
+    *_compat("misskey", body=UPLOADS),
+    *_compat("pictrs", path_token=True),  # the stored file's bytes, raw
+    *_compat("nsfw_api", path_token=True, body=FIELDS),  # GET ?url=
+    *_compat("discourse", body=FIELDS),  # JSON {"model", "content": URL}, X-API-KEY
 )
 DEFAULT = Route("/", prefix=True)
 
 
 def route_for(path: str) -> Route:
     return next((route for route in ROUTES if route.matches(path)), DEFAULT)
+
+
+def path_token(path: str) -> str | None:
+    """The key's token a path carries (Route.path_token): its segment after /compat/<platform>/."""
+    route = route_for(path)
+    if not route.path_token:
+        return None
+    base = f"{COMPAT_PREFIX}{route.platform}/"
+    if not path.startswith(base):
+        return None
+    return path[len(base) :].split("/", 1)[0] or None
+
+
+def redact_path(path: str) -> str:
+    """The path as the logs may show it: a token in it (path_token) replaced by REDACTED."""
+    token = path_token(path)
+    if token is None:
+        return path
+    base = f"{COMPAT_PREFIX}{route_for(path).platform}/"
+    return base + REDACTED + path[len(base) + len(token) :]
+
+
+REDACTED = "REDACTED"
 
 
 def is_page(path: str) -> bool:
@@ -83,6 +134,8 @@ def body_limit(settings: Settings, path: str, mimetype: str) -> int:
     kind = route_for(path).body
     if kind == FIELDS:
         return settings.max_request_bytes
+    if kind == UPLOADS:
+        return settings.max_batch_bytes
     if mimetype.startswith("image/"):
         return settings.max_bytes
     if mimetype == "multipart/form-data":

@@ -68,7 +68,7 @@ def _redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "-"
-    return urlunsplit(parts._replace(query=redact_query(parts.query), fragment=""))
+    return urlunsplit(parts._replace(path=_redact_path(parts.path), query=redact_query(parts.query), fragment=""))
 
 
 class Logger(GunicornLogger):
@@ -128,6 +128,13 @@ class Logger(GunicornLogger):
         for name in _SECRET_HEADERS:
             if name in atoms:
                 atoms[name] = REDACTED
+        # The path alone (%(U)s) and any environ atom (%({raw_uri}e)s, %({path_info}e)s) a custom
+        # format may name: a platform's URL carries a key's token in its path.
+        if isinstance(atoms.get("U"), str):
+            atoms["U"] = _redact_path(atoms["U"])
+        for name, value in atoms.items():
+            if name.endswith("}e") and isinstance(value, str):
+                atoms[name] = redact_query(value) if name == "{query_string}e" else redact_target(value)
         return atoms
 
 

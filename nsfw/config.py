@@ -786,8 +786,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "trusted_proxies": _parse_proxies,
     "models_dir": Path,
     "models": lambda raw: tuple(_split(raw)),
-    "compat": lambda raw: tuple(_split(raw.lower())),
-    "compat_open": lambda raw: tuple(_split(raw.lower())),
+    "compat": lambda raw: tuple(dict.fromkeys(_split(raw.lower()))),  # a name given twice counts once
+    "compat_open": lambda raw: tuple(dict.fromkeys(_split(raw.lower()))),
     "compat_pictrs_unknown": str.lower,
     "compat_pictrs_on_error": str.lower,
     "compat_nsfw_api_score": str.lower,

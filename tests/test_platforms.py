@@ -22,11 +22,14 @@ from flask.testing import FlaskClient
 from PIL import Image, ImageOps
 
 from nsfw import create_app
+from nsfw.accesslog import redact_target
 from nsfw.config import Settings, parse_api_keys
 from nsfw.model import Classifier
+from nsfw.model.specs import OPEN_NSFW_SPEC
+from nsfw.web.compat.discourse import percent
 from nsfw.web.compat.nsfw_api import raw_url
 from tests.served import Gunicorn, call
-from tests.support import ImageServer, corpus_bytes, encode
+from tests.support import FakeClassifier, ImageServer, corpus_bytes, encode
 
 MISSKEY, LEMMY, DISCOURSE, MODERATOR = "k" * 43, "l" * 43, "d" * 43, "m" * 43
 ADULT, SAFE, UNKNOWN = "microaneurysms.png", "grace_hopper.jpg", "cell.png"
@@ -450,3 +453,165 @@ def test_the_metrics_count_each_platforms_answers_by_outcome(settings: Settings,
     assert re.search(
         r'nsfw_platform_answers_total\{outcome="adult",platform="pictrs"\} \d', client.get("/metrics").text
     )
+
+
+# What the reviews of the adapters found, each a test ------------------------------------------------
+
+
+def test_nsfw_api_answers_open_nsfws_own_probability_when_that_is_the_default(
+    settings: Settings, image_server: ImageServer
+) -> None:
+    """With NSFW_MODEL=open_nsfw the adapter summed GantMan's classes of an open_nsfw answer: a
+    KeyError, a 500, which Pleroma reads as safe for every attachment."""
+    two_class = FakeClassifier(spec=OPEN_NSFW_SPEC, probabilities=(0.25, 0.75))
+    client = create_app(replace(settings, model="open_nsfw", models=("open_nsfw",)), two_class).test_client()
+    url = image_server.add_file("/a.png", corpus_bytes(ADULT), "image/png")
+    answer = client.get(f"/compat/nsfw_api/?url={url}")
+    assert answer.status_code == 200 and answer.json == {"score": 0.75, "url": url}
+
+
+def test_pictrs_refuses_past_the_rate_limit_whatever_the_error_rule(settings: Settings) -> None:
+    """Accepting a 429 would let a flood of uploads through unjudged: pict-rs shares one key."""
+    fake = FakeClassifier()
+    client = create_app(replace(settings, rate_limit="2/minute"), fake).test_client()
+    statuses = [
+        client.post("/compat/pictrs", data=_resaved(SAFE), content_type="image/png").status_code for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429] and len(fake.seen) == 2
+
+
+def test_discourse_percentages_are_rounded_down_so_its_threshold_means_the_probability() -> None:
+    """Discourse flags `.to_i >= 60`: 0.595 rounded to nearest was 60, flagged below the threshold."""
+    assert [percent(p) for p in (0.0, 0.595, 0.5999, 0.6, 0.695, 0.999999, 1.0)] == [0, 59, 59, 60, 69, 99, 100]
+
+
+def test_misskey_refuses_two_parts_of_one_name_rather_than_answer_out_of_order(settings: Settings) -> None:
+    """Werkzeug groups a name's parts together: image0, image1, image0 answered safe, safe, adult."""
+    client = create_app(settings, FakeClassifier()).test_client()
+    boundary = "-" * 4 + "7" * 28
+    raw = _misskey_request("h", [_resaved(SAFE), _resaved(ADULT), _resaved(SAFE)], None, boundary)
+    body = raw.split(b"\r\n\r\n", 1)[1].replace(b'name="image2"', b'name="image0"')
+    answer = client.post(
+        "/compat/misskey/v1/detect-images", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "INVALID_REQUEST"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"//compat/pictrs/{LEMMY}",
+        f"/compat//pictrs/{LEMMY}",
+        f"/compat/pictrs//{LEMMY}",
+        f"/COMPAT/pictrs/{LEMMY}",
+        f"/compat/pictrs/../pictrs/{LEMMY}",
+        f"/compat/misskey/{LEMMY}",
+        f"/compat/%70ictrs/{LEMMY}",
+        f"http://h//compat/pictrs/{LEMMY}",
+        f"/compat/nsfw_api/{LEMMY}/?url=http://h/a.png",
+    ],
+)
+def test_a_token_in_a_mistyped_platform_url_never_reaches_the_log(target: str) -> None:
+    """Only the exact /compat/<platform>/<token> was redacted: a double slash wrote the key in clear."""
+    assert LEMMY not in redact_target(target) and "REDACTED" in redact_target(target)
+
+
+def test_every_access_log_atom_that_carries_the_path_is_redacted() -> None:
+    """A custom format's %(U)s or %({raw_uri}e)s showed the token; the shipped %(r)s did not."""
+    from gunicorn.config import Config
+
+    from nsfw.accesslog import Logger
+
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "RAW_URI": f"/compat/pictrs/{LEMMY}",
+        "PATH_INFO": f"/compat/pictrs/{LEMMY}",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_REFERER": f"https://lemmy.example/compat/pictrs/{LEMMY}",
+    }
+
+    class Answer:
+        status = "200 OK"
+        sent = 0
+        headers: list[tuple[str, str]] = []
+
+    class Request:
+        headers: list[tuple[str, str]] = [("REFERER", environ["HTTP_REFERER"])]
+
+    import datetime
+
+    atoms = Logger(Config()).atoms(Answer(), Request(), environ, datetime.timedelta(seconds=0.1))
+    assert LEMMY not in json.dumps(atoms, default=str)
+
+
+def test_with_the_limits_store_down_and_closed_each_platform_gets_its_own_shape(
+    settings: Settings, tmp_path: Path, image_server: ImageServer
+) -> None:
+    """The 503 of NSFW_RATE_LIMIT_ON_ERROR=closed was the service's shape on every adapter, so pict-rs
+    rejected every upload even with ON_ERROR=accept (an outage of ours)."""
+    from tests.servers import RedisServer
+
+    redis = RedisServer(tmp_path)
+    limited = replace(settings, rate_limit="100/minute", rate_limit_storage=redis.uri, rate_limit_on_error="closed")
+    client = create_app(limited, FakeClassifier()).test_client()
+    assert client.post("/compat/pictrs", data=_resaved(SAFE), content_type="image/png").status_code == 200
+    redis.stop()
+    answer = client.post("/compat/pictrs", data=_resaved(SAFE), content_type="image/png")
+    assert answer.status_code == 200 and answer.json["accepted"] == "NSFW_COMPAT_PICTRS_ON_ERROR=accept"
+    answer = client.post(
+        "/compat/misskey/v1/detect-images",
+        data={"image0": (io.BytesIO(_resaved(SAFE)), "0.png", "image/png")},
+        content_type="multipart/form-data",
+    )
+    assert answer.status_code == 503 and answer.json["success"] is False
+    url = image_server.add_file("/a.png", corpus_bytes(SAFE))
+    assert client.get(f"/compat/nsfw_api/?url={url}").json["error_code"] == 503
+    answer = client.post("/compat/discourse/api/v1/classify", json={"model": "nsfw_detector", "content": url})
+    assert answer.status_code == 503 and answer.json["status"] == 503
+
+
+def test_a_platform_named_twice_in_nsfw_compat_is_served_once(settings: Settings) -> None:
+    assert Settings.from_env({"NSFW_COMPAT": "misskey,misskey,pictrs"}).compat == ("misskey", "pictrs")
+    client = create_app(replace(settings, compat=("misskey", "misskey")), FakeClassifier()).test_client()
+    assert client.get("/compat/misskey/health").status_code == 200
+
+
+def test_a_moderators_decision_reaches_the_single_score_platforms(
+    settings: Settings, tmp_path: Path, image_server: ImageServer
+) -> None:
+    """A decided image kept its model score for Pleroma (0.6, passed as safe) after a moderator called
+    it adult; now nsfw_api's score and Discourse's nsfw_probability say the decision (1.0, 100), and
+    pict-rs rejects. Misskey's and Discourse's per-class answers stay the model's own."""
+    from nsfw.store.migrate import upgrade
+
+    keys = parse_api_keys(f"lemmy:{LEMMY},moderator:{MODERATOR}:review")
+    reviewing = replace(
+        settings, review=True, data_dir=tmp_path, api_keys=keys, secret_key="s" * 40, compat_open=("nsfw_api",)
+    )
+    upgrade(reviewing.database)
+    app = create_app(reviewing, FakeClassifier())  # 0.6 adult, 0.4 safe: unknown
+    try:
+        client = app.test_client()
+        image = _resaved(SAFE)
+        url = image_server.add_file("/u.png", image, "image/png")
+        assert client.get(f"/compat/nsfw_api/?url={url}").json["score"] == pytest.approx(0.6)
+        moderator = {"Authorization": f"Bearer {MODERATOR}"}
+        (item,) = client.get("/reviews", headers=moderator).json["items"]
+        assert item["key"] == "nsfw_api" and item["source_url"] == url
+        decided = client.post(f"/reviews/{item['id']}/decision", json={"label": "adult"}, headers=moderator)
+        assert decided.status_code == 200
+        assert client.get(f"/compat/nsfw_api/?url={url}").json == {"score": 1.0, "url": url}
+        lemmy = {"Authorization": f"Bearer {LEMMY}"}
+        opennsfw2 = client.post(
+            "/compat/discourse/api/v1/classify", json={"model": "opennsfw2", "content": url}, headers=lemmy
+        )
+        assert opennsfw2.json == {"nsfw_probability": 100}
+        assert client.post(f"/compat/pictrs/{LEMMY}", data=image, content_type="image/png").status_code == 406
+    finally:
+        app.extensions["nsfw.review"].close()
+
+
+def test_the_landing_page_is_never_cached_for_another_client(settings: Settings) -> None:
+    answer = create_app(settings, FakeClassifier()).test_client().get("/")
+    assert answer.headers["Cache-Control"] == "no-store" and "Accept" in answer.headers["Vary"]

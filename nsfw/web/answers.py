@@ -36,10 +36,10 @@ def _log(error: errors.NsfwError) -> None:
 
 def _handle_nsfw_error(error: errors.NsfwError) -> Any:
     _log(error)
-    return _in_the_callers_shape(error)
+    return in_the_callers_shape(error)
 
 
-def _in_the_callers_shape(error: errors.NsfwError, headers: dict[str, str] | None = None) -> Any:
+def in_the_callers_shape(error: errors.NsfwError, headers: dict[str, str] | None = None) -> Any:
     """error_response, or on a platform adapter's route the platform's own answer."""
     answer = compat.refusal_for(request.path, error, state.service().settings)
     if answer is None:
@@ -67,12 +67,12 @@ def _handle_http_exception(exc: HTTPException) -> Any:
     allow = {}
     if exc.code == 405 and exc.valid_methods and not isinstance(exc, RequestEntityTooLarge):
         allow["Allow"] = ", ".join(exc.valid_methods)
-    return _in_the_callers_shape(error, allow)
+    return in_the_callers_shape(error, allow)
 
 
 def _handle_unexpected(exc: Exception) -> Any:
     log.exception("unhandled error on %s %s", request.method, routes.redact_path(request.path))
-    return _in_the_callers_shape(errors.NsfwError(repr(exc)))
+    return in_the_callers_shape(errors.NsfwError(repr(exc)))
 
 
 def register_error_handlers(app: Flask) -> None:

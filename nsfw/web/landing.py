@@ -52,8 +52,12 @@ def landing() -> Response:
         response = Response(_page(about), content_type="text/html; charset=utf-8")
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
-    return jsonify(about)
+    else:
+        response = jsonify(about)
+    # The URLs are built from the request's Host: a shared cache must not hand one client's to another.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 def _page(about: dict[str, Any]) -> str:
@@ -71,7 +75,12 @@ def _page(about: dict[str, Any]) -> str:
             f"<td><code>{e(platform['paste'])}</code></td><td>{e(platform['where'])}</td>"
             f"<td>{e(platform['key'])}</td></tr>"
         )
-    keys = "Every route but this page and /health needs an API key." if about["keys_required"] else ""
+    keys = (
+        "Every route needs an API key but this page, /health, /docs, /openapi.json, Misskey's probe and "
+        "the moderator's pages (which sign in)."
+        if about["keys_required"]
+        else ""
+    )
     links = "".join(f'<li><a href="{e(url)}">{e(name)}</a></li>' for name, url in about["links"].items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, g, request
 from flask_limiter import Limiter
@@ -103,7 +104,7 @@ def charge(extra: int) -> None:
         log.warning("rate limit store failed charging a batch (%s); let through", type(exc).__name__)
 
 
-def _limits_unavailable(error: StorageError) -> answers.ErrorResponse:
+def _limits_unavailable(error: StorageError) -> Any:
     refused = RateLimitUnavailable(f"{type(error.storage_error).__name__}: {str(error.storage_error)[:200]}")
     log.warning("rate limit store failed, NSFW_RATE_LIMIT_ON_ERROR=closed -> 503: %s", refused.detail)
-    return answers.error_response(refused)
+    return answers.in_the_callers_shape(refused)

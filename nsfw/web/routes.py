@@ -5,6 +5,7 @@ frontend.py) all read it; none of them knows a path of its own."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from nsfw.config import Settings
@@ -101,15 +102,21 @@ def path_token(path: str) -> str | None:
 
 
 def redact_path(path: str) -> str:
-    """The path as the logs may show it: a token in it (path_token) replaced by REDACTED."""
+    """The path as the logs may show it: a token in it (path_token) replaced by REDACTED, and under
+    /compat/ any segment shaped like a key's token too, so that a URL mistyped by its operator
+    (`//compat/pictrs/<token>`, `/compat/pictrs//<token>`) does not write the key into the log."""
     token = path_token(path)
-    if token is None:
-        return path
-    base = f"{COMPAT_PREFIX}{route_for(path).platform}/"
-    return base + REDACTED + path[len(base) + len(token) :]
+    if token is not None:
+        base = f"{COMPAT_PREFIX}{route_for(path).platform}/"
+        path = base + REDACTED + path[len(base) + len(token) :]
+    if COMPAT_PREFIX.strip("/") in path.lower():
+        path = "/".join(REDACTED if _TOKEN_SHAPED.fullmatch(part) else part for part in path.split("/"))
+    return path
 
 
 REDACTED = "REDACTED"
+# What a key's token looks like (nsfw/config.py: 32-512 URL-safe characters).
+_TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{32,512}")
 
 
 def is_page(path: str) -> bool:

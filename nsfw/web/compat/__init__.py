@@ -33,7 +33,7 @@ assert tuple(ADAPTERS) == COMPAT_PLATFORMS
 
 def install(app: Flask, settings: Settings) -> None:
     """The routes of every adapter NSFW_COMPAT turns on; the others' paths answer 404."""
-    for name in settings.compat:
+    for name in dict.fromkeys(settings.compat):
         app.register_blueprint(ADAPTERS[name].bp)
 
 

@@ -78,6 +78,15 @@ def verdict_of(prediction: Prediction) -> str:
     return prediction.verdict.label
 
 
+def human_probability(prediction: Prediction) -> float | None:
+    """A human's decision remembered for these bytes, as the one probability a single-score protocol
+    carries (nsfw_api's score, Discourse's nsfw_probability): 1 for adult, 0 for safe; None when the
+    model decided. (Misskey's and Discourse's per-class answers stay the model's own.)"""
+    if prediction.tier != "human" or prediction.verdict is None:
+        return None
+    return {"adult": 1.0, "safe": 0.0}.get(prediction.verdict.label)
+
+
 def count(platform: str, outcome: str) -> None:
     """One image's outcome (adult, unknown, safe) or one error's code, by platform."""
     metrics.PLATFORM_ANSWERS.labels(platform, outcome).inc()

@@ -11,11 +11,12 @@ upload whose 415 body has `"status": 415`, and flags the post when, after `.to_i
   (neutral is ignored; any other key crashes the job), so the five keys as integers 0-100;
 - opennsfw2: the answer's first value `>= ai_nsfw_flag_threshold_general`: `{"nsfw_probability": n}`,
   0-100, open_nsfw's own when this service serves it, else GantMan's hentai + porn + sexy.
-The percentages are rounded, not truncated: 59.6 % is 60, as the probability says."""
+The percentages are rounded down (`percent`), so that Discourse's `>=` on them is `>=` on the probability."""
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 
 from flask import Blueprint, Response
@@ -42,8 +43,11 @@ NSFW_DETECTOR, OPENNSFW2 = "nsfw_detector", "opennsfw2"
 _UNREADABLE = (InvalidImage, ImageTooLarge, DownloadBudgetExceeded)
 
 
-def _percent(probability: float) -> int:
-    return min(100, max(0, round(probability * 100)))
+def percent(probability: float) -> int:
+    """The probability in whole percent, rounded down: Discourse's `.to_i >= t` then holds exactly
+    when the probability is at least t / 100 (rounding to nearest flags 0.595 at a threshold of 60).
+    The epsilon keeps 0.6, which is 59.99999... in binary, at 60."""
+    return min(100, max(0, math.floor(probability * 100 + 1e-9)))
 
 
 def _model_for(model: str) -> str | None:
@@ -77,13 +81,16 @@ def classify() -> Response:
     common.count(PLATFORM, common.verdict_of(prediction))
     scores = prediction.scores
     if model == NSFW_DETECTOR:
-        return common.json_answer(200, {name: _percent(scores[name]) for name in GANTMAN_CLASSES}).response()
+        return common.json_answer(200, {name: percent(scores[name]) for name in GANTMAN_CLASSES}).response()
     nsfw = prediction.model.nsfw_class
     probability = scores[nsfw] if nsfw else sum(scores[name] for name in GANTMAN_ADULT)
-    return common.json_answer(200, {"nsfw_probability": _percent(probability)}).response()
+    human = common.human_probability(prediction)  # a moderator's decision on these bytes wins
+    probability = probability if human is None else human
+    return common.json_answer(200, {"nsfw_probability": percent(probability)}).response()
 
 
 def _failure(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    common.count(PLATFORM, "bad_request")
     return common.json_answer(status, {"error": message, "status": status}, headers).response()
 
 

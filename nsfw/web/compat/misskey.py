@@ -14,7 +14,7 @@ order, each `{"success": true, "predictions": [{"className", "probability"}, ...
 classes, most probable first, or `{"success": false, "error": {"code", "message"}}`; a request-level
 failure `{"success": false, "error": {...}}` with 400, 401, 413 or 415 (and 429, 503 for our limits).
 Any image Pillow reads is taken, not only 299x299 PNGs: a superset of the reference server. A
-non-file part is refused with the request (400) rather than answered out of order."""
+non-file part, or two parts of one name, refuse the request (400) rather than answer out of order."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, request
+from werkzeug.datastructures import FileStorage
 
 from nsfw.config import Settings
 from nsfw.errors import (
@@ -32,6 +33,7 @@ from nsfw.errors import (
     ImageTooLargeToDecode,
     ImageTooManyPixels,
     InvalidImage,
+    ModelNotServed,
     NsfwError,
     PayloadTooLarge,
     Unavailable,
@@ -84,22 +86,27 @@ def detect_images() -> Response:
             fields = list(request.form.keys())
         except ValueError:  # a body Werkzeug cannot split
             return _failure(400, "INVALID_REQUEST", "failed to parse multipart body")
+    try:  # the parts are files (on disk past 500 KiB): closed however this ends
+        return _detect(images, fields)
+    finally:
+        for storage in images:
+            storage.close()
+
+
+def _detect(images: list[FileStorage], fields: list[str]) -> Response:
+    service = state.service()
     if fields:
         return _failure(400, "INVALID_REQUEST", f"part is not a file: {fields[0][:64]}")
+    if len(request.files.keys()) != len(images):  # Werkzeug groups a name's parts: their order is lost
+        return _failure(400, "INVALID_REQUEST", "two parts have the same name")
     if not images:
         return _failure(400, "INVALID_REQUEST", "no parts in multipart body")
     most = service.settings.max_batch
     if len(images) > most:
         return _failure(413, "REQUEST_TOO_LARGE", f"too many parts: {len(images)} exceeds limit of {most}")
     limits.charge(len(images) - 1)  # each image counts against the caller's limit, as in a batch
-    ask = common.ask(PLATFORM)
-    try:
-        ask = replace(ask, model=common.gantman_model())
-        items = [_item(storage.stream) for storage in images]
-        results = predict_batch(service, items, ask)
-    finally:
-        for storage in images:
-            storage.close()
+    ask = replace(common.ask(PLATFORM), model=common.gantman_model())
+    results = predict_batch(service, [_item(storage.stream) for storage in images], ask)
     return common.json_answer(200, {"success": True, "result": {"results": [_result(r) for r in results]}}).response()
 
 
@@ -145,6 +152,8 @@ def refusal(error: NsfwError, settings: Settings) -> common.Answer:
         code = "REQUEST_TOO_LARGE"
     elif status in (404, 405):  # sensitive-detector answers an unknown route 400
         status, code, message = 400, "INVALID_REQUEST", "no route for this method and path"
+    elif isinstance(error, ModelNotServed):  # the operator serves no GantMan model: ours, not the caller's
+        status, code, message = 503, "MODEL_UNAVAILABLE", "no model with GantMan's five classes is served"
     elif isinstance(error, BadRequest):
         code = "INVALID_REQUEST"
     elif isinstance(error, Unavailable):

@@ -10,11 +10,13 @@ tuned on Yahoo's open_nsfw); anything else, an error included, passes the post a
 nsfw_api (`web/app.py`) answered `{"score": P(nsfw), "url": u}`, a failure as 200
 `{"error_code", "error_reason", "url"}`, and a missing url as 400 text. So do we; the score is
 open_nsfw's meaning of P(nsfw) in GantMan's classes: hentai + porn + sexy (NSFW_COMPAT_NSFW_API_SCORE
-=porn_hentai leaves sexy out)."""
+=porn_hentai leaves sexy out); when the default model is a two-class one (open_nsfw itself), its own
+P(nsfw)."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from urllib.parse import unquote
 
 from flask import Blueprint, Response, request
@@ -57,15 +59,25 @@ def classify(token: str | None = None) -> Response:
         common.count(PLATFORM, "missing_url")
         return common.text_answer(400, "Missing url parameter").response()
     service = state.service()
+    nsfw_class = service.models.default.spec.nsfw_class if service.models.ready else None
     try:
-        prediction = service.predict_url(url, common.ask(PLATFORM, source_url=url))
+        ask = common.ask(PLATFORM, source_url=url)
+        if nsfw_class is None:  # GantMan's classes: the default's, or another served GantMan model's
+            ask = replace(ask, model=common.gantman_model())
+        prediction = service.predict_url(url, ask)
     except NsfwError as error:
         common.count(PLATFORM, error.code)
         log.info("nsfw_api -> %s: %s", error.code, error.detail)
         return common.json_answer(200, _error(error, url)).response()
     common.count(PLATFORM, common.verdict_of(prediction))
-    classes = SCORE_CLASSES[service.settings.compat_nsfw_api_score]
-    score = min(1.0, sum(prediction.scores[name] for name in classes))
+    human = common.human_probability(prediction)
+    if human is not None:  # a moderator decided these bytes: Pleroma acts on it as on any score
+        score = human
+    elif nsfw_class is not None:  # open_nsfw (nsfw_api's own model) or Bumble's: their P(nsfw) as it is
+        score = prediction.scores[nsfw_class]
+    else:
+        classes = SCORE_CLASSES[service.settings.compat_nsfw_api_score]
+        score = min(1.0, sum(prediction.scores[name] for name in classes))
     return common.json_answer(200, {"score": score, "url": url}).response()
 
 

@@ -14,6 +14,7 @@ video/webm), no key. It reads the status alone: any 2xx accepts, anything else (
 | adult | 406 with a JSON reason, as db0's pictrs-safety answers |
 | not judged: unreadable, too large, a failure of ours | NSFW_COMPAT_PICTRS_ON_ERROR: 200 (accept) or its own status |
 | a wrong or missing token | 401 / 403 whatever NSFW_COMPAT_PICTRS_ON_ERROR says: a misconfiguration must show |
+| past NSFW_RATE_LIMIT | 429 whatever it says: else a flood of uploads would pass unjudged |
 
 Videos follow the on-error rule until the service reads video."""
 
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 PLATFORM = "pictrs"
 bp = Blueprint(PLATFORM, __name__)
 
-# Refusals that are never accepted on error: who is calling is wrong, not our judgment.
-_ALWAYS_REFUSED = (401, 403, 404, 405)
+# Refusals that are never accepted on error: who is calling is wrong (a key, a path), or it asked more
+# than its rate limit allows (accepting past the limit would let a flood of uploads through unjudged).
+_ALWAYS_REFUSED = (401, 403, 404, 405, 429)
 
 
 @bp.route("/compat/pictrs", methods=["POST"], strict_slashes=False)

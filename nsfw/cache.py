@@ -57,14 +57,19 @@ class Entry:
     frame_scores: list[dict[str, float]]
     chosen: int
     frame_count: int
+    # A video's: each classified frame's time in seconds, and the container's facts.
+    frame_times: list[float | None] | None = None
+    video: dict[str, Any] | None = None
 
     def to_json(self) -> str:
-        return json.dumps([self.frame_indices, self.frame_scores, self.chosen, self.frame_count])
+        fields = [self.frame_indices, self.frame_scores, self.chosen, self.frame_count]
+        return json.dumps(fields if self.video is None else [*fields, self.frame_times, self.video])
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Entry:
-        indices, scores, chosen, count = json.loads(raw)
-        return cls(list(indices), list(scores), int(chosen), int(count))
+        indices, scores, chosen, count, *video = json.loads(raw)
+        times, facts = video if len(video) == 2 else (None, None)
+        return cls(list(indices), list(scores), int(chosen), int(count), times, facts)
 
 
 def key(tenant: str, sha256: str, model: str, version: str, resize: str) -> str:

@@ -223,6 +223,42 @@ class DecodeSettings:
 
 
 @dataclass(frozen=True)
+class VideoSettings:
+    """Decoding a video: sampled frames, by a child process under limits (nsfw/imaging/video.py)."""
+
+    # Frames sampled per video: keyframes near equally spaced times over its duration (fewer when its
+    # keyframes are fewer), classified in time order; the answer is the worst.
+    video_frames: int = 16
+    # Stop at the first sampled frame judged adult (under NSFW_ADULT_THRESHOLD): the rest cannot make
+    # the answer safer.
+    video_early_stop: bool = True
+    # Largest video read, in bytes, fetched or uploaded (spooled to disk, never held in memory).
+    # A still image stays under NSFW_MAX_BYTES.
+    max_video_bytes: int = 100 * 1024 * 1024
+    # Longest video read, in seconds, as its container says (a 422 video_too_long past it).
+    max_video_seconds: float = 3600.0
+    # Largest frame, in pixels, declared by the container or met while decoding: 4K (3840 x 2160).
+    max_video_pixels: int = 3840 * 2160
+    # Seconds one video's decoding may take, from the decoder's start to its last frame; frames read
+    # by then are the answer's, none is a 504.
+    video_timeout: float = 20.0
+    # Address space of the decoder's child process (RLIMIT_AS), in bytes: its Python, FFmpeg's
+    # libraries and the decoder's frames (H.264 needs more than 256 MiB of address space to start).
+    video_memory_bytes: int = 1024 * 1024 * 1024
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
+        return [
+            ("video_frames", 1 <= self.video_frames <= 64, "must be 1..64"),
+            ("max_video_bytes", 1024 <= self.max_video_bytes <= 1 << 34, "must be 1 KiB..16 GiB"),
+            ("max_video_seconds", 0 < self.max_video_seconds <= 86400, "must be in (0, 86400] seconds"),
+            ("max_video_pixels", 1 <= self.max_video_pixels <= 200_000_000, "must be 1..200000000"),
+            ("video_timeout", 0 < self.video_timeout <= 600, "must be in (0, 600] seconds"),
+            ("video_memory_bytes", 256 << 20 <= self.video_memory_bytes <= 1 << 36, "must be 256 MiB..64 GiB"),
+        ]
+
+
+@dataclass(frozen=True)
 class FlowSettings:
     """Who may fetch, parse or compute now, per worker (nsfw/pipeline/flow.py, nsfw/web/frontend.py)."""
 
@@ -604,6 +640,7 @@ class Settings(
     BatchSettings,
     VerdictSettings,
     FlowSettings,
+    VideoSettings,
     DecodeSettings,
     FetchSettings,
     RuntimeSettings,
@@ -622,6 +659,10 @@ class Settings(
     @property
     def decode(self) -> DecodeSettings:
         return _view(self, DecodeSettings)
+
+    @property
+    def video(self) -> VideoSettings:
+        return _view(self, VideoSettings)
 
     @property
     def flow(self) -> FlowSettings:
@@ -718,6 +759,7 @@ GROUPS = (
     RuntimeSettings,
     FetchSettings,
     DecodeSettings,
+    VideoSettings,
     FlowSettings,
     VerdictSettings,
     BatchSettings,

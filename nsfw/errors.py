@@ -237,6 +237,30 @@ class ImageTooComplex(InvalidImage):
     message = "Decoding the image would take more work than allowed (JPEG scans, frames), or took too long."
 
 
+class InvalidVideo(InvalidImage):
+    code = "invalid_video"
+    message = "The data is not a video that could be read."
+
+
+class VideoTooLong(InvalidImage):
+    code = "video_too_long"
+    message = "The video is longer than the service reads (NSFW_MAX_VIDEO_SECONDS)."
+
+
+class VideoTooComplex(InvalidImage):
+    code = "video_too_complex"
+    message = "The video has more streams than the service reads, or its decoder needed more memory than allowed."
+
+
+class UnsupportedMediaType(NsfwError):
+    status = 415
+    code = "unsupported_media_type"
+    message = (
+        "The video's container or codec is not one the service reads: MP4/MOV or WebM/MKV with H.264, "
+        "H.265, AV1, VP8 or VP9."
+    )
+
+
 class DownloadBudgetExceeded(NsfwError):
     status = 422
     code = "download_budget_exceeded"

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -103,6 +103,10 @@ _EXTRA_REFUSED: tuple[IPNetwork, ...] = tuple(
 )
 
 
+# Bytes that say whether a body is a video (nsfw/imaging/video.py: sniff).
+_HEAD = 16
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     """The limits of one fetch; built from Settings by the service."""
@@ -118,6 +122,10 @@ class FetchPolicy:
     # Host-name lookups in flight per process, and per caller (a hung lookup counts until it ends).
     max_lookups: int = 16
     max_lookups_per_caller: int = 4
+    # A video may be up to max_video_bytes: a body whose first bytes are_video says are one (sniffed
+    # as it arrives, never from its headers); every other body stays under max_bytes.
+    max_video_bytes: int = 0
+    is_video: Callable[[bytes], bool] = field(default=lambda head: False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -566,8 +574,17 @@ class Fetcher:
         limit: int | None = None,
         share: RequestShare | None = None,
     ) -> IO[bytes]:
-        max_bytes = self.policy.max_bytes if limit is None else limit
+        image_cap = self.policy.max_bytes if limit is None else limit
+        # Until its first bytes say whether it is a video, a body may be as long as a video may.
+        video_cap = max(image_cap, self.policy.max_video_bytes) if limit is None else image_cap
         declared = raw.headers.get("Content-Length", "")
+        # The host's Content-Type never says what the bytes are (they are sniffed), but it may make us
+        # refuse sooner: a body it calls anything but a video (or untyped) keeps an image's cap on its
+        # declared length, so a 50 MB "image/jpeg" is refused before a byte is read.
+        said = raw.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+        if said and not said.startswith("video/") and said != "application/octet-stream":
+            video_cap = image_cap
+        max_bytes, head = video_cap, b""
         if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise ImageTooLarge(f"Content-Length {declared}")
         if share is not None and declared.isascii() and declared.isdigit() and int(declared) > share.left():
@@ -592,6 +609,12 @@ class Fetcher:
                     raise UpstreamError(f"read: {type(exc).__name__}: {exc}") from None
                 if not chunk:
                     break
+                if len(head) < _HEAD and max_bytes != image_cap:
+                    head += chunk[: _HEAD - len(head)]
+                    if len(head) >= _HEAD and not self.policy.is_video(head):
+                        max_bytes = image_cap  # not a video: an image's cap, the declared length too
+                        if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+                            raise ImageTooLarge(f"Content-Length {declared}")
                 total += len(chunk)
                 if total > max_bytes:
                     raise ImageTooLarge(f"body passed {max_bytes} bytes")
@@ -600,6 +623,8 @@ class Fetcher:
                 spool.write(chunk)
             if deadline.expired:  # the watchdog's shutdown looks like the end of a body
                 raise UpstreamTimeout(f"download deadline passed after {total} bytes")
+            if total > image_cap and not self.policy.is_video(head):  # shorter than a head: not a video
+                raise ImageTooLarge(f"body of {total} bytes")
             if total == 0:
                 raise InvalidImage("empty body")
             spool.seek(0)

@@ -184,6 +184,19 @@ def test_the_pictures_cost_runs_as_documented(tmp_path: Path) -> None:
     assert all(row["queue_on_ms"] > 0 and row["second_decode_ms"] > 0 for row in result.values())
 
 
+@pytest.mark.slow
+def test_the_video_cost_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.video` in miniature: 2 s clips, one request each, this checkout as --before."""
+    out = tmp_path / "video.json"
+    result = _run_bench(
+        "bench.video", ["--seconds", "2", "--requests", "1", "--before", str(REPO), "--json", str(out)], out
+    )
+    for figures in result["clips"].values():
+        assert figures["p50_ms"] > 0 and figures["peak_all_rss_mb"] > figures["peak_worker_rss_mb"] > 0
+    assert result["both_at_once"]["statuses"] == [200, 200]
+    assert result["image_p50_ms_before_checkout"] > 0 and result["image_p50_ms_after_videos"] > 0
+
+
 def test_held_by_names_the_client_ports_a_process_accepted() -> None:
     """bench.faults tells a /health probe that died with the worker SIGKILL took (its connection was
     that worker's) from a failure to answer: the ports come from /proc, as for the decisions."""

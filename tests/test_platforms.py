@@ -615,3 +615,18 @@ def test_a_moderators_decision_reaches_the_single_score_platforms(
 def test_the_landing_page_is_never_cached_for_another_client(settings: Settings) -> None:
     answer = create_app(settings, FakeClassifier()).test_client().get("/")
     assert answer.headers["Cache-Control"] == "no-store" and "Accept" in answer.headers["Vary"]
+
+
+def test_pictrs_judges_the_videos_it_stores(settings: Settings, litert: Classifier) -> None:
+    """pict-rs sends video/mp4 and video/webm (src/formats/video.rs): judged by their sampled frames,
+    no longer accepted unjudged."""
+    from scripts.hostile_videos import marked_clip
+
+    safe = Image.open(io.BytesIO(corpus_bytes(SAFE))).convert("RGB")
+    adult = Image.open(io.BytesIO(corpus_bytes(ADULT))).convert("RGB")
+    client = create_app(settings, litert).test_client()
+    clip = marked_clip(safe, adult, (5.0, 6.0), codec="vp9", container="webm")
+    answer = client.post("/compat/pictrs", data=clip, content_type="video/webm")
+    assert answer.status_code == 406 and answer.json["verdict"]["label"] == "adult"
+    calm = marked_clip(safe, safe, (0.0, 0.0), seconds=2.0, codec="h264", container="mp4")
+    assert client.post("/compat/pictrs", data=calm, content_type="video/mp4").status_code == 200

@@ -77,11 +77,13 @@ def test_exactly_one_image_per_request(fake_client: FlaskClient, image_server: I
 
 @pytest.fixture()
 def small_caps(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FlaskClient, Path]:
-    """NSFW_MAX_BYTES of 200 kB, and a spill folder that must stay empty."""
+    """NSFW_MAX_BYTES of 200 kB (and NSFW_MAX_VIDEO_BYTES as small: an upload may carry a video, so its
+    multipart cap is the larger of the two), and a spill folder that must stay empty."""
     spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    return create_app(replace(settings, max_bytes=200_000), FakeClassifier()).test_client(), spill
+    small = replace(settings, max_bytes=200_000, max_video_bytes=200_000)
+    return create_app(small, FakeClassifier()).test_client(), spill
 
 
 def test_bodies_over_their_cap_are_413_before_they_are_read(small_caps: tuple[FlaskClient, Path]) -> None:

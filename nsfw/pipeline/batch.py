@@ -40,7 +40,7 @@ def predict_batch(service: PredictionService, items: Sequence[BatchItem], ask: A
     settings = service.settings
     classifier = service.models.named(ask.model)
     deadline = time.monotonic() + settings.batch_timeout
-    share = service.flow.request_share()
+    share = service.flow.request_share(single=False)
     review = ask.review
 
     def one(item: BatchItem) -> Prediction | NsfwError:

@@ -125,9 +125,14 @@ class Flow:
         wait = self.settings.compute_wait
         return holding(self._compute, wait, Overloaded(f"model busy for {wait} s"))
 
-    def request_share(self) -> RequestShare:
-        """What one client request may take from image hosts, all its fetches together."""
-        return RequestShare(self.fetching.max_request_download_bytes, self.fetching.max_host_connections)
+    def request_share(self, single: bool = True) -> RequestShare:
+        """What one client request may take from image hosts, all its fetches together: a single
+        image's request as much as one video may be (NSFW_MAX_VIDEO_BYTES), a batch
+        NSFW_MAX_REQUEST_DOWNLOAD_BYTES for all its items."""
+        most = self.fetching.max_request_download_bytes
+        if single:
+            most = max(most, self.fetcher.policy.max_video_bytes)
+        return RequestShare(most, self.fetching.max_host_connections)
 
     def fetch(
         self,

@@ -17,13 +17,14 @@ from nsfw import metrics
 from nsfw.cache import Entry as CacheEntry
 from nsfw.cache import ResultCache, sha256_of
 from nsfw.cache import key as result_key
-from nsfw.config import DecodeSettings, FetchSettings, FlowSettings, Settings
-from nsfw.errors import ImageTooLarge, InvalidImage, NsfwError
+from nsfw.config import DecodeSettings, FetchSettings, FlowSettings, Settings, VideoSettings
+from nsfw.errors import ImageTooLarge, InvalidImage, InvalidVideo, NsfwError
 from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
 from nsfw.imaging.budget import Limits
 from nsfw.imaging.decode import Deadline, decode_frames, harden_pillow
 from nsfw.imaging.recipes import model_input
 from nsfw.imaging.thumbnail import frame_thumbnails, picture
+from nsfw.imaging.video import VideoLimits, is_video, open_video, sniff
 from nsfw.model import Classifier
 from nsfw.model.registry import Registry
 from nsfw.model.specs import NSFWJS, ModelSpec
@@ -33,8 +34,10 @@ from nsfw.pipeline.verdict import Policy, Tiers, Verdict
 log = logging.getLogger(__name__)
 
 
-def fetch_policy(fetching: FetchSettings, flow: FlowSettings) -> FetchPolicy:
+def fetch_policy(fetching: FetchSettings, flow: FlowSettings, video: VideoSettings | None = None) -> FetchPolicy:
     return FetchPolicy(
+        max_video_bytes=0 if video is None else video.max_video_bytes,
+        is_video=lambda head: sniff(head) is not None,
         connect_timeout=fetching.connect_timeout,
         read_timeout=fetching.read_timeout,
         download_timeout=fetching.download_timeout,
@@ -57,7 +60,8 @@ def build_service(settings: Settings, resolver: Resolver = system_resolver) -> P
     """The service for one process (a gunicorn worker, or the command line): Pillow's process-wide
     limits set, fetcher built; the caller sets the classifiers (`service.models.set`)."""
     harden_pillow(max_pixels=settings.max_pixels, max_metadata_bytes=settings.max_metadata_bytes)
-    service = PredictionService(settings, Fetcher(fetch_policy(settings.fetch, settings.flow), resolver))
+    fetcher = Fetcher(fetch_policy(settings.fetch, settings.flow, settings.video), resolver)
+    service = PredictionService(settings, fetcher)
     if settings.cache_size or settings.redis_url:
         service.cache = ResultCache(settings.cache_size, settings.redis_url, settings.cache_ttl)
     return service
@@ -111,6 +115,9 @@ class Prediction:
     # With the review queue on (detailed answers only): {"id", "status"} of the image's item, or
     # {"error": ...} when the store failed (the prediction stands).
     review: dict[str, Any] | None = None
+    # A video's: each classified frame's time in seconds, and {"duration_s", "width", "height", "codec"}.
+    frame_times: list[float | None] | None = None
+    video: dict[str, Any] | None = None
 
 
 class ImageBytes:
@@ -200,7 +207,13 @@ class PredictionService:
         if prediction is None:
             # The pictures are made from the decoded frames only when a review may follow.
             pictures = review is not None and policy is not None and self.review_hook is not None
-            prediction, fresh = self._infer(classifier, image, resize, deadline, cache_key, started, pictures)
+            demuxer = is_video(image.body)
+            if demuxer is not None:
+                prediction, fresh = self._infer_video(
+                    classifier, image, demuxer, resize, deadline, cache_key, started, pictures, policy
+                )
+            else:
+                prediction, fresh = self._infer(classifier, image, resize, deadline, cache_key, started, pictures)
             if fresh is not None and cache_key is not None and self.cache is not None:
                 self.cache.share(cache_key, fresh)  # Redis, off the model's lock
         return self._finish(prediction, image, policy, review, deadline)
@@ -208,10 +221,12 @@ class PredictionService:
     def classify_upload(
         self, classifier: Classifier, body: IO[bytes], ask: Ask = PLAIN, deadline: float | None = None
     ) -> Prediction:
-        """classify, for bytes a client sent: refused when empty or over NSFW_MAX_BYTES."""
+        """classify, for bytes a client sent: refused when empty or over NSFW_MAX_BYTES (a video's
+        over NSFW_MAX_VIDEO_BYTES)."""
         body.seek(0, 2)
         size = body.tell()
-        if size > self.settings.max_bytes:
+        cap = self.settings.max_video_bytes if is_video(body) else self.settings.max_bytes
+        if size > cap:
             raise ImageTooLarge(f"upload of {size} bytes")
         if size == 0:
             raise InvalidImage("empty upload")
@@ -280,6 +295,75 @@ class PredictionService:
                 self.cache.remember(cache_key, entry)
         return self._from_entry(classifier, entry, started, None if cache_key is None else "miss"), entry
 
+    def _video_limits(self, deadline: float | None) -> VideoLimits:
+        """One video's limits; a batch's deadline cuts its time shorter."""
+        video = self.settings.video
+        timeout = video.video_timeout
+        if deadline is not None:
+            timeout = max(0.001, min(timeout, deadline - time.monotonic()))
+        return VideoLimits(
+            frames=video.video_frames,
+            max_pixels=video.max_video_pixels,
+            max_seconds=video.max_video_seconds,
+            timeout=timeout,
+            memory_bytes=video.video_memory_bytes,
+        )
+
+    def _infer_video(
+        self,
+        classifier: Classifier,
+        image: ImageBytes,
+        demuxer: str,
+        resize: str | None,
+        deadline: float | None,
+        cache_key: str | None,
+        started: float,
+        pictures: bool,
+        policy: Policy | None,
+    ) -> tuple[Prediction, CacheEntry | None]:
+        """A video's sampled frames (nsfw/imaging/video.py: decoded by a child process, read one at a
+        time, never under the model's lock), each preprocessed and predicted under the lock, in time
+        order; with NSFW_VIDEO_EARLY_STOP the first frame judged adult ends the decode. The answer is
+        the worst frame, as for an animation."""
+        spec = classifier.spec
+        mode = resize or self.settings.resize
+        early = (policy or Policy.of(self.settings.verdicts)) if self.settings.video_early_stop else None
+        rows: list[dict[str, float]] = []
+        times: list[float | None] = []
+        made: dict[int, bytes | None] = {}
+        begun = time.perf_counter()
+        inferring = 0.0
+        try:
+            with open_video(image.body, demuxer, self._video_limits(deadline)) as decoding:
+                facts = decoding.info.to_dict()
+                for frame in decoding.frames():
+                    with self.flow.computing(deadline):
+                        ready = time.perf_counter()
+                        row = classifier.predict(model_input(frame.image, spec, mode)[None])[0]
+                        inferring += time.perf_counter() - ready
+                    rows.append({name: float(p) for name, p in zip(spec.classes, row, strict=True)})
+                    times.append(frame.time_s)
+                    if pictures:
+                        made[len(rows) - 1] = _picture_or_none(frame.image)
+                    if early is not None and sum(rows[-1][n] for n in spec.adult_classes) >= early.adult_threshold:
+                        break  # the with block ends the decode
+        except InvalidImage as exc:
+            metrics.REFUSED_IMAGES.labels(exc.code).inc()
+            raise
+        if not rows:
+            metrics.REFUSED_IMAGES.labels(InvalidVideo.code).inc()
+            raise InvalidVideo("no frame could be decoded")
+        metrics.STAGE_DURATION.labels("decode", spec.name).observe(time.perf_counter() - begun - inferring)
+        metrics.STAGE_DURATION.labels("inference", spec.name).observe(inferring)
+        if pictures and all(picture is not None for picture in made.values()):
+            image.pictures = {index: picture for index, picture in made.items() if picture is not None}
+        probabilities = np.array([[row[name] for name in spec.classes] for row in rows])
+        chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
+        entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts)
+        if cache_key is not None and self.cache is not None:
+            self.cache.remember(cache_key, entry)
+        return self._from_entry(classifier, entry, started, None if cache_key is None else "miss"), entry
+
     @staticmethod
     def _from_entry(classifier: Classifier, entry: CacheEntry, started: float, cache: str | None = "hit") -> Prediction:
         """The prediction of a result (the cache's, or one just computed: `cache` says which)."""
@@ -293,6 +377,8 @@ class PredictionService:
             frame_count=entry.frame_count,
             seconds=time.perf_counter() - started,
             cache=cache,
+            frame_times=entry.frame_times,
+            video=entry.video,
         )
 
     def _finish(
@@ -322,6 +408,9 @@ class PredictionService:
         when the model stays busy or the deadline passes)."""
         if image.pictures is not None:
             return image.pictures
+        demuxer = is_video(image.body)
+        if demuxer is not None:
+            return self._video_pictures(image, demuxer, deadline)
         with self.flow.computing(deadline):
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             try:
@@ -335,6 +424,17 @@ class PredictionService:
                 log.warning("no thumbnail: %s %s", exc.code, exc.detail)
                 return None
         return dict(zip(made.indices, made.images, strict=True))
+
+    def _video_pictures(self, image: ImageBytes, demuxer: str, deadline: float | None) -> dict[int, bytes] | None:
+        """A video's pictures when its result came from the cache: its sampled frames decoded again
+        (the same samples, in the same order), off the model's lock."""
+        try:
+            with open_video(image.body, demuxer, self._video_limits(deadline)) as decoding:
+                made = {index: _picture_or_none(frame.image) for index, frame in enumerate(decoding.frames())}
+        except NsfwError as exc:
+            log.warning("no thumbnail: %s %s", exc.code, exc.detail)
+            return None
+        return None if any(picture is None for picture in made.values()) else made  # type: ignore[return-value]
 
     def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
         """The tiers' verdict; the second tier's probability from a second model on the same bytes, or

@@ -764,6 +764,7 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
                 {
                     "position": position,
                     "index": frame["index"],
+                    **({"time_s": frame["time_s"]} if "time_s" in frame else {}),  # a video's frame
                     "scores": frame["scores"],
                     "adult": adult_score(row.model, frame["scores"]),
                 }

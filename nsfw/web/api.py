@@ -26,6 +26,7 @@ import binascii
 import json
 import logging
 import re
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -123,6 +124,21 @@ def spooled(data: bytes) -> IO[bytes]:
     return spool
 
 
+def spooled_body() -> IO[bytes]:
+    """The raw request body in a spooled file, copied a MiB at a time: a video's 100 MiB never sits
+    in memory (the front door spooled it to disk already)."""
+    if request.content_length is None:  # read whole by _limit_the_body (another server, chunked)
+        return spooled(request.get_data())
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - the caller closes it
+    try:
+        shutil.copyfileobj(request.stream, spool, 1 << 20)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
 def _has_body() -> bool:
     return bool(request.content_length) or "Transfer-Encoding" in request.headers
 
@@ -153,8 +169,8 @@ def _parse_request_image() -> tuple[str | None, IO[bytes] | None]:
     elif request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         urls += request.form.getlist("url")
         images += [upload.stream for upload in request.files.getlist("image")]
-    elif request.mimetype.startswith("image/"):
-        images.append(spooled(request.get_data()))
+    elif request.mimetype.startswith(("image/", "video/")):
+        images.append(spooled_body())
     elif _has_body():
         # HOSTILE_INPUTS.md: a body where none is expected is a 413, as if its cap were zero.
         raise errors.PayloadTooLarge(f"unexpected body of type {request.mimetype or 'unknown'}")
@@ -225,14 +241,20 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     # these bytes (the metrics tell the operator).
     if prediction.review is not None:
         answer["review"] = prediction.review
-    if prediction.frame_count > 1:
+    if prediction.video is not None:
+        answer["video"] = prediction.video
+    if prediction.frame_count > 1 or prediction.video is not None:
+        times = prediction.frame_times or [None] * len(prediction.frame_indices)
+        classified: list[dict[str, Any]] = []
+        for index, scores, time_s in zip(prediction.frame_indices, prediction.frame_scores, times, strict=True):
+            frame: dict[str, Any] = {"index": index, "scores": scores}
+            if prediction.video is not None:  # a video's frames say when they are
+                frame = {"index": index, "time_s": time_s, "scores": scores}
+            classified.append(frame)
         answer["frames"] = {
             "count": prediction.frame_count,
             "chosen": prediction.frame_indices[prediction.chosen],
-            "classified": [
-                {"index": index, "scores": scores}
-                for index, scores in zip(prediction.frame_indices, prediction.frame_scores, strict=True)
-            ],
+            "classified": classified,
         }
     return answer
 

@@ -145,8 +145,10 @@ def body_limit(settings: Settings, path: str, mimetype: str) -> int:
         return settings.max_batch_bytes
     if mimetype.startswith("image/"):
         return settings.max_bytes
-    if mimetype == "multipart/form-data":
-        return settings.max_bytes + settings.max_request_bytes
+    if mimetype.startswith("video/"):
+        return settings.max_video_bytes
+    if mimetype == "multipart/form-data":  # an image, or a video
+        return max(settings.max_bytes, settings.max_video_bytes) + settings.max_request_bytes
     if kind == BATCH:
         return settings.max_batch_bytes
     if mimetype == "application/json" or mimetype.startswith("application/") and mimetype.endswith("+json"):

@@ -16,18 +16,18 @@ video/webm), no key. It reads the status alone: any 2xx accepts, anything else (
 | a wrong or missing token | 401 / 403 whatever NSFW_COMPAT_PICTRS_ON_ERROR says: a misconfiguration must show |
 | past NSFW_RATE_LIMIT | 429 whatever it says: else a flood of uploads would pass unjudged |
 
-Videos follow the on-error rule until the service reads video."""
+Videos (video/mp4, video/webm) are judged like images, by their sampled frames (nsfw/imaging/video.py)."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from nsfw.config import Settings
-from nsfw.errors import NsfwError, UnsupportedImageFormat
+from nsfw.errors import NsfwError
 from nsfw.web import state
-from nsfw.web.api import spooled
+from nsfw.web.api import spooled_body
 from nsfw.web.compat import common
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,8 @@ def validate(token: str | None = None) -> Response:
     service = state.service()
     settings = service.settings
     try:
-        if request.mimetype.startswith("video/"):
-            raise UnsupportedImageFormat(f"{request.mimetype}: video is not read yet")
         with service.flow.decoding_body():
-            image = spooled(request.get_data())
+            image = spooled_body()
         with image:
             prediction = service.predict_image(image, common.ask(PLATFORM))
     except NsfwError as error:

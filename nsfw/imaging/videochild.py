@@ -1,0 +1,149 @@
+"""The video decoder's child process: run as a script by nsfw/imaging/video.py, never imported by the
+service (it would import FFmpeg's libraries into a worker).
+
+It limits itself before it reads a byte of the file (address space, CPU seconds, no file writes, no
+core dump, few open files), opens the file with one demuxer named by the parent (FFmpeg reads only
+this file: protocol_whitelist=file; codec_whitelist the allowed decoders), checks what the container
+declares (streams, codec, size, duration), then decodes one keyframe near each of the sample times,
+by seeking, on one thread, and writes each as raw RGB to stdout:
+
+    {"info": {"duration_s", "width", "height", "codec", "format"}}\\n
+    {"frame": {"time_s", "width", "height"}}\\n<width * height * 3 bytes>   (one per sample)
+    {"end": true}\\n    or    {"error": "<code>", "detail": "..."}\\n
+
+A frame larger than the container said is refused as it is met (the container may lie). The parent
+reads one frame at a time, classifies it, and kills this process when it has seen enough, when the
+deadline passes, or when it writes anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+from typing import Any
+
+
+def _limit(memory_bytes: int, cpu_seconds: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # writes no file
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
+
+
+def _say(out: Any, message: dict[str, Any], payload: bytes = b"") -> None:
+    out.write(json.dumps(message, separators=(",", ":")).encode() + b"\n" + payload)
+    out.flush()
+
+
+class Refused(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+def _fit(width: int, height: int, side: int) -> tuple[int, int]:
+    scale = min(1.0, side / max(width, height))
+    return max(2, round(width * scale) // 2 * 2), max(2, round(height * scale) // 2 * 2)
+
+
+def sample_times(duration: float, count: int) -> list[float]:
+    """count times spread over the duration: the middle of each of count equal parts."""
+    return [duration * (i + 0.5) / count for i in range(count)]
+
+
+def run(job: dict[str, Any], out: Any) -> None:
+    try:
+        import av  # after the limits: FFmpeg's libraries load under them
+    except ImportError as exc:  # a library that cannot be mapped within RLIMIT_AS is out of memory
+        if "map segment" in str(exc) or "memory" in str(exc).lower():
+            raise Refused("video_too_complex", f"the decoder's memory limit: {exc}") from None
+        raise
+
+    av.logging.set_level(av.logging.PANIC)  # FFmpeg's own lines would go to stderr, unbounded
+    container = av.open(
+        job["path"],
+        format=job["format"],
+        container_options={
+            "protocol_whitelist": "file",
+            "codec_whitelist": ",".join(job["decoders"]),
+            "probesize": "5000000",
+            "analyzeduration": "5000000",
+        },
+        # The decoders FFmpeg opens to probe the streams refuse a frame past the limit themselves.
+        stream_options=[{"max_pixels": str(job["max_pixels"]), "threads": "1"}],
+        metadata_errors="ignore",
+    )
+    with container:
+        if len(container.streams) > job["max_streams"]:
+            raise Refused("video_too_complex", f"{len(container.streams)} streams")
+        if not container.streams.video:
+            raise Refused("invalid_video", "no video stream")
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        codec = context.codec.canonical_name  # the format (av1), not the decoder FFmpeg chose (libdav1d)
+        if codec not in job["codecs"]:
+            raise Refused("unsupported_media_type", f"codec {codec}")
+        width, height = context.width or 0, context.height or 0
+        if width * height > job["max_pixels"]:
+            raise Refused("image_too_many_pixels", f"declared {width}x{height}")
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        if duration is not None and duration > job["max_seconds"]:
+            raise Refused("video_too_long", f"{duration:.1f} s")
+        info = {"duration_s": duration, "width": width, "height": height, "codec": codec, "format": job["format"]}
+        _say(out, {"info": info})
+        context.thread_count = 1
+        context.skip_frame = "NONKEY"  # keyframes only: each sample costs one frame's decode
+        seen: set[int] = set()
+        if duration and duration > 0:
+            for target in sample_times(duration, job["frames"]):
+                container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+                frame = next(_frames(container, stream), None)
+                if frame is not None and frame.pts not in seen:
+                    seen.add(frame.pts)
+                    _send(out, frame, stream, job)
+        else:  # no duration said (a live stream): the first keyframes, in order
+            for frame in _frames(container, stream):
+                if len(seen) >= job["frames"]:
+                    break
+                if frame.pts not in seen:
+                    seen.add(frame.pts)
+                    _send(out, frame, stream, job)
+    _say(out, {"end": True})
+
+
+def _frames(container: Any, stream: Any) -> Any:
+    for packet in container.demux(stream):
+        yield from packet.decode()
+
+
+def _send(out: Any, frame: Any, stream: Any, job: dict[str, Any]) -> None:
+    if frame.width * frame.height > job["max_pixels"]:
+        raise Refused("image_too_many_pixels", f"a frame of {frame.width}x{frame.height}")
+    width, height = _fit(frame.width, frame.height, job["side"])
+    rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    time_s = float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base else None
+    _say(out, {"frame": {"time_s": time_s, "width": width, "height": height}}, rgb.tobytes())
+
+
+def main() -> None:
+    job = json.loads(sys.argv[1])
+    _limit(job["memory_bytes"], job["cpu_seconds"])
+    out = sys.stdout.buffer
+    try:
+        run(job, out)
+    except Refused as refused:
+        _say(out, {"error": refused.code, "detail": str(refused)[:300]})
+    except MemoryError:
+        _say(out, {"error": "video_too_complex", "detail": "the decoder's memory limit"})
+    except Exception as exc:  # noqa: BLE001 - FFmpeg's errors (av.error.*): the file is not a video we read
+        _say(out, {"error": "invalid_video", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"})
+
+
+if __name__ == "__main__":
+    main()

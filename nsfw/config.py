@@ -284,11 +284,15 @@ class FlowSettings:
     # Request bodies (JSON with image_base64, uploads) one worker parses at once: each may take
     # about three times its size in memory while it is parsed. Others wait up to compute_wait.
     max_body_decodes: int = 2
+    # Videos one worker decodes at once, each in a child process (up to ~100 MB of memory apiece);
+    # others wait up to NSFW_COMPUTE_WAIT, then a 503. 1 keeps 2 workers and 2 videos under 700 MB.
+    max_video_decodes: int = 1
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
         return [
             ("max_in_flight", 1 <= self.max_in_flight <= 256, "must be 1..256"),
+            ("max_video_decodes", 1 <= self.max_video_decodes <= 64, "must be 1..64"),
             ("max_downloads", self.max_in_flight <= self.max_downloads <= 1024, "must be NSFW_MAX_IN_FLIGHT..1024"),
             ("download_wait", 0 <= self.download_wait <= 10, "must be 0..10 seconds"),
             ("max_queue", 1 <= self.max_queue <= 1024, "must be 1..1024"),

@@ -358,3 +358,34 @@ def _raw(server: Gunicorn, path: str, data: bytes, content_type: str) -> tuple[i
             return answer.status, answer.read(), dict(answer.headers)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), dict(exc.headers)
+
+
+def test_a_worker_decodes_one_video_at_a_time_and_a_second_waits_then_503s(
+    settings: Settings, litert: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each decode is a child process of its own memory: 32 threads would make 32 of them on a 1 GB
+    box. NSFW_MAX_VIDEO_DECODES (1) bounds them; the next waits NSFW_COMPUTE_WAIT, then 503."""
+    import threading
+
+    monkeypatch.setattr(video, "_CHILD", _fake_child(tmp_path, FRAME + "time.sleep(60)\n"))
+    app = create_app(replace(settings, video_timeout=2.0, compute_wait=0.2), litert)
+    first: list[dict] = []
+    holder = threading.Thread(target=lambda: first.append(_post(app.test_client(), _marked())))
+    holder.start()
+    deadline = time.monotonic() + 5
+    while not list(Path(tempfile.gettempdir()).glob("nsfw-video-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first decode has its copy: it holds the decoder
+    second = _post(app.test_client(), _marked())
+    holder.join()
+    assert second["status"] == 503 and second["error"]["code"] == "overloaded", second
+    assert first[0]["status"] == 200
+    _no_leftovers()
+
+
+def test_a_full_temporary_folder_is_a_503_not_a_500(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(video.tempfile, "mkstemp", full)
+    answer = _post(client, _marked())
+    assert answer["status"] == 503 and answer["error"]["code"] == "unavailable"

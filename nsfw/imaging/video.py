@@ -32,6 +32,7 @@ from nsfw.errors import (
     ImageTooManyPixels,
     InvalidVideo,
     NsfwError,
+    Unavailable,
     UnsupportedMediaType,
     VideoTooComplex,
     VideoTooLong,
@@ -173,13 +174,18 @@ class VideoDecode:
             raise
 
     def _path_of(self, body: IO[bytes]) -> str:
-        """A path the child can open: a copy in a private temporary file (removed by close)."""
-        handle, self._copy = tempfile.mkstemp(prefix="nsfw-video-", suffix=".bin")
-        with os.fdopen(handle, "wb") as copy:
+        """A path the child can open: a copy in a private temporary file (removed by close). A full
+        or unwritable temporary folder is the service's failure: 503, never a 500."""
+        try:
+            handle, self._copy = tempfile.mkstemp(prefix="nsfw-video-", suffix=".bin")
+            with os.fdopen(handle, "wb") as copy:
+                body.seek(0)
+                while chunk := body.read(1 << 20):
+                    copy.write(chunk)
+        except OSError as exc:
+            raise Unavailable(f"no room for the video's copy: {exc}") from None
+        finally:
             body.seek(0)
-            while chunk := body.read(1 << 20):
-                copy.write(chunk)
-        body.seek(0)
         return self._copy
 
     def _read_info(self) -> VideoInfo:

@@ -100,6 +100,8 @@ class Flow:
         self._compute = ModelLock()
         # Request bodies parsed at once (JSON with base64 takes ~3x its size while parsed).
         self._body_decodes = threading.BoundedSemaphore(flow.max_body_decodes)
+        # Videos decoded at once: each is a child process with its own memory (nsfw/imaging/video.py).
+        self._video_decodes = threading.BoundedSemaphore(flow.max_video_decodes)
         # Downloads in progress by tenant and URL, for the requests of that tenant for the URL meanwhile.
         self._flights: dict[tuple[str, str], _Flight] = {}
         self._flights_lock = threading.Lock()
@@ -115,6 +117,13 @@ class Flow:
         """Held while a request body is parsed (nsfw/web/api.py), so that few are in memory at once."""
         refuse = Overloaded(f"{self.settings.max_body_decodes} bodies being parsed")
         return holding(self._body_decodes, self.settings.compute_wait, refuse)
+
+    def decoding_video(self, deadline: float | None) -> AbstractContextManager[None]:
+        """One of the worker's video decoders (NSFW_MAX_VIDEO_DECODES), after at most NSFW_COMPUTE_WAIT
+        seconds (a batch's item: its deadline) in line, else a 503; never taken under the model's lock."""
+        wait = self.settings.compute_wait if deadline is None else max(0.0, deadline - time.monotonic())
+        refuse = Overloaded(f"{self.settings.max_video_decodes} videos being decoded")
+        return holding(self._video_decodes, wait, refuse)
 
     def computing(self, deadline: float | None) -> AbstractContextManager[None]:
         """The worker's model, after at most NSFW_COMPUTE_WAIT seconds in line (a 503); a batch's item

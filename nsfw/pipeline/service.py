@@ -334,7 +334,10 @@ class PredictionService:
         begun = time.perf_counter()
         inferring = 0.0
         try:
-            with open_video(image.body, demuxer, self._video_limits(deadline)) as decoding:
+            with (
+                self.flow.decoding_video(deadline),
+                open_video(image.body, demuxer, self._video_limits(deadline)) as decoding,
+            ):
                 facts = decoding.info.to_dict()
                 for frame in decoding.frames():
                     with self.flow.computing(deadline):
@@ -429,7 +432,10 @@ class PredictionService:
         """A video's pictures when its result came from the cache: its sampled frames decoded again
         (the same samples, in the same order), off the model's lock."""
         try:
-            with open_video(image.body, demuxer, self._video_limits(deadline)) as decoding:
+            with (
+                self.flow.decoding_video(deadline),
+                open_video(image.body, demuxer, self._video_limits(deadline)) as decoding,
+            ):
                 made = {index: _picture_or_none(frame.image) for index, frame in enumerate(decoding.frames())}
         except NsfwError as exc:
             log.warning("no thumbnail: %s %s", exc.code, exc.detail)

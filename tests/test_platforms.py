@@ -630,3 +630,23 @@ def test_pictrs_judges_the_videos_it_stores(settings: Settings, litert: Classifi
     assert answer.status_code == 406 and answer.json["verdict"]["label"] == "adult"
     calm = marked_clip(safe, safe, (0.0, 0.0), seconds=2.0, codec="h264", container="mp4")
     assert client.post("/compat/pictrs", data=calm, content_type="video/mp4").status_code == 200
+
+
+def test_a_video_of_an_unread_codec_is_skipped_by_discourse_and_unsupported_for_misskey(
+    settings: Settings, litert: Classifier, image_server: ImageServer
+) -> None:
+    """A 415 of ours (another container or codec) is Discourse's own 415 rule (skip the upload), and
+    Misskey's UNSUPPORTED_MEDIA_TYPE for the part."""
+    from scripts.hostile_videos import clip
+
+    mpeg4 = clip(lambda t: Image.new("RGB", (64, 48)), seconds=2, codec="mpeg4", container="mp4")
+    client = create_app(settings, litert).test_client()
+    url = image_server.add_file("/clip.mp4", mpeg4, "video/mp4")
+    answer = client.post("/compat/discourse/api/v1/classify", json={"model": "nsfw_detector", "content": url})
+    assert answer.status_code == 415 and answer.json["status"] == 415
+    answer = client.post(
+        "/compat/misskey/v1/detect-images",
+        data={"image0": (io.BytesIO(mpeg4), "0.png", "image/png")},
+        content_type="multipart/form-data",
+    )
+    assert answer.json["result"]["results"][0]["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"

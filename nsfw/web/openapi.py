@@ -129,19 +129,35 @@ SCHEMAS: dict[str, Schema] = {
             },
             "frames": {
                 "type": "object",
-                "description": "Animations only: the frames classified and the one that answered.",
+                "description": "Animations and videos: the frames classified and the one that answered "
+                "(a video's frames with their time, in seconds from its start).",
                 "required": ["count", "chosen", "classified"],
                 "properties": {
-                    "count": {"type": "integer", "minimum": 2},
+                    "count": {"type": "integer", "minimum": 1},
                     "chosen": {"type": "integer", "minimum": 0},
                     "classified": {
                         "type": "array",
                         "items": {
                             "type": "object",
                             "required": ["index", "scores"],
-                            "properties": {"index": {"type": "integer"}, "scores": _ref("Scores")},
+                            "properties": {
+                                "index": {"type": "integer"},
+                                "time_s": {"type": ["number", "null"]},
+                                "scores": _ref("Scores"),
+                            },
                         },
                     },
+                },
+            },
+            "video": {
+                "type": "object",
+                "description": "A video's container facts (its duration is null for a live stream's).",
+                "required": ["duration_s", "width", "height", "codec"],
+                "properties": {
+                    "duration_s": {"type": ["number", "null"]},
+                    "width": {"type": "integer"},
+                    "height": {"type": "integer"},
+                    "codec": {"enum": ["h264", "hevc", "av1", "vp8", "vp9"]},
                 },
             },
         },
@@ -307,8 +323,9 @@ _HEADERS: Schema = {
 # line 414, large headers 431, a transfer coding 501, a slow body 408, a large one 413, a full worker
 # 503), the keys (401, 403), the limits (429), and a failure of ours (500).
 _FRONT = (400, 401, 403, 408, 413, 414, 429, 431, 500, 501, 503)
-# Of a prediction: the image (422), its host (502, 504), the deadline (504).
-_PREDICTION = (*_FRONT, 422, 502, 504)
+# Of a prediction: a video of another container or codec (415), the image (422), its host (502, 504),
+# the deadline (504).
+_PREDICTION = (*_FRONT, 415, 422, 502, 504)
 
 
 def _responses(ok: Schema, statuses: tuple[int, ...]) -> Schema:
@@ -357,6 +374,7 @@ _IMAGE_BODY: Schema = {
             }
         },
         "image/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}},
+        "video/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}},
     },
 }
 

@@ -27,6 +27,7 @@ from nsfw.errors import (
     ImageTooLarge,
     InvalidImage,
     NsfwError,
+    UnsupportedMediaType,
 )
 from nsfw.model.specs import GANTMAN_ADULT, GANTMAN_CLASSES, OPEN_NSFW
 from nsfw.web import state
@@ -40,7 +41,7 @@ bp = Blueprint(PLATFORM, __name__)
 NSFW_DETECTOR, OPENNSFW2 = "nsfw_detector", "opennsfw2"
 # Images this service will never read, however often Discourse asks: 415, so that it skips them
 # instead of retrying the job.
-_UNREADABLE = (InvalidImage, ImageTooLarge, DownloadBudgetExceeded)
+_UNREADABLE = (InvalidImage, ImageTooLarge, DownloadBudgetExceeded, UnsupportedMediaType)
 
 
 def percent(probability: float) -> int:

@@ -38,6 +38,7 @@ from nsfw.errors import (
     PayloadTooLarge,
     Unavailable,
     UnsupportedImageFormat,
+    UnsupportedMediaType,
 )
 from nsfw.pipeline.batch import BatchItem, predict_batch
 from nsfw.pipeline.service import Prediction
@@ -129,7 +130,7 @@ def _result(result: Prediction | NsfwError) -> dict[str, Any]:
 
 def _part_error(error: NsfwError) -> tuple[str, str]:
     """One part's failure as sensitive-detector words it."""
-    if isinstance(error, UnsupportedImageFormat):
+    if isinstance(error, UnsupportedImageFormat | UnsupportedMediaType):
         return "UNSUPPORTED_MEDIA_TYPE", f"unsupported image: {error.message}"
     if isinstance(error, ImageTooLarge | ImageTooManyPixels | ImageTooLargeToDecode):
         return "REQUEST_TOO_LARGE", error.message

@@ -309,6 +309,11 @@ class RateLimitUnavailable(Unavailable):
     message = "The rate limit store is not answering and this service fails closed; retry shortly."
 
 
+class SpoolUnavailable(Unavailable):
+    code = "spool_unavailable"
+    message = "The service has no room to hold the video now; try again later."
+
+
 class Overloaded(Unavailable):
     code = "overloaded"
     message = "All inference slots are busy; retry shortly."

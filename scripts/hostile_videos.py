@@ -106,9 +106,28 @@ def _vp8_frames(count: int = 2) -> list[bytes]:
         return [bytes(packet) for packet in demuxer.demux(video=0) if packet.size]
 
 
-def matroska(width: int, height: int, frames: Sequence[bytes], *, tracks: int = 1, duration_ms: float | None) -> bytes:
-    """A WebM of VP8 `frames` in track 1 (a second apart), declaring width x height, with `tracks`
-    video tracks in all; no duration when duration_ms is None."""
+def vp8_packets(images: Sequence[Image.Image], size: tuple[int, int] = (160, 120)) -> list[bytes]:
+    """One VP8 keyframe packet of each image."""
+    frames = list(images)
+    data = clip(lambda t: frames[min(int(t), len(frames) - 1)], seconds=len(frames), fps=1, codec="vp8",
+                container="webm", size=size, gop=1)  # fmt: skip
+    with av.open(io.BytesIO(data)) as demuxer:
+        return [bytes(packet) for packet in demuxer.demux(video=0) if packet.size]
+
+
+def matroska(
+    width: int,
+    height: int,
+    frames: Sequence[bytes],
+    *,
+    tracks: int = 1,
+    duration_ms: float | None,
+    spacing_ms: int = 1000,
+    laced: bool = False,
+) -> bytes:
+    """A WebM of VP8 `frames` in track 1 (spacing_ms apart: 0 puts them all at one time), declaring
+    width x height, with `tracks` video tracks in all; no duration when duration_ms is None; with
+    `laced`, every frame in one Xiph-laced block (FFmpeg gives all but the first no timestamp)."""
     header = _element(
         0x1A45DFA3,
         _uint(0x4286, 1) + _uint(0x42F7, 1) + _uint(0x42F2, 4) + _uint(0x42F3, 8) + _element(0x4282, b"webm")
@@ -125,16 +144,37 @@ def matroska(width: int, height: int, frames: Sequence[bytes], *, tracks: int = 
         )
         for number in range(1, tracks + 1)
     )  # fmt: skip
-    clusters = b"".join(
-        _element(0x1F43B675, _uint(0xE7, i * 1000) + _element(0xA3, b"\x81\x00\x00\x80" + frame))
-        for i, frame in enumerate(frames)
-    )
+    if laced:
+        sizes = b"".join(b"\xff" * (len(frame) // 255) + bytes([len(frame) % 255]) for frame in frames[:-1])
+        block = b"\x81\x00\x00\x82" + bytes([len(frames) - 1]) + sizes + b"".join(frames)
+        clusters = _element(0x1F43B675, _uint(0xE7, 0) + _element(0xA3, block))
+    else:
+        clusters = b"".join(
+            _element(0x1F43B675, _uint(0xE7, i * spacing_ms) + _element(0xA3, b"\x81\x00\x00\x80" + frame))
+            for i, frame in enumerate(frames)
+        )
     return header + _element(0x18538067, _element(0x1549A966, info) + _element(0x1654AE6B, entries) + clusters)
 
 
 def declared_huge_frame() -> bytes:
     """A WebM whose track declares 100,000 x 100,000 pixels; its frames are 64 x 48."""
     return matroska(100_000, 100_000, _vp8_frames(), duration_ms=2000.0)
+
+
+def lying_duration(frames: Sequence[bytes], duration_ms: float = 1.0) -> bytes:
+    """A WebM of frames a second apart whose Duration says `duration_ms` (1 ms for 8 s)."""
+    return matroska(160, 120, frames, duration_ms=duration_ms)
+
+
+def laced_without_timestamps(frames: Sequence[bytes]) -> bytes:
+    """Every frame in one laced block, no duration: FFmpeg gives the first a timestamp, no other one."""
+    return matroska(160, 120, frames, duration_ms=None, laced=True)
+
+
+def keyframes_at_one_time(count: int = 1000, size: tuple[int, int] = (640, 480)) -> bytes:
+    """`count` copies of one keyframe, all at time 0, no duration: a decoder kept busy on one instant."""
+    frame = vp8_packets([_grey(3).resize(size)], size)[0]
+    return matroska(size[0], size[1], [frame] * count, duration_ms=None, spacing_ms=0)
 
 
 def many_streams(count: int = 2000) -> bytes:
@@ -250,6 +290,7 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "live.webm": live_webm,
     "header_then_garbage.mp4": header_then_garbage,
     "many_reference_frames.mp4": many_reference_frames,
+    "keyframes_at_one_time.webm": keyframes_at_one_time,
     "zip.mp4": zip_named_mp4,
     "png.mp4": png_named_mp4,
 }

@@ -43,6 +43,7 @@ def test_status_table_of_style_md() -> None:
         "url_port_not_allowed": 400,
         "unauthorized": 401,
         "unsupported_media_type": 415,
+        "spool_unavailable": 503,
         "invalid_video": 422,
         "video_too_long": 422,
         "video_too_complex": 422,

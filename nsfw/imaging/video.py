@@ -32,7 +32,7 @@ from nsfw.errors import (
     ImageTooManyPixels,
     InvalidVideo,
     NsfwError,
-    Unavailable,
+    SpoolUnavailable,
     UnsupportedMediaType,
     VideoTooComplex,
     VideoTooLong,
@@ -140,6 +140,7 @@ class VideoDecode:
         self.deadline = deadline
         self._buffer = bytearray()
         self._copy: str | None = None
+        self.complete = False  # the child said it sampled the whole video
         self._process: subprocess.Popen[bytes] | None = None
         self._selector = selectors.DefaultSelector()
         try:
@@ -177,13 +178,13 @@ class VideoDecode:
         """A path the child can open: a copy in a private temporary file (removed by close). A full
         or unwritable temporary folder is the service's failure: 503, never a 500."""
         try:
-            handle, self._copy = tempfile.mkstemp(prefix="nsfw-video-", suffix=".bin")
+            handle, self._copy = tempfile.mkstemp(prefix=COPY_PREFIX, suffix=".bin")
             with os.fdopen(handle, "wb") as copy:
                 body.seek(0)
                 while chunk := body.read(1 << 20):
                     copy.write(chunk)
         except OSError as exc:
-            raise Unavailable(f"no room for the video's copy: {exc}") from None
+            raise SpoolUnavailable(f"no room for the video's copy: {exc}") from None
         finally:
             body.seek(0)
         return self._copy
@@ -202,8 +203,11 @@ class VideoDecode:
         while True:
             try:
                 message = self._message()
-                if message is None or "end" in message:
+                if message is not None and "end" in message:
+                    self.complete = True
                     return
+                if message is None:  # the child ended without saying so: cut short
+                    raise InvalidVideo("the decoder ended before its last frame")
                 if "frame" not in message:
                     raise self._failure(message)
                 head = message["frame"]
@@ -288,6 +292,24 @@ class VideoDecode:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+COPY_PREFIX = "nsfw-video-"
+
+
+def sweep_copies(older_than: float = 600.0) -> int:
+    """Remove copies a killed worker left before its child opened them (the child removes its copy as
+    soon as it has it open); at a worker's start. Returns how many."""
+    folder = Path(tempfile.gettempdir())
+    swept = 0
+    for path in folder.glob(f"{COPY_PREFIX}*"):
+        try:
+            if time.time() - path.stat().st_mtime > older_than:
+                path.unlink()
+                swept += 1
+        except OSError:
+            continue
+    return swept
 
 
 def open_video(body: IO[bytes], demuxer: str, limits: VideoLimits) -> VideoDecode:

@@ -19,6 +19,7 @@ deadline passes, or when it writes anything else.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 from typing import Any
@@ -75,6 +76,9 @@ def run(job: dict[str, Any], out: Any) -> None:
         stream_options=[{"max_pixels": str(job["max_pixels"]), "threads": "1"}],
         metadata_errors="ignore",
     )
+    # Open, the copy needs no name: gone from the folder now, it is freed when this process ends,
+    # however it ends (its worker killed too: this process dies on its broken pipe).
+    os.unlink(job["path"])
     with container:
         if len(container.streams) > job["max_streams"]:
             raise Refused("video_too_complex", f"{len(container.streams)} streams")
@@ -95,26 +99,134 @@ def run(job: dict[str, Any], out: Any) -> None:
             duration = container.duration / av.time_base
         if duration is not None and duration > job["max_seconds"]:
             raise Refused("video_too_long", f"{duration:.1f} s")
+        context.thread_count = 1
+        # The decoder refuses a frame past the limit as it allocates it (avcodec's max_pixels), before
+        # _send's check of what it made: a container may declare a small size and carry a huge one.
+        context.options = {"max_pixels": str(job["max_pixels"])}
+        if duration is not None and not _duration_holds(container, stream, duration):
+            duration = None  # the container lied about its length: read it as a stream
         info = {"duration_s": duration, "width": width, "height": height, "codec": codec, "format": job["format"]}
         _say(out, {"info": info})
-        context.thread_count = 1
-        context.skip_frame = "NONKEY"  # keyframes only: each sample costs one frame's decode
-        seen: set[int] = set()
+        sampler = _Sampler(out, stream, job)
         if duration and duration > 0:
-            for target in sample_times(duration, job["frames"]):
-                container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
-                frame = next(_frames(container, stream), None)
-                if frame is not None and frame.pts not in seen:
-                    seen.add(frame.pts)
-                    _send(out, frame, stream, job)
-        else:  # no duration said (a live stream): the first keyframes, in order
-            for frame in _frames(container, stream):
-                if len(seen) >= job["frames"]:
-                    break
-                if frame.pts not in seen:
-                    seen.add(frame.pts)
-                    _send(out, frame, stream, job)
+            sampler.by_seeking(container, duration)
+        else:
+            sampler.as_stream(container)
     _say(out, {"end": True})
+
+
+def _time(frame: Any, stream: Any) -> float | None:
+    return float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base else None
+
+
+def _duration_holds(container: Any, stream: Any, duration: float) -> bool:
+    """Whether the video ends where its container says: no packet well past the declared duration
+    in the packets after a seek to it (a container that says 1 ms for 8 s would have its samples all
+    taken from the first frame)."""
+    if stream.time_base is None:
+        return False
+    container.seek(int(duration / stream.time_base), stream=stream, backward=True, any_frame=False)
+    slack = max(1.0, duration * 0.05)
+    for count, packet in enumerate(container.demux(stream)):
+        if packet.pts is not None and float(packet.pts * stream.time_base) > duration + slack:
+            return False
+        if count >= 64:
+            break
+    return True
+
+
+# Keyframes a stream without a trusted duration may make the child read, at most (each decoded).
+STREAM_KEYFRAMES = 2000
+
+
+class _Sampler:
+    """Sends the sampled frames: never two of one frame, none past NSFW_MAX_VIDEO_SECONDS."""
+
+    def __init__(self, out: Any, stream: Any, job: dict[str, Any]) -> None:
+        self.out, self.stream, self.job = out, stream, job
+        self.sent: set[object] = set()
+        self.count = 0
+
+    def send(self, frame: Any, identity: object) -> None:
+        if identity in self.sent or self.count >= self.job["frames"]:
+            return
+        self.sent.add(identity)
+        self.count += 1
+        _send(self.out, frame, self.stream, self.job)
+
+    def _too_late(self, time_s: float | None) -> bool:
+        return time_s is not None and time_s > self.job["max_seconds"]
+
+    def by_seeking(self, container: Any, duration: float) -> None:
+        """At each sample time, the keyframe before it (keyframes only: one decode a sample). Where
+        that keyframe is more than a sample's spacing before its time (keyframes are sparse: one for
+        the whole video, an intra-refresh stream), a second pass decodes every frame from there on
+        and takes the first frame at each such time, so content after the last keyframe is judged too."""
+        stream, context = self.stream, self.stream.codec_context
+        times = sample_times(duration, self.job["frames"])
+        spacing = duration / len(times)
+        uncovered: list[float] = []
+        context.skip_frame = "NONKEY"
+        for target in times:
+            container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+            frame = next(_frames(container, stream), None)
+            if frame is None:
+                uncovered.append(target)
+                continue
+            time_s = _time(frame, stream)
+            if self._too_late(time_s):
+                break
+            if time_s is None or target - time_s > spacing:
+                uncovered.append(target)
+            self.send(frame, ("pts", frame.pts) if frame.pts is not None else ("at", target))
+        if not uncovered:
+            return
+        context.skip_frame = "DEFAULT"
+        container.seek(int(uncovered[0] / stream.time_base), stream=stream, backward=True, any_frame=False)
+        for frame in _frames(container, stream):
+            time_s = _time(frame, stream)
+            if time_s is None:
+                continue
+            if self._too_late(time_s):
+                break
+            if time_s >= uncovered[0] - spacing / 2:
+                self.send(frame, ("pts", frame.pts))
+                uncovered = [target for target in uncovered if target - spacing / 2 > time_s]
+            if not uncovered or self.count >= self.job["frames"]:
+                break
+
+    def as_stream(self, container: Any) -> None:
+        """No duration to trust (a live stream's WebM, or a container that lied): keyframes in file
+        order, those at Fibonacci positions (0, 1, 2, 3, 5, 8, 13, ...: the start closely, then ever
+        further, as Misskey samples), each one decoded only when it is chosen; at most
+        STREAM_KEYFRAMES keyframes read, none past NSFW_MAX_VIDEO_SECONDS."""
+        stream, context = self.stream, self.stream.codec_context
+        context.skip_frame = "NONKEY"
+        keyframes = 0
+        for packet in container.demux(stream):
+            if not packet.is_keyframe:
+                continue
+            if keyframes > STREAM_KEYFRAMES or self.count >= self.job["frames"]:
+                break
+            position, keyframes = keyframes, keyframes + 1
+            if position not in _FIBONACCI:
+                continue
+            for frame in packet.decode():
+                time_s = _time(frame, stream)
+                if self._too_late(time_s):
+                    return
+                self.send(frame, ("keyframe", position))
+
+
+def _fibonacci(most: int) -> frozenset[int]:
+    numbers, a, b = {0}, 1, 2
+    while a <= most:
+        numbers.add(a)
+        a, b = b, a + b
+    return frozenset(numbers)
+
+
+_FIBONACCI = _fibonacci(STREAM_KEYFRAMES)
 
 
 def _frames(container: Any, stream: Any) -> Any:
@@ -127,8 +239,7 @@ def _send(out: Any, frame: Any, stream: Any, job: dict[str, Any]) -> None:
         raise Refused("image_too_many_pixels", f"a frame of {frame.width}x{frame.height}")
     width, height = _fit(frame.width, frame.height, job["side"])
     rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-    time_s = float(frame.pts * stream.time_base) if frame.pts is not None and stream.time_base else None
-    _say(out, {"frame": {"time_s": time_s, "width": width, "height": height}}, rgb.tobytes())
+    _say(out, {"frame": {"time_s": _time(frame, stream), "width": width, "height": height}}, rgb.tobytes())
 
 
 def main() -> None:

@@ -55,10 +55,14 @@ class _Flight:
         self.data: bytes | None = None
         self.error: NsfwError | None = None
 
-    def land(self, body: IO[bytes]) -> None:
+    def land(self, body: IO[bytes], most: int) -> None:
+        """The bytes, for those who wait: in memory when they are at most `most` (an image's cap); a
+        larger body (a video) is not held in memory once per worker: they download it themselves."""
         if self.followers:  # a copy of the bytes only when someone waits for them
-            body.seek(0)
-            self.data = body.read()
+            body.seek(0, 2)
+            if body.tell() <= most:
+                body.seek(0)
+                self.data = body.read()
             body.seek(0)
         self.done.set()
 
@@ -66,13 +70,13 @@ class _Flight:
         self.error = error
         self.done.set()
 
-    def join(self, timeout: float) -> IO[bytes]:
+    def join(self, timeout: float) -> IO[bytes] | None:
+        """The shared bytes, or None when they were too large to share (download them yourself)."""
         if not self.done.wait(timeout):
             raise UpstreamTimeout("waited for the same URL's download in progress")
         if self.error is not None:
             raise type(self.error)(self.error.detail)
-        assert self.data is not None
-        return io.BytesIO(self.data)
+        return None if self.data is None else io.BytesIO(self.data)
 
 
 class Flow:
@@ -171,7 +175,10 @@ class Flow:
             # Waiting takes one of the caller's download slots, as a download would: a flood of one
             # slow URL still meets its caller's share (fast 503s), it just fetches once.
             with self.downloading(caller, host_of(url), self.settings.download_wait if wait is None else wait):
-                return flight.join(self.fetching.download_timeout if timeout is None else timeout)
+                joined = flight.join(self.fetching.download_timeout if timeout is None else timeout)
+            if joined is not None:
+                return joined
+            return self._download(url, caller, share, timeout=timeout, wait=wait)  # a video: its own copy
         try:
             body = self._download(url, caller, share, timeout=timeout, wait=wait)
         except NsfwError as exc:
@@ -180,7 +187,7 @@ class Flow:
         finally:
             with self._flights_lock:
                 del self._flights[shared]
-        flight.land(body)
+        flight.land(body, self.fetching.max_bytes)
         return body
 
     def _download(

@@ -18,7 +18,7 @@ from nsfw.cache import Entry as CacheEntry
 from nsfw.cache import ResultCache, sha256_of
 from nsfw.cache import key as result_key
 from nsfw.config import DecodeSettings, FetchSettings, FlowSettings, Settings, VideoSettings
-from nsfw.errors import ImageTooLarge, InvalidImage, InvalidVideo, NsfwError
+from nsfw.errors import ImageTooLarge, InvalidImage, InvalidVideo, NsfwError, UnsupportedMediaType
 from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_resolver
 from nsfw.imaging.budget import Limits
 from nsfw.imaging.decode import Deadline, decode_frames, harden_pillow
@@ -198,8 +198,13 @@ class PredictionService:
         spec = classifier.spec
         cache_key = None
         prediction = None
+        demuxer = is_video(image.body)
         if self.cache is not None:
             mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
+            if demuxer is not None:
+                # A video's result is its samples': a key of its own (an instance sampling otherwise,
+                # or one from before videos, never reads it as an image's).
+                mode = f"{mode}:video{self.settings.video_frames}"
             cache_key = result_key(TENANT.get(), image.sha256, spec.name, spec.version, mode)
             entry = self.cache.get(cache_key)
             if entry is not None:
@@ -207,7 +212,6 @@ class PredictionService:
         if prediction is None:
             # The pictures are made from the decoded frames only when a review may follow.
             pictures = review is not None and policy is not None and self.review_hook is not None
-            demuxer = is_video(image.body)
             if demuxer is not None:
                 prediction, fresh = self._infer_video(
                     classifier, image, demuxer, resize, deadline, cache_key, started, pictures, policy
@@ -327,7 +331,9 @@ class PredictionService:
         the worst frame, as for an animation."""
         spec = classifier.spec
         mode = resize or self.settings.resize
-        early = (policy or Policy.of(self.settings.verdicts)) if self.settings.video_early_stop else None
+        # The service's threshold, never a request's own: what is decoded must not depend on who asked.
+        early = Policy.of(self.settings.verdicts) if self.settings.video_early_stop else None
+        stopped = complete = False
         rows: list[dict[str, float]] = []
         times: list[float | None] = []
         made: dict[int, bytes | None] = {}
@@ -349,7 +355,9 @@ class PredictionService:
                     if pictures:
                         made[len(rows) - 1] = _picture_or_none(frame.image)
                     if early is not None and sum(rows[-1][n] for n in spec.adult_classes) >= early.adult_threshold:
+                        stopped = True
                         break  # the with block ends the decode
+                complete = decoding.complete
         except InvalidImage as exc:
             metrics.REFUSED_IMAGES.labels(exc.code).inc()
             raise
@@ -358,11 +366,20 @@ class PredictionService:
             raise InvalidVideo("no frame could be decoded")
         metrics.STAGE_DURATION.labels("decode", spec.name).observe(time.perf_counter() - begun - inferring)
         metrics.STAGE_DURATION.labels("inference", spec.name).observe(inferring)
+        # In time order (the decoder's second pass sends frames between its keyframes after them).
+        order = sorted(range(len(rows)), key=lambda n: (times[n] is None, times[n] or 0.0, n))
+        rows, times = [rows[n] for n in order], [times[n] for n in order]
+        made = {position: made[n] for position, n in enumerate(order) if n in made}
         if pictures and all(picture is not None for picture in made.values()):
             image.pictures = {index: picture for index, picture in made.items() if picture is not None}
         probabilities = np.array([[row[name] for name in spec.classes] for row in rows])
         chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
         entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts)
+        # Only a decode that sampled the whole video is remembered: one cut short (a deadline, a
+        # crashed or lying decoder) or stopped at an adult frame is not the answer for these bytes
+        # on another day (another load, another threshold), and must not be served as one.
+        if not complete or stopped:
+            return self._from_entry(classifier, entry, started, None), None
         if cache_key is not None and self.cache is not None:
             self.cache.remember(cache_key, entry)
         return self._from_entry(classifier, entry, started, None if cache_key is None else "miss"), entry
@@ -399,12 +416,13 @@ class PredictionService:
             return prediction
         decided = self._decide(prediction, image.body, policy)
         if review is not None and self.review_hook is not None:
-            decided = self.review_hook(decided, image, review, lambda: self._pictures(image, deadline))
+            count = decided.frame_count
+            decided = self.review_hook(decided, image, review, lambda: self._pictures(image, deadline, count))
         assert decided.verdict is not None
         metrics.PREDICTIONS.labels(spec.name, decided.verdict.label).inc()
         return decided
 
-    def _pictures(self, image: ImageBytes, deadline: float | None) -> dict[int, bytes] | None:
+    def _pictures(self, image: ImageBytes, deadline: float | None, count: int = 0) -> dict[int, bytes] | None:
         """The review item's pictures: each classified frame as a JPEG (longest side 256) by its
         index: made during the decode, or (a result from the cache) decoded again under the model
         lock and the decode limits like any decode; None when they cannot be made (an NsfwError
@@ -413,7 +431,7 @@ class PredictionService:
             return image.pictures
         demuxer = is_video(image.body)
         if demuxer is not None:
-            return self._video_pictures(image, demuxer, deadline)
+            return self._video_pictures(image, demuxer, deadline, count)
         with self.flow.computing(deadline):
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             try:
@@ -428,19 +446,27 @@ class PredictionService:
                 return None
         return dict(zip(made.indices, made.images, strict=True))
 
-    def _video_pictures(self, image: ImageBytes, demuxer: str, deadline: float | None) -> dict[int, bytes] | None:
-        """A video's pictures when its result came from the cache: its sampled frames decoded again
-        (the same samples, in the same order), off the model's lock."""
+    def _video_pictures(
+        self, image: ImageBytes, demuxer: str, deadline: float | None, count: int
+    ) -> dict[int, bytes] | None:
+        """A video's pictures when its result came from the cache (which holds only decodes that
+        sampled the whole video): its samples decoded again, the same frames, put in time order like
+        the judged ones; None unless there are exactly `count` of them."""
         try:
             with (
                 self.flow.decoding_video(deadline),
                 open_video(image.body, demuxer, self._video_limits(deadline)) as decoding,
             ):
-                made = {index: _picture_or_none(frame.image) for index, frame in enumerate(decoding.frames())}
+                frames = list(decoding.frames())
+                complete = decoding.complete
         except NsfwError as exc:
             log.warning("no thumbnail: %s %s", exc.code, exc.detail)
             return None
-        return None if any(picture is None for picture in made.values()) else made  # type: ignore[return-value]
+        frames.sort(key=lambda frame: (frame.time_s is None, frame.time_s or 0.0))
+        made = [_picture_or_none(frame.image) for frame in frames]
+        if not complete or len(made) != count or any(picture is None for picture in made):
+            return None
+        return {index: picture for index, picture in enumerate(made) if picture is not None}
 
     def _decide(self, prediction: Prediction, body: IO[bytes], policy: Policy) -> Prediction:
         """The tiers' verdict; the second tier's probability from a second model on the same bytes, or
@@ -448,6 +474,8 @@ class PredictionService:
         spec = prediction.model
 
         def ask(tiers: Tiers) -> float:
+            if prediction.video is not None:
+                raise UnsupportedMediaType("the second tier reads images, and this is a video")
             if tiers.second_model:
                 classifier = self.models.named(tiers.second_model)
                 scores = self.classify(classifier, body).scores

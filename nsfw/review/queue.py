@@ -239,11 +239,11 @@ class ReviewQueue:
                     reason=candidate.reason,
                     thumbnail=made.get(candidate.chosen_frame, next(iter(made.values()), None)),
                     frame_count=candidate.frame_count,
-                    frames=json.dumps(list(candidate.frames)) if len(candidate.frames) > 1 else None,
+                    frames=json.dumps(list(candidate.frames)) if _strip_kept(candidate) else None,
                     chosen_frame=candidate.chosen_frame,
                 )
             )
-            if len(candidate.frames) > 1:
+            if _strip_kept(candidate):
                 strip = [
                     {"review_id": review_id, "position": n, "frame_index": index, "thumbnail": made[index]}
                     for n, index in enumerate(sorted(made))
@@ -723,6 +723,12 @@ _ITEM_COLUMNS = (
 _PENDING_SINCE = func.coalesce(reviews.c.pending_since, reviews.c.created)
 
 
+def _strip_kept(candidate: Candidate) -> bool:
+    """Whether an item keeps its classified frames (their scores and pictures): an animation's, and a
+    video's even when one frame was judged (its time is what the moderator needs)."""
+    return len(candidate.frames) > 1 or any("time_s" in frame for frame in candidate.frames)
+
+
 def _involving(key_name: str) -> Any:
     """The item is one the key had a part in: it made it, or has a ref on it (JOINED included)."""
     return or_(
@@ -760,6 +766,7 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
         "frames": {
             "count": row.frame_count or 1,
             "chosen": row.chosen_frame or 0,
+            **({"video": True} if any("time_s" in frame for frame in classified) else {}),  # a video's samples
             "classified": [
                 {
                     "position": position,

@@ -13,6 +13,7 @@ from flask import Flask
 
 from nsfw.config import Settings
 from nsfw.fetch import Resolver, system_resolver
+from nsfw.imaging.video import sweep_copies
 from nsfw.model import Classifier, load_classifiers
 from nsfw.pipeline.service import PredictionService, build_service
 from nsfw.web import access, compat, landing, limits, observe, openapi, state
@@ -39,6 +40,7 @@ def create_app(
         settings = Settings.from_env(os.environ if environ is None else environ)
     _configure_logging(settings.log_level, settings.log_format)
     service = build_service(settings, resolver)
+    sweep_copies()  # video copies a killed worker left (nsfw/imaging/video.py)
     if isinstance(classifier, Sequence):
         service.models.set({c.spec.name: c for c in classifier})
     elif classifier is not None:

@@ -35,6 +35,8 @@ class Route:
     # The key's token may be the path's segment after /compat/<platform>/: the URL is all that
     # pict-rs and Pleroma can carry. The logs show that segment as REDACTED (redact_path).
     path_token: bool = False
+    # Its body may be a video (a raw video/* body or a multipart upload): NSFW_MAX_VIDEO_BYTES.
+    video: bool = False
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.path) if self.prefix else path == self.path
@@ -74,12 +76,14 @@ ROUTES: tuple[Route, ...] = (
     Route(PAGES_PATH + "/", prefix=True, scope=None, body=FIELDS, page=True),
     Route(PAGES_PATH, prefix=True, body=FIELDS, page=True),  # /reviewX: no route, but no big body either
     Route("/predict/batch", body=BATCH),
+    Route("/predict", video=True),
+    Route("/models/", prefix=True, video=True),  # /models/<name>/predict
     Route(LANDING_PATH, scope=None, body=FIELDS),  # what this service is, for an operator's first visit
     # Misskey's probe of its detector, open like /health; then Misskey's detect-images, a key in
     # Authorization: Bearer when keys are on.
     Route(MISSKEY_HEALTH_PATH, scope=None, limited=False, body=FIELDS, platform="misskey"),
     *_compat("misskey", body=UPLOADS),
-    *_compat("pictrs", path_token=True),  # the stored file's bytes, raw
+    *_compat("pictrs", path_token=True, video=True),  # the stored file's bytes, raw
     *_compat("nsfw_api", path_token=True, body=FIELDS),  # GET ?url=
     *_compat("discourse", body=FIELDS),  # JSON {"model", "content": URL}, X-API-KEY
 )
@@ -145,10 +149,11 @@ def body_limit(settings: Settings, path: str, mimetype: str) -> int:
         return settings.max_batch_bytes
     if mimetype.startswith("image/"):
         return settings.max_bytes
+    video_cap = settings.max_video_bytes if route_for(path).video else 0  # only where a video is taken
     if mimetype.startswith("video/"):
-        return settings.max_video_bytes
+        return video_cap or settings.max_request_bytes
     if mimetype == "multipart/form-data":  # an image, or a video
-        return max(settings.max_bytes, settings.max_video_bytes) + settings.max_request_bytes
+        return max(settings.max_bytes, video_cap) + settings.max_request_bytes
     if kind == BATCH:
         return settings.max_batch_bytes
     if mimetype == "application/json" or mimetype.startswith("application/") and mimetype.endswith("+json"):

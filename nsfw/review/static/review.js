@@ -53,17 +53,26 @@
     return element;
   }
 
-  // An animation: say so before anything else, and show every classified frame with its adult score,
-  // the one that decided the verdict marked (its picture is the big one).
+  // An animation or a video: say so before anything else, and show every classified frame with its
+  // adult score (a video's with its time), the one that decided the verdict marked (its picture is
+  // the big one).
+  function when(frame) {
+    return frame.time_s === null || frame.time_s === undefined ? "?" : frame.time_s.toFixed(1) + " s";
+  }
+
   function renderFrames(element, item) {
     const frames = item.frames;
     const note = field(element, "animation");
     const strip = field(element, "strip");
-    if (frames.count <= 1) { note.hidden = true; strip.hidden = true; return; }
+    if (frames.count <= 1 && !frames.video) { note.hidden = true; strip.hidden = true; return; }
     note.hidden = false;
-    note.textContent = "Animation: " + frames.count + " frames, " + frames.classified.length +
-      " classified. The picture is frame " + frames.chosen +
-      ", the one that decided the verdict; check every frame below before deciding.";
+    const decided = frames.classified.find(function (frame) { return frame.index === frames.chosen; });
+    note.textContent = frames.video
+      ? "Video: " + frames.classified.length + " sampled frames judged. The picture is the frame at " +
+        (decided ? when(decided) : "?") + ", the one that decided the verdict; check every frame below before deciding."
+      : "Animation: " + frames.count + " frames, " + frames.classified.length +
+        " classified. The picture is frame " + frames.chosen +
+        ", the one that decided the verdict; check every frame below before deciding.";
     field(element, "thumbnail").alt = "Image under review: the frame that decided the verdict";
     strip.hidden = false;
     strip.replaceChildren();
@@ -72,10 +81,10 @@
       const chosen = frame.index === frames.chosen;
       if (chosen) entry.className = "chosen";
       const picture = document.createElement("img");
-      picture.alt = "Frame " + frame.index;
+      picture.alt = frames.video ? "Frame at " + when(frame) : "Frame " + frame.index;
       picture.src = "/reviews/" + encodeURIComponent(item.id) + "/frames/" + frame.position;
       const caption = document.createElement("span");
-      caption.textContent = "frame " + frame.index + " · adult " + frame.adult.toFixed(3) +
+      caption.textContent = (frames.video ? when(frame) : "frame " + frame.index) + " · adult " + frame.adult.toFixed(3) +
         (chosen ? " · decided the verdict" : "");
       entry.append(picture, caption);
       strip.append(entry);

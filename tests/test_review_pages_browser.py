@@ -195,3 +195,39 @@ def test_a_moderators_hour(served: Gunicorn, browsers: Callable[[], WebDriver]) 
     )
     _shot(alice, "insights.png")
     _no_serious_violations(alice, "insights")
+
+
+def test_a_queued_video_says_it_is_one_and_shows_each_frames_time(
+    served: Gunicorn, browsers: Callable[[], WebDriver], image_server: ImageServer
+) -> None:
+    """A video in the queue: the note says "Video" and which frame decided, by its time; the strip
+    names every judged frame by its time, rendered in the page's own script, without an error."""
+    from PIL import Image
+
+    from scripts import hostile_videos as videos
+    from tests.support import corpus_bytes
+
+    safe = Image.open(__import__("io").BytesIO(corpus_bytes("grace_hopper.jpg")))
+    adult = Image.open(__import__("io").BytesIO(corpus_bytes("microaneurysms.png")))
+    clip = videos.marked_clip(safe, adult, (5.0, 6.0), codec="vp9", container="webm")
+    url = image_server.add_file("/clip.webm", clip, "video/webm")
+    request = urllib.request.Request(
+        f"{served.base}/predict?url={urllib.parse.quote(url)}&{STRICT}&ref=video-1", method="POST"
+    )
+    request.add_header("Authorization", f"Bearer {APP}")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        review_id = json.loads(answer.read())["review"]["id"]
+    bob = browsers()
+    _sign_in(bob, served.base, "bob", PASSWORDS["bob"])
+    _current(bob)
+    read = (
+        "const e = document.querySelector('[data-review-id=\"' + arguments[0] + '\"]');"
+        "return e && [e.querySelector('[data-field=\"animation\"]').textContent,"
+        " Array.from(e.querySelectorAll('[data-field=\"strip\"] li span')).map(s => s.textContent)];"
+    )
+    note, captions = WebDriverWait(bob, 10).until(lambda d: d.execute_script(read, review_id))
+    assert note.startswith("Video: ") and " s, the one that decided the verdict" in note, note
+    assert captions and all(caption.startswith("frame at ") for caption in captions), captions
+    assert any("decided the verdict" in caption for caption in captions)
+    errors = [entry for entry in bob.get_log("browser") if entry["source"] == "javascript"]
+    assert not errors, errors  # (the favicon's 401 is the network's, not the page's script)

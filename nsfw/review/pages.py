@@ -256,12 +256,28 @@ def ref_text(ref: dict[str, str]) -> str:
 
 
 def animation_note(item: dict[str, Any]) -> str:
-    """What a moderator must know of an animation before deciding: the picture is one frame of many."""
+    """What a moderator must know of an animation or a video before deciding: the picture is one
+    frame of many (a video's, sampled: said with its time)."""
     frames = item["frames"]
+    if frames.get("video"):
+        decided = next((f for f in frames["classified"] if f["index"] == frames["chosen"]), None)
+        at = frame_name(item, decided).removeprefix("Frame ") if decided else "?"
+        return (
+            f"Video: {len(frames['classified'])} sampled frames judged. The picture is the frame {at}, the one "
+            "that decided the verdict; check every frame below before deciding."
+        )
     return (
         f"Animation: {frames['count']} frames, {len(frames['classified'])} classified. The picture is frame "
         f"{frames['chosen']}, the one that decided the verdict; check every frame below before deciding."
     )
+
+
+def frame_name(item: dict[str, Any], frame: dict[str, Any]) -> str:
+    """A classified frame as the page names it: an animation's by its index, a video's by its time."""
+    if item["frames"].get("video"):
+        time_s = frame.get("time_s")
+        return "Frame at ?" if time_s is None else f"Frame at {time_s:.1f} s"
+    return f"Frame {frame['index']}"
 
 
 @bp.app_template_filter("age")
@@ -327,6 +343,7 @@ def install(app: Flask, settings: Settings) -> None:
     app.jinja_env.filters["iso"] = iso
     app.jinja_env.filters["ref_text"] = ref_text
     app.jinja_env.globals["animation_note"] = animation_note
+    app.jinja_env.globals["frame_name"] = frame_name
     app.register_error_handler(CSRFError, _csrf_failed)
     app.after_request(_headers)
     app.register_blueprint(bp)

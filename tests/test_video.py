@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
 import tempfile
 import time
@@ -18,6 +19,7 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
+from bench.harness import children
 from nsfw import create_app
 from nsfw.cache import Entry
 from nsfw.config import Settings, parse_api_keys
@@ -533,3 +535,40 @@ def test_a_copy_a_killed_worker_left_is_swept_at_the_next_start(settings: Settin
     finally:
         old.unlink(missing_ok=True)
         fresh.unlink(missing_ok=True)
+
+
+def test_on_real_gunicorn_a_decoder_killed_mid_decode_costs_its_request_a_clean_answer_only(
+    start_gunicorn: Callable[..., Gunicorn],
+) -> None:
+    """The child is SIGKILLed from outside while it decodes (a long clip with one keyframe: its second
+    pass decodes every frame): the request answers 200 on the frames it had, or a clean 4xx, and the
+    same workers go on serving."""
+    import threading
+
+    server = start_gunicorn({"NSFW_VIDEO_TIMEOUT": "15"})
+    workers = server.workers()
+    long_clip = videos.clip(lambda t: SAFE, seconds=20, fps=24, size=(854, 480), gop=100_000)
+    killed: list[int] = []
+
+    def kill_the_decoder() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not killed:
+            for worker in workers:
+                for child in children(worker):  # spawned by an app thread: found by its parent pid
+                    try:
+                        if "videochild" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                            os.kill(child, signal.SIGKILL)  # as soon as it is seen: mid-decode
+                            killed.append(child)
+                    except (OSError, ProcessLookupError):  # gone meanwhile
+                        continue
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_decoder)
+    killer.start()
+    status, body, _ = _raw(server, "/predict?detail=true", long_clip, "video/mp4")
+    killer.join()
+    assert killed, "the decoder was never seen"
+    assert status == 200 or (status == 422 and json.loads(body)["error"]["code"] == "invalid_video"), body
+    assert server.workers() == workers
+    status, body, _ = _raw(server, "/predict", corpus_bytes("grace_hopper.jpg"), "image/jpeg")
+    assert status == 200

@@ -419,6 +419,16 @@ def test_a_container_that_lies_about_its_duration_is_read_as_a_stream(client: Fl
     assert answer["video"]["duration_s"] is None  # not the lie
 
 
+def test_a_video_read_as_a_stream_is_read_from_its_start(settings: Settings, litert: Classifier) -> None:
+    """The check of its duration read the first seconds' packets, and the stream's keyframes were
+    counted from there: frames 0-2 s never judged (hidden by the early stop, seen without it)."""
+    client = create_app(replace(settings, video_early_stop=False), litert).test_client()
+    frames = videos.vp8_packets([SAFE, SAFE] + [ADULT] * 6)
+    answer = _post(client, videos.lying_duration(frames, duration_ms=1.0))
+    times = [frame["time_s"] for frame in answer["frames"]["classified"]]
+    assert times == [0.0, 1.0, 2.0, 3.0, 5.0]  # the keyframes at Fibonacci positions 0, 1, 2, 3, 5
+
+
 def test_frames_without_timestamps_are_each_judged(client: FlaskClient) -> None:
     """FFmpeg gives laced frames no timestamp; deduplicated by their (absent) pts, 8 frames were one."""
     frames = videos.vp8_packets([SAFE, SAFE] + [ADULT] * 6)

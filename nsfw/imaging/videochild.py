@@ -63,7 +63,36 @@ def run(job: dict[str, Any], out: Any) -> None:
         raise
 
     av.logging.set_level(av.logging.PANIC)  # FFmpeg's own lines would go to stderr, unbounded
-    container = av.open(
+    container = _open(av, job)
+    try:
+        stream, info = _checked(av, container, job)
+        duration = info["duration_s"]
+        if duration is not None and not _duration_holds(container, stream, duration):
+            # The container lied about its length: read it as a stream, from its start. Opened again:
+            # the check read on from the end it said, and a seek to 0 in a file without cues may land
+            # on its last cluster at time 0.
+            container.close()
+            container = _open(av, job)
+            stream, info = _checked(av, container, job)
+            duration = info["duration_s"] = None
+        # Open, the copy needs no name: gone from the folder now, it is freed when this process ends,
+        # however it ends (its worker killed too: this process dies on its broken pipe).
+        os.unlink(job["path"])
+        _say(out, {"info": info})
+        sampler = _Sampler(out, stream, job)
+        if duration and duration > 0:
+            sampler.by_seeking(container, duration)
+        else:
+            sampler.as_stream(container)
+    finally:
+        container.close()
+    _say(out, {"end": True})
+
+
+def _open(av: Any, job: dict[str, Any]) -> Any:
+    """The file, with the one demuxer named (never probed), only the file protocol, only the allowed
+    decoders; the decoders FFmpeg opens to probe the streams refuse a frame past the limit themselves."""
+    return av.open(
         job["path"],
         format=job["format"],
         container_options={
@@ -72,47 +101,39 @@ def run(job: dict[str, Any], out: Any) -> None:
             "probesize": "5000000",
             "analyzeduration": "5000000",
         },
-        # The decoders FFmpeg opens to probe the streams refuse a frame past the limit themselves.
         stream_options=[{"max_pixels": str(job["max_pixels"]), "threads": "1"}],
         metadata_errors="ignore",
     )
-    # Open, the copy needs no name: gone from the folder now, it is freed when this process ends,
-    # however it ends (its worker killed too: this process dies on its broken pipe).
-    os.unlink(job["path"])
-    with container:
-        if len(container.streams) > job["max_streams"]:
-            raise Refused("video_too_complex", f"{len(container.streams)} streams")
-        if not container.streams.video:
-            raise Refused("invalid_video", "no video stream")
-        stream = container.streams.video[0]
-        context = stream.codec_context
-        codec = context.codec.canonical_name  # the format (av1), not the decoder FFmpeg chose (libdav1d)
-        if codec not in job["codecs"]:
-            raise Refused("unsupported_media_type", f"codec {codec}")
-        width, height = context.width or 0, context.height or 0
-        if width * height > job["max_pixels"]:
-            raise Refused("image_too_many_pixels", f"declared {width}x{height}")
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        if duration is not None and duration > job["max_seconds"]:
-            raise Refused("video_too_long", f"{duration:.1f} s")
-        context.thread_count = 1
-        # The decoder refuses a frame past the limit as it allocates it (avcodec's max_pixels), before
-        # _send's check of what it made: a container may declare a small size and carry a huge one.
-        context.options = {"max_pixels": str(job["max_pixels"])}
-        if duration is not None and not _duration_holds(container, stream, duration):
-            duration = None  # the container lied about its length: read it as a stream
-        info = {"duration_s": duration, "width": width, "height": height, "codec": codec, "format": job["format"]}
-        _say(out, {"info": info})
-        sampler = _Sampler(out, stream, job)
-        if duration and duration > 0:
-            sampler.by_seeking(container, duration)
-        else:
-            sampler.as_stream(container)
-    _say(out, {"end": True})
+
+
+def _checked(av: Any, container: Any, job: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The video stream, its decoder set up (one thread, max_pixels), and the container's facts,
+    after what the container declares was checked against the limits."""
+    if len(container.streams) > job["max_streams"]:
+        raise Refused("video_too_complex", f"{len(container.streams)} streams")
+    if not container.streams.video:
+        raise Refused("invalid_video", "no video stream")
+    stream = container.streams.video[0]
+    context = stream.codec_context
+    codec = context.codec.canonical_name  # the format (av1), not the decoder FFmpeg chose (libdav1d)
+    if codec not in job["codecs"]:
+        raise Refused("unsupported_media_type", f"codec {codec}")
+    width, height = context.width or 0, context.height or 0
+    if width * height > job["max_pixels"]:
+        raise Refused("image_too_many_pixels", f"declared {width}x{height}")
+    duration = None
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / av.time_base
+    if duration is not None and duration > job["max_seconds"]:
+        raise Refused("video_too_long", f"{duration:.1f} s")
+    context.thread_count = 1
+    # The decoder refuses a frame past the limit as it allocates it (avcodec's max_pixels), before
+    # _send's check of what it made: a container may declare a small size and carry a huge one.
+    context.options = {"max_pixels": str(job["max_pixels"])}
+    info = {"duration_s": duration, "width": width, "height": height, "codec": codec, "format": job["format"]}
+    return stream, info
 
 
 def _time(frame: Any, stream: Any) -> float | None:

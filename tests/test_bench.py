@@ -197,6 +197,15 @@ def test_the_video_cost_runs_as_documented(tmp_path: Path) -> None:
     assert result["image_p50_ms_before_checkout"] > 0 and result["image_p50_ms_after_videos"] > 0
 
 
+@pytest.mark.slow
+def test_the_hostile_videos_table_runs_as_documented(tmp_path: Path) -> None:
+    out = tmp_path / "hostile_videos.json"
+    result = _run_bench("bench.hostile_videos", ["--rounds", "1", "--json", str(out)], out)
+    assert result["_left_behind"] == []
+    assert result["many_streams.webm"]["code"] == "video_too_complex"
+    assert result["one_keyframe.mp4"]["verdict"] == "adult"
+
+
 def test_held_by_names_the_client_ports_a_process_accepted() -> None:
     """bench.faults tells a /health probe that died with the worker SIGKILL took (its connection was
     that worker's) from a failure to answer: the ports come from /proc, as for the decisions."""

@@ -582,3 +582,28 @@ def test_on_real_gunicorn_a_decoder_killed_mid_decode_costs_its_request_a_clean_
     assert server.workers() == workers
     status, body, _ = _raw(server, "/predict", corpus_bytes("grace_hopper.jpg"), "image/jpeg")
     assert status == 200
+
+
+def test_a_container_that_says_it_is_far_longer_is_read_as_a_stream(client: FlaskClient) -> None:
+    """3,500 s said for 8 s: every sample's seek found the last keyframe (7 s, safe), one frame judged,
+    safe, for 7 s of adult before it."""
+    frames = videos.vp8_packets([ADULT] * 7 + [SAFE])
+    answer = _post(client, videos.lying_duration(frames, duration_ms=3_500_000.0))
+    assert answer["status"] == 200 and answer["verdict"]["label"] == "adult", answer
+    assert answer["video"]["duration_s"] is None
+
+
+def test_a_video_cut_short_says_so_and_is_never_answered_safe(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decode that runs out of time after safe frames answered 200 safe with no sign that samples
+    were left unjudged (a hostile file can be made slow on purpose): now `cut_short`, and unknown, for
+    a human, where the judged frames alone would say safe."""
+    from tests.support import FakeClassifier
+
+    monkeypatch.setattr(video, "_CHILD", _fake_child(tmp_path, FRAME + "time.sleep(60)\n"))
+    calm = FakeClassifier(probabilities=(0.0, 0.0, 1.0, 0.0, 0.0))  # neutral: safe
+    client = create_app(replace(settings, video_timeout=1.0), calm).test_client()
+    answer = _post(client, _marked())
+    assert answer["status"] == 200 and answer["video"]["cut_short"] is True
+    assert answer["verdict"]["label"] == "unknown" and "cut short" in answer["verdict"]["reason"]

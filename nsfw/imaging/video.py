@@ -204,7 +204,7 @@ class VideoDecode:
             try:
                 message = self._message()
                 if message is not None and "end" in message:
-                    self.complete = True
+                    self.complete = not message.get("partial")  # the child left samples unjudged
                     return
                 if message is None:  # the child ended without saying so: cut short
                     raise InvalidVideo("the decoder ended before its last frame")

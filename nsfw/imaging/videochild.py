@@ -86,7 +86,7 @@ def run(job: dict[str, Any], out: Any) -> None:
             sampler.as_stream(container)
     finally:
         container.close()
-    _say(out, {"end": True})
+    _say(out, {"end": True, "partial": sampler.partial})
 
 
 def _open(av: Any, job: dict[str, Any]) -> Any:
@@ -148,16 +148,25 @@ def _duration_holds(container: Any, stream: Any, duration: float) -> bool:
         return False
     container.seek(int(duration / stream.time_base), stream=stream, backward=True, any_frame=False)
     slack = max(1.0, duration * 0.05)
+    last = None
     for count, packet in enumerate(container.demux(stream)):
-        if packet.pts is not None and float(packet.pts * stream.time_base) > duration + slack:
-            return False
-        if count >= 64:
-            break
-    return True
+        if packet.pts is not None:
+            last = float(packet.pts * stream.time_base)
+            if last > duration + slack:
+                return False  # it goes on well past its end
+        if count >= HOLDS_PACKETS:
+            return True  # still going near its end
+    # The file ended: near where it said? (3500 s said for 8 s had every sample seek to its last keyframe.)
+    return last is not None and last >= duration - slack
 
 
 # Keyframes a stream without a trusted duration may make the child read, at most (each decoded).
 STREAM_KEYFRAMES = 2000
+# Packets read from a seek to the declared end to see whether the video ends there (demuxed, not decoded).
+HOLDS_PACKETS = 5000
+# Frames the second pass may decode (it decodes every frame from a sparse keyframe on); past them the
+# decode ends, said to be partial.
+SECOND_PASS_FRAMES = 3000
 
 
 class _Sampler:
@@ -167,6 +176,7 @@ class _Sampler:
         self.out, self.stream, self.job = out, stream, job
         self.sent: set[object] = set()
         self.count = 0
+        self.partial = False  # samples left unjudged: the answer says so
 
     def send(self, frame: Any, identity: object) -> None:
         if identity in self.sent or self.count >= self.job["frames"]:
@@ -204,17 +214,18 @@ class _Sampler:
             return
         context.skip_frame = "DEFAULT"
         container.seek(int(uncovered[0] / stream.time_base), stream=stream, backward=True, any_frame=False)
-        for frame in _frames(container, stream):
+        for decoded, frame in enumerate(_frames(container, stream)):
             time_s = _time(frame, stream)
+            if decoded >= SECOND_PASS_FRAMES or self._too_late(time_s):
+                break
             if time_s is None:
                 continue
-            if self._too_late(time_s):
-                break
             if time_s >= uncovered[0] - spacing / 2:
                 self.send(frame, ("pts", frame.pts))
                 uncovered = [target for target in uncovered if target - spacing / 2 > time_s]
             if not uncovered or self.count >= self.job["frames"]:
                 break
+        self.partial = bool(uncovered) and self.count < self.job["frames"]
 
     def as_stream(self, container: Any) -> None:
         """No duration to trust (a live stream's WebM, or a container that lied): keyframes in file

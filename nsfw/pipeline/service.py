@@ -364,6 +364,8 @@ class PredictionService:
         if not rows:
             metrics.REFUSED_IMAGES.labels(InvalidVideo.code).inc()
             raise InvalidVideo("no frame could be decoded")
+        if not complete and not stopped:
+            facts["cut_short"] = True  # samples left unjudged (a deadline, a failing decoder): said
         metrics.STAGE_DURATION.labels("decode", spec.name).observe(time.perf_counter() - begun - inferring)
         metrics.STAGE_DURATION.labels("inference", spec.name).observe(inferring)
         # In time order (the decoder's second pass sends frames between its keyframes after them).
@@ -488,6 +490,16 @@ class PredictionService:
             log.info("second tier -> %s: %s", exc.code, exc.detail)
 
         decided = self.tiers.decide(policy, prediction.scores, spec.adult_classes, spec.safe_classes, ask, failed)
+        verdict = decided.verdict
+        if prediction.video and prediction.video.get("cut_short") and verdict.label == "safe":
+            # What was not judged may be what matters: a human looks (a hostile file can make the
+            # decoder run out of time on purpose, after safe frames).
+            verdict = Verdict(
+                "unknown",
+                f"{verdict.reason}, but the video was cut short after {len(prediction.frame_scores)} sampled "
+                "frames: for human review",
+            )
+            return replace(prediction, verdict=verdict, tier=decided.tier, second_tier=decided.second_tier)
         return replace(prediction, verdict=decided.verdict, tier=decided.tier, second_tier=decided.second_tier)
 
     def predict_url(self, url: str, ask: Ask) -> Prediction:

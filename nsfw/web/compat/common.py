@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from flask import Response, g
 
 from nsfw import metrics
-from nsfw.config import Settings
 from nsfw.errors import ModelNotServed
 from nsfw.model.specs import GANTMAN_CLASSES
 from nsfw.pipeline.service import Ask, Prediction, ReviewContext
@@ -90,7 +89,3 @@ def human_probability(prediction: Prediction) -> float | None:
 def count(platform: str, outcome: str) -> None:
     """One image's outcome (adult, unknown, safe) or one error's code, by platform."""
     metrics.PLATFORM_ANSWERS.labels(platform, outcome).inc()
-
-
-def enabled(settings: Settings, platform: str) -> bool:
-    return platform in settings.compat

@@ -650,3 +650,15 @@ def test_a_video_of_an_unread_codec_is_skipped_by_discourse_and_unsupported_for_
         content_type="multipart/form-data",
     )
     assert answer.json["result"]["results"][0]["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+
+
+def test_misskey_refuses_a_part_whose_name_cannot_be_read_without_a_500(settings: Settings) -> None:
+    """schemathesis sent a part named `"a\\"` (its closing quote escaped): Werkzeug names it None, and
+    the refusal's message sliced None (a 500)."""
+    client = create_app(settings, FakeClassifier()).test_client()
+    boundary = "ad01973294092a219fa5a9d7f8652eeb"
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="a\\"\r\n\r\nx\r\n--{boundary}--\r\n'.encode()
+    answer = client.post(
+        "/compat/misskey/v1/detect-images", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
+    assert answer.status_code == 400 and answer.json["error"]["code"] == "INVALID_REQUEST"

@@ -97,7 +97,8 @@ def detect_images() -> Response:
 def _detect(images: list[FileStorage], fields: list[str]) -> Response:
     service = state.service()
     if fields:
-        return _failure(400, "INVALID_REQUEST", f"part is not a file: {fields[0][:64]}")
+        # A part's name may be none at all (Werkzeug's None for a malformed Content-Disposition).
+        return _failure(400, "INVALID_REQUEST", f"part is not a file: {str(fields[0])[:64]}")
     if len(request.files.keys()) != len(images):  # Werkzeug groups a name's parts: their order is lost
         return _failure(400, "INVALID_REQUEST", "two parts have the same name")
     if not images:

@@ -119,15 +119,30 @@ class Prediction:
     frame_times: list[float | None] | None = None
     video: dict[str, Any] | None = None
 
+    def classified(self) -> list[dict[str, Any]]:
+        """Each classified frame: its index and scores, and a video's its time (seconds from the start),
+        as the detailed answer and the review item show them."""
+        times = self.frame_times or [None] * len(self.frame_indices)
+        frames: list[dict[str, Any]] = []
+        for index, scores, time_s in zip(self.frame_indices, self.frame_scores, times, strict=True):
+            if self.video is None:
+                frames.append({"index": index, "scores": scores})
+            else:
+                frames.append({"index": index, "time_s": time_s, "scores": scores})
+        return frames
+
 
 class ImageBytes:
     """One image's bytes as the pipeline holds them, with what it learnt of them once, for whoever
-    comes after: their sha256 (the result cache's key, the review queue's memory) and, when a review
-    may follow, the picture of each classified frame, made from the frames the model saw."""
+    comes after: their sha256 (the result cache's key, the review queue's memory), the demuxer of a
+    video (sniffed once) and, when a review may follow, the picture of each classified frame, made
+    from the frames the model saw."""
 
     def __init__(self, body: IO[bytes]) -> None:
         self.body = body
         self._sha256: str | None = None
+        self._demuxer: str | None = None
+        self._sniffed = False
         # {frame index: JPEG}, made while the frames were decoded for the model (None: not made).
         self.pictures: dict[int, bytes] | None = None
 
@@ -136,6 +151,13 @@ class ImageBytes:
         if self._sha256 is None:
             self._sha256 = sha256_of(self.body)
         return self._sha256
+
+    @property
+    def demuxer(self) -> str | None:
+        """The demuxer of a video these bytes are (None for an image); a 415 for a video not read."""
+        if not self._sniffed:
+            self._demuxer, self._sniffed = is_video(self.body), True
+        return self._demuxer
 
 
 # The review queue's one entry point, wired in by create_app (nsfw/review/): the decided prediction,
@@ -198,7 +220,7 @@ class PredictionService:
         spec = classifier.spec
         cache_key = None
         prediction = None
-        demuxer = is_video(image.body)
+        demuxer = image.demuxer
         if self.cache is not None:
             mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
             if demuxer is not None:
@@ -431,9 +453,8 @@ class PredictionService:
         when the model stays busy or the deadline passes)."""
         if image.pictures is not None:
             return image.pictures
-        demuxer = is_video(image.body)
-        if demuxer is not None:
-            return self._video_pictures(image, demuxer, deadline, count)
+        if image.demuxer is not None:
+            return self._video_pictures(image, image.demuxer, deadline, count)
         with self.flow.computing(deadline):
             decode_deadline = time.monotonic() + self.settings.decode_timeout
             try:

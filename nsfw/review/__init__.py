@@ -164,7 +164,7 @@ class Reviewer:
             verdict=prediction.verdict.label,
             reason=prediction.verdict.reason,
             frame_count=prediction.frame_count,
-            frames=_frames(prediction),
+            frames=prediction.classified(),
             chosen_frame=prediction.frame_indices[prediction.chosen],
         )
         queued = self.queue.enqueue(candidate, pictures, self.gate.run)
@@ -284,15 +284,3 @@ def _poster(fetcher: Fetcher) -> Callable[[str, bytes, dict[str, str], float], i
         return fetcher.deliver(url, body, headers=headers, timeout=timeout)
 
     return post
-
-
-def _frames(prediction: Prediction) -> list[dict[str, Any]]:
-    """Each classified frame's index and scores; a video's also its time (seconds from its start)."""
-    times = prediction.frame_times or [None] * len(prediction.frame_indices)
-    frames: list[dict[str, Any]] = []
-    for index, scores, time_s in zip(prediction.frame_indices, prediction.frame_scores, times, strict=True):
-        frame: dict[str, Any] = {"index": index, "scores": scores}
-        if prediction.video is not None:
-            frame["time_s"] = time_s
-        frames.append(frame)
-    return frames

@@ -244,17 +244,10 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     if prediction.video is not None:
         answer["video"] = prediction.video
     if prediction.frame_count > 1 or prediction.video is not None:
-        times = prediction.frame_times or [None] * len(prediction.frame_indices)
-        classified: list[dict[str, Any]] = []
-        for index, scores, time_s in zip(prediction.frame_indices, prediction.frame_scores, times, strict=True):
-            frame: dict[str, Any] = {"index": index, "scores": scores}
-            if prediction.video is not None:  # a video's frames say when they are
-                frame = {"index": index, "time_s": time_s, "scores": scores}
-            classified.append(frame)
         answer["frames"] = {
             "count": prediction.frame_count,
             "chosen": prediction.frame_indices[prediction.chosen],
-            "classified": classified,
+            "classified": prediction.classified(),
         }
     return answer
 

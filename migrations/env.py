@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from alembic import context
 
-from nsfw.review.tables import metadata
+import nsfw.matching.tables  # noqa: F401 - its tables join the metadata
+import nsfw.review.tables  # noqa: F401
 from nsfw.store.engine import make_engine
+from nsfw.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

@@ -60,16 +60,24 @@ class Entry:
     # A video's: each classified frame's time in seconds, and the container's facts.
     frame_times: list[float | None] | None = None
     video: dict[str, Any] | None = None
+    # Each classified frame's PDQ hashes (nsfw/matching/pdq.FrameHashes.to_json), when the instance
+    # that classified it matches near-duplicates; None otherwise.
+    hashes: list[Any] | None = None
 
     def to_json(self) -> str:
-        fields = [self.frame_indices, self.frame_scores, self.chosen, self.frame_count]
-        return json.dumps(fields if self.video is None else [*fields, self.frame_times, self.video])
+        fields: list[Any] = [self.frame_indices, self.frame_scores, self.chosen, self.frame_count]
+        if self.video is not None or self.hashes is not None:
+            fields += [self.frame_times, self.video]
+        if self.hashes is not None:
+            fields.append(self.hashes)
+        return json.dumps(fields)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Entry:
-        indices, scores, chosen, count, *video = json.loads(raw)
-        times, facts = video if len(video) == 2 else (None, None)
-        return cls(list(indices), list(scores), int(chosen), int(count), times, facts)
+        indices, scores, chosen, count, *rest = json.loads(raw)
+        times, facts = rest[:2] if len(rest) >= 2 else (None, None)
+        hashes = rest[2] if len(rest) >= 3 else None
+        return cls(list(indices), list(scores), int(chosen), int(count), times, facts, hashes)
 
 
 def key(tenant: str, sha256: str, model: str, version: str, resize: str) -> str:

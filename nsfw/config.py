@@ -47,9 +47,9 @@ class ConfigError(ValueError):
     """A setting is wrong; raised at boot, before any request is served."""
 
 
-# What a key may be used for: `predict` (every prediction and catalogue route) and `review` (the
-# review queue, a later part of the service). A key without scopes has `predict`.
-SCOPES = ("predict", "review")
+# What a key may be used for: `predict` (every prediction and catalogue route), `review` (the review
+# queue) and `banks` (the matcher's hash banks). A key without scopes has `predict`.
+SCOPES = ("predict", "review", "banks")
 _KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # URL-safe base64, as `python -m nsfw keys new` makes them; at least 32 characters (192 bits).
 _KEY_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,512}")
@@ -624,6 +624,28 @@ class ReviewSettings:
         ]
 
 
+@dataclass(frozen=True)
+class MatchSettings:
+    """The near-duplicate matcher (nsfw/matching/): PDQ hashes of every classified frame, looked up
+    against human decisions and hash banks. On with the review queue, whose store holds them."""
+
+    # Match near-duplicates (resized, re-encoded, flipped, cropped copies) of decided images and of
+    # bank signals; false: exact bytes only, and no hashing.
+    match: bool = True
+    # The largest PDQ distance (of 256 bits) that matches; 31 is PDQ's usual threshold. A bank may
+    # set its own.
+    match_distance: int = 31
+    # Frames (and signals) whose PDQ quality is below this neither match nor are matched: a flat or
+    # tiny image's hash says little.
+    match_min_quality: int = 50
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        return [
+            ("match_distance", 0 <= self.match_distance <= 128, "must be 0..128 (of 256 bits)"),
+            ("match_min_quality", 0 <= self.match_min_quality <= 100, "must be 0..100"),
+        ]
+
+
 G = TypeVar("G")
 
 
@@ -635,7 +657,8 @@ def _view(settings: Settings, group: type[G]) -> G:
 @dataclass(frozen=True)
 class Settings(
     # Last first: a dataclass takes its bases' fields from the last base on, so fields(Settings), the
-    # order variables are read and checked in, runs from the runtime to the review queue.
+    # order variables are read and checked in, runs from the runtime to the matcher.
+    MatchSettings,
     ReviewSettings,
     StoreSettings,
     CacheSettings,
@@ -667,6 +690,10 @@ class Settings(
     @property
     def video(self) -> VideoSettings:
         return _view(self, VideoSettings)
+
+    @property
+    def matching(self) -> MatchSettings:
+        return _view(self, MatchSettings)
 
     @property
     def flow(self) -> FlowSettings:
@@ -772,6 +799,7 @@ GROUPS = (
     CacheSettings,
     StoreSettings,
     ReviewSettings,
+    MatchSettings,
 )
 
 

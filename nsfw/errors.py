@@ -72,6 +72,18 @@ class InvalidLabel(BadRequest):
     message = 'The decision needs {"label": "adult" | "safe"}, and a note, if any, as a string.'
 
 
+class InvalidBank(BadRequest):
+    code = "invalid_bank"
+    message = (
+        'A bank needs {"name": 1-64 of A-Z a-z 0-9 _ . -, "label": "adult" | "safe"}, and "distance" 0..128 if any.'
+    )
+
+
+class InvalidSignals(BadRequest):
+    code = "invalid_signals"
+    message = "The signals are not PDQ hashes (64 hex digits, one a line, with optional ,quality,note; or JSON Lines)."
+
+
 class InvalidJson(BadRequest):
     code = "invalid_json"
     message = "The body is not valid JSON (duplicate keys, NaN, Infinity and very deep nesting are refused)."
@@ -156,6 +168,12 @@ class NotDecided(NsfwError):
     status = 409
     code = "not_decided"
     message = "This item has no decision to revert."
+
+
+class BankExists(NsfwError):
+    status = 409
+    code = "bank_exists"
+    message = "A bank of this name exists; delete it first, or add signals to it."
 
 
 class PendingTwin(NsfwError):

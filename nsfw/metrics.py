@@ -79,6 +79,24 @@ WEBHOOK_DELIVERIES = Counter(
     "nsfw_webhook_deliveries_total", "Webhook attempts, by outcome (delivered, retried, failed).", ["outcome"]
 )
 
+# The near-duplicate matcher (nsfw/matching/).
+MATCH_SIGNALS = Gauge(
+    "nsfw_match_signals",
+    "Signals in each worker's match index (decisions' and banks' hashes), by worker.",
+    multiprocess_mode="liveall",
+)
+MATCHES = Counter(
+    "nsfw_matches_total",
+    "Verdicts a match changed, by what matched (human, bank) and the label it gave (adult, safe, unknown).",
+    ["source", "label"],
+)
+MATCH_ERRORS = Counter(
+    "nsfw_match_errors_total", "Index follows that failed (the index stays as it was until the next).", ["operation"]
+)
+RETROACTIVE_DECISIONS = Counter(
+    "nsfw_review_retroactive_total", "Pending items decided with a near-duplicate's decision, by label.", ["label"]
+)
+
 CACHE_LOOKUPS = Counter(
     "nsfw_cache_lookups_total",
     "Result cache lookups, by layer (memory, redis; all for a miss) and outcome.",

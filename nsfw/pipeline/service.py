@@ -25,6 +25,7 @@ from nsfw.imaging.decode import Deadline, decode_frames, harden_pillow
 from nsfw.imaging.recipes import model_input
 from nsfw.imaging.thumbnail import frame_thumbnails, picture
 from nsfw.imaging.video import VideoLimits, is_video, open_video, sniff
+from nsfw.matching.pdq import FrameHashes, frame_hashes
 from nsfw.model import Classifier
 from nsfw.model.registry import Registry
 from nsfw.model.specs import NSFWJS, ModelSpec
@@ -118,6 +119,11 @@ class Prediction:
     # A video's: each classified frame's time in seconds, and {"duration_s", "width", "height", "codec"}.
     frame_times: list[float | None] | None = None
     video: dict[str, Any] | None = None
+    # Each classified frame's PDQ hashes, when the service matches near-duplicates (service.hashing).
+    hashes: list[FrameHashes] | None = None
+    # What a near-duplicate match decided ({"distance", "review"} or {"distance", "bank"}), for the
+    # detailed answer.
+    match: dict[str, Any] | None = None
 
     def classified(self) -> list[dict[str, Any]]:
         """Each classified frame: its index and scores, and a video's its time (seconds from the start),
@@ -176,6 +182,18 @@ def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probab
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 
+def _hashes(entry: CacheEntry) -> list[FrameHashes] | None:
+    """An entry's hashes, None when it has none or they cannot be read (an entry from Redis written
+    by another version: the image is then not matched, never failed)."""
+    if entry.hashes is None:
+        return None
+    try:
+        return [FrameHashes.from_json(raw) for raw in entry.hashes]
+    except (TypeError, ValueError) as exc:
+        log.warning("cache entry with unreadable hashes: %s", exc)
+        return None
+
+
 def _picture_or_none(frame: Image.Image) -> bytes | None:
     try:
         return picture(frame)
@@ -198,6 +216,9 @@ class PredictionService:
         self.review_hook: ReviewHook | None = None
         # The result cache (NSFW_CACHE_SIZE, NSFW_REDIS_URL); None when off.
         self.cache: ResultCache | None = None
+        # Whether each classified frame is hashed (PDQ) for the near-duplicate matcher: on with the
+        # review queue (nsfw/review install), whose hook looks the hashes up.
+        self.hashing = False
 
     def fetch(
         self, url: str, caller: str, share: RequestShare, *, timeout: float | None = None, wait: float | None = None
@@ -229,7 +250,8 @@ class PredictionService:
                 mode = f"{mode}:video{self.settings.video_frames}"
             cache_key = result_key(TENANT.get(), image.sha256, spec.name, spec.version, mode)
             entry = self.cache.get(cache_key)
-            if entry is not None:
+            if entry is not None and (entry.hashes is not None or not self.hashing):
+                # (An entry without hashes, from an instance that does not match, is classified again.)
                 prediction = self._from_entry(classifier, entry, started)
         if prediction is None:
             # The pictures are made from the decoded frames only when a review may follow.
@@ -287,12 +309,11 @@ class PredictionService:
             # deadline still bounds the batch: every wait after this checks it again).
             limit = Deadline(decode_deadline if deadline is None else min(deadline, decode_deadline))
 
-            def convert(frame: Image.Image) -> tuple[np.ndarray, bytes | None]:
-                if not pictures:
-                    return model_input(frame, spec, mode), None
+            def convert(frame: Image.Image) -> tuple[np.ndarray, bytes | None, FrameHashes | None]:
                 made = model_input(frame, spec, mode)
-                with limit.aside():
-                    return made, _picture_or_none(frame)
+                with limit.aside():  # not the decode's work either
+                    hashed = frame_hashes(frame) if self.hashing else None
+                    return made, _picture_or_none(frame) if pictures else None, hashed
 
             image.body.seek(0)
             try:
@@ -315,7 +336,8 @@ class PredictionService:
             metrics.STAGE_DURATION.labels("inference", spec.name).observe(time.perf_counter() - decoded)
             per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
             chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
-            entry = CacheEntry(list(frames.indices), per_frame, chosen, frames.total)
+            hashes = [made[2].to_json() for made in frames.images if made[2] is not None] if self.hashing else None
+            entry = CacheEntry(list(frames.indices), per_frame, chosen, frames.total, hashes=hashes)
             if cache_key is not None and self.cache is not None:
                 # This worker's layer, before the model is free: the next request for these bytes finds it.
                 self.cache.remember(cache_key, entry)
@@ -357,6 +379,7 @@ class PredictionService:
         early = Policy.of(self.settings.verdicts) if self.settings.video_early_stop else None
         stopped = complete = False
         rows: list[dict[str, float]] = []
+        hashed: list[FrameHashes] = []
         times: list[float | None] = []
         made: dict[int, bytes | None] = {}
         begun = time.perf_counter()
@@ -374,6 +397,8 @@ class PredictionService:
                         inferring += time.perf_counter() - ready
                     rows.append({name: float(p) for name, p in zip(spec.classes, row, strict=True)})
                     times.append(frame.time_s)
+                    if self.hashing:
+                        hashed.append(frame_hashes(frame.image))
                     if pictures:
                         made[len(rows) - 1] = _picture_or_none(frame.image)
                     if early is not None and sum(rows[-1][n] for n in spec.adult_classes) >= early.adult_threshold:
@@ -393,12 +418,13 @@ class PredictionService:
         # In time order (the decoder's second pass sends frames between its keyframes after them).
         order = sorted(range(len(rows)), key=lambda n: (times[n] is None, times[n] or 0.0, n))
         rows, times = [rows[n] for n in order], [times[n] for n in order]
+        hashes = [hashed[n].to_json() for n in order] if self.hashing else None
         made = {position: made[n] for position, n in enumerate(order) if n in made}
         if pictures and all(picture is not None for picture in made.values()):
             image.pictures = {index: picture for index, picture in made.items() if picture is not None}
         probabilities = np.array([[row[name] for name in spec.classes] for row in rows])
         chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
-        entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts)
+        entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts, hashes)
         # Only a decode that sampled the whole video is remembered: one cut short (a deadline, a
         # crashed or lying decoder) or stopped at an adult frame is not the answer for these bytes
         # on another day (another load, another threshold), and must not be served as one.
@@ -423,6 +449,7 @@ class PredictionService:
             cache=cache,
             frame_times=entry.frame_times,
             video=entry.video,
+            hashes=_hashes(entry),
         )
 
     def _finish(

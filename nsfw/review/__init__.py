@@ -35,6 +35,9 @@ from nsfw.breaker import Breaker
 from nsfw.config import Settings
 from nsfw.errors import NsfwError, ReviewProblem, ReviewRefsFull, ReviewStoreFailed
 from nsfw.fetch import Fetcher
+from nsfw.matching.banks import Banks, Matcher
+from nsfw.matching.index import Found, Index
+from nsfw.matching.store import FOLLOW_EVERY, Follower
 from nsfw.pipeline.service import ImageBytes, Prediction, PredictionService, ReviewContext
 from nsfw.pipeline.verdict import Verdict
 from nsfw.review.queue import Candidate, Pictures, ReviewQueue
@@ -107,12 +110,18 @@ class Reviewer:
     store's time whatever the store does (StoreGate)."""
 
     def __init__(
-        self, queue: ReviewQueue, audit_rate: float, gate: StoreGate, sample: Callable[[], float] = random.random
+        self,
+        queue: ReviewQueue,
+        audit_rate: float,
+        gate: StoreGate,
+        sample: Callable[[], float] = random.random,
+        index: Index | None = None,
     ) -> None:
         self.queue = queue
         self.audit_rate = audit_rate
         self.gate = gate
         self.sample = sample
+        self.index = index  # the near-duplicate matcher's (None: exact bytes only)
 
     def __call__(
         self, prediction: Prediction, image: ImageBytes, context: ReviewContext, pictures: Pictures
@@ -146,6 +155,45 @@ class Reviewer:
             if decision.review_id is not None:  # only to a key that had a part in the item
                 review = {"id": decision.review_id} | review
             return replace(prediction, verdict=Verdict(decision.label, decision.reason), tier="human", review=review)
+        found = Found()
+        if self.index is not None and prediction.hashes:
+            found = self.index.lookup(prediction.hashes)  # in memory: no store call, no lock but the index's
+        if found.human is not None:
+            near = found.human
+            decision = self.gate.run(lambda: self.queue.decision_of(near.owner, context.key_name))
+            if decision is not None:  # (None: undone a moment ago, and the index not yet told)
+                metrics.MATCHES.labels("human", decision.label).inc()
+                reason = f"near-duplicate of a human decision, PDQ distance {near.distance}"
+                match: dict[str, Any] = {"distance": near.distance}
+                review = {"status": "decided"}
+                if decision.review_id is not None:  # only to a key that had a part in the item
+                    match["review"] = review["id"] = decision.review_id
+                return replace(
+                    prediction, verdict=Verdict(decision.label, reason), tier="human", review=review, match=match
+                )
+        if found.bank_adult is not None:
+            banked = found.bank_adult
+            metrics.MATCHES.labels("bank", "adult").inc()
+            reason = f"matches bank {banked.bank}, PDQ distance {banked.distance}"
+            return replace(
+                prediction,
+                verdict=Verdict("adult", reason),
+                tier="bank",
+                match={"distance": banked.distance, "bank": banked.bank},
+            )
+        if found.bank_safe is not None and prediction.verdict.label == "adult":
+            # A negative bank never makes anything safe: an automatic adult verdict goes to a human.
+            banked = found.bank_safe
+            metrics.MATCHES.labels("bank", "unknown").inc()
+            reason = (
+                f"{prediction.verdict.reason}, but it matches safe bank {banked.bank} "
+                f"(PDQ distance {banked.distance}): for human review"
+            )
+            prediction = replace(
+                prediction,
+                verdict=Verdict("unknown", reason),
+                match={"distance": banked.distance, "bank": banked.bank},
+            )
         if prediction.verdict.label == "unknown":
             kind = "unknown"
         elif self.audit_rate and self.sample() < self.audit_rate:
@@ -166,6 +214,7 @@ class Reviewer:
             frame_count=prediction.frame_count,
             frames=prediction.classified(),
             chosen_frame=prediction.frame_indices[prediction.chosen],
+            hashes=prediction.hashes or (),
         )
         queued = self.queue.enqueue(candidate, pictures, self.gate.run)
         metrics.REVIEW_QUEUED.labels(kind).inc()
@@ -260,9 +309,25 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
         webhooks=bool(settings.review_webhook_url),
         max_pending_per_key=settings.review_max_pending_per_key,
         max_refs=settings.review_max_refs,
+        match_distance=settings.match_distance,
+        match_min_quality=settings.match_min_quality,
     )
     gate = StoreGate(settings.review_store_timeout)
-    service.review_hook = Reviewer(queue, settings.review_audit_rate, gate=gate)
+    index = None
+    if settings.match:
+        from nsfw.matching import views as bank_views
+
+        index = Index(settings.match_min_quality)
+        follower = Follower(engine, index, settings.match_distance)
+        follower.load()  # at boot: a worker serves with every decision and bank it will match
+        store.maintenance.register("match-index", FOLLOW_EVERY, _counting(follower.follow, "follow"))
+        store.maintenance.register("match-log", ReviewDuties.RETAIN_EVERY, _counting(follower.prune, "prune"))
+        service.hashing = True
+        app.extensions[state.MATCHER] = Matcher(
+            index, follower, Banks(engine, settings.match_distance), queue.decided_near
+        )
+        app.register_blueprint(bank_views.bp)
+    service.review_hook = Reviewer(queue, settings.review_audit_rate, gate=gate, index=index)
     sender = None
     if settings.review_webhook_url:
         sender = Sender(
@@ -277,6 +342,19 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
     app.register_blueprint(views.bp)
     pages.install(app, settings)
     return queue
+
+
+def _counting(duty: Callable[[], object], operation: str) -> Callable[[], None]:
+    """A matcher's duty whose failure is counted (the maintenance thread logs it and goes on)."""
+
+    def run() -> None:
+        try:
+            duty()
+        except Exception:
+            metrics.MATCH_ERRORS.labels(operation).inc()
+            raise
+
+    return run
 
 
 def _poster(fetcher: Fetcher) -> Callable[[str, bytes, dict[str, str], float], int]:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
@@ -43,9 +44,11 @@ from nsfw.errors import (
     PendingTwin,
     ReviewQueueFull,
 )
+from nsfw.matching import store as matching
+from nsfw.matching.pdq import FrameHashes
 from nsfw.model.specs import MODELS
 from nsfw.review.insights import adult_score
-from nsfw.review.tables import audit, frames, outbox, refs, reviews
+from nsfw.review.tables import audit, frames, hashes, outbox, refs, reviews
 from nsfw.store.engine import reading
 
 LABELS = ("adult", "safe")
@@ -94,6 +97,8 @@ class Candidate:
     frame_count: int = 1
     frames: Sequence[Mapping[str, Any]] = field(default_factory=list)
     chosen_frame: int = 0
+    # Each classified frame's PDQ hashes, in the frames' order (none: not hashed).
+    hashes: Sequence[FrameHashes] = ()
 
 
 @dataclass(frozen=True)
@@ -150,8 +155,12 @@ class ReviewQueue:
         clock: Callable[[], float] = time.time,
         max_pending_per_key: int = 1000,
         max_refs: int = 20,
+        match_distance: int = 31,
+        match_min_quality: int = 50,
     ) -> None:
         self.engine = engine
+        self.match_distance = match_distance
+        self.match_min_quality = match_min_quality
         self.lease = lease
         self.webhooks = webhooks
         self.clock = clock
@@ -174,6 +183,49 @@ class ReviewQueue:
         if row is None:
             return None
         return Decision(row.label, row.decided, row.id if row.involved else None)
+
+    def decision_of(self, review_id: str, key_name: str = "-") -> Decision | None:
+        """A decided item's decision as the store has it now (a near-duplicate match, checked: the
+        index may be a second behind an undo); its id only for a key that had a part in it."""
+        query = select(reviews.c.id, reviews.c.label, reviews.c.decided, _involving(key_name).label("involved")).where(
+            reviews.c.id == review_id, reviews.c.status == "decided"
+        )
+        with reading(self.engine) as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        return Decision(row.label, row.decided, row.id if row.involved else None)
+
+    def decided_near(self, pdqs: Sequence[str], label: str, distance: int) -> list[dict[str, Any]]:
+        """Items decided `label` that any of these hashes matches (any frame, any of its eight
+        dihedral hashes, within `distance`), nearest first: [{"id", "distance"}]. What a new adult
+        bank signal contradicts (nsfw/matching/views.py)."""
+        with reading(self.engine) as connection:
+            rows = connection.execute(
+                select(hashes.c.review_id, hashes.c.pdq)
+                .join(reviews, reviews.c.id == hashes.c.review_id)
+                .where(
+                    reviews.c.status == "decided",
+                    reviews.c.label == label,
+                    hashes.c.variant < len(_DIHEDRAL),
+                    hashes.c.quality >= self.match_min_quality,
+                )
+            ).all()
+        if not rows or not pdqs:
+            return []
+        words = np.array([[int(r.pdq[i : i + 16], 16) for i in range(0, 64, 16)] for r in rows], dtype=np.uint64).T
+        best = np.full(len(rows), 257, dtype=np.uint16)
+        for pdq in pdqs:
+            query = [np.uint64(int(pdq[i : i + 16], 16)) for i in range(0, 64, 16)]
+            found = sum(np.bitwise_count(words[n] ^ query[n]).astype(np.uint16) for n in range(4))
+            np.minimum(best, found, out=best)
+        nearest: dict[str, int] = {}
+        for row, value in zip(rows, best.tolist(), strict=True):
+            if value <= distance and value < nearest.get(row.review_id, 257):
+                nearest[row.review_id] = value
+        return [
+            {"id": review_id, "distance": d} for review_id, d in sorted(nearest.items(), key=lambda kv: (kv[1], kv[0]))
+        ]
 
     def enqueue(self, candidate: Candidate, pictures: Pictures, run: Runner = _now) -> Queued:
         """The pending item for these bytes: the one already pending (the ref joins it, while the key
@@ -250,6 +302,13 @@ class ReviewQueue:
                 ]
                 if strip:
                     connection.execute(insert(frames), strip)
+            hashed = [
+                {"review_id": review_id, "position": position, "variant": variant, "pdq": pdq, "quality": frame.quality}
+                for position, frame in enumerate(candidate.hashes)
+                for variant, pdq in enumerate((*frame.dihedral, *frame.crops))
+            ]
+            if hashed:
+                connection.execute(insert(hashes), hashed)
             self._add_ref(connection, review_id, candidate.key_name, candidate.ref, now, involved=True)
         return Queued(review_id)
 
@@ -405,10 +464,84 @@ class ReviewQueue:
             if not decided:
                 self._refuse(connection, review_id)
             self._audit(connection, now, moderator, "decided", review_id, {"label": label, "note": note})
+            self._remember(connection, now, review_id, label, moderator)
             item = self._get(connection, review_id)
             if self.webhooks:
                 self._outbox(connection, now, EVENT_DECIDED, item)
-        return item
+        # Then its pending near-duplicates, each in a transaction of its own (one item's row at a
+        # time, so two moderators deciding two copies at once never wait on each other's).
+        decided = self._retroact(review_id, str(label), moderator, now)
+        return item | {"near_duplicates": decided}
+
+    def _remember(self, connection: Any, now: float, review_id: str, label: str, moderator: str) -> None:
+        """A decision's hashes become the matcher's signals: each classified frame's and its centre
+        crops'; of an animation or video decided adult, the deciding frame's alone (a harmless frame
+        of it must not make every copy of that frame adult)."""
+        row = connection.execute(
+            select(reviews.c.frames, reviews.c.chosen_frame).where(reviews.c.id == review_id)
+        ).one()
+        found = connection.execute(
+            select(hashes.c.position, hashes.c.variant, hashes.c.pdq, hashes.c.quality).where(
+                hashes.c.review_id == review_id, or_(hashes.c.variant == 0, hashes.c.variant >= 8)
+            )
+        ).all()
+        if label == "adult" and row.frames:
+            indices = [frame["index"] for frame in json.loads(row.frames)]
+            chosen = indices.index(row.chosen_frame) if row.chosen_frame in indices else 0
+            found = [hashed for hashed in found if hashed.position == chosen]
+        matching.remember(
+            connection, now, review_id, label, [matching.Hashed(h.pdq, h.quality) for h in found], moderator
+        )
+
+    def _retroact(self, source: str, label: str, moderator: str, now: float) -> list[dict[str, Any]]:
+        """Pending items within NSFW_MATCH_DISTANCE of a decision's remembered hashes, decided with it
+        (adult: any frame of theirs matches; safe: every frame does), each audited with the match and
+        sent as its own review.decided; an item another moderator holds a running claim on is left to
+        them. Returns [{"id", "distance"}] of those decided."""
+        with reading(self.engine) as connection:
+            remembered = connection.execute(
+                select(matching.signals.c.pdq, matching.signals.c.quality).where(matching.signals.c.owner == source)
+            ).all()
+            targets = [int(r.pdq, 16) for r in remembered if (r.quality or 0) >= self.match_min_quality]
+            if not targets:
+                return []
+            pending = connection.execute(
+                select(hashes.c.review_id, hashes.c.position, hashes.c.pdq, hashes.c.quality)
+                .join(reviews, reviews.c.id == hashes.c.review_id)
+                .where(reviews.c.status == "pending", reviews.c.id != source, hashes.c.variant < len(_DIHEDRAL))
+            ).all()
+        nearest: dict[str, dict[int, int | None]] = {}
+        for row in pending:
+            frames_of = nearest.setdefault(row.review_id, {})
+            if row.quality < self.match_min_quality:
+                continue  # a flat frame neither matches nor stands in the way
+            distance = min((int(row.pdq, 16) ^ target).bit_count() for target in targets)
+            best = frames_of.get(row.position)
+            frames_of[row.position] = distance if best is None else min(best, distance)
+        decided: list[dict[str, Any]] = []
+        for review_id, frames_of in sorted(nearest.items()):
+            near = [d for d in frames_of.values() if d is not None and d <= self.match_distance]
+            if not near or (label == "safe" and len(near) < len(frames_of)):
+                continue
+            distance = min(near)
+            note = f"near-duplicate of {source}, PDQ distance {distance}"
+            with self.engine.begin() as connection:
+                done = connection.execute(
+                    update(reviews)
+                    .where(_open_to(review_id, moderator, now))
+                    .values(status="decided", label=label, decided_by=moderator, decided=now, note=note)
+                ).rowcount
+                if not done:
+                    continue  # decided, or claimed by another moderator, meanwhile
+                match = {"review": source, "distance": distance}
+                self._audit(
+                    connection, now, moderator, "decided", review_id, {"label": label, "note": note, "match": match}
+                )
+                self._remember(connection, now, review_id, label, moderator)
+                if self.webhooks:
+                    self._outbox(connection, now, EVENT_DECIDED, self._get(connection, review_id) | {"match": match})
+            decided.append({"id": review_id, "distance": distance})
+        return decided
 
     def revert(self, review_id: str, moderator: str) -> dict[str, Any]:
         """Undo a decision: the item is pending again (its memory gone), the audit log keeps both,
@@ -438,6 +571,7 @@ class ReviewQueue:
                 if not reverted:  # another undo won between the read and this update
                     raise NotDecided(review_id)
                 self._audit(connection, now, moderator, "reverted", review_id, {"label": before["label"]})
+                matching.forget(connection, now, review_id)
                 if self.webhooks:
                     self._outbox(connection, now, EVENT_REVERTED, before | {"reverted_by": moderator})
                 return self._get(connection, review_id)
@@ -458,6 +592,8 @@ class ReviewQueue:
             before = self._get(connection, review_id)
             connection.execute(delete(refs).where(refs.c.review_id == review_id))
             connection.execute(delete(frames).where(frames.c.review_id == review_id))
+            connection.execute(delete(hashes).where(hashes.c.review_id == review_id))
+            matching.forget(connection, now, review_id)
             gone = connection.execute(delete(reviews).where(reviews.c.id == review_id)).rowcount
             if not gone:
                 raise NotFound(review_id)
@@ -609,6 +745,7 @@ class ReviewQueue:
             ).scalars()
             gone_ids = list(gone)
             if gone_ids:
+                connection.execute(delete(hashes).where(hashes.c.review_id.in_(gone_ids)))
                 connection.execute(delete(reviews).where(reviews.c.id.in_(gone_ids)))
             done["expired_items"] = len(gone_ids)
             done["audit"] = connection.execute(delete(audit).where(audit.c.at < now - audit_days * 86400)).rowcount
@@ -681,7 +818,7 @@ class ReviewQueue:
             "sha256": item["sha256"],
             "frame_count": item["frames"]["count"],
         }
-        data |= {name: item[name] for name in ("reverted_by", "deleted_by", "expired") if name in item}
+        data |= {name: item[name] for name in ("reverted_by", "deleted_by", "expired", "match") if name in item}
         payload = {"type": event_type, "timestamp": iso(now), "data": data}
         connection.execute(
             insert(outbox).values(
@@ -718,6 +855,8 @@ _ITEM_COLUMNS = (
     reviews.c.thumbnail.is_not(None).label("has_thumbnail"),
 )
 
+
+_DIHEDRAL = range(8)  # review_hashes' variants 0..7: a frame's dihedral hashes; 8..: its crops (pdq.CROPS)
 
 # Since when an item waits for a human: queued, or undone (items from before 0004: queued).
 _PENDING_SINCE = func.coalesce(reviews.c.pending_since, reviews.c.created)

@@ -1,4 +1,4 @@
-"""The review queue's tables: items, their refs and frames, the audit log, the webhook outbox, the
+"""The review queue's tables: items, their refs, frames and hashes, the audit log, the webhook outbox, the
 moderators (`metadata`: Alembic's target, migrations/env.py).
 
 The schema is Alembic's (migrations/, one revision per change; the engine and the migration runner are
@@ -16,7 +16,6 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -25,7 +24,9 @@ from sqlalchemy import (
     true,
 )
 
-metadata = MetaData()
+from nsfw.store.schema import metadata
+
+__all__ = ["audit", "frames", "hashes", "metadata", "moderators", "outbox", "refs", "reviews"]
 
 reviews = Table(
     "reviews",
@@ -90,6 +91,21 @@ frames = Table(
     Column("frame_index", Integer, nullable=False),
     Column("thumbnail", LargeBinary, nullable=False),
     PrimaryKeyConstraint("review_id", "position"),
+)
+
+# Each classified frame's PDQ (nsfw/matching/pdq.py), written with the item: its eight dihedral
+# hashes (variant 0..7, 0 the original) and its centre crops' (variant 8.., pdq.CROPS in order). A
+# decision copies what it remembers into the matcher's signals (nsfw/matching/store.py); a pending
+# item's dihedral hashes are what a decision's retroaction compares.
+hashes = Table(
+    "review_hashes",
+    metadata,
+    Column("review_id", String(32), ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("position", Integer, nullable=False),  # the frame's position among the classified ones
+    Column("variant", Integer, nullable=False),
+    Column("pdq", String(64), nullable=False),
+    Column("quality", Integer, nullable=False),
+    PrimaryKeyConstraint("review_id", "position", "variant"),
 )
 
 audit = Table(

@@ -143,7 +143,7 @@ def _has_body() -> bool:
     return bool(request.content_length) or "Transfer-Encoding" in request.headers
 
 
-def _request_image() -> tuple[str | None, IO[bytes] | None]:
+def request_image() -> tuple[str | None, IO[bytes] | None]:
     """The one image of this request: a url (query, JSON or form), a multipart upload named image,
     a raw image/* body, or JSON image_base64. Exactly one, once. A body is parsed under the
     service's body-decoding limit (a JSON base64 body takes about three times its size meanwhile)."""
@@ -241,6 +241,8 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     # these bytes (the metrics tell the operator).
     if prediction.review is not None:
         answer["review"] = prediction.review
+    if prediction.match is not None:  # what a near-duplicate matched: a human decision, a bank
+        answer["match"] = prediction.match
     if prediction.video is not None:
         answer["video"] = prediction.video
     if prediction.frame_count > 1 or prediction.video is not None:
@@ -291,7 +293,7 @@ def predict() -> Response:
     started = time.perf_counter()
     service = _service()
     options = _options()
-    url, image = _request_image()
+    url, image = request_image()
     # A verdict (and with it a second tier's opinion) is only worked out when it is asked for.
     ask = Ask(
         model=options.model,
@@ -304,7 +306,7 @@ def predict() -> Response:
         with image:
             prediction = service.predict_image(image, ask)
     else:
-        assert url is not None  # _request_image gives one or the other
+        assert url is not None  # request_image gives one or the other
         prediction = service.predict_url(url, ask)
     return jsonify(_answer(prediction, options.detail, options.policy, started))
 
@@ -401,7 +403,7 @@ def predict_with_model(name: str) -> Response:
     `all` every served model on the one image, fetched once."""
     started = time.perf_counter()
     service = _service()
-    url, image = _request_image()
+    url, image = request_image()
     try:
         if name == "all":
             predictions = service.predict_all(url, image, caller=client_address())

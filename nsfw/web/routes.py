@@ -15,8 +15,9 @@ FIELDS = "fields"  # a few fields: a label, a note, a form
 IMAGE = "image"  # by its Content-Type: an image, a multipart upload, JSON with image_base64, or fields
 BATCH = "batch"  # as IMAGE, but JSON is a batch's (NSFW_MAX_BATCH_BYTES)
 UPLOADS = "uploads"  # several images in one multipart body, as a batch (NSFW_MAX_BATCH_BYTES)
+SIGNALS = "signals"  # as IMAGE, but a text body is a list of hashes (NSFW_MAX_BATCH_BYTES)
 
-PREDICT, REVIEW = "predict", "review"  # the scopes of nsfw.config.SCOPES a route may need
+PREDICT, REVIEW, BANKS = "predict", "review", "banks"  # the scopes of nsfw.config.SCOPES a route may need
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ PAGES_PATH = "/review"
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 REVIEWS_PREFIX = "/reviews"
+BANKS_PATH = "/banks"
 LANDING_PATH = "/"
 COMPAT_PREFIX = "/compat/"
 MISSKEY_HEALTH_PATH = "/compat/misskey/health"
@@ -72,6 +74,9 @@ ROUTES: tuple[Route, ...] = (
     # The review API: a review key, or a moderator's session; bodies are a label, a note. (A stranger
     # with a made-up session cookie reaches the app, which checks sessions, so its body stays small.)
     Route(REVIEWS_PREFIX, prefix=True, scope=REVIEW, session=True, body=FIELDS),
+    # The hash banks: a banks key; a bank's signals come as an image, a hash, or a list of them.
+    Route(BANKS_PATH, scope=BANKS, body=FIELDS),
+    Route(BANKS_PATH + "/", prefix=True, scope=BANKS, body=SIGNALS),
     Route(PAGES_PATH, scope=None, body=FIELDS, page=True),
     Route(PAGES_PATH + "/", prefix=True, scope=None, body=FIELDS, page=True),
     Route(PAGES_PATH, prefix=True, body=FIELDS, page=True),  # /reviewX: no route, but no big body either
@@ -88,6 +93,10 @@ ROUTES: tuple[Route, ...] = (
     *_compat("discourse", body=FIELDS),  # JSON {"model", "content": URL}, X-API-KEY
 )
 DEFAULT = Route("/", prefix=True)
+
+
+# The bodies a bank takes as a list of hashes (nsfw/matching/views.py).
+SIGNAL_TYPES = ("text/plain", "text/csv", "application/x-ndjson", "application/jsonl", "application/json-lines")
 
 
 def route_for(path: str) -> Route:
@@ -145,7 +154,7 @@ def body_limit(settings: Settings, path: str, mimetype: str) -> int:
     kind = route_for(path).body
     if kind == FIELDS:
         return settings.max_request_bytes
-    if kind == UPLOADS:
+    if kind == UPLOADS or kind == SIGNALS and mimetype in SIGNAL_TYPES:
         return settings.max_batch_bytes
     if mimetype.startswith("image/"):
         return settings.max_bytes

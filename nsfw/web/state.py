@@ -12,6 +12,7 @@ from flask import Flask, current_app
 if TYPE_CHECKING:
     from flask_limiter import Limiter
 
+    from nsfw.matching.banks import Matcher
     from nsfw.pipeline.service import PredictionService
     from nsfw.review import ReviewDuties
     from nsfw.review.signin import SignInGuard
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 SERVICE = "nsfw"  # the worker's PredictionService (create_app)
 STORE = "nsfw.store"  # the worker's store, when a feature keeps state (nsfw/store/shared.py Store)
 REVIEW = "nsfw.review"  # the review queue's room in this worker (nsfw/review/__init__.py install)
+MATCHER = "nsfw.matcher"  # the near-duplicate matcher's room (nsfw/matching/banks.py Matcher, set by review install)
 EDGE = "nsfw.edge"  # the web layer's wiring (Edge)
 SIGNIN = "nsfw.signin"  # the moderators' sign-in limits (nsfw/review/signin.py SignInGuard, set by pages.py)
 
@@ -70,4 +72,10 @@ def review(app: Flask | None = None) -> ReviewDuties:
 def store(app: Flask | None = None) -> Store | None:
     """The worker's store, or None when no feature that keeps state is on."""
     found: Store | None = _app(app).extensions.get(STORE)
+    return found
+
+
+def matcher(app: Flask | None = None) -> Matcher:
+    """The matcher's room in this worker (its index, banks); only its own views ask."""
+    found: Matcher = _app(app).extensions[MATCHER]
     return found

@@ -192,7 +192,7 @@ def test_the_live_service_answers_as_documented(start_gunicorn: Callable[..., Gu
     serves can reach nothing off this machine (tests/offline_app.py)."""
     server = start_gunicorn(
         {
-            "NSFW_API_KEYS": f"app:{TOKEN}:predict+review",
+            "NSFW_API_KEYS": f"app:{TOKEN}:predict+review+banks",
             "NSFW_ALLOWED_PORTS": "1",
             "NSFW_ALLOWED_NETWORKS": "",
             "NSFW_REVIEW": "true",

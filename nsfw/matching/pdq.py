@@ -87,11 +87,11 @@ def _sampler(length: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def luma(frame: Image.Image) -> np.ndarray:
-    """The frame's luma as float32 rows x columns, at full size; alpha ignored (the model sees the
-    colour under it too), a grey frame's luma its grey, as the reference's."""
+    """The frame's luma, rows x columns of whole levels (uint8), at full size; alpha ignored (the
+    model sees the colour under it too), a grey frame's luma its grey, as the reference's."""
     if frame.mode not in ("RGB", "RGBA", "RGBX", "L", "LA", "P", "PA"):
         frame = frame.convert("RGB")  # 16-bit grey, CMYK, YCbCr: through RGB, as the decoder does
-    return np.asarray(frame.convert("L") if frame.mode != "L" else frame, dtype=np.float32)
+    return np.asarray(frame.convert("L") if frame.mode != "L" else frame)
 
 
 def dct16(plane: np.ndarray) -> tuple[np.ndarray, int]:
@@ -100,10 +100,12 @@ def dct16(plane: np.ndarray) -> tuple[np.ndarray, int]:
     if rows == 64 and cols == 64:
         sampled = plane.astype(np.float32)
     else:
+        # Sample by sample over row bands (views, not copies: a full-size temporary per frame would
+        # cost more in fresh pages than the arithmetic), then the columns of the 64 rows that gives.
         index, weights = _sampler(rows)
-        across = np.einsum("sk,skc->sc", weights, plane[index])  # 64 x cols
+        across = np.stack([weights[n] @ plane[index[n, 0] : index[n, -1] + 1] for n in range(64)])
         index, weights = _sampler(cols)
-        sampled = np.einsum("sk,rsk->rs", weights, across[:, index])  # 64 x 64
+        sampled = np.einsum("sk,rsk->rs", weights, across[:, index]).astype(np.float32)  # 64 x 64
     quality = _quality(sampled)
     return _DCT @ sampled @ _DCT.T, quality
 

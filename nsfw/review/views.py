@@ -149,6 +149,8 @@ def decide(review_id: str) -> Response:
         raise errors.InvalidLabel('the body must be JSON {"label": ...}')
     item = _queue().decide(review_id, _moderator(), body.get("label"), body.get("note"))
     metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
+    if item["near_duplicates"]:
+        metrics.RETROACTIVE_DECISIONS.labels(item["label"]).inc(len(item["near_duplicates"]))
     state.review().wake.set()  # this worker's sender sends it now
     return jsonify(item)
 

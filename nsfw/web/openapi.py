@@ -94,7 +94,22 @@ SCHEMAS: dict[str, Schema] = {
                 "required": ["name", "version", "backend"],
                 "properties": {name: {"type": "string"} for name in ("name", "version", "backend")},
             },
-            "tier": {"enum": [1, 2, "human"], "description": "2: the second tier decided; human: a review decision."},
+            "tier": {
+                "enum": [1, 2, "human", "bank"],
+                "description": "2: the second tier decided; human: a review decision (of these bytes, or of a "
+                "near-duplicate: see match); bank: an adult hash bank's signal.",
+            },
+            "match": {
+                "type": "object",
+                "description": "What a near-duplicate (PDQ) match decided: a human decision (review, only to a "
+                "key that sent that image) or a bank, and the Hamming distance.",
+                "required": ["distance"],
+                "properties": {
+                    "distance": {"type": "integer", "minimum": 0, "maximum": 256},
+                    "review": {"type": "string"},
+                    "bank": {"type": "string"},
+                },
+            },
             "review": {
                 "type": "object",
                 "description": "With NSFW_REVIEW on: the image's review item ({id, status}, kind audit for a "
@@ -501,6 +516,7 @@ def document() -> Schema:
             },
             **_compat_paths(),
             **_review_paths(),
+            **_bank_paths(),
             **_page_paths(),
             OPENAPI_PATH: {
                 "get": _open(
@@ -906,6 +922,144 @@ def _review_paths() -> Schema:
         "/reviews/{review_id}/decision": action(
             "Decide a pending item, once; its webhook follows.", "decision", requestBody=decision_body
         ),
+    }
+
+
+def _bank_paths() -> Schema:
+    """The hash banks (NSFW_REVIEW=true and NSFW_MATCH; a key with the banks scope)."""
+    name = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    bank = {
+        "type": "object",
+        "required": ["name", "label", "distance", "signals", "created", "created_by"],
+        "properties": {
+            "name": {"type": "string"},
+            "label": {"enum": ["adult", "safe"]},
+            "distance": {"type": ["integer", "null"], "description": "null: NSFW_MATCH_DISTANCE"},
+            "signals": {"type": "integer"},
+            "created": {"type": "string"},
+            "created_by": {"type": "string"},
+        },
+    }
+    lines = {"type": "string", "description": "One PDQ hash (64 hex digits) a line, with optional ,quality,note."}
+    signals_body = {
+        "required": True,
+        "description": "Hashes (text/plain or text/csv lines, or JSON Lines with pdq, quality, note), one hash "
+        "as JSON {pdq, note, quality}, or an image to hash (as /predict takes it: each classified frame one "
+        "signal).",
+        "content": {
+            "text/plain": {"schema": lines},
+            "text/csv": {"schema": lines},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "required": ["pdq"],
+                            "properties": {
+                                "pdq": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                                "note": {"type": "string"},
+                                "quality": {"type": "integer", "minimum": 0, "maximum": 100},
+                            },
+                        },
+                        _ref("UrlBody"),
+                        _ref("Base64Body"),
+                    ]
+                }
+            },
+            "multipart/form-data": _IMAGE_BODY["content"]["multipart/form-data"],
+            "image/*": _IMAGE_BODY["content"]["image/*"],
+        },
+    }
+    added = {
+        "type": "object",
+        "required": ["bank", "received", "added"],
+        "properties": {
+            "bank": {"type": "string"},
+            "received": {"type": "integer"},
+            "added": {"type": "integer"},
+            "rereview": {
+                "type": "array",
+                "description": "An adult bank's: decided-safe items the new signals match, nearest first.",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "distance"],
+                    "properties": {"id": {"type": "string"}, "distance": {"type": "integer"}},
+                },
+            },
+            "rereview_more": {"type": "integer"},
+            "rereview_skipped": {"type": "string"},
+        },
+    }
+    return {
+        "/banks": {
+            "get": _operation(
+                "Every bank, with its label, distance and number of signals.",
+                _responses(
+                    _json(
+                        {
+                            "type": "object",
+                            "required": ["banks"],
+                            "properties": {"banks": {"type": "array", "items": bank}},
+                        },
+                        "The banks.",
+                    ),
+                    _REVIEW,
+                ),
+                operationId="banks",
+            ),
+            "post": _operation(
+                "Make a bank: adult (a match is adult) or safe (an automatic adult verdict goes to a human).",
+                {"201": _json(bank, "The bank."), **_errors(*sorted((*_REVIEW, 409)))},
+                operationId="bank_create",
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["name", "label"],
+                                "properties": {
+                                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                                    "label": {"enum": ["adult", "safe"]},
+                                    "distance": {"type": "integer", "minimum": 0, "maximum": 128},
+                                },
+                            }
+                        }
+                    },
+                },
+            ),
+        },
+        "/banks/{name}": {
+            "get": _operation(
+                "One bank.", _responses(_json(bank, "The bank."), _REVIEW), operationId="bank", parameters=name
+            ),
+            "delete": _operation(
+                "Delete a bank and its signals (every worker stops matching them within seconds).",
+                _responses(_json({"type": "object"}, "Deleted."), _REVIEW),
+                operationId="bank_delete",
+                parameters=name,
+            ),
+        },
+        "/banks/{name}/signals": {
+            "post": _operation(
+                "Add signals: hashes, or an image to hash.",
+                _responses(_json(added, "What was added."), (*_REVIEW, 415, 422, 502, 504)),
+                operationId="bank_signals_add",
+                parameters=name,
+                requestBody=signals_body,
+            ),
+            "get": _operation(
+                "The bank's signals in the order added: CSV (pdq[,quality[,note]], as pdq-photo-hasher and HMA "
+                "files are) or JSON Lines.",
+                _responses(
+                    {"description": "CSV or JSON lines.", "content": {"text/csv": {}, "application/x-ndjson": {}}},
+                    _REVIEW,
+                ),
+                operationId="bank_signals_export",
+                parameters=[*name, _query("format", {"enum": ["csv", "jsonl"]}, "Default csv.")],
+            ),
+        },
     }
 
 

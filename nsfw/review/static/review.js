@@ -144,9 +144,18 @@
     if (element.dataset.claimed === "other") { status.textContent = field(element, "claim").textContent; return; }
     const answer = await call("POST", "/reviews/" + encodeURIComponent(element.dataset.reviewId) + "/decision", { label: label });
     if (answer.ok || answer.status === 409) {
-      status.textContent = answer.ok ? "Decided " + label + "." : "Someone else decided it.";
+      // Its pending near-duplicates were decided with it (PDQ): they leave the list too, and the
+      // moderator is told how many, after the next item opens.
+      const near = answer.ok ? ((await answer.json()).near_duplicates || []) : [];
+      near.forEach(function (found) {
+        const other = items.find(function (item) { return item.dataset.reviewId === found.id; });
+        if (other) drop(other);
+      });
       drop(element);
       await open(index);
+      status.textContent = !answer.ok ? "Someone else decided it." : "Decided " + label + "." + (near.length
+        ? " " + near.length + " near-duplicate" + (near.length === 1 ? " was" : "s were") + " decided with it."
+        : "");
     } else {
       status.textContent = "That did not work (" + answer.status + "); try again.";
     }

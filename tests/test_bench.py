@@ -184,6 +184,19 @@ def test_the_pictures_cost_runs_as_documented(tmp_path: Path) -> None:
     assert all(row["queue_on_ms"] > 0 and row["second_decode_ms"] > 0 for row in result.values())
 
 
+def test_the_matching_cost_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.matching` in miniature: two rounds, a 1000-signal index; the index finds
+    nothing in random signals, and every figure is there."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "matching.json"
+    command = [str(serve_venv / "bin" / "python"), "-m", "bench.matching", "--rounds", "2", "--sizes", "1000"]
+    subprocess.run([*command, "--out", str(out)], cwd=REPO, check=True, timeout=300, capture_output=True)
+    result = json.loads(out.read_text())
+    assert [row["size"] for row in result["hashing"]] == ["640x427", "1000x750", "1920x1280", "4000x2667"]
+    assert all(row["frame_hashes_ms"] > row["hash_frame_ms"] > 0 for row in result["hashing"])
+    assert [row["signals"] for row in result["lookup"]] == [1000] and result["lookup"][0]["lookup_ms"] > 0
+
+
 @pytest.mark.slow
 def test_the_video_cost_runs_as_documented(tmp_path: Path) -> None:
     """`python -m bench.video` in miniature: 2 s clips, one request each, this checkout as --before."""

@@ -456,3 +456,19 @@ def test_a_hash_decided_through_one_worker_matches_in_the_other(
         status, body, _ = call(served, "POST", f"/predict?url={urllib.parse.quote(copied)}&{strict}", app_token)
         answer = json.loads(body)
         assert status == 200 and answer["tier"] == "human" and answer["verdict"]["label"] == "adult", answer
+
+
+def test_a_cached_result_without_hashes_is_classified_again(matched: Callable[..., Flask]) -> None:
+    """An entry from an instance that does not match (NSFW_MATCH=false, or a version before it, on a
+    shared Redis) has no hashes: read as a miss, never as an image that cannot be matched."""
+    app = matched(cache_size=16)
+    service = app.extensions["nsfw"]
+    classifier = service.models.named(None)
+    body = io.BytesIO(_png("chelsea.png"))
+    service.hashing = False
+    first = service.classify(classifier, body)
+    assert first.hashes is None and first.cache == "miss"
+    service.hashing = True
+    again = service.classify(classifier, body)
+    assert again.cache == "miss" and again.hashes is not None and again.hashes[0].quality == 100
+    assert service.classify(classifier, body).cache == "hit"  # and now kept with its hashes

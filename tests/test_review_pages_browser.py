@@ -27,7 +27,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from scripts import hostile_images as bombs
-from tests.served import Gunicorn
+from tests.served import Gunicorn, call
 from tests.support import REPO, ImageServer
 
 APP = "a" * 43
@@ -231,3 +231,46 @@ def test_a_queued_video_says_it_is_one_and_shows_each_frames_time(
     assert any("decided the verdict" in caption for caption in captions)
     errors = [entry for entry in bob.get_log("browser") if entry["source"] == "javascript"]
     assert not errors, errors  # (the favicon's 401 is the network's, not the page's script)
+
+
+def test_a_decision_takes_its_pending_near_duplicate_and_says_so(
+    served: Gunicorn, browsers: Callable[[], WebDriver], image_server: ImageServer
+) -> None:
+    """Two copies of one photo pending (the original and a half-size PNG): deciding the first with the
+    key decides the second with it, and the page says so and drops it from the list."""
+    import io
+
+    from PIL import Image
+
+    from tests.support import corpus_bytes
+
+    moderation = "m" * 43
+    pending = call(served, "GET", "/reviews", moderation)[1]
+    for item in json.loads(pending)["items"]:  # the fixture's three flat images, out of the way
+        call(served, "POST", f"/reviews/{item['id']}/decision", moderation, {"label": "safe"})
+    photo = Image.open(io.BytesIO(corpus_bytes("grace_hopper.jpg"))).convert("RGB")
+    ids = []
+    for name, image in (("original", photo), ("half", photo.resize((photo.width // 2, photo.height // 2)))):
+        out = io.BytesIO()
+        image.save(out, "PNG")
+        url = image_server.add_file(f"/{name}.png", out.getvalue(), "image/png")
+        stricter = "detail=true&adult_threshold=0.99999&safe_threshold=0.99999"  # the model is all but sure
+        request = urllib.request.Request(
+            f"{served.base}/predict?url={urllib.parse.quote(url)}&{stricter}", method="POST"
+        )
+        request.add_header("Authorization", f"Bearer {APP}")
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            found = json.loads(answer.read())
+            assert "review" in found, found
+            ids.append(found["review"]["id"])
+    alice = browsers()
+    _sign_in(alice, served.base, "alice", PASSWORDS["alice"])
+    assert _current(alice) == ids[0]
+    alice.find_element(By.TAG_NAME, "body").send_keys("a")
+    status = WebDriverWait(alice, 10).until(
+        lambda d: (text := d.find_element(By.ID, "status").text) and "near-duplicate" in text and text
+    )
+    assert status == "Decided adult. 1 near-duplicate was decided with it.", status
+    assert not alice.execute_script("return document.querySelectorAll('.item').length")
+    item = json.loads(call(served, "GET", f"/reviews/{ids[1]}", moderation)[1])
+    assert item["status"] == "decided" and item["label"] == "adult" and item["decided_by"] == "alice"

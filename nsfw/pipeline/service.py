@@ -300,7 +300,7 @@ class PredictionService:
             if cache_key is not None and self.cache is not None:
                 # Single flight: the same bytes may have been classified while this one waited for the model.
                 entry = self.cache.get_local(cache_key)
-                if entry is not None:
+                if entry is not None and (entry.hashes is not None or not self.hashing):
                     return self._from_entry(classifier, entry, started), None
             begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout

@@ -84,6 +84,12 @@ class InvalidSignals(BadRequest):
     message = "The signals are not PDQ hashes (64 hex digits, one a line, with optional ,quality,note; or JSON Lines)."
 
 
+class TooManySignals(NsfwError):
+    status = 413
+    code = "too_many_signals"
+    message = "At most 100000 signals a request: send a longer list in parts."
+
+
 class InvalidJson(BadRequest):
     code = "invalid_json"
     message = "The body is not valid JSON (duplicate keys, NaN, Infinity and very deep nesting are refused)."

@@ -472,3 +472,21 @@ def test_a_cached_result_without_hashes_is_classified_again(matched: Callable[..
     again = service.classify(classifier, body)
     assert again.cache == "miss" and again.hashes is not None and again.hashes[0].quality == 100
     assert service.classify(classifier, body).cache == "hit"  # and now kept with its hashes
+
+
+def test_an_import_past_the_cap_is_refused_whole_and_a_chunked_one_is_read(matched: Callable[..., Flask]) -> None:
+    app = matched()
+    client = app.test_client()
+    client.post("/banks", json={"name": "big", "label": "safe"}, headers=CURATE)
+    too_many = "".join(f"{n:064x}\n" for n in range(100_001))
+    answer = client.post("/banks/big/signals", data=too_many, headers={**CURATE, "Content-Type": "text/plain"})
+    assert answer.status_code == 413 and answer.get_json()["error"]["code"] == "too_many_signals"
+    assert client.get("/banks/big", headers=CURATE).get_json()["signals"] == 0  # not the first 100,000 either
+    lines = "".join(f"{n:064x}\n" for n in range(1, 12_001))  # past one chunk of 5,000
+    chunked = client.post(
+        "/banks/big/signals",
+        input_stream=io.BytesIO(lines.encode()),
+        headers={**CURATE, "Content-Type": "text/plain", "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn says of a chunked body
+    )
+    assert chunked.status_code == 200 and chunked.get_json()["added"] == 12_000, chunked.get_json()

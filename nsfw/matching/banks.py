@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from nsfw.errors import BankExists, InvalidBank, NotFound
+from nsfw.errors import BankExists, InvalidBank, NotFound, TooManySignals
 from nsfw.matching import store
 from nsfw.matching.index import Index
 from nsfw.matching.store import Follower, Hashed
@@ -25,6 +25,10 @@ from nsfw.store.engine import reading
 LABELS = ("adult", "safe")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 EXPORT_BATCH = 5000
+ADD_CHUNK = 5000
+# Signals one request may add (about 6.5 MB of CSV): a bigger list is sent in parts, so that one
+# import holds SQLite's write lock for a second or so, not for longer than a decision waits for it.
+MAX_SIGNALS = 100_000
 
 # Decided items that a list of hashes matches (the review queue's, given by its install):
 # (hashes, label of the items, distance) -> [{"id", "distance"}].
@@ -95,11 +99,49 @@ class Banks:
                 raise NotFound(f"no bank {name!r}")
             store.forget(connection, now, store.bank_owner(name))
 
-    def add(self, name: str, hashes: Sequence[Hashed], by: str) -> int:
-        """Add signals to a bank (a hash it holds already is kept as it was); how many were new."""
+    def add(self, name: str, hashes: Iterable[Hashed], by: str, keep: int = 0) -> Added:
+        """Add signals to a bank, all or none (one transaction: a bad line met half-way rolls back
+        what came before), read and written ADD_CHUNK at a time so that memory stays flat; a hash the
+        bank holds is kept as it was. At most MAX_SIGNALS per call (TooManySignals). `keep`: the first
+        so many hashes are handed back (what the caller looks up next)."""
         label, _ = self.label_of(name)
+        owner = store.bank_owner(name)
+        now = time.time()
+        received = added = 0
+        first: list[str] = []
         with self.engine.begin() as connection:
-            return store.remember(connection, time.time(), store.bank_owner(name), label, hashes, by)
+            for chunk in _chunks(hashes, ADD_CHUNK):
+                received += len(chunk)
+                if received > MAX_SIGNALS:
+                    raise TooManySignals(f"more than {MAX_SIGNALS} signals in one request")
+                first.extend(h.pdq for h in chunk[: max(0, keep - len(first))])
+                known = set(
+                    connection.execute(
+                        select(signals.c.pdq).where(signals.c.owner == owner, signals.c.pdq.in_({h.pdq for h in chunk}))
+                    ).scalars()
+                )
+                rows = []
+                for hashed in chunk:
+                    if hashed.pdq in known:
+                        continue
+                    known.add(hashed.pdq)
+                    rows.append(
+                        {
+                            "owner": owner,
+                            "label": label,
+                            "pdq": hashed.pdq,
+                            "quality": hashed.quality,
+                            "note": hashed.note,
+                            "added": now,
+                            "added_by": by,
+                        }
+                    )
+                if rows:
+                    connection.execute(insert(signals), rows)
+                    added += len(rows)
+            if added:
+                store.log_change(connection, now, owner)
+        return Added(received, added, first)
 
     def export(self, name: str, fmt: str) -> Iterator[str]:
         """A bank's signals as lines, in the order they were added (store.export_lines)."""
@@ -128,6 +170,26 @@ class Banks:
             "created": _iso(row.created),
             "created_by": row.created_by,
         }
+
+
+@dataclass(frozen=True)
+class Added:
+    """What an import did: hashes received, new to the bank, and the first few (for a rereview)."""
+
+    received: int
+    added: int
+    first: list[str]
+
+
+def _chunks(items: Iterable[Hashed], size: int) -> Iterator[list[Hashed]]:
+    chunk: list[Hashed] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nsfw.matching.pdq import FrameHashes
+from nsfw.matching.pdq import FrameHashes, distances, packed
 
 BANK_PREFIX = "bank:"
 _ADULT, _SAFE = 1, 0
@@ -68,11 +68,6 @@ class Found:
         return self.human_adult or self.human_safe
 
 
-def _words(pdq: str) -> tuple[int, int, int, int]:
-    value = bytes.fromhex(pdq)
-    return tuple(int.from_bytes(value[i : i + 8], "big") for i in range(0, 32, 8))  # type: ignore[return-value]
-
-
 class Index:
     """The signals of one worker; thread-safe (the maintenance thread changes it while requests read)."""
 
@@ -113,7 +108,7 @@ class Index:
                 self._kill(held)
             self._reserve(self._size + len(rows))
             end = self._size + len(rows)
-            self._words[:, self._size : end] = np.array([_words(s.pdq) for s in rows], dtype=np.uint64).T
+            self._words[:, self._size : end] = packed([s.pdq for s in rows])
             self._limit[self._size : end] = [s.distance for s in rows]
             self._label[self._size : end] = [_ADULT if s.label == "adult" else _SAFE for s in rows]
             self._signal[self._size : end] = [s.id for s in rows]
@@ -168,11 +163,7 @@ class Index:
             words, limit = self._words[:, :size], self._limit[:size]
             best = np.full(size, 257, dtype=np.uint16)
             for pdq in frame.dihedral:
-                query = _words(pdq)
-                distance = np.bitwise_count(words[0] ^ np.uint64(query[0])).astype(np.uint16)
-                for column in range(1, 4):
-                    distance += np.bitwise_count(words[column] ^ np.uint64(query[column]))
-                np.minimum(best, distance, out=best)
+                np.minimum(best, distances(words, pdq), out=best)
             hits = np.flatnonzero(best <= limit)  # a dead row's limit is -1
             found: dict[tuple[bool, int], Match] = {}
             for row in hits[np.lexsort((self._signal[hits], best[hits]))]:

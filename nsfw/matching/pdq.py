@@ -24,6 +24,7 @@ being hashed eight times.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,6 +205,21 @@ def frame_hashes(frame: Image.Image) -> FrameHashes:
 def hash_frame(frame: Image.Image) -> Pdq:
     """A decoded frame's PDQ."""
     return hash_plane(luma(frame))
+
+
+def packed(hashes: Sequence[str]) -> np.ndarray:
+    """Hashes as four rows of 64-bit words (4 x n): each row one contiguous sweep for a search."""
+    raw = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=">u8").reshape(-1, 4)
+    return np.ascontiguousarray(raw.astype(np.uint64).T)
+
+
+def distances(words: np.ndarray, pdq: str) -> np.ndarray:
+    """Hamming distance of one hash to each column of `packed` words (uint16)."""
+    query = packed([pdq])[:, 0]
+    found = np.bitwise_count(words[0] ^ query[0]).astype(np.uint16)
+    for row in range(1, 4):
+        found += np.bitwise_count(words[row] ^ query[row])
+    return found
 
 
 def distance(a: str, b: str) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request, stream_with_context
@@ -87,30 +87,31 @@ def delete_bank(name: str) -> Response:
 def add_signals(name: str) -> Response:
     matcher = _matcher()
     label, distance = matcher.banks.label_of(name)  # 404 before the body is read
-    hashes = _signals()
-    if not hashes:
+    try:
+        added = matcher.banks.add(name, _signals(), _operator(), keep=MAX_REREVIEW_SIGNALS + 1)
+    except (ValueError, UnicodeDecodeError) as exc:  # a line met half-way: nothing was added
+        raise errors.InvalidSignals(str(exc)[:300]) from None
+    if not added.received:
         raise errors.InvalidSignals("no signal in the body")
-    added = matcher.banks.add(name, hashes, _operator())
-    answer: dict[str, Any] = {"bank": name, "received": len(hashes), "added": added}
-    if label == "adult" and len(hashes) > MAX_REREVIEW_SIGNALS:
+    answer: dict[str, Any] = {"bank": name, "received": added.received, "added": added.added}
+    if label == "adult" and added.received > MAX_REREVIEW_SIGNALS:
         answer["rereview_skipped"] = f"more than {MAX_REREVIEW_SIGNALS} signals at once"
     elif label == "adult":
-        found = matcher.rereview([h.pdq for h in hashes], "safe", distance)
+        found = matcher.rereview(added.first, "safe", distance)
         answer["rereview"] = found[:MAX_REREVIEW]
         if len(found) > MAX_REREVIEW:
             answer["rereview_more"] = len(found) - MAX_REREVIEW
-    log.info("bank %s: %d of %d signals added by %s", name, added, len(hashes), _operator())
+    log.info("bank %s: %d of %d signals added by %s", name, added.added, added.received, _operator())
     return jsonify(answer)
 
 
-def _signals() -> list[Hashed]:
-    """The body's signals: a list of hashes, one hash, or an image to hash."""
+def _signals() -> Iterable[Hashed]:
+    """The body's signals: a list of hashes (read line by line as they are added), one hash, or an
+    image to hash."""
     if request.mimetype in SIGNAL_TYPES:
-        text = io.TextIOWrapper(request.stream, encoding="utf-8", errors="strict", newline="")
-        try:
-            return list(parse_lines(text))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise errors.InvalidSignals(str(exc)[:300]) from None
+        # A chunked body was read whole by the body cap's check (nsfw/web/api.py); any other streams.
+        raw = request.stream if request.content_length is not None else io.BytesIO(request.get_data(cache=True))
+        return parse_lines(io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=""))
     if request.is_json:
         body = json_body()
         if isinstance(body, dict) and "pdq" in body:

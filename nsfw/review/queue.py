@@ -45,7 +45,7 @@ from nsfw.errors import (
     ReviewQueueFull,
 )
 from nsfw.matching import store as matching
-from nsfw.matching.pdq import FrameHashes
+from nsfw.matching.pdq import FrameHashes, distances, packed
 from nsfw.model.specs import MODELS
 from nsfw.review.insights import adult_score
 from nsfw.review.tables import audit, frames, hashes, outbox, refs, reviews
@@ -213,12 +213,10 @@ class ReviewQueue:
             ).all()
         if not rows or not pdqs:
             return []
-        words = np.array([[int(r.pdq[i : i + 16], 16) for i in range(0, 64, 16)] for r in rows], dtype=np.uint64).T
+        words = packed([r.pdq for r in rows])
         best = np.full(len(rows), 257, dtype=np.uint16)
         for pdq in pdqs:
-            query = [np.uint64(int(pdq[i : i + 16], 16)) for i in range(0, 64, 16)]
-            found = sum(np.bitwise_count(words[n] ^ query[n]).astype(np.uint16) for n in range(4))
-            np.minimum(best, found, out=best)
+            np.minimum(best, distances(words, pdq), out=best)
         nearest: dict[str, int] = {}
         for row, value in zip(rows, best.tolist(), strict=True):
             if value <= distance and value < nearest.get(row.review_id, 257):
@@ -502,7 +500,7 @@ class ReviewQueue:
             remembered = connection.execute(
                 select(matching.signals.c.pdq, matching.signals.c.quality).where(matching.signals.c.owner == source)
             ).all()
-            targets = [int(r.pdq, 16) for r in remembered if (r.quality or 0) >= self.match_min_quality]
+            targets = [r.pdq for r in remembered if (r.quality or 0) >= self.match_min_quality]
             if not targets:
                 return []
             pending = connection.execute(
@@ -510,14 +508,18 @@ class ReviewQueue:
                 .join(reviews, reviews.c.id == hashes.c.review_id)
                 .where(reviews.c.status == "pending", reviews.c.id != source, hashes.c.variant < len(_DIHEDRAL))
             ).all()
+        # Each pending frame's nearest distance to any remembered hash (over its eight dihedral hashes).
+        words = packed([row.pdq for row in pending]) if pending else np.zeros((4, 0), dtype=np.uint64)
+        best = np.full(len(pending), 257, dtype=np.uint16)
+        for target in targets:
+            np.minimum(best, distances(words, target), out=best)
         nearest: dict[str, dict[int, int | None]] = {}
-        for row in pending:
+        for row, value in zip(pending, best.tolist(), strict=True):
             frames_of = nearest.setdefault(row.review_id, {})
             if row.quality < self.match_min_quality:
                 continue  # a flat frame neither matches nor stands in the way
-            distance = min((int(row.pdq, 16) ^ target).bit_count() for target in targets)
-            best = frames_of.get(row.position)
-            frames_of[row.position] = distance if best is None else min(best, distance)
+            known = frames_of.get(row.position)
+            frames_of[row.position] = value if known is None else min(known, value)
         decided: list[dict[str, Any]] = []
         for review_id, frames_of in sorted(nearest.items()):
             near = [d for d in frames_of.values() if d is not None and d <= self.match_distance]

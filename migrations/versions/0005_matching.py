@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("at", sa.Float, nullable=False),
         sa.Column("owner", sa.String(80), nullable=False),
         sa.Column("signal", sa.Integer),
+        sqlite_autoincrement=True,  # a number is never reused, even once the log is pruned empty
     )
     op.create_index("match_changes_at", "match_changes", ["at"])
 

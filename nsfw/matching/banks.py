@@ -23,7 +23,7 @@ from nsfw.matching.tables import banks, signals
 from nsfw.store.engine import reading
 
 LABELS = ("adult", "safe")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # never "." or "..": a path segment
 EXPORT_BATCH = 5000
 ADD_CHUNK = 5000
 # Signals one request may add (about 6.5 MB of CSV): a bigger list is sent in parts, so that one

@@ -2,7 +2,8 @@
 
 A brute-force scan over packed bits: the hashes as four columns of 64-bit words, XORed with a query
 and counted with NumPy's popcount, column by column (each pass a contiguous sweep). One lookup is
-the eight dihedral hashes of each classified frame against every signal; bench/matching.py measures
+each classified frame's hash against every signal (a decision's signals hold its frames' flips, turns
+and crops, so a copy needs only its own hash); bench/matching.py measures
 it at 10k, 100k and 1M signals (about 32 bytes a signal plus 16 of bookkeeping). Above a million,
 multi-index hashing would be the next step (not built: README).
 
@@ -135,10 +136,13 @@ class Index:
             self._kill((self._owner[: self._size] == found) & (self._limit[: self._size] >= 0))
 
     def lookup(self, frames: Sequence[FrameHashes]) -> Found:
-        """The nearest signals within their distance of any dihedral hash of the frames."""
-        per_frame = [self._frame(frame) for frame in frames if frame.quality >= self.min_quality]
+        """The nearest signals within their distance of the frames' hashes. A frame below the
+        minimum quality looks nothing up, and so no safe match can vouch for it."""
+        hashable = [frame for frame in frames if frame.quality >= self.min_quality]
+        per_frame = [self._frame(frame.original) for frame in hashable]
         if not per_frame:
             return Found()
+        vouched = len(hashable) == len(frames)  # every frame could be looked up
 
         def nearest(matches: Iterable[Match | None]) -> Match | None:
             present = [m for m in matches if m is not None]
@@ -146,7 +150,7 @@ class Index:
 
         def every(key: tuple[bool, int]) -> Match | None:
             matches = [found.get(key) for found in per_frame]
-            return nearest(matches) if all(m is not None for m in matches) else None
+            return nearest(matches) if vouched and all(m is not None for m in matches) else None
 
         return Found(
             human_adult=nearest(found.get((False, _ADULT)) for found in per_frame),
@@ -155,15 +159,13 @@ class Index:
             bank_safe=every((True, _SAFE)),
         )
 
-    def _frame(self, frame: FrameHashes) -> dict[tuple[bool, int], Match]:
+    def _frame(self, pdq: str) -> dict[tuple[bool, int], Match]:
         with self._lock:
             size = self._size
             if size == self._dead:
                 return {}
             words, limit = self._words[:, :size], self._limit[:size]
-            best = np.full(size, 257, dtype=np.uint16)
-            for pdq in frame.dihedral:
-                np.minimum(best, distances(words, pdq), out=best)
+            best = distances(words, pdq)
             hits = np.flatnonzero(best <= limit)  # a dead row's limit is -1
             found: dict[tuple[bool, int], Match] = {}
             for row in hits[np.lexsort((self._signal[hits], best[hits]))]:

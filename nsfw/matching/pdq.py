@@ -97,18 +97,32 @@ def luma(frame: Image.Image) -> np.ndarray:
 
 def dct16(plane: np.ndarray) -> tuple[np.ndarray, int]:
     """A luma plane -> its 16 x 16 DCT coefficients and its quality, as pdqFloat256FromFloatLuma."""
+    sampled = _sampled(plane)[0]
+    return _DCT @ sampled @ _DCT.T, _quality(sampled)
+
+
+def _sampled(plane: np.ndarray, flips: bool = False) -> list[np.ndarray]:
+    """The 64 x 64 samples the reference takes of a plane (Jarosz's filters, then its decimation);
+    with `flips`, also of the plane mirrored, upside down and both, in that order (read backwards,
+    the same bands give them: a flipped frame is not sampled at mirrored places, so they differ)."""
     rows, cols = plane.shape
     if rows == 64 and cols == 64:
-        sampled = plane.astype(np.float32)
-    else:
-        # Sample by sample over row bands (views, not copies: a full-size temporary per frame would
-        # cost more in fresh pages than the arithmetic), then the columns of the 64 rows that gives.
-        index, weights = _sampler(rows)
-        across = np.stack([weights[n] @ plane[index[n, 0] : index[n, -1] + 1] for n in range(64)])
-        index, weights = _sampler(cols)
-        sampled = np.einsum("sk,rsk->rs", weights, across[:, index]).astype(np.float32)  # 64 x 64
-    quality = _quality(sampled)
-    return _DCT @ sampled @ _DCT.T, quality
+        grid = plane.astype(np.float32)
+        return [grid, grid[:, ::-1], grid[::-1, :], grid[::-1, ::-1]] if flips else [grid]
+    # Sample by sample over row bands (views, not copies: a full-size temporary per frame would cost
+    # more in fresh pages than the arithmetic), then the columns of the 64 rows that gives.
+    index, weights = _sampler(rows)
+    bands = [(weights[n], index[n, 0], index[n, -1] + 1) for n in range(64)]
+    downs = [np.stack([w @ plane[lo:hi] for w, lo, hi in bands])]
+    if flips:  # the plane upside down: each band read from the other end
+        downs.append(np.stack([w[::-1] @ plane[rows - hi : rows - lo] for w, lo, hi in bands]))
+    index, weights = _sampler(cols)
+    grids = []
+    for down in downs:
+        grids.append(np.einsum("sk,rsk->rs", weights, down[:, index]).astype(np.float32))
+        if flips:
+            grids.append(np.einsum("sk,rsk->rs", weights, down[:, cols - 1 - index]).astype(np.float32))
+    return [grids[0], grids[1], grids[2], grids[3]] if flips else grids
 
 
 def _quality(sampled: np.ndarray) -> int:
@@ -170,17 +184,24 @@ def centre_crop(plane: np.ndarray, keep: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameHashes:
-    """What one classified frame is remembered and looked up by: its quality, its eight dihedral
-    hashes (the original first: a lookup tries all eight, so a flipped or turned copy matches) and
-    the original hashes of its centre crops (CROPS: what a decision remembers besides the original)."""
+    """What one classified frame is looked up and remembered by: its quality and its hash (the
+    original: `dihedral[0]`, all a lookup needs); and, for a frame that may be queued (`full`), the
+    hashes of its seven true flips and quarter turns (`dihedral[1:]`, the frame itself turned and
+    hashed: PDQ's DCT symmetries are exact only when a side suits its 64-sample grid, and a copy
+    flipped upside down can land 26-34 bits from them) and of its centre crops (`crops`, CROPS in
+    order). A decision remembers them all, so a copy is matched by its own one hash."""
 
     quality: int
     dihedral: tuple[str, ...]
-    crops: tuple[str, ...]
+    crops: tuple[str, ...] = ()
 
     @property
     def original(self) -> str:
         return self.dihedral[0]
+
+    @property
+    def full(self) -> bool:
+        return len(self.dihedral) == len(TURNS) + 1 and len(self.crops) == len(CROPS)
 
     def to_json(self) -> list[object]:
         return [self.quality, list(self.dihedral), list(self.crops)]
@@ -191,15 +212,39 @@ class FrameHashes:
         return cls(int(quality), tuple(dihedral), tuple(crops))  # type: ignore[arg-type, call-overload]
 
 
-def frame_hashes(frame: Image.Image) -> FrameHashes:
-    """A decoded frame's hashes: one luma plane, its DCT turned eight ways, and its centre crops."""
+# The seven flips and quarter turns of a plane, as views (no copy): the frame's true dihedral copies.
+TURNS = (
+    lambda p: np.rot90(p, 1),
+    lambda p: np.rot90(p, 2),
+    lambda p: np.rot90(p, 3),
+    lambda p: p[:, ::-1],  # mirrored
+    lambda p: p[::-1, :],  # upside down
+    lambda p: p.T,
+    lambda p: np.rot90(p, 2).T,
+)
+
+
+def frame_hashes(frame: Image.Image, full: bool = True) -> FrameHashes:
+    """A decoded frame's hashes: its own; with `full`, its true turns' and its centre crops' too.
+
+    The turns cost two passes over the frame, not seven: the reference's sampling is the same linear
+    map along each axis, so a transposed frame's samples are the samples transposed (exact), and
+    only a flipped axis must be sampled again, reading the same bands backwards."""
     plane = luma(frame)
     if min(plane.shape) < MIN_HASHABLE_SIDE:
         zero = "0" * HEX_DIGITS
-        return FrameHashes(0, (zero,) * 8, (zero,) * len(CROPS))
-    coefficients, quality = dct16(plane)
+        return FrameHashes(0, (zero,) * (len(TURNS) + 1 if full else 1), (zero,) * len(CROPS) if full else ())
+    grids = _sampled(plane, flips=full)
+    quality = _quality(grids[0])
+    coefficients = [_DCT @ grid @ _DCT.T for grid in grids]
+    if not full:
+        return FrameHashes(quality, (_bits(coefficients[0]),))
+    original, mirrored, upside_down, half_turn = coefficients
+    # In TURNS' order: rot90 = mirrored then transposed, rot180, rot270 = upside down then
+    # transposed, mirrored, upside down, transposed, anti-transposed = the half turn transposed.
+    turned = (mirrored.T, half_turn, upside_down.T, mirrored, upside_down, original.T, half_turn.T)
     crops = tuple(hash_plane(centre_crop(plane, keep)).hex for keep in CROPS)
-    return FrameHashes(quality, tuple(_bits(b) for b in _dihedral(coefficients)), crops)
+    return FrameHashes(quality, tuple(_bits(b) for b in (original, *turned)), crops)
 
 
 def hash_frame(frame: Image.Image) -> Pdq:

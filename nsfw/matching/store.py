@@ -137,6 +137,11 @@ class Follower:
                 .limit(1000)
             ).all()
             if not rows:
+                newest = connection.execute(select(func.max(changes.c.seq))).scalar()
+                if newest is not None and newest < self.last:  # a log that started again (restored)
+                    log.warning("match index: the change log is behind this worker's position; loading it again")
+                    self.load()
+                    return
                 self.followed = time.monotonic()
                 return
             distances = self._bank_distances(connection)
@@ -202,15 +207,24 @@ def parse_lines(lines: Iterable[str]) -> Iterator[Hashed]:
                 value = fields[0]
                 quality = fields[1].strip() if len(fields) > 1 and fields[1].strip() else None
                 note = ",".join(fields[2:]) if len(fields) > 2 else None
+            if isinstance(quality, bool) or isinstance(quality, float):
+                raise ValueError("quality must be a whole number 0..100")
             if quality is not None:
                 quality = int(quality)
                 if not 0 <= quality <= 100:
                     raise ValueError("quality must be 0..100")
             if note is not None and not isinstance(note, str):
                 raise ValueError("note must be a string")
-            yield Hashed(parse(value), quality, note[:500] if note else None)
+            yield Hashed(parse(value), quality, one_line(note))
         except (ValueError, TypeError, AttributeError) as exc:
             raise ValueError(f"line {number}: {exc}") from None
+
+
+def one_line(note: str | None) -> str | None:
+    """A note as a signal keeps it: one line (a file of one signal a line stays one), 500 characters."""
+    if not note:
+        return None
+    return " ".join(note.splitlines())[:500] or None
 
 
 def export_lines(rows: Sequence[Any], fmt: str) -> Iterator[str]:
@@ -226,12 +240,12 @@ def export_lines(rows: Sequence[Any], fmt: str) -> Iterator[str]:
             if row.quality is not None:
                 record["quality"] = row.quality
             if row.note is not None:
-                record["note"] = row.note
+                record["note"] = one_line(row.note)
             yield json.dumps(record) + "\n"
             continue
         fields = [row.pdq, "" if row.quality is None else str(row.quality)]
         if row.note is not None:
-            fields.append(row.note)
+            fields.append(one_line(row.note) or "")
         while fields[-1] == "":
             fields.pop()
         buffer = io.StringIO()

@@ -49,4 +49,6 @@ changes = Table(
     Column("owner", String(80), nullable=False),
     Column("signal", Integer),
     Index("match_changes_at", "at"),
+    # SQLite: never reuse a number, even once the log is pruned empty (a follower's position stands).
+    sqlite_autoincrement=True,
 )

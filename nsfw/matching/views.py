@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from nsfw import errors, metrics
 from nsfw.matching.banks import Matcher
 from nsfw.matching.pdq import parse
-from nsfw.matching.store import Hashed, parse_lines
+from nsfw.matching.store import Hashed, one_line, parse_lines
 from nsfw.pipeline.service import Ask
 from nsfw.web import state
 from nsfw.web.access import client_address
@@ -88,7 +88,7 @@ def add_signals(name: str) -> Response:
     matcher = _matcher()
     label, distance = matcher.banks.label_of(name)  # 404 before the body is read
     try:
-        added = matcher.banks.add(name, _signals(), _operator(), keep=MAX_REREVIEW_SIGNALS + 1)
+        added = matcher.banks.add(name, _signals(label), _operator(), keep=MAX_REREVIEW_SIGNALS + 1)
     except (ValueError, UnicodeDecodeError) as exc:  # a line met half-way: nothing was added
         raise errors.InvalidSignals(str(exc)[:300]) from None
     if not added.received:
@@ -105,7 +105,7 @@ def add_signals(name: str) -> Response:
     return jsonify(answer)
 
 
-def _signals() -> Iterable[Hashed]:
+def _signals(label: str) -> Iterable[Hashed]:
     """The body's signals: a list of hashes (read line by line as they are added), one hash, or an
     image to hash."""
     if request.mimetype in SIGNAL_TYPES:
@@ -123,15 +123,17 @@ def _signals() -> Iterable[Hashed]:
             if note is not None and not isinstance(note, str):
                 raise errors.InvalidSignals("note must be a string")
             try:
-                return [Hashed(parse(str(body["pdq"])), quality, note[:500] if note else None)]
+                return [Hashed(parse(str(body["pdq"])), quality, one_line(note))]
             except ValueError as exc:
                 raise errors.InvalidSignals(str(exc)) from None
-    return _hashed_image()
+    return _hashed_image(label)
 
 
-def _hashed_image() -> list[Hashed]:
+def _hashed_image(label: str) -> list[Hashed]:
     """An image sent to a bank, hashed as a prediction would hash it (the same fetch, limits and
-    decode; each classified frame one signal, noted with where it came from)."""
+    decode), noted with where it came from: each classified frame one signal, or for an adult bank
+    the frame the model found least safe alone (a harmless frame of an animation must not make its
+    copies adult, as a decision's rule is)."""
     service = state.service()
     url, image = request_image()
     ask = Ask(caller=client_address())
@@ -144,6 +146,8 @@ def _hashed_image() -> list[Hashed]:
         prediction = service.predict_url(url, ask)
         note = url[:500]
     frames = prediction.hashes or []
+    if label == "adult" and frames:
+        frames = [frames[prediction.chosen]]
     return [Hashed(frame.original, frame.quality, note) for frame in frames]
 
 

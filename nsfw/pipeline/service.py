@@ -242,6 +242,9 @@ class PredictionService:
         cache_key = None
         prediction = None
         demuxer = image.demuxer
+        # The pictures (and every hash a decision remembers) are made from the decoded frames only when
+        # a review may follow.
+        pictures = review is not None and policy is not None and self.review_hook is not None
         if self.cache is not None:
             mode = (resize or self.settings.resize) if spec.preprocessing == NSFWJS else "-"
             if demuxer is not None:
@@ -250,12 +253,9 @@ class PredictionService:
                 mode = f"{mode}:video{self.settings.video_frames}"
             cache_key = result_key(TENANT.get(), image.sha256, spec.name, spec.version, mode)
             entry = self.cache.get(cache_key)
-            if entry is not None and (entry.hashes is not None or not self.hashing):
-                # (An entry without hashes, from an instance that does not match, is classified again.)
+            if entry is not None and self._usable(entry, pictures):
                 prediction = self._from_entry(classifier, entry, started)
         if prediction is None:
-            # The pictures are made from the decoded frames only when a review may follow.
-            pictures = review is not None and policy is not None and self.review_hook is not None
             if demuxer is not None:
                 prediction, fresh = self._infer_video(
                     classifier, image, demuxer, resize, deadline, cache_key, started, pictures, policy
@@ -265,6 +265,16 @@ class PredictionService:
             if fresh is not None and cache_key is not None and self.cache is not None:
                 self.cache.share(cache_key, fresh)  # Redis, off the model's lock
         return self._finish(prediction, image, policy, review, deadline)
+
+    def _usable(self, entry: CacheEntry, review: bool) -> bool:
+        """Whether a cached result answers this request: with matching on, it has its frames' hashes
+        (an entry from an instance that does not match has none), and every hash a decision would
+        remember when a review may follow (an entry a flat answer left has the originals alone);
+        otherwise the image is classified again."""
+        if not self.hashing:
+            return True
+        hashes = _hashes(entry)
+        return hashes is not None and (not review or all(frame.full for frame in hashes))
 
     def classify_upload(
         self, classifier: Classifier, body: IO[bytes], ask: Ask = PLAIN, deadline: float | None = None
@@ -300,7 +310,7 @@ class PredictionService:
             if cache_key is not None and self.cache is not None:
                 # Single flight: the same bytes may have been classified while this one waited for the model.
                 entry = self.cache.get_local(cache_key)
-                if entry is not None and (entry.hashes is not None or not self.hashing):
+                if entry is not None and self._usable(entry, pictures):
                     return self._from_entry(classifier, entry, started), None
             begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout
@@ -312,7 +322,7 @@ class PredictionService:
             def convert(frame: Image.Image) -> tuple[np.ndarray, bytes | None, FrameHashes | None]:
                 made = model_input(frame, spec, mode)
                 with limit.aside():  # not the decode's work either
-                    hashed = frame_hashes(frame) if self.hashing else None
+                    hashed = frame_hashes(frame, full=pictures) if self.hashing else None
                     return made, _picture_or_none(frame) if pictures else None, hashed
 
             image.body.seek(0)
@@ -398,7 +408,7 @@ class PredictionService:
                     rows.append({name: float(p) for name, p in zip(spec.classes, row, strict=True)})
                     times.append(frame.time_s)
                     if self.hashing:
-                        hashed.append(frame_hashes(frame.image))
+                        hashed.append(frame_hashes(frame.image, full=pictures))
                     if pictures:
                         made[len(rows) - 1] = _picture_or_none(frame.image)
                     if early is not None and sum(rows[-1][n] for n in spec.adult_classes) >= early.adult_threshold:

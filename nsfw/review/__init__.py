@@ -311,6 +311,7 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
         max_refs=settings.review_max_refs,
         match_distance=settings.match_distance,
         match_min_quality=settings.match_min_quality,
+        match=settings.match,
     )
     gate = StoreGate(settings.review_store_timeout)
     index = None

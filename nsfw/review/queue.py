@@ -157,7 +157,9 @@ class ReviewQueue:
         max_refs: int = 20,
         match_distance: int = 31,
         match_min_quality: int = 50,
+        match: bool = True,
     ) -> None:
+        self.match = match  # NSFW_MATCH: decisions remembered by their hashes, and retroaction
         self.engine = engine
         self.match_distance = match_distance
         self.match_min_quality = match_min_quality
@@ -303,7 +305,7 @@ class ReviewQueue:
             hashed = [
                 {"review_id": review_id, "position": position, "variant": variant, "pdq": pdq, "quality": frame.quality}
                 for position, frame in enumerate(candidate.hashes)
-                for variant, pdq in enumerate((*frame.dihedral, *frame.crops))
+                for variant, pdq in (*enumerate(frame.dihedral), *enumerate(frame.crops, len(_DIHEDRAL)))
             ]
             if hashed:
                 connection.execute(insert(hashes), hashed)
@@ -462,25 +464,28 @@ class ReviewQueue:
             if not decided:
                 self._refuse(connection, review_id)
             self._audit(connection, now, moderator, "decided", review_id, {"label": label, "note": note})
-            self._remember(connection, now, review_id, label, moderator)
+            if self.match:
+                self._remember(connection, now, review_id, label, moderator)
             item = self._get(connection, review_id)
             if self.webhooks:
                 self._outbox(connection, now, EVENT_DECIDED, item)
+        if not self.match:
+            return item | {"near_duplicates": []}
         # Then its pending near-duplicates, each in a transaction of its own (one item's row at a
         # time, so two moderators deciding two copies at once never wait on each other's).
         decided = self._retroact(review_id, str(label), moderator, now)
         return item | {"near_duplicates": decided}
 
     def _remember(self, connection: Any, now: float, review_id: str, label: str, moderator: str) -> None:
-        """A decision's hashes become the matcher's signals: each classified frame's and its centre
-        crops'; of an animation or video decided adult, the deciding frame's alone (a harmless frame
-        of it must not make every copy of that frame adult)."""
+        """A decision's hashes become the matcher's signals: each classified frame's, its seven flips'
+        and turns' and its centre crops'; of an animation or video decided adult, the deciding frame's
+        alone (a harmless frame of it must not make every copy of that frame adult)."""
         row = connection.execute(
             select(reviews.c.frames, reviews.c.chosen_frame).where(reviews.c.id == review_id)
         ).one()
         found = connection.execute(
             select(hashes.c.position, hashes.c.variant, hashes.c.pdq, hashes.c.quality).where(
-                hashes.c.review_id == review_id, or_(hashes.c.variant == 0, hashes.c.variant >= 8)
+                hashes.c.review_id == review_id
             )
         ).all()
         if label == "adult" and row.frames:
@@ -493,9 +498,10 @@ class ReviewQueue:
 
     def _retroact(self, source: str, label: str, moderator: str, now: float) -> list[dict[str, Any]]:
         """Pending items within NSFW_MATCH_DISTANCE of a decision's remembered hashes, decided with it
-        (adult: any frame of theirs matches; safe: every frame does), each audited with the match and
-        sent as its own review.decided; an item another moderator holds a running claim on is left to
-        them. Returns [{"id", "distance"}] of those decided."""
+        as a copy would be answered (adult: any frame of theirs matches; safe: every frame does, and a
+        frame too flat to look up stands in the way), each audited with the match and sent as its own
+        review.decided. Left alone: an item another moderator holds a running claim on, and audit
+        samples (their point is a human's independent look). Returns [{"id", "distance"}]."""
         with reading(self.engine) as connection:
             remembered = connection.execute(
                 select(matching.signals.c.pdq, matching.signals.c.quality).where(matching.signals.c.owner == source)
@@ -506,23 +512,27 @@ class ReviewQueue:
             pending = connection.execute(
                 select(hashes.c.review_id, hashes.c.position, hashes.c.pdq, hashes.c.quality)
                 .join(reviews, reviews.c.id == hashes.c.review_id)
-                .where(reviews.c.status == "pending", reviews.c.id != source, hashes.c.variant < len(_DIHEDRAL))
+                .where(
+                    reviews.c.status == "pending",
+                    reviews.c.kind == "unknown",
+                    reviews.c.id != source,
+                    hashes.c.variant == 0,  # a frame's own hash, as a copy is looked up
+                )
             ).all()
-        # Each pending frame's nearest distance to any remembered hash (over its eight dihedral hashes).
+        # Each pending frame's nearest distance to any hash the decision remembered.
         words = packed([row.pdq for row in pending]) if pending else np.zeros((4, 0), dtype=np.uint64)
         best = np.full(len(pending), 257, dtype=np.uint16)
         for target in targets:
             np.minimum(best, distances(words, target), out=best)
-        nearest: dict[str, dict[int, int | None]] = {}
+        nearest: dict[str, dict[int, int]] = {}
         for row, value in zip(pending, best.tolist(), strict=True):
-            frames_of = nearest.setdefault(row.review_id, {})
-            if row.quality < self.match_min_quality:
-                continue  # a flat frame neither matches nor stands in the way
-            known = frames_of.get(row.position)
-            frames_of[row.position] = value if known is None else min(known, value)
+            # A frame too flat to look up matches nothing (257: never within the distance).
+            nearest.setdefault(row.review_id, {})[row.position] = (
+                value if row.quality >= self.match_min_quality else 257
+            )
         decided: list[dict[str, Any]] = []
         for review_id, frames_of in sorted(nearest.items()):
-            near = [d for d in frames_of.values() if d is not None and d <= self.match_distance]
+            near = [d for d in frames_of.values() if d <= self.match_distance]
             if not near or (label == "safe" and len(near) < len(frames_of)):
                 continue
             distance = min(near)
@@ -591,6 +601,11 @@ class ReviewQueue:
         """Remove an item (and with it a remembered decision); the client app hears `review.deleted`."""
         now = self.clock()
         with self.engine.begin() as connection:
+            # The item's row first, as every transition takes it first (a decision, an undo): then its
+            # signals, which a decision racing this one has committed by the time the lock is ours.
+            locked = connection.execute(select(reviews.c.id).where(reviews.c.id == review_id).with_for_update()).first()
+            if locked is None:
+                raise NotFound(review_id)
             before = self._get(connection, review_id)
             connection.execute(delete(refs).where(refs.c.review_id == review_id))
             connection.execute(delete(frames).where(frames.c.review_id == review_id))

@@ -673,3 +673,40 @@ def test_every_flip_and_turn_of_a_decided_picture_matches(matched: Callable[...,
         copy.save(saved, "JPEG", quality=50)
         answer = _predict(client, saved.getvalue(), "image/jpeg")
         assert answer["tier"] == "human" and answer["verdict"]["label"] == "adult", (photo, turn.name)
+
+
+def test_imports_of_one_list_at_once_take_turns_on_postgresql(postgres_server: PostgresServer) -> None:
+    """Two imports of the same hashes released together: both answer, each hash is added once
+    (they collided on the unique index, a 503, before the bank was held for each import)."""
+    import threading
+
+    from nsfw.matching.banks import Banks
+    from nsfw.matching.store import Hashed
+    from nsfw.store.engine import make_engine
+
+    url = postgres_server.database(f"imports{time.monotonic_ns()}")
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        banks = Banks(engine, 31)
+        banks.create({"name": "shared", "label": "adult"}, "curator")
+        hashes = [Hashed(f"{n:064x}", 90) for n in range(1, 3001)]
+        start = threading.Barrier(4)
+        results: list[object] = []
+
+        def run() -> None:
+            start.wait()
+            try:
+                results.append(banks.add("shared", iter(hashes), "curator").added)
+            except Exception as exc:  # noqa: BLE001 - the failure is the finding
+                results.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(results) == [0, 0, 0, 3000], results  # type: ignore[type-var]
+        assert banks.get("shared")["signals"] == 3000
+    finally:
+        engine.dispose()

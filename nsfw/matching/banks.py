@@ -6,13 +6,14 @@ match_signals (owner "bank:<name>"), so every worker's index holds them like a d
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from nsfw.errors import BankExists, InvalidBank, NotFound, TooManySignals
@@ -95,6 +96,7 @@ class Banks:
     def delete(self, name: str) -> None:
         now = time.time()
         with self.engine.begin() as connection:
+            self._locked(connection, name)
             if not connection.execute(delete(banks).where(banks.c.name == name)).rowcount:
                 raise NotFound(f"no bank {name!r}")
             store.forget(connection, now, store.bank_owner(name))
@@ -104,12 +106,12 @@ class Banks:
         what came before), read and written ADD_CHUNK at a time so that memory stays flat; a hash the
         bank holds is kept as it was. At most MAX_SIGNALS per call (TooManySignals). `keep`: the first
         so many hashes are handed back (what the caller looks up next)."""
-        label, _ = self.label_of(name)
         owner = store.bank_owner(name)
         now = time.time()
         received = added = 0
         first: list[str] = []
         with self.engine.begin() as connection:
+            label = self._locked(connection, name)
             for chunk in _chunks(hashes, ADD_CHUNK):
                 received += len(chunk)
                 if received > MAX_SIGNALS:
@@ -159,6 +161,20 @@ class Banks:
                 return
             yield from store.export_lines(rows, fmt)
             last = rows[-1].id
+
+    @staticmethod
+    def _locked(connection: Any, name: str) -> str:
+        """The bank's label, with the bank held for this transaction: its imports and its deletion
+        take turns (PostgreSQL: an advisory lock on its name; SQLite's writers take turns anyway), so
+        two imports of one hash never collide on the unique index, and no import outlives a deletion
+        with signals of a bank that is gone."""
+        if connection.dialect.name == "postgresql":
+            lock = int.from_bytes(hashlib.sha256(f"nsfw-bank:{name}".encode()).digest()[:8], "big", signed=True)
+            connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+        label = connection.execute(select(banks.c.label).where(banks.c.name == name)).scalar()
+        if label is None:
+            raise NotFound(f"no bank {name!r}")
+        return str(label)
 
     @staticmethod
     def _bank(row: Any, count: int) -> dict[str, Any]:

@@ -117,30 +117,7 @@ class Banks:
                 if received > MAX_SIGNALS:
                     raise TooManySignals(f"more than {MAX_SIGNALS} signals in one request")
                 first.extend(h.pdq for h in chunk[: max(0, keep - len(first))])
-                known = set(
-                    connection.execute(
-                        select(signals.c.pdq).where(signals.c.owner == owner, signals.c.pdq.in_({h.pdq for h in chunk}))
-                    ).scalars()
-                )
-                rows = []
-                for hashed in chunk:
-                    if hashed.pdq in known:
-                        continue
-                    known.add(hashed.pdq)
-                    rows.append(
-                        {
-                            "owner": owner,
-                            "label": label,
-                            "pdq": hashed.pdq,
-                            "quality": hashed.quality,
-                            "note": hashed.note,
-                            "added": now,
-                            "added_by": by,
-                        }
-                    )
-                if rows:
-                    connection.execute(insert(signals), rows)
-                    added += len(rows)
+                added += store.add_new(connection, now, owner, label, chunk, by)
             if added:
                 store.log_change(connection, now, owner)
         return Added(received, added, first)

@@ -50,10 +50,14 @@ def log_change(connection: Any, now: float, owner: str, signal: int | None = Non
     connection.execute(insert(changes).values(at=now, owner=owner, signal=signal))
 
 
-def remember(connection: Any, now: float, owner: str, label: str, hashes: Iterable[Hashed], by: str) -> int:
-    """Make an owner's hashes signals with a label (a decision's; a bank's import): those it already
-    has are kept as they are. Returns how many were added; the change is logged."""
-    known = set(connection.execute(select(signals.c.pdq).where(signals.c.owner == owner)).scalars())
+def add_new(connection: Any, now: float, owner: str, label: str, hashes: Sequence[Hashed], by: str) -> int:
+    """Add the hashes an owner does not hold yet as its signals with a label (one chunk of a bank's
+    import, a decision's few); how many were new. The change is the caller's to log."""
+    known = set(
+        connection.execute(
+            select(signals.c.pdq).where(signals.c.owner == owner, signals.c.pdq.in_({h.pdq for h in hashes}))
+        ).scalars()
+    )
     rows = []
     for hashed in hashes:
         if hashed.pdq in known:
@@ -72,8 +76,15 @@ def remember(connection: Any, now: float, owner: str, label: str, hashes: Iterab
         )
     if rows:
         connection.execute(insert(signals), rows)
-        log_change(connection, now, owner)
     return len(rows)
+
+
+def remember(connection: Any, now: float, owner: str, label: str, hashes: Sequence[Hashed], by: str) -> int:
+    """A decision's hashes made signals with its label (add_new), the change logged."""
+    added = add_new(connection, now, owner, label, hashes, by) if hashes else 0
+    if added:
+        log_change(connection, now, owner)
+    return added
 
 
 def forget(connection: Any, now: float, owner: str) -> None:

@@ -710,3 +710,60 @@ def test_imports_of_one_list_at_once_take_turns_on_postgresql(postgres_server: P
         assert banks.get("shared")["signals"] == 3000
     finally:
         engine.dispose()
+
+
+# The second review's findings.
+
+
+def test_hashes_in_an_earlier_shape_are_never_taken_for_a_decisions_full_set(matched: Callable[..., Flask]) -> None:
+    """A cached entry whose turns are PDQ's DCT symmetries (written before the turns were the frame's
+    own) has the same lengths as a full set: it is read as the frame's own hash alone, so a detailed
+    request classifies the image again and its decision remembers the true turns."""
+    picture = Image.open(io.BytesIO(corpus_bytes("astronaut.png"))).convert("RGB").resize((300, 200))
+    plane = pdq.luma(picture)
+    earlier = [
+        pdq.hash_plane(plane).quality,
+        pdq.dihedral_hashes(plane),
+        [pdq.hash_plane(pdq.centre_crop(plane, keep)).hex for keep in pdq.CROPS],
+    ]
+    read = pdq.FrameHashes.from_json(earlier)
+    assert read.dihedral == (earlier[1][0],) and not read.full
+    now = pdq.frame_hashes(picture)
+    assert pdq.FrameHashes.from_json(json.loads(json.dumps(now.to_json()))) == now and now.full
+    app = matched(cache_size=16)
+    client = app.test_client()
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    client.post("/predict", data=out.getvalue(), headers={**APP, "Content-Type": "image/png"})
+    cache = app.extensions["nsfw"].cache
+    (key,) = list(cache._entries)
+    entry = json.loads(cache._entries[key])
+    entry[-1] = [earlier]
+    cache._entries[key] = json.dumps(entry)
+    item = _predict(client, out.getvalue())["review"]["id"]
+    client.post(f"/reviews/{item}/decision", json={"label": "adult"}, headers=ALICE)
+    _follow(app)
+    upside_down = picture.transpose(Image.Transpose.FLIP_TOP_BOTTOM).resize((225, 150))
+    saved = io.BytesIO()
+    upside_down.save(saved, "JPEG", quality=50)
+    assert _predict(client, saved.getvalue(), "image/jpeg")["tier"] == "human"
+
+
+def test_rereview_leaves_out_what_a_signal_too_flat_to_match_would_name(matched: Callable[..., Flask]) -> None:
+    client = matched().test_client()
+    item = _predict(client, _png("astronaut.png"))["review"]["id"]
+    client.post(f"/reviews/{item}/decision", json={"label": "safe"}, headers=ALICE)
+    own = pdq.frame_hashes(Image.open(io.BytesIO(corpus_bytes("astronaut.png"))).convert("RGB")).original
+    client.post("/banks", json={"name": "reported", "label": "adult"}, headers=CURATE)
+    low = client.post("/banks/reported/signals", json={"pdq": own, "quality": 10}, headers=CURATE).get_json()
+    assert low["added"] == 1 and low["rereview"] == []  # the index never holds it: it matches nothing
+    listed = client.post("/banks/reported/signals", json={"pdq": own[:-1] + "0", "quality": 90}, headers=CURATE)
+    assert [entry["id"] for entry in listed.get_json()["rereview"]] == [item]
+
+
+def test_a_spreadsheets_csv_with_a_byte_order_mark_imports(matched: Callable[..., Flask]) -> None:
+    client = matched().test_client()
+    client.post("/banks", json={"name": "sheet", "label": "safe"}, headers=CURATE)
+    body = "\ufeffpdq,quality,note\n" + "ab" * 32 + ",90,x\n"
+    answer = client.post("/banks/sheet/signals", data=body.encode(), headers={**CURATE, "Content-Type": "text/csv"})
+    assert answer.status_code == 200 and answer.get_json()["added"] == 1

@@ -109,14 +109,14 @@ class Banks:
         owner = store.bank_owner(name)
         now = time.time()
         received = added = 0
-        first: list[str] = []
+        first: list[tuple[str, int | None]] = []
         with self.engine.begin() as connection:
             label = self._locked(connection, name)
             for chunk in _chunks(hashes, ADD_CHUNK):
                 received += len(chunk)
                 if received > MAX_SIGNALS:
                     raise TooManySignals(f"more than {MAX_SIGNALS} signals in one request")
-                first.extend(h.pdq for h in chunk[: max(0, keep - len(first))])
+                first.extend((h.pdq, h.quality) for h in chunk[: max(0, keep - len(first))])
                 added += store.add_new(connection, now, owner, label, chunk, by)
             if added:
                 store.log_change(connection, now, owner)
@@ -171,7 +171,7 @@ class Added:
 
     received: int
     added: int
-    first: list[str]
+    first: list[tuple[str, int | None]]  # (pdq, quality)
 
 
 def _chunks(items: Iterable[Hashed], size: int) -> Iterator[list[Hashed]]:

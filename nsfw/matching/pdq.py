@@ -204,12 +204,19 @@ class FrameHashes:
         return len(self.dihedral) == len(TURNS) + 1 and len(self.crops) == len(CROPS)
 
     def to_json(self) -> list[object]:
-        return [self.quality, list(self.dihedral), list(self.crops)]
+        return [self.quality, list(self.dihedral), list(self.crops), _FORMAT]
 
     @classmethod
     def from_json(cls, raw: list[object]) -> FrameHashes:
-        quality, dihedral, crops = raw
+        """As to_json wrote it; an entry in an earlier shape (its turns PDQ's DCT symmetries, not the
+        frame turned) keeps its own hash alone, so it is never taken for a full one."""
+        quality, dihedral, crops, *tag = raw
+        if tag != [_FORMAT]:
+            return cls(int(quality), tuple(dihedral)[:1])  # type: ignore[arg-type]
         return cls(int(quality), tuple(dihedral), tuple(crops))  # type: ignore[arg-type, call-overload]
+
+
+_FORMAT = "turned"  # FrameHashes' JSON: its turns are the frame's own, turned (a cache entry may be older)
 
 
 # The seven flips and quarter turns of a plane, as views (no copy): the frame's true dihedral copies.
@@ -243,7 +250,8 @@ def frame_hashes(frame: Image.Image, full: bool = True) -> FrameHashes:
     # In TURNS' order: rot90 = mirrored then transposed, rot180, rot270 = upside down then
     # transposed, mirrored, upside down, transposed, anti-transposed = the half turn transposed.
     turned = (mirrored.T, half_turn, upside_down.T, mirrored, upside_down, original.T, half_turn.T)
-    crops = tuple(hash_plane(centre_crop(plane, keep)).hex for keep in CROPS)
+    # (Contiguous first: sampling a strided view of a large frame costs twice the copy.)
+    crops = tuple(hash_plane(np.ascontiguousarray(centre_crop(plane, keep))).hex for keep in CROPS)
     return FrameHashes(quality, tuple(_bits(b) for b in (original, *turned)), crops)
 
 

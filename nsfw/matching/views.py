@@ -87,6 +87,7 @@ def delete_bank(name: str) -> Response:
 def add_signals(name: str) -> Response:
     matcher = _matcher()
     label, distance = matcher.banks.label_of(name)  # 404 before the body is read
+    min_quality = matcher.index.min_quality  # a signal below it is never matched, so it lists nothing
     try:
         added = matcher.banks.add(name, _signals(label), _operator(), keep=MAX_REREVIEW_SIGNALS + 1)
     except (ValueError, UnicodeDecodeError) as exc:  # a line met half-way: nothing was added
@@ -97,7 +98,9 @@ def add_signals(name: str) -> Response:
     if label == "adult" and added.received > MAX_REREVIEW_SIGNALS:
         answer["rereview_skipped"] = f"more than {MAX_REREVIEW_SIGNALS} signals at once"
     elif label == "adult":
-        found = matcher.rereview(added.first, "safe", distance)
+        found = matcher.rereview(
+            [pdq for pdq, quality in added.first if quality is None or quality >= min_quality], "safe", distance
+        )
         answer["rereview"] = found[:MAX_REREVIEW]
         if len(found) > MAX_REREVIEW:
             answer["rereview_more"] = len(found) - MAX_REREVIEW
@@ -111,7 +114,8 @@ def _signals(label: str) -> Iterable[Hashed]:
     if request.mimetype in SIGNAL_TYPES:
         # A chunked body was read whole by the body cap's check (nsfw/web/api.py); any other streams.
         raw = request.stream if request.content_length is not None else io.BytesIO(request.get_data(cache=True))
-        return parse_lines(io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=""))
+        # utf-8-sig: a spreadsheet's CSV export starts with a byte order mark.
+        return parse_lines(io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=""))
     if request.is_json:
         body = json_body()
         if isinstance(body, dict) and "pdq" in body:

@@ -77,5 +77,10 @@ def test_status_table_of_style_md() -> None:
         "not_decided": 409,
         "review_store_unavailable": 503,
         "rate_limit_unavailable": 503,
+        # The hash banks'.
+        "invalid_bank": 400,
+        "invalid_signals": 400,
+        "bank_exists": 409,
+        "too_many_signals": 413,
     }
     assert errors.Overloaded.headers["Retry-After"] and errors.Unavailable.headers["Retry-After"]

@@ -120,7 +120,7 @@ class Banks:
                 added += store.add_new(connection, now, owner, label, chunk, by)
             if added:
                 store.log_change(connection, now, owner)
-        return Added(received, added, first)
+        return Added(received, added, first, label)
 
     def export(self, name: str, fmt: str) -> Iterator[str]:
         """A bank's signals as lines, in the order they were added (store.export_lines)."""
@@ -172,6 +172,7 @@ class Added:
     received: int
     added: int
     first: list[tuple[str, int | None]]  # (pdq, quality)
+    label: str  # the bank's, as the import held it
 
 
 def _chunks(items: Iterable[Hashed], size: int) -> Iterator[list[Hashed]]:

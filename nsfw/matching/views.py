@@ -95,9 +95,9 @@ def add_signals(name: str) -> Response:
     if not added.received:
         raise errors.InvalidSignals("no signal in the body")
     answer: dict[str, Any] = {"bank": name, "received": added.received, "added": added.added}
-    if label == "adult" and added.received > MAX_REREVIEW_SIGNALS:
+    if added.label == "adult" and added.received > MAX_REREVIEW_SIGNALS:
         answer["rereview_skipped"] = f"more than {MAX_REREVIEW_SIGNALS} signals at once"
-    elif label == "adult":
+    elif added.label == "adult":
         found = matcher.rereview(
             [pdq for pdq, quality in added.first if quality is None or quality >= min_quality], "safe", distance
         )

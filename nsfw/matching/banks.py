@@ -6,14 +6,13 @@ match_signals (owner "bank:<name>"), so every worker's index holds them like a d
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, text
+from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from nsfw.errors import BankExists, InvalidBank, NotFound, TooManySignals
@@ -21,7 +20,7 @@ from nsfw.matching import store
 from nsfw.matching.index import Index
 from nsfw.matching.store import Follower, Hashed
 from nsfw.matching.tables import banks, signals
-from nsfw.store.engine import reading
+from nsfw.store.engine import reading, transaction_lock
 
 LABELS = ("adult", "safe")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # never "." or "..": a path segment
@@ -145,9 +144,7 @@ class Banks:
         take turns (PostgreSQL: an advisory lock on its name; SQLite's writers take turns anyway), so
         two imports of one hash never collide on the unique index, and no import outlives a deletion
         with signals of a bank that is gone."""
-        if connection.dialect.name == "postgresql":
-            lock = int.from_bytes(hashlib.sha256(f"nsfw-bank:{name}".encode()).digest()[:8], "big", signed=True)
-            connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+        transaction_lock(connection, f"nsfw-bank:{name}")
         label = connection.execute(select(banks.c.label).where(banks.c.name == name)).scalar()
         if label is None:
             raise NotFound(f"no bank {name!r}")

@@ -262,7 +262,7 @@ def hash_frame(frame: Image.Image) -> Pdq:
 
 def packed(hashes: Sequence[str]) -> np.ndarray:
     """Hashes as four rows of 64-bit words (4 x n): each row one contiguous sweep for a search."""
-    raw = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=">u8").reshape(-1, 4)
+    raw = np.frombuffer(b"".join(bytes.fromhex(h) for h in hashes), dtype=">u8").reshape(len(hashes), 4)
     return np.ascontiguousarray(raw.astype(np.uint64).T)
 
 
@@ -273,6 +273,14 @@ def distances(words: np.ndarray, pdq: str) -> np.ndarray:
     for row in range(1, 4):
         found += np.bitwise_count(words[row] ^ query[row])
     return found
+
+
+def nearest_of(words: np.ndarray, pdqs: Sequence[str]) -> np.ndarray:
+    """Each column of `packed` words' distance to the nearest of several hashes (257: none given)."""
+    best = np.full(words.shape[1], 257, dtype=np.uint16)
+    for pdq in pdqs:
+        np.minimum(best, distances(words, pdq), out=best)
+    return best
 
 
 def distance(a: str, b: str) -> int:

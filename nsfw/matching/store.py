@@ -18,18 +18,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, text
+from sqlalchemy import Engine, delete, func, insert, select
 
 from nsfw import metrics
 from nsfw.matching.index import BANK_PREFIX, Index, Signal
 from nsfw.matching.tables import banks, changes, signals
-from nsfw.store.engine import reading
+from nsfw.store.engine import reading, transaction_lock
 
 log = logging.getLogger(__name__)
 
 FOLLOW_EVERY = 1.0
 LOG_KEPT_SECONDS = 86400.0
-_LOG_LOCK = 0x6E73667700000001  # "nsfw" and 1: the advisory lock of match_changes' writers
+_LOG_LOCK = "nsfw-match-changes"  # the advisory lock of match_changes' writers
 _LOAD_CHUNK = 20_000
 
 
@@ -45,8 +45,7 @@ class Hashed:
 def log_change(connection: Any, now: float, owner: str, signal: int | None = None) -> None:
     """Record that an owner's signals changed (signal: the one added), in the caller's transaction;
     last in it, so that the lock is held only to the commit."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": _LOG_LOCK - (1 << 63)})
+    transaction_lock(connection, _LOG_LOCK)
     connection.execute(insert(changes).values(at=now, owner=owner, signal=signal))
 
 

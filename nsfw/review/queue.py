@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import hashlib
 import io
 import json
 import secrets
@@ -31,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
-from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from nsfw.errors import (
@@ -45,11 +43,11 @@ from nsfw.errors import (
     ReviewQueueFull,
 )
 from nsfw.matching import store as matching
-from nsfw.matching.pdq import FrameHashes, distances, packed
+from nsfw.matching.pdq import TURNS, FrameHashes, nearest_of, packed
 from nsfw.model.specs import MODELS
 from nsfw.review.insights import adult_score
 from nsfw.review.tables import audit, frames, hashes, outbox, refs, reviews
-from nsfw.store.engine import reading
+from nsfw.store.engine import reading, transaction_lock
 
 LABELS = ("adult", "safe")
 # The ref that records a key's part in an item it joined without a ref of its own (never shown).
@@ -174,26 +172,22 @@ class ReviewQueue:
     def remembered(self, sha256: str, key_name: str = "-") -> Decision | None:
         """The latest human decision on these bytes, if any; its item's id only for a key that created
         the item or sent a ref to it."""
-        query = (
-            select(reviews.c.id, reviews.c.label, reviews.c.decided, _involving(key_name).label("involved"))
-            .where(reviews.c.sha256 == sha256, reviews.c.status == "decided")
-            .order_by(reviews.c.decided.desc())
-            .limit(1)
-        )
-        with reading(self.engine) as connection:
-            row = connection.execute(query).first()
-        if row is None:
-            return None
-        return Decision(row.label, row.decided, row.id if row.involved else None)
+        return self._decision(key_name, reviews.c.sha256 == sha256, order_by=reviews.c.decided.desc())
 
     def decision_of(self, review_id: str, key_name: str = "-") -> Decision | None:
         """A decided item's decision as the store has it now (a near-duplicate match, checked: the
         index may be a second behind an undo); its id only for a key that had a part in it."""
-        query = select(reviews.c.id, reviews.c.label, reviews.c.decided, _involving(key_name).label("involved")).where(
-            reviews.c.id == review_id, reviews.c.status == "decided"
-        )
+        return self._decision(key_name, reviews.c.id == review_id)
+
+    def _decision(self, key_name: str, which: Any, order_by: Any = None) -> Decision | None:
+        """The first decided item `which` picks, as a Decision for this key (its id only when the key
+        had a part in it)."""
+        query = select(reviews.c.id, reviews.c.label, reviews.c.decided, _involving(key_name).label("involved"))
+        query = query.where(which, reviews.c.status == "decided")
+        if order_by is not None:
+            query = query.order_by(order_by)
         with reading(self.engine) as connection:
-            row = connection.execute(query).first()
+            row = connection.execute(query.limit(1)).first()
         if row is None:
             return None
         return Decision(row.label, row.decided, row.id if row.involved else None)
@@ -215,10 +209,7 @@ class ReviewQueue:
             ).all()
         if not rows or not pdqs:
             return []
-        words = packed([r.pdq for r in rows])
-        best = np.full(len(rows), 257, dtype=np.uint16)
-        for pdq in pdqs:
-            np.minimum(best, distances(words, pdq), out=best)
+        best = nearest_of(packed([r.pdq for r in rows]), pdqs)
         nearest: dict[str, int] = {}
         for row, value in zip(rows, best.tolist(), strict=True):
             if value <= distance and value < nearest.get(row.review_id, 257):
@@ -327,9 +318,7 @@ class ReviewQueue:
     @staticmethod
     def _lock_key(connection: Any, key_name: str) -> None:
         """PostgreSQL: one new item of a key at a time (its cap is counted and written in turn)."""
-        if connection.dialect.name == "postgresql":
-            lock = int.from_bytes(hashlib.sha256(f"nsfw-key:{key_name}".encode()).digest()[:8], "big", signed=True)
-            connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})
+        transaction_lock(connection, f"nsfw-key:{key_name}")
 
     @staticmethod
     def _has_refs(connection: Any, review_id: str, key_name: str) -> bool:
@@ -520,10 +509,7 @@ class ReviewQueue:
                 )
             ).all()
         # Each pending frame's nearest distance to any hash the decision remembered.
-        words = packed([row.pdq for row in pending]) if pending else np.zeros((4, 0), dtype=np.uint64)
-        best = np.full(len(pending), 257, dtype=np.uint16)
-        for target in targets:
-            np.minimum(best, distances(words, target), out=best)
+        best = nearest_of(packed([row.pdq for row in pending]), targets)
         nearest: dict[str, dict[int, int]] = {}
         for row, value in zip(pending, best.tolist(), strict=True):
             # A frame too flat to look up matches nothing (257: never within the distance).
@@ -873,7 +859,8 @@ _ITEM_COLUMNS = (
 )
 
 
-_DIHEDRAL = range(8)  # review_hashes' variants 0..7: a frame's dihedral hashes; 8..: its crops (pdq.CROPS)
+# review_hashes' variants 0..7: a frame's dihedral hashes, its own first; 8..: its crops (pdq.CROPS).
+_DIHEDRAL = range(len(TURNS) + 1)
 
 # Since when an item waits for a human: queued, or undone (items from before 0004: queued).
 _PENDING_SINCE = func.coalesce(reviews.c.pending_since, reviews.c.created)

@@ -14,12 +14,13 @@ engine per process, made after the fork (create_app).
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 _BUSY_SECONDS = 5.0
 
@@ -119,3 +120,12 @@ def checkpoint(engine: Engine) -> bool:
         db.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")  # type: ignore[union-attr]
         raw.close()
     return not busy
+
+
+def transaction_lock(connection: Connection, name: str) -> None:
+    """PostgreSQL: take the advisory lock named `name` until the transaction ends (writers of one
+    thing take turns: a key's new items, a bank's imports, the matcher's change log). SQLite's writers
+    take turns anyway (BEGIN IMMEDIATE): a no-op there."""
+    if connection.dialect.name == "postgresql":
+        lock = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        connection.execute(text("SELECT pg_advisory_xact_lock(:lock)"), {"lock": lock})

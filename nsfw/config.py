@@ -559,8 +559,17 @@ class ReviewSettings:
     # Share of automatic adult and safe verdicts also queued (kind audit), so humans keep checking
     # the model; 0 (default) to 1.
     review_audit_rate: float = 0.0
-    # Seconds a moderator's claim on an item lasts.
-    review_lease: float = 300.0
+    # Seconds a moderator's claim on an item lasts. The page claims an item only when the moderator
+    # acts on it (reveal, a decision, a note), renews the claim while the item stays open and releases
+    # it on skip, on moving on, on sign-out and when the tab closes: short, so a claim that a crashed
+    # browser left behind frees itself soon.
+    review_lease: float = 120.0
+    # Longest side in pixels of the picture a moderator opens full-size (made from the decoded image,
+    # never the original bytes; dropped with the thumbnail at retention).
+    review_preview_px: int = 1280
+    # Reason codes a moderator may give with a decision (the client app's statement of reasons to its
+    # user: the EU Digital Services Act, Art. 17), carried in the review.decided webhook. Empty: none.
+    review_reasons: tuple[str, ...] = ("nudity", "sexual_activity", "suggestive", "art", "medical")
     # Decisions are POSTed here (Standard Webhooks signatures); empty: no webhooks.
     review_webhook_url: str = ""
     # The webhook signing secret, whsec_<base64>; needed with NSFW_REVIEW_WEBHOOK_URL.
@@ -603,6 +612,12 @@ class ReviewSettings:
             ),
             ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
             ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
+            ("review_preview_px", 256 <= self.review_preview_px <= 4096, "must be 256..4096"),
+            (
+                "review_reasons",
+                len(self.review_reasons) <= 50 and all(_REASON_CODE.fullmatch(code) for code in self.review_reasons),
+                "must be up to 50 comma-separated codes of a-z, 0-9 and _ (up to 40 characters each)",
+            ),
             (
                 "review_webhook_url",
                 not self.review_webhook_url or self.review_webhook_url.startswith(("http://", "https://")),
@@ -803,6 +818,9 @@ GROUPS = (
 )
 
 
+_REASON_CODE = re.compile(r"[a-z0-9_]{1,40}")
+
+
 def _split(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
@@ -862,6 +880,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "models": lambda raw: tuple(_split(raw)),
     "compat": lambda raw: tuple(dict.fromkeys(_split(raw.lower()))),  # a name given twice counts once
     "compat_open": lambda raw: tuple(dict.fromkeys(_split(raw.lower()))),
+    "review_reasons": lambda raw: tuple(dict.fromkeys(_split(raw.lower()))),
     "compat_pictrs_unknown": str.lower,
     "compat_pictrs_on_error": str.lower,
     "compat_nsfw_api_score": str.lower,

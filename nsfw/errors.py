@@ -69,7 +69,10 @@ class InvalidPolicy(BadRequest):
 
 class InvalidLabel(BadRequest):
     code = "invalid_label"
-    message = 'The decision needs {"label": "adult" | "safe"}, and a note, if any, as a string.'
+    message = (
+        'The decision needs {"label": "adult" | "safe"}, a note, if any, as a string, and a reason_code, if any, '
+        "of NSFW_REVIEW_REASONS."
+    )
 
 
 class InvalidBank(BadRequest):

@@ -24,6 +24,7 @@ from standardwebhooks.webhooks import Webhook
 from nsfw import create_app
 from nsfw.config import ConfigError, Settings, parse_api_keys
 from nsfw.errors import ReviewQueueFull
+from nsfw.imaging.thumbnail import Picture
 from nsfw.review import Reviewer
 from nsfw.review.queue import Candidate, ReviewQueue
 from nsfw.review.tables import metadata, outbox, refs, reviews
@@ -48,6 +49,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'data' / 'nsfw.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.database(f"t{time.monotonic_ns()}")
+
+
+_TINY = Picture(b"x", b"x", 1, 1)  # pictures where the test needs none
 
 
 def _jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
@@ -137,7 +141,7 @@ def test_a_worker_refuses_a_store_that_is_not_migrated(settings: Settings, store
     with pytest.raises(ConfigError, match="db upgrade"):
         create_app(_settings(settings, store_url), FakeClassifier())
     upgrade(store_url, "0001")
-    with pytest.raises(ConfigError, match="at revision 0001, not 0005"):
+    with pytest.raises(ConfigError, match="at revision 0001, not 0006"):
         create_app(_settings(settings, store_url), FakeClassifier())
 
 
@@ -383,7 +387,8 @@ def _enqueue(queue: ReviewQueue, sha256: str) -> str:
     from nsfw.review.queue import Candidate
 
     candidate = Candidate(sha256, "unknown", "ref", "app", None, "mobilenet_v2", "v", {"porn": 0.5}, "unknown", "r")
-    return queue.enqueue(candidate, lambda: {0: _jpeg((1, 1, 1))}).review_id
+    picture = _jpeg((1, 1, 1))
+    return queue.enqueue(candidate, lambda: {0: Picture(picture, picture, 320, 240)}).review_id
 
 
 def _sender(queue: ReviewQueue, settings: Settings, url: str, clock: Callable[[], float]) -> Sender:
@@ -500,7 +505,7 @@ def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "nsfw", "db", "upgrade"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert "at revision 0005 (head 0005)" in done.stdout and (tmp_path / "nsfw.db").exists()
+    assert "at revision 0006 (head 0006)" in done.stdout and (tmp_path / "nsfw.db").exists()
 
 
 def test_a_reverted_decision_is_pending_again_forgotten_and_heard(
@@ -590,9 +595,9 @@ def test_an_animation_is_queued_as_what_the_model_judged(settings: Settings, sto
     page = client.get("/review/login").get_data(as_text=True)
     token = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
     client.post("/review/login", data={"username": "carol", "password": "correct horse battery", "csrf_token": token})
-    queue_page = client.get("/review").get_data(as_text=True)
-    assert "Animation: 3 frames, 3 classified. The picture is frame 2" in queue_page
-    assert queue_page.count(f"/reviews/{item['id']}/frames/") == 3
+    item_page = client.get(f"/review/items/{item['id']}").get_data(as_text=True)
+    assert "Animation: 3 frames, 3 classified. The picture is frame 2" in item_page
+    assert item_page.count(f"/reviews/{item['id']}/frames/") == 3
 
 
 def test_a_still_image_has_one_frame_and_no_strip(reviewed: Callable[..., FlaskClient]) -> None:
@@ -961,14 +966,14 @@ def test_a_key_at_its_cap_learns_nothing_of_what_others_have_pending(store_url: 
     `pending` for those bytes and `review_queue_full` for new ones told it what others had sent."""
     upgrade(store_url)
     queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, max_pending_per_key=1)
-    theirs = queue.enqueue(_candidate("7" * 64, key="alice"), lambda: {0: b"x"}).review_id
-    mine = queue.enqueue(_candidate("8" * 64), lambda: {0: b"x"}).review_id
+    theirs = queue.enqueue(_candidate("7" * 64, key="alice"), lambda: {0: _TINY}).review_id
+    mine = queue.enqueue(_candidate("8" * 64), lambda: {0: _TINY}).review_id
     with pytest.raises(ReviewQueueFull):
-        queue.enqueue(_candidate("7" * 64), lambda: {0: b"x"})  # alice's: the same answer as new bytes
+        queue.enqueue(_candidate("7" * 64), lambda: {0: _TINY})  # alice's: the same answer as new bytes
     with pytest.raises(ReviewQueueFull):
-        queue.enqueue(_candidate("9" * 64), lambda: {0: b"x"})
-    assert queue.enqueue(_candidate("8" * 64, ref="again"), lambda: {0: b"x"}).review_id == mine  # its own
-    assert queue.enqueue(_candidate("7" * 64, key="alice", ref="2"), lambda: {0: b"x"}).review_id == theirs
+        queue.enqueue(_candidate("9" * 64), lambda: {0: _TINY})
+    assert queue.enqueue(_candidate("8" * 64, ref="again"), lambda: {0: _TINY}).review_id == mine  # its own
+    assert queue.enqueue(_candidate("7" * 64, key="alice", ref="2"), lambda: {0: _TINY}).review_id == theirs
     queue.engine.dispose()
 
 
@@ -997,16 +1002,16 @@ def test_the_caps_hold_under_racing_requests(store_url: str) -> None:
         for thread in threads:
             thread.join(30)
 
-    race([lambda n=n: queue.enqueue(_candidate(f"{n:064x}"), lambda: {0: b"x"}) for n in range(12)])
+    race([lambda n=n: queue.enqueue(_candidate(f"{n:064x}"), lambda: {0: _TINY}) for n in range(12)])
     assert sorted(outcomes) == ["kept"] * 3 + ["review_queue_full"] * 9
     assert queue.depth()[0] == 3
     outcomes.clear()
     shared = "b" * 64
-    race([lambda n=n: queue.enqueue(_candidate(shared, key="bob", ref=f"r{n}"), lambda: {0: b"x"}) for n in range(8)])
+    race([lambda n=n: queue.enqueue(_candidate(shared, key="bob", ref=f"r{n}"), lambda: {0: _TINY}) for n in range(8)])
     (item,) = [item for item in queue.page("pending", 10, None)[0] if item["sha256"] == shared]
     assert len(item["refs"]) == 3 and sorted(outcomes) == ["kept"] * 3 + ["not kept"] * 5
     outcomes.clear()
-    race([lambda: queue.enqueue(_candidate(f"{1:064x}", key="alice", ref="same"), lambda: {0: b"x"})] * 8)
+    race([lambda: queue.enqueue(_candidate(f"{1:064x}", key="alice", ref="same"), lambda: {0: _TINY})] * 8)
     assert outcomes == ["kept"] * 8
     queue.engine.dispose()
 
@@ -1045,11 +1050,11 @@ def test_what_a_key_is_answered_never_depends_on_what_others_have_pending(store_
     upgrade(store_url)
     queue = ReviewQueue(make_engine(store_url), lease=300, webhooks=False, max_pending_per_key=2)
     if others_have_it:
-        queue.enqueue(_candidate("e" * 64, key="bob"), lambda: {0: b"x"})
-    queue.enqueue(_candidate("f" * 64, ref=None), lambda: {0: b"x"})
-    queue.enqueue(_candidate("e" * 64, ref=None), lambda: {0: b"x"})  # made, or joined: the same to it
+        queue.enqueue(_candidate("e" * 64, key="bob"), lambda: {0: _TINY})
+    queue.enqueue(_candidate("f" * 64, ref=None), lambda: {0: _TINY})
+    queue.enqueue(_candidate("e" * 64, ref=None), lambda: {0: _TINY})  # made, or joined: the same to it
     with pytest.raises(ReviewQueueFull):
-        queue.enqueue(_candidate("1" * 64, ref=None), lambda: {0: b"x"})
+        queue.enqueue(_candidate("1" * 64, ref=None), lambda: {0: _TINY})
     item = [i for i in queue.page("pending", 10, None)[0] if i["sha256"] == "e" * 64][0]
     assert item["refs"] == ([{"ref": "ref", "key": "bob"}] if others_have_it else [])  # the join is not shown
     queue.engine.dispose()

@@ -31,6 +31,7 @@ from tests.served import Gunicorn, call
 from tests.support import REPO, ImageServer
 
 APP = "a" * 43
+MODERATION = "m" * 43
 PASSWORDS = {"alice": "alice's long password", "bob": "bob's long password!"}
 SHOTS = REPO / ".cache" / "screenshots"
 STRICT = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
@@ -122,17 +123,29 @@ def _gone(element: Any) -> Callable[[WebDriver], bool]:
     return check
 
 
-_OPEN_ITEM = "const e = document.querySelector('.item.current[data-claimed]'); return e && e.dataset.reviewId;"
+_OPEN_ITEM = "const e = document.querySelector('.item.current'); return e && e.dataset.reviewId;"
 
 
 def _current(driver: WebDriver) -> str:
-    """The id of the item the page has open and claimed (read in the page: items come and go)."""
+    """The id of the item the page has open (read in the page: items come and go)."""
     return str(WebDriverWait(driver, 10).until(lambda d: d.execute_script(_OPEN_ITEM)))
 
 
 def _filter(driver: WebDriver) -> str:
     image = driver.find_element(By.CSS_SELECTOR, ".item.current img")
     return str(driver.execute_script("return getComputedStyle(arguments[0]).filter", image))
+
+
+def _status(driver: WebDriver, contains: str) -> str:
+    return str(
+        WebDriverWait(driver, 10).until(
+            lambda d: (text := d.find_element(By.ID, "status").text) and contains in text and text
+        )
+    )
+
+
+def _item(served: Gunicorn, review_id: str) -> dict[str, Any]:
+    return dict(json.loads(call(served, "GET", f"/reviews/{review_id}", MODERATION)[1]))
 
 
 def _no_serious_violations(driver: WebDriver, page: str) -> None:
@@ -148,35 +161,58 @@ def _shot(driver: WebDriver, name: str) -> None:
     driver.save_screenshot(str(SHOTS / name))
 
 
+def _press(driver: WebDriver, keys: str) -> None:
+    driver.find_element(By.TAG_NAME, "body").send_keys(keys)
+
+
 def test_a_moderators_hour(served: Gunicorn, browsers: Callable[[], WebDriver]) -> None:
     base = served.base
     alice = browsers()
     _sign_in(alice, base, "alice", "not her password")
     assert "Wrong name or password" in alice.page_source
+    assert alice.find_element(By.NAME, "username").get_attribute("value") == "alice"  # the name stays
+    assert not alice.find_elements(By.CSS_SELECTOR, "nav")  # no pages to offer a signed-out visitor
     _no_serious_violations(alice, "login")
+    alice.find_element(By.NAME, "username").clear()
     _sign_in(alice, base, "alice", PASSWORDS["alice"])
     first = _current(alice)
     assert "blur" in _filter(alice)  # blurred by default
+    assert _item(served, first)["claimed_by"] is None  # looking claims nothing
     _shot(alice, "queue-blurred.png")
     _no_serious_violations(alice, "queue")
 
-    alice.find_element(By.TAG_NAME, "body").send_keys(Keys.SPACE)
+    _press(alice, "a")  # a decision before the image was revealed does nothing
+    _status(alice, "Reveal the image first")
+    assert _item(served, first)["status"] == "pending"
+
+    reveal = alice.find_element(By.CSS_SELECTOR, '.item.current [data-action="reveal"]')
+    assert reveal.get_attribute("aria-pressed") == "false"
+    _press(alice, Keys.SPACE)  # revealing is acting on it: it is claimed
     WebDriverWait(alice, 5).until(lambda d: _filter(d) == "none")
+    assert reveal.get_attribute("aria-pressed") == "true" and reveal.text.startswith("Blur again")
+    WebDriverWait(alice, 5).until(lambda d: _item(served, first)["claimed_by"] == "alice")
     _shot(alice, "queue-revealed.png")
 
-    alice.find_element(By.TAG_NAME, "body").send_keys("a")  # adult, by key
+    _press(alice, "a")  # adult, by key
     WebDriverWait(alice, 10).until(lambda d: _current(d) != first)
     second = _current(alice)
     assert "blur" in _filter(alice)  # blurred again on the next item
 
-    # A second moderator opening the queue finds alice's item claimed, and says by whom.
+    # A second moderator is offered the oldest item no one holds: alice only looks at hers, so it is
+    # open to bob; once alice acts on it, bob's page marks it claimed without a key press.
     bob = browsers()
     _sign_in(bob, base, "bob", PASSWORDS["bob"])
     assert _current(bob) == second
-    WebDriverWait(bob, 10).until(lambda d: "Claimed by alice" in d.find_element(By.CSS_SELECTOR, ".item.current").text)
+    _press(alice, Keys.SPACE)
+    WebDriverWait(bob, 15).until(lambda d: "Claimed by alice" in d.find_element(By.CSS_SELECTOR, ".item.current").text)
 
     alice.find_element(By.CSS_SELECTOR, '.item.current [data-decision="safe"]').click()  # safe, by button
     WebDriverWait(alice, 10).until(lambda d: _current(d) not in (first, second))
+    # Decided elsewhere: it leaves bob's list by itself, and bob is told.
+    WebDriverWait(bob, 15).until(lambda d: _current(d) != second)
+    assert second not in bob.execute_script(
+        "return Array.from(document.querySelectorAll('[data-review-id]')).map(e => e.dataset.reviewId)"
+    )
 
     alice.get(f"{base}/review/history")
     rows = alice.find_elements(By.CSS_SELECTOR, "tr[data-review-id]")
@@ -186,8 +222,14 @@ def test_a_moderators_hour(served: Gunicorn, browsers: Callable[[], WebDriver]) 
     _no_serious_violations(alice, "history")
     rows[0].find_element(By.CSS_SELECTOR, '[data-action="undo"]').click()  # undo the safe one
     WebDriverWait(alice, 10).until(lambda d: d.current_url.endswith("/review"))
-    queued = [e.get_attribute("data-review-id") for e in alice.find_elements(By.CSS_SELECTOR, "[data-review-id]")]
-    assert second in queued
+    WebDriverWait(alice, 10).until(
+        lambda d: (
+            second
+            in d.execute_script(
+                "return Array.from(document.querySelectorAll('[data-review-id]')).map(e => e.dataset.reviewId)"
+            )
+        )
+    )
 
     alice.get(f"{base}/review/insights")
     assert (
@@ -195,6 +237,10 @@ def test_a_moderators_hour(served: Gunicorn, browsers: Callable[[], WebDriver]) 
     )
     _shot(alice, "insights.png")
     _no_serious_violations(alice, "insights")
+    for driver in (alice, bob):
+        wrong_password = "/review/login - Failed to load resource: the server responded with a status of 401"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and wrong_password not in e["message"]]
+        assert not errors, errors  # no script error, and no failed request (the favicon's 401 was one)
 
 
 def test_a_queued_video_says_it_is_one_and_shows_each_frames_time(
@@ -266,7 +312,7 @@ def test_a_decision_takes_its_pending_near_duplicate_and_says_so(
     alice = browsers()
     _sign_in(alice, served.base, "alice", PASSWORDS["alice"])
     assert _current(alice) == ids[0]
-    alice.find_element(By.TAG_NAME, "body").send_keys("a")
+    alice.find_element(By.TAG_NAME, "body").send_keys(Keys.SPACE + "a")
     status = WebDriverWait(alice, 10).until(
         lambda d: (text := d.find_element(By.ID, "status").text) and "near-duplicate" in text and text
     )

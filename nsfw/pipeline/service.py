@@ -23,7 +23,7 @@ from nsfw.fetch import Fetcher, FetchPolicy, RequestShare, Resolver, system_reso
 from nsfw.imaging.budget import Limits
 from nsfw.imaging.decode import Deadline, decode_frames, harden_pillow
 from nsfw.imaging.recipes import model_input
-from nsfw.imaging.thumbnail import frame_thumbnails, picture
+from nsfw.imaging.thumbnail import Picture, frame_thumbnails, pictures
 from nsfw.imaging.video import VideoLimits, is_video, open_video, sniff
 from nsfw.matching.pdq import FrameHashes, frame_hashes
 from nsfw.model import Classifier
@@ -149,8 +149,8 @@ class ImageBytes:
         self._sha256: str | None = None
         self._demuxer: str | None = None
         self._sniffed = False
-        # {frame index: JPEG}, made while the frames were decoded for the model (None: not made).
-        self.pictures: dict[int, bytes] | None = None
+        # {frame index: its pictures}, made while the frames were decoded for the model (None: not made).
+        self.pictures: dict[int, Picture] | None = None
 
     @property
     def sha256(self) -> str:
@@ -194,9 +194,9 @@ def _hashes(entry: CacheEntry) -> list[FrameHashes] | None:
         return None
 
 
-def _picture_or_none(frame: Image.Image) -> bytes | None:
+def _picture_or_none(frame: Image.Image, preview_side: int) -> Picture | None:
     try:
-        return picture(frame)
+        return pictures(frame, preview_side)
     except Exception as exc:  # noqa: BLE001 - a picture that cannot be made costs the review its picture only
         log.warning("no thumbnail: %s: %s", type(exc).__name__, exc)
         return None
@@ -319,11 +319,13 @@ class PredictionService:
             # deadline still bounds the batch: every wait after this checks it again).
             limit = Deadline(decode_deadline if deadline is None else min(deadline, decode_deadline))
 
-            def convert(frame: Image.Image) -> tuple[np.ndarray, bytes | None, FrameHashes | None]:
+            preview = self.settings.review_preview_px
+
+            def convert(frame: Image.Image) -> tuple[np.ndarray, Picture | None, FrameHashes | None]:
                 made = model_input(frame, spec, mode)
                 with limit.aside():  # not the decode's work either
                     hashed = frame_hashes(frame, full=pictures) if self.hashing else None
-                    return made, _picture_or_none(frame) if pictures else None, hashed
+                    return made, _picture_or_none(frame, preview) if pictures else None, hashed
 
             image.body.seek(0)
             try:
@@ -391,7 +393,7 @@ class PredictionService:
         rows: list[dict[str, float]] = []
         hashed: list[FrameHashes] = []
         times: list[float | None] = []
-        made: dict[int, bytes | None] = {}
+        made: dict[int, Picture | None] = {}
         begun = time.perf_counter()
         inferring = 0.0
         try:
@@ -410,7 +412,7 @@ class PredictionService:
                     if self.hashing:
                         hashed.append(frame_hashes(frame.image, full=pictures))
                     if pictures:
-                        made[len(rows) - 1] = _picture_or_none(frame.image)
+                        made[len(rows) - 1] = _picture_or_none(frame.image, self.settings.review_preview_px)
                     if early is not None and sum(rows[-1][n] for n in spec.adult_classes) >= early.adult_threshold:
                         stopped = True
                         break  # the with block ends the decode
@@ -483,10 +485,10 @@ class PredictionService:
         metrics.PREDICTIONS.labels(spec.name, decided.verdict.label).inc()
         return decided
 
-    def _pictures(self, image: ImageBytes, deadline: float | None, count: int = 0) -> dict[int, bytes] | None:
-        """The review item's pictures: each classified frame as a JPEG (longest side 256) by its
-        index: made during the decode, or (a result from the cache) decoded again under the model
-        lock and the decode limits like any decode; None when they cannot be made (an NsfwError
+    def _pictures(self, image: ImageBytes, deadline: float | None, count: int = 0) -> dict[int, Picture] | None:
+        """The review item's pictures: each classified frame's thumbnail and preview by its index:
+        made during the decode, or (a result from the cache) decoded again under the model lock and
+        the decode limits like any decode; None when they cannot be made (an NsfwError
         when the model stays busy or the deadline passes)."""
         if image.pictures is not None:
             return image.pictures
@@ -500,6 +502,7 @@ class PredictionService:
                     limits=self._limits,
                     max_frames=self.settings.max_frames,
                     deadline=decode_deadline if deadline is None else min(deadline, decode_deadline),
+                    preview_side=self.settings.review_preview_px,
                 )
             except InvalidImage as exc:
                 log.warning("no thumbnail: %s %s", exc.code, exc.detail)
@@ -508,7 +511,7 @@ class PredictionService:
 
     def _video_pictures(
         self, image: ImageBytes, demuxer: str, deadline: float | None, count: int
-    ) -> dict[int, bytes] | None:
+    ) -> dict[int, Picture] | None:
         """A video's pictures when its result came from the cache (which holds only decodes that
         sampled the whole video): its samples decoded again, the same frames, put in time order like
         the judged ones; None unless there are exactly `count` of them."""
@@ -523,7 +526,7 @@ class PredictionService:
             log.warning("no thumbnail: %s %s", exc.code, exc.detail)
             return None
         frames.sort(key=lambda frame: (frame.time_s is None, frame.time_s or 0.0))
-        made = [_picture_or_none(frame.image) for frame in frames]
+        made = [_picture_or_none(frame.image, self.settings.review_preview_px) for frame in frames]
         if not complete or len(made) != count or any(picture is None for picture in made):
             return None
         return {index: picture for index, picture in enumerate(made) if picture is not None}

@@ -312,6 +312,7 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
         match_distance=settings.match_distance,
         match_min_quality=settings.match_min_quality,
         match=settings.match,
+        reasons=settings.review_reasons,
     )
     gate = StoreGate(settings.review_store_timeout)
     index = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import calendar
 import functools
 import hmac
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from nsfw import errors, metrics
 from nsfw.config import Settings
+from nsfw.model.specs import MODELS
 from nsfw.review import insights as teach
 from nsfw.review import moderators
 from nsfw.review.queue import ReviewQueue, iso
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("review_pages", __name__, template_folder="templates", static_folder="static", url_prefix=PAGES_PATH)
 
 UNDO_SECONDS = 600
+PAGE_ITEMS = 50  # items the queue page holds at once; it asks for more as they are decided
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -163,7 +166,9 @@ def login() -> Any:
         except errors.RateLimitUnavailable as refused:
             log.warning("sign-in refused: %s", refused.detail)
             return _message("Sign-in is unavailable for a moment; try again shortly.", 503, {"Retry-After": "5"})
-    return render_template("review/login.html", error=error, next=request.args.get("next", "")), status
+    # After a wrong password the name stays (only the password is typed again).
+    name = request.form.get("username", "")[:64] if request.method == "POST" else ""
+    return render_template("review/login.html", error=error, name=name, next=request.args.get("next", "")), status
 
 
 @bp.post("/logout")
@@ -174,6 +179,7 @@ def logout() -> Any:
     session.clear()
     if name is not None:
         try:
+            _queue().release_all(name)  # the items this moderator held are open to the others at once
             moderators.end_sessions(_queue().engine, name)
         except SQLAlchemyError as exc:
             metrics.REVIEW_STORE_ERRORS.labels("logout").inc()
@@ -190,8 +196,17 @@ def logout() -> Any:
 @bp.get("")
 @signed_in
 def queue() -> str:
-    items, following = _queue().page("pending", 50, None)
-    return render_template("review/queue.html", items=items, more=following is not None, page="queue")
+    settings: Settings = state.service().settings
+    items, following = _queue().page("pending", PAGE_ITEMS, None)
+    return render_template(
+        "review/queue.html",
+        items=items,
+        more=following is not None,
+        total=_queue().count("pending"),
+        lease=settings.review_lease,
+        reasons=settings.review_reasons,
+        page="queue",
+    )
 
 
 @bp.post("/settings")
@@ -248,6 +263,11 @@ def insights() -> str:
         current=(settings.adult_threshold, settings.safe_threshold),
         page="insights",
     )
+
+
+def _adult_classes_json() -> str:
+    """Each model's adult classes, for the page's script (its score bars and its plain reason line)."""
+    return json.dumps({name: list(spec.adult_classes) for name, spec in MODELS.items()})
 
 
 def ref_text(ref: dict[str, str]) -> str:
@@ -343,6 +363,7 @@ def install(app: Flask, settings: Settings) -> None:
     app.jinja_env.filters["iso"] = iso
     app.jinja_env.filters["ref_text"] = ref_text
     app.jinja_env.globals["animation_note"] = animation_note
+    app.jinja_env.globals["adult_classes_json"] = _adult_classes_json
     app.jinja_env.globals["frame_name"] = frame_name
     app.register_error_handler(CSRFError, _csrf_failed)
     app.after_request(_headers)

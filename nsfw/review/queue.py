@@ -42,6 +42,7 @@ from nsfw.errors import (
     PendingTwin,
     ReviewQueueFull,
 )
+from nsfw.imaging.thumbnail import Picture
 from nsfw.matching import store as matching
 from nsfw.matching.pdq import TURNS, FrameHashes, nearest_of, packed
 from nsfw.model.specs import MODELS
@@ -107,9 +108,9 @@ class Queued:
     ref_kept: bool = True
 
 
-# The pictures of an item: each classified frame's JPEG by its index in the animation (one entry for a
-# still image), made only when a new item is made; None when they cannot be made.
-Pictures = Callable[[], Mapping[int, bytes] | None]
+# The pictures of an item: each classified frame's thumbnail and preview by its index in the animation
+# (one entry for a still image), made only when a new item is made; None when they cannot be made.
+Pictures = Callable[[], Mapping[int, Picture] | None]
 T = TypeVar("T")
 # How a store call is run: at once, or within a deadline (the prediction path's StoreGate).
 Runner = Callable[[Callable[[], T]], T]
@@ -156,7 +157,9 @@ class ReviewQueue:
         match_distance: int = 31,
         match_min_quality: int = 50,
         match: bool = True,
+        reasons: Sequence[str] = (),
     ) -> None:
+        self.reasons = tuple(reasons)  # NSFW_REVIEW_REASONS: the reason codes a decision may give
         self.match = match  # NSFW_MATCH: decisions remembered by their hashes, and retroaction
         self.engine = engine
         self.match_distance = match_distance
@@ -260,8 +263,9 @@ class ReviewQueue:
             self._check_room(connection, candidate.key_name)
         return None
 
-    def _insert(self, candidate: Candidate, made: Mapping[int, bytes], now: float) -> Queued:
+    def _insert(self, candidate: Candidate, made: Mapping[int, Picture], now: float) -> Queued:
         review_id = _new_id("rv")
+        chosen = made.get(candidate.chosen_frame, next(iter(made.values()), None))
         with self.engine.begin() as connection:
             self._lock_key(connection, candidate.key_name)
             self._check_room(connection, candidate.key_name)  # again, now that no one else can add
@@ -280,7 +284,11 @@ class ReviewQueue:
                     scores=json.dumps(dict(candidate.scores)),
                     verdict=candidate.verdict,
                     reason=candidate.reason,
-                    thumbnail=made.get(candidate.chosen_frame, next(iter(made.values()), None)),
+                    thumbnail=chosen.thumbnail if chosen else None,
+                    # A preview that is the thumbnail again (a small image) is not stored twice.
+                    preview=chosen.preview if chosen and chosen.preview != chosen.thumbnail else None,
+                    width=chosen.width if chosen else None,
+                    height=chosen.height if chosen else None,
                     frame_count=candidate.frame_count,
                     frames=json.dumps(list(candidate.frames)) if _strip_kept(candidate) else None,
                     chosen_frame=candidate.chosen_frame,
@@ -288,7 +296,7 @@ class ReviewQueue:
             )
             if _strip_kept(candidate):
                 strip = [
-                    {"review_id": review_id, "position": n, "frame_index": index, "thumbnail": made[index]}
+                    {"review_id": review_id, "position": n, "frame_index": index, "thumbnail": made[index].thumbnail}
                     for n, index in enumerate(sorted(made))
                 ]
                 if strip:
@@ -410,6 +418,18 @@ class ReviewQueue:
             raise NotFound(review_id)
         return bytes(row.thumbnail) if row.thumbnail is not None else None
 
+    def preview(self, review_id: str) -> bytes | None:
+        """The picture a moderator opens full-size: the preview, or the thumbnail where the image was
+        no larger; None past retention."""
+        with reading(self.engine) as connection:
+            row = connection.execute(
+                select(reviews.c.preview, reviews.c.thumbnail).where(reviews.c.id == review_id)
+            ).first()
+        if row is None:
+            raise NotFound(review_id)
+        found = row.preview if row.preview is not None else row.thumbnail
+        return bytes(found) if found is not None else None
+
     def frame_picture(self, review_id: str, position: int) -> bytes | None:
         """The picture of an animation's classified frame (its position in the strip); None when
         there is none (a still image, past retention, no such position)."""
@@ -435,24 +455,74 @@ class ReviewQueue:
             self._audit(connection, now, moderator, "claimed", review_id, {"until": now + self.lease})
             return self._get(connection, review_id)
 
-    def decide(self, review_id: str, moderator: str, label: object, note: object = None) -> dict[str, Any]:
+    def release(self, review_id: str, moderator: str) -> dict[str, Any]:
+        """End this moderator's claim on an item (a skip, moving on, a closed tab): the item is open
+        to the others at once. Nothing to release (no claim, another's, decided) is not an error: the
+        page releases what it may no longer hold."""
+        now = self.clock()
+        with self.engine.begin() as connection:
+            released = connection.execute(
+                update(reviews)
+                .where(reviews.c.id == review_id, reviews.c.status == "pending", reviews.c.claimed_by == moderator)
+                .values(claimed_by=None, claim_until=None)
+            ).rowcount
+            if released:
+                self._audit(connection, now, moderator, "released", review_id, {})
+            return self._get(connection, review_id)
+
+    def release_all(self, moderator: str) -> int:
+        """End every claim of this moderator (sign-out); how many there were."""
+        now = self.clock()
+        with self.engine.begin() as connection:
+            held = connection.execute(
+                select(reviews.c.id).where(
+                    reviews.c.status == "pending", reviews.c.claimed_by == moderator, reviews.c.claim_until >= now
+                )
+            ).scalars()
+            ids = list(held)
+            if ids:
+                connection.execute(
+                    update(reviews)
+                    .where(reviews.c.id.in_(ids), reviews.c.claimed_by == moderator)
+                    .values(claimed_by=None, claim_until=None)
+                )
+                for review_id in ids:
+                    self._audit(connection, now, moderator, "released", review_id, {"signed_out": True})
+        return len(ids)
+
+    def decide(
+        self, review_id: str, moderator: str, label: object, note: object = None, reason_code: object = None
+    ) -> dict[str, Any]:
         """Decide a pending item, once: the first decision wins, any later one is 409 already_decided;
-        an item another moderator holds a running claim on is 409 claimed."""
+        an item another moderator holds a running claim on is 409 claimed. A note is free text (up to
+        2000 characters); a reason code is one of NSFW_REVIEW_REASONS."""
         if label not in LABELS:
             raise InvalidLabel(f"label {label!r}")
         if note is not None and not isinstance(note, str):
             raise InvalidLabel("note is not a string")
-        note = note[:2000] if note else None
+        if reason_code is not None and reason_code != "" and reason_code not in self.reasons:
+            allowed = ", ".join(self.reasons) or "(none: NSFW_REVIEW_REASONS is empty)"
+            raise InvalidLabel(f"reason_code {str(reason_code)[:60]!r} is not one of {allowed}")
+        code = str(reason_code) if reason_code else None
+        note = note.strip()[:2000] if note else None
+        note = note or None
         now = self.clock()
         with self.engine.begin() as connection:
             decided = connection.execute(
                 update(reviews)
                 .where(_open_to(review_id, moderator, now))
-                .values(status="decided", label=label, decided_by=moderator, decided=now, note=note)
+                .values(status="decided", label=label, decided_by=moderator, decided=now, note=note, reason_code=code)
             ).rowcount
             if not decided:
                 self._refuse(connection, review_id)
-            self._audit(connection, now, moderator, "decided", review_id, {"label": label, "note": note})
+            self._audit(
+                connection,
+                now,
+                moderator,
+                "decided",
+                review_id,
+                {"label": label, "note": note} | ({"reason_code": code} if code else {}),
+            )
             if self.match:
                 self._remember(connection, now, review_id, label, moderator)
             item = self._get(connection, review_id)
@@ -462,7 +532,7 @@ class ReviewQueue:
             return item | {"near_duplicates": []}
         # Then its pending near-duplicates, each in a transaction of its own (one item's row at a
         # time, so two moderators deciding two copies at once never wait on each other's).
-        decided = self._retroact(review_id, str(label), moderator, now)
+        decided = self._retroact(review_id, str(label), moderator, now, code)
         return item | {"near_duplicates": decided}
 
     def _remember(self, connection: Any, now: float, review_id: str, label: str, moderator: str) -> None:
@@ -485,7 +555,9 @@ class ReviewQueue:
             connection, now, review_id, label, [matching.Hashed(h.pdq, h.quality) for h in found], moderator
         )
 
-    def _retroact(self, source: str, label: str, moderator: str, now: float) -> list[dict[str, Any]]:
+    def _retroact(
+        self, source: str, label: str, moderator: str, now: float, reason_code: str | None = None
+    ) -> list[dict[str, Any]]:
         """Pending items within NSFW_MATCH_DISTANCE of a decision's remembered hashes, decided with it
         as a copy would be answered (adult: any frame of theirs matches; safe: every frame does, and a
         frame too flat to look up stands in the way), each audited with the match and sent as its own
@@ -527,7 +599,14 @@ class ReviewQueue:
                 done = connection.execute(
                     update(reviews)
                     .where(_open_to(review_id, moderator, now))
-                    .values(status="decided", label=label, decided_by=moderator, decided=now, note=note)
+                    .values(
+                        status="decided",
+                        label=label,
+                        decided_by=moderator,
+                        decided=now,
+                        note=note,
+                        reason_code=reason_code,  # the copy's reason is the original's
+                    )
                 ).rowcount
                 if not done:
                     continue  # decided, or claimed by another moderator, meanwhile
@@ -562,6 +641,7 @@ class ReviewQueue:
                         decided=None,
                         decided_by=None,
                         note=None,
+                        reason_code=None,
                         claimed_by=None,
                         claim_until=None,
                     )
@@ -729,6 +809,7 @@ class ReviewQueue:
                     reviews.c.decided < closed_before,
                     or_(
                         reviews.c.thumbnail.is_not(None),
+                        reviews.c.preview.is_not(None),
                         exists().where(frames.c.review_id == reviews.c.id),
                         exists().where(refs.c.review_id == reviews.c.id),
                     ),
@@ -739,7 +820,9 @@ class ReviewQueue:
             if old_ids:
                 connection.execute(delete(frames).where(frames.c.review_id.in_(old_ids)))
                 connection.execute(delete(refs).where(refs.c.review_id.in_(old_ids)))
-                connection.execute(update(reviews).where(reviews.c.id.in_(old_ids)).values(thumbnail=None))
+                connection.execute(
+                    update(reviews).where(reviews.c.id.in_(old_ids)).values(thumbnail=None, preview=None)
+                )
             done["thumbnails"] = len(old_ids)
             gone = connection.execute(
                 select(reviews.c.id)
@@ -756,6 +839,11 @@ class ReviewQueue:
                 delete(outbox).where(outbox.c.status.in_(("delivered", "failed")), outbox.c.created < closed_before)
             ).rowcount
         return done
+
+    def count(self, status: str) -> int:
+        """How many items have this status."""
+        with reading(self.engine) as connection:
+            return int(connection.execute(select(func.count()).where(reviews.c.status == status)).scalar_one())
 
     def depth(self) -> tuple[int, float | None]:
         """Pending items, and how long, in seconds, the longest waiting has waited (since it was queued,
@@ -820,6 +908,10 @@ class ReviewQueue:
             "model_version": item["model_version"],
             "sha256": item["sha256"],
             "frame_count": item["frames"]["count"],
+            # Why, for the client app's statement of reasons to its user: the moderator's reason code
+            # (NSFW_REVIEW_REASONS) and note, when given.
+            "reason_code": item["reason_code"],
+            "note": item["note"],
         }
         data |= {name: item[name] for name in ("reverted_by", "deleted_by", "expired", "match") if name in item}
         payload = {"type": event_type, "timestamp": iso(now), "data": data}
@@ -852,9 +944,9 @@ class ReviewQueue:
         return [_item(row, by_item[row.id], now) for row in rows]
 
 
-# Every column of an item but its thumbnail, and whether it has one.
+# Every column of an item but its pictures, and whether it has them.
 _ITEM_COLUMNS = (
-    *(column for column in reviews.columns if column.name != "thumbnail"),
+    *(column for column in reviews.columns if column.name not in ("thumbnail", "preview")),
     reviews.c.thumbnail.is_not(None).label("has_thumbnail"),
 )
 
@@ -903,7 +995,11 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
         "label": row.label,
         "decided_by": row.decided_by,
         "note": row.note,
+        "reason_code": row.reason_code,
         "has_thumbnail": bool(row.has_thumbnail),
+        # The deciding frame's own size in pixels (None for items from before revision 0006).
+        "width": row.width,
+        "height": row.height,
         # What the model judged: one frame for a still image; for an animation, each classified frame
         # (its strip picture is /reviews/<id>/frames/<position>) and the one that decided.
         "frames": {

@@ -58,6 +58,13 @@ reviews = Table(
     Column("chosen_frame", Integer),
     # Since when the item waits for a human: queued, or undone (expiry counts from here, not `created`).
     Column("pending_since", Float),
+    # The deciding frame's preview (JPEG, longest side NSFW_REVIEW_PREVIEW_PX; None when it would be the
+    # thumbnail itself, and after retention) and that frame's own size in pixels (None before 0006).
+    Column("preview", LargeBinary),
+    Column("width", Integer),
+    Column("height", Integer),
+    # The reason code the deciding moderator gave (NSFW_REVIEW_REASONS), if any.
+    Column("reason_code", String(40)),
     Index("reviews_sha256", "sha256"),
     Index("reviews_key_status", "key_name", "status"),
     Index("reviews_status_created", "status", "created"),

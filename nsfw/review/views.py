@@ -60,8 +60,10 @@ def list_reviews() -> Response:
     if not 1 <= limit <= MAX_PAGE:
         raise errors.BadRequest(f"limit must be 1..{MAX_PAGE}")
     cursor = _one_arg("cursor", "") or None
-    items, following = _queue().page(status, limit, cursor)
-    return jsonify({"items": items, "next_cursor": following})
+    queue = _queue()
+    items, following = queue.page(status, limit, cursor)
+    # How many there are in all (the page's counts are the server's, not the items loaded).
+    return jsonify({"items": items, "next_cursor": following, "total": queue.count(status)})
 
 
 @bp.get("/reviews/export")
@@ -119,6 +121,15 @@ def thumbnail(review_id: str) -> Response:
     return _picture(picture)
 
 
+@bp.get("/reviews/<review_id>/preview")
+def preview(review_id: str) -> Response:
+    """The picture a moderator opens full-size (longest side NSFW_REVIEW_PREVIEW_PX)."""
+    picture = _queue().preview(review_id)
+    if picture is None:
+        raise errors.NotFound(f"{review_id} has no preview (past retention)")
+    return _picture(picture)
+
+
 @bp.get("/reviews/<review_id>/frames/<int:position>")
 def frame(review_id: str, position: int) -> Response:
     """An animation's classified frame as the moderator sees it (position: its place in the strip)."""
@@ -142,12 +153,18 @@ def claim(review_id: str) -> Response:
     return jsonify(_queue().claim(review_id, _moderator()))
 
 
+@bp.post("/reviews/<review_id>/release")
+def release(review_id: str) -> Response:
+    """End the caller's claim (the page's skip, moving on, a closed tab's beacon)."""
+    return jsonify(_queue().release(review_id, _moderator()))
+
+
 @bp.post("/reviews/<review_id>/decision")
 def decide(review_id: str) -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise errors.InvalidLabel('the body must be JSON {"label": ...}')
-    item = _queue().decide(review_id, _moderator(), body.get("label"), body.get("note"))
+    item = _queue().decide(review_id, _moderator(), body.get("label"), body.get("note"), body.get("reason_code"))
     metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
     if item["near_duplicates"]:
         metrics.RETROACTIVE_DECISIONS.labels(item["label"]).inc(len(item["near_duplicates"]))

@@ -1,5 +1,10 @@
-// The queue page: one item at a time, claimed when opened, decided by button or key, the next one
-// without a reload. Everything goes through the review API with the session and its CSRF token.
+// The queue page: one item at a time, rendered from the review API's JSON, decided by button or key.
+// Looking claims nothing: a claim starts when the moderator acts on the item (reveal, full size, a
+// note, a decision), is renewed while the item stays open, and ends on skip, on moving on, on
+// sign-out (the server's) and when the tab closes (a beacon). The list follows the server every few
+// seconds: items decided elsewhere leave it, items claimed elsewhere are marked, new items arrive,
+// and the count is the server's. Everything goes through the review API with the session and its
+// CSRF token.
 "use strict";
 (function () {
   const list = document.querySelector("[data-queue]");
@@ -7,9 +12,20 @@
   const token = document.querySelector('meta[name="csrf-token"]').content;
   const status = document.getElementById("status");
   const empty = document.getElementById("empty");
+  const total = document.querySelector('[data-field="total"]');
   const template = document.getElementById("item-template");
-  let items = Array.from(list.querySelectorAll("[data-review-id]"));
-  let index = 0;
+  const me = list.dataset.moderator;
+  const lease = Number(list.dataset.lease) || 120;
+  const adultClasses = JSON.parse(list.dataset.adultClasses || "{}");
+  const blurOn = !document.body.classList.contains("no-blur");
+  const PAGE = 50;
+  const POLL_MS = 4000;
+  const MIN_SIDE = 64; // a picture's shortest side is shown at least this large, its pixels crisp
+  let items = []; // the items' elements, the server's order (skipped ones last)
+  let index = -1;
+  let held = null; // the id of the item this page holds a claim on
+  let renewing = null;
+  let busy = false;
 
   function call(method, url, body) {
     return fetch(url, {
@@ -20,53 +36,125 @@
     });
   }
 
+  function path(id, rest) { return "/reviews/" + encodeURIComponent(id) + (rest || ""); }
   function field(element, name) { return element.querySelector('[data-field="' + name + '"]'); }
+  function current() { return index >= 0 ? items[index] : undefined; }
+
+  function ago(stamp) {
+    const seconds = Math.max(0, Math.round((Date.now() - Date.parse(stamp)) / 1000));
+    if (seconds >= 86400) return Math.floor(seconds / 86400) + " d";
+    if (seconds >= 3600) return Math.floor(seconds / 3600) + " h";
+    if (seconds >= 60) return Math.floor(seconds / 60) + " min";
+    return seconds + " s";
+  }
+
+  function adultOf(model, scores) {
+    const names = adultClasses[model] || ["hentai", "porn", "sexy"];
+    return names.reduce(function (sum, name) { return sum + (scores[name] || 0); }, 0);
+  }
+
+  function host(url) {
+    try { return new URL(url).host; } catch (error) { return url; }
+  }
+
+  function kindWord(item) {
+    if (item.frames.video) return "Video";
+    return item.frames.count > 1 ? "Animation" : "Image";
+  }
+
+  // What the item is, for a screen reader and for the eye: its content, not its id.
+  function describe(item) {
+    const size = item.width ? ", " + item.width + " × " + item.height : "";
+    const from = item.source_url ? " from " + host(item.source_url) : " uploaded by " + item.key;
+    return kindWord(item) + size + from + ", " + (item.kind === "audit" ? "audit sample" : "model not sure") +
+      ", waiting " + ago(item.created);
+  }
+
+  // The reason, written for people; the model's own words stay one click away.
+  function plainReason(item) {
+    const adult = adultOf(item.model, item.scores);
+    const numbers = "adult " + adult.toFixed(2) + ", safe " + (1 - adult).toFixed(2);
+    if (item.kind === "audit") {
+      return "An audit sample: the model decided " + item.verdict + " on its own (" + numbers + "). Check it.";
+    }
+    return "The model was not sure: " + numbers + ".";
+  }
+
+  function when(frame) {
+    return frame.time_s === null || frame.time_s === undefined ? "?" : frame.time_s.toFixed(1) + " s";
+  }
+
+  function frameName(frames, frame) {
+    return frames.video ? "frame at " + when(frame) : "frame " + frame.index;
+  }
 
   function render(item) {
     const element = template.content.firstElementChild.cloneNode(true);
     element.dataset.reviewId = item.id;
-    element.setAttribute("aria-label", "Item " + item.id);
-    field(element, "thumbnail").src = "/reviews/" + encodeURIComponent(item.id) + "/thumbnail";
-    field(element, "reason").textContent = item.reason;
-    field(element, "model").textContent = item.model;
-    field(element, "age").textContent = item.created;
-    field(element, "refs").textContent = item.refs.map(function (ref) { return ref.ref + " (" + ref.key + ")"; }).join(", ");
+    element.item = item;
+    const picture = field(element, "thumbnail");
+    picture.addEventListener("load", function () { fit(picture); });
+    picture.src = path(item.id, "/thumbnail");
+    field(element, "reason").textContent = plainReason(item);
+    field(element, "model-reason").textContent = item.reason;
+    field(element, "model").textContent = "Model: " + item.model + " (" + item.model_version + ")";
+    renderSource(field(element, "source"), item);
+    field(element, "refs").textContent = "key " + item.key + (item.refs.length
+      ? " · refs " + item.refs.map(function (ref) { return ref.ref + " (" + ref.key + ")"; }).join(", ") : "");
+    field(element, "kind").textContent = item.kind === "audit"
+      ? "audit: a sample of the model's automatic verdicts" : "unknown: the model could not decide";
+    field(element, "size").textContent = (item.width ? item.width + " × " + item.height + " px" : "size not recorded") +
+      ", " + item.frames.count + (item.frames.count === 1 ? " frame" : " frames") + (item.frames.video ? " (video)" : "");
+    renderScores(element, item);
     renderFrames(element, item);
+    update(element, item);
+    return element;
+  }
+
+  // The source: its host, the full address behind a click (as text, never a link to follow).
+  function renderSource(place, item) {
+    if (!item.source_url) { place.textContent = "an upload (no address)"; return; }
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = host(item.source_url);
+    const full = document.createElement("code");
+    full.className = "url";
+    full.textContent = item.source_url;
+    details.append(summary, full);
+    place.replaceChildren(details);
+  }
+
+  function renderScores(element, item) {
+    const unsafe = adultClasses[item.model] || [];
     const scores = document.createElement("ul");
     scores.className = "scores";
     scores.setAttribute("aria-label", "Scores");
     Object.entries(item.scores).forEach(function ([name, value]) {
       const row = document.createElement("li");
-      row.className = "score";
+      row.className = "score" + (unsafe.indexOf(name) >= 0 ? " adult-class" : "");
       const label = document.createElement("span");
       label.className = "name";
       label.textContent = name;
-      const meter = document.createElement("meter");
-      meter.min = 0; meter.max = 1; meter.value = value;
-      meter.setAttribute("aria-label", name);
+      const bar = document.createElement("progress");
+      bar.max = 1; bar.value = value;
+      bar.setAttribute("aria-label", name);
       const number = document.createElement("span");
       number.textContent = value.toFixed(3);
-      row.append(label, " ", meter, " ", number);
+      row.append(label, " ", bar, " ", number);
       scores.append(row);
     });
     field(element, "scores").replaceChildren(scores);
-    return element;
   }
 
-  // An animation or a video: say so before anything else, and show every classified frame with its
-  // adult score (a video's with its time), the one that decided the verdict marked (its picture is
-  // the big one).
-  function when(frame) {
-    return frame.time_s === null || frame.time_s === undefined ? "?" : frame.time_s.toFixed(1) + " s";
-  }
-
+  // An animation or a video: said before anything else; every classified frame in a strip, the one
+  // that decided the verdict first, each with its time and scores; ← and → step through them.
   function renderFrames(element, item) {
     const frames = item.frames;
     const note = field(element, "animation");
     const strip = field(element, "strip");
-    if (frames.count <= 1 && !frames.video) { note.hidden = true; strip.hidden = true; return; }
-    note.hidden = false;
+    if (frames.count <= 1 && !frames.video) return;
     const decided = frames.classified.find(function (frame) { return frame.index === frames.chosen; });
+    note.hidden = false;
     note.textContent = frames.video
       ? "Video: " + frames.classified.length + " sampled frames judged. The picture is the frame at " +
         (decided ? when(decided) : "?") + ", the one that decided the verdict; check every frame below before deciding."
@@ -75,97 +163,320 @@
         ", the one that decided the verdict; check every frame below before deciding.";
     field(element, "thumbnail").alt = "Image under review: the frame that decided the verdict";
     strip.hidden = false;
-    strip.replaceChildren();
-    frames.classified.forEach(function (frame) {
+    const ordered = frames.classified.slice().sort(function (a, b) {
+      return (b.index === frames.chosen) - (a.index === frames.chosen) || a.position - b.position;
+    });
+    ordered.forEach(function (frame) {
       const entry = document.createElement("li");
+      entry.dataset.frame = String(frame.position);
       const chosen = frame.index === frames.chosen;
       if (chosen) entry.className = "chosen";
       const picture = document.createElement("img");
       picture.alt = frames.video ? "Frame at " + when(frame) : "Frame " + frame.index;
-      picture.src = "/reviews/" + encodeURIComponent(item.id) + "/frames/" + frame.position;
+      picture.src = path(item.id, "/frames/" + frame.position);
       const caption = document.createElement("span");
-      caption.textContent = (frames.video ? when(frame) : "frame " + frame.index) + " · adult " + frame.adult.toFixed(3) +
-        (chosen ? " · decided the verdict" : "");
+      const top = Object.entries(frame.scores).sort(function (a, b) { return b[1] - a[1]; })[0];
+      caption.textContent = frameName(frames, frame) + " · adult " + frame.adult.toFixed(3) +
+        (top ? " · " + top[0] + " " + top[1].toFixed(2) : "") + (chosen ? " · decided the verdict" : "");
       entry.append(picture, caption);
       strip.append(entry);
     });
   }
 
-  async function loadMore() {
-    const answer = await call("GET", "/reviews?status=pending&limit=50");
-    if (!answer.ok) return;
-    const known = new Set(items.map(function (e) { return e.dataset.reviewId; }));
-    (await answer.json()).items.forEach(function (item) {
-      if (known.has(item.id)) return;
-      const element = render(item);
-      list.append(element);
-      items.push(element);
-    });
+  // Tiny and extreme shapes (a 1×1, a 2000×16 strip) scaled up by a whole factor, pixels crisp.
+  function fit(picture) {
+    const width = picture.naturalWidth, height = picture.naturalHeight;
+    if (!width || !height) return;
+    const shortest = Math.min(width, height);
+    const scale = shortest < MIN_SIDE ? Math.ceil(MIN_SIDE / shortest) : 1;
+    picture.classList.toggle("pixelated", scale > 1);
+    if (scale > 1) {
+      picture.width = width * scale;
+      picture.height = height * scale;
+    } else {
+      picture.removeAttribute("width");
+      picture.removeAttribute("height");
+    }
   }
 
-  async function open(next) {
-    items.forEach(function (e) {
-      e.classList.remove("current");
-      e.querySelectorAll("img").forEach(function (img) { img.classList.remove("revealed"); }); // blurred again
-    });
-    if (items.length === 0) await loadMore();
+  // What changes while the item waits: its age, and who holds it.
+  function update(element, item) {
+    element.item = item;
+    element.setAttribute("aria-label", describe(item));
+    field(element, "age").textContent = ago(item.created) + " ago";
+    const claim = field(element, "claim");
+    if (held === item.id) {
+      element.dataset.claimed = "mine";
+      claim.textContent = "Claimed by you while it is open.";
+    } else if (item.claimed_by && item.claimed_by !== me) {
+      element.dataset.claimed = "other";
+      claim.textContent = "Claimed by " + item.claimed_by + ".";
+    } else {
+      delete element.dataset.claimed;
+      claim.textContent = "";
+    }
+  }
+
+  function showing(element) {
+    items.forEach(function (e) { e.classList.toggle("current", e === element); });
     empty.hidden = items.length > 0;
-    if (items.length === 0) { status.textContent = "Nothing to review."; return; }
+  }
+
+  function pressed(element, action, on) {
+    const button = element.querySelector('[data-action="' + action + '"]');
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    if (action === "reveal") button.firstChild.textContent = on ? "Blur again " : "Reveal ";
+    if (action === "zoom") button.firstChild.textContent = on ? "Fit " : "Full size ";
+  }
+
+  // Back to how an item looks before anyone acts on it: blurred, fitted, its deciding frame.
+  function reset(element) {
+    element.classList.remove("revealed", "zoomed");
+    pressed(element, "reveal", false);
+    pressed(element, "zoom", false);
+    const picture = field(element, "thumbnail");
+    const source = path(element.dataset.reviewId, "/thumbnail");
+    if (!picture.src.endsWith(source)) picture.src = source;
+    element.querySelectorAll("[data-frame]").forEach(function (e) { e.classList.remove("selected"); });
+  }
+
+  async function open(next, quiet) {
+    const previous = current();
+    if (items.length === 0) {
+      index = -1;
+      showing(null);
+      if (previous) await release(previous);
+      if (!quiet) status.textContent = "Nothing to review.";
+      return;
+    }
     index = Math.max(0, Math.min(next, items.length - 1));
     const element = items[index];
-    element.classList.add("current");
-    element.focus();
-    const id = element.dataset.reviewId;
-    const answer = await call("POST", "/reviews/" + encodeURIComponent(id) + "/claim");
-    const claim = field(element, "claim");
-    if (answer.ok) {
-      element.dataset.claimed = "mine";
-      claim.textContent = "Claimed by you";
-    } else if (answer.status === 409) {
-      const item = await (await call("GET", "/reviews/" + encodeURIComponent(id))).json();
-      element.dataset.claimed = "other";
-      claim.textContent = item.claimed_by ? "Claimed by " + item.claimed_by : "Claimed by another moderator";
-    } else if (answer.status === 404) {
-      drop(element);
-      return open(index);
+    if (previous && previous !== element) {
+      reset(previous);
+      await release(previous);
     }
-    status.textContent = "Item " + (index + 1) + " of " + items.length;
+    showing(element);
+    element.focus();
+    if (!quiet) status.textContent = "Item " + (index + 1) + " of " + items.length + " here: " + describe(element.item) + ".";
+  }
+
+  // A claim for the item the moderator acts on; false (and said why) when another holds it or it
+  // was decided meanwhile. Acts in quick succession (Space, then A) share one claim request.
+  let claiming = null;
+  function act(element) {
+    const id = element.dataset.reviewId;
+    if (held === id) return Promise.resolve(true);
+    if (claiming && claiming.id === id) return claiming.promise;
+    const promise = claim(element, id).finally(function () { if (claiming && claiming.promise === promise) claiming = null; });
+    claiming = { id: id, promise: promise };
+    return promise;
+  }
+
+  async function claim(element, id) {
+    if (held) await release(items.find(function (e) { return e.dataset.reviewId === held; }) || null);
+    const answer = await call("POST", path(id, "/claim"));
+    if (answer.ok) {
+      held = id;
+      update(element, await answer.json());
+      renewing = setInterval(renew, (lease * 1000) / 3);
+      return true;
+    }
+    if (answer.status === 409 || answer.status === 404) {
+      const again = await call("GET", path(id));
+      const item = again.ok ? await again.json() : null;
+      if (item && item.status === "pending") {
+        update(element, item);
+        status.textContent = "Claimed by " + (item.claimed_by || "another moderator") + ": press J for the next item.";
+      } else {
+        status.textContent = "Someone else decided it.";
+        drop(element);
+        await open(index, true);
+      }
+      return false;
+    }
+    status.textContent = "That did not work (" + answer.status + "); try again.";
+    return false;
+  }
+
+  async function renew() {
+    if (!held) return;
+    const answer = await call("POST", path(held, "/claim"));
+    if (!answer.ok) {
+      stopRenewing();
+      const element = items.find(function (e) { return e.dataset.reviewId === held; });
+      held = null;
+      if (element) field(element, "claim").textContent = "Your claim ran out; another moderator may take it.";
+    }
+  }
+
+  function stopRenewing() {
+    if (renewing) clearInterval(renewing);
+    renewing = null;
+  }
+
+  async function release(element) {
+    if (!element || held !== element.dataset.reviewId) return;
+    const id = held;
+    held = null;
+    stopRenewing();
+    await call("POST", path(id, "/release"));
+    update(element, element.item);
   }
 
   function drop(element) {
     const at = items.indexOf(element);
     if (at >= 0) items.splice(at, 1);
+    if (held === element.dataset.reviewId) { held = null; stopRenewing(); }
     element.remove();
+    if (at >= 0 && at < index) index -= 1;
+  }
+
+  // Shown at once (looking needs no one's leave); the claim follows.
+  async function reveal() {
+    const element = current();
+    if (!element) return;
+    const shown = !element.classList.contains("revealed");
+    element.classList.toggle("revealed", shown);
+    pressed(element, "reveal", shown);
+    if (shown) await act(element);
+  }
+
+  async function zoom() {
+    const element = current();
+    if (!element || !(await act(element))) return;
+    const zoomed = !element.classList.contains("zoomed");
+    element.classList.toggle("zoomed", zoomed);
+    pressed(element, "zoom", zoomed);
+    field(element, "thumbnail").src = path(element.dataset.reviewId, zoomed ? "/preview" : "/thumbnail");
+    status.textContent = zoomed ? "Full size: Z again to fit." : "Fitted.";
+  }
+
+  function stepFrame(step) {
+    const element = current();
+    if (!element) return;
+    const frames = Array.from(element.querySelectorAll("[data-frame]"));
+    if (frames.length === 0) return;
+    const at = frames.findIndex(function (e) { return e.classList.contains("selected"); });
+    const next = frames[(at + step + frames.length) % frames.length];
+    frames.forEach(function (e) { e.classList.toggle("selected", e === next); e.removeAttribute("aria-current"); });
+    next.setAttribute("aria-current", "true");
+    element.classList.remove("zoomed");
+    pressed(element, "zoom", false);
+    field(element, "thumbnail").src = path(element.dataset.reviewId, "/frames/" + next.dataset.frame);
+    status.textContent = next.querySelector("span").textContent;
   }
 
   async function decide(label) {
-    const element = items[index];
-    if (!element) return;
-    if (element.dataset.claimed === "other") { status.textContent = field(element, "claim").textContent; return; }
-    const answer = await call("POST", "/reviews/" + encodeURIComponent(element.dataset.reviewId) + "/decision", { label: label });
-    if (answer.ok || answer.status === 409) {
-      // Its pending near-duplicates were decided with it (PDQ): they leave the list too, and the
-      // moderator is told how many, after the next item opens.
-      const near = answer.ok ? ((await answer.json()).near_duplicates || []) : [];
-      near.forEach(function (found) {
-        const other = items.find(function (item) { return item.dataset.reviewId === found.id; });
-        if (other) drop(other);
-      });
-      drop(element);
-      await open(index);
-      status.textContent = !answer.ok ? "Someone else decided it." : "Decided " + label + "." + (near.length
-        ? " " + near.length + " near-duplicate" + (near.length === 1 ? " was" : "s were") + " decided with it."
-        : "");
-    } else {
-      status.textContent = "That did not work (" + answer.status + "); try again.";
+    const element = current();
+    if (!element || busy) return;
+    if (blurOn && !element.classList.contains("revealed")) {
+      status.textContent = "Reveal the image first (Space): a decision needs a look.";
+      return;
+    }
+    busy = true;
+    try {
+      if (!(await act(element))) return;
+      const note = element.querySelector("textarea[name=note]").value.trim();
+      const code = element.querySelector("select[name=reason]").value;
+      const body = { label: label };
+      if (note) body.note = note;
+      if (code) body.reason_code = code;
+      const answer = await call("POST", path(element.dataset.reviewId, "/decision"), body);
+      if (answer.ok || answer.status === 409) {
+        held = null;
+        stopRenewing();
+        // Its pending near-duplicates were decided with it (PDQ): they leave the list too, and the
+        // moderator is told how many.
+        const near = answer.ok ? ((await answer.json()).near_duplicates || []) : [];
+        near.forEach(function (found) {
+          const other = items.find(function (item) { return item.dataset.reviewId === found.id; });
+          if (other) drop(other);
+        });
+        drop(element);
+        await open(index, true);
+        status.textContent = !answer.ok ? "Someone else decided it." : "Decided " + label + "." + (near.length
+          ? " " + near.length + " near-duplicate" + (near.length === 1 ? " was" : "s were") + " decided with it."
+          : "");
+        refresh();
+      } else {
+        status.textContent = "That did not work (" + answer.status + "); try again.";
+      }
+    } finally {
+      busy = false;
     }
   }
 
-  function reveal() {
-    const element = items[index];
+  // Skip: leave the item to the others; it goes to the end of this page's list.
+  async function skip() {
+    const element = current();
     if (!element) return;
-    const shown = !element.querySelector("img").classList.contains("revealed");
-    element.querySelectorAll("img").forEach(function (img) { img.classList.toggle("revealed", shown); });
+    reset(element);
+    await release(element);
+    element.dataset.skipped = "yes";
+    if (items.length > 1) {
+      items.splice(index, 1);
+      items.push(element);
+      list.append(element);
+    }
+    await open(index, true);
+    status.textContent = "Skipped: it is open to the others.";
+  }
+
+  // The list as the server has it now.
+  async function refresh() {
+    if (document.hidden) return;
+    let body;
+    try {
+      const answer = await call("GET", "/reviews?status=pending&limit=" + PAGE);
+      if (!answer.ok) return;
+      body = await answer.json();
+    } catch (error) {
+      return; // offline a moment: the next poll tries again
+    }
+    if (busy) return;
+    total.textContent = body.total + " waiting";
+    const open_ = current();
+    const known = new Map(items.map(function (e) { return [e.dataset.reviewId, e]; }));
+    const fresh = new Set(body.items.map(function (item) { return item.id; }));
+    const skipped = items.filter(function (e) { return e.dataset.skipped && fresh.has(e.dataset.reviewId); });
+    const next = [];
+    body.items.forEach(function (item) {
+      const element = known.get(item.id) || render(item);
+      if (known.has(item.id)) update(element, item);
+      if (!element.dataset.skipped) next.push(element);
+    });
+    next.push.apply(next, skipped);
+    let lost = false;
+    items.forEach(function (element) {
+      if (next.indexOf(element) >= 0) return;
+      if (element === open_ && held === element.dataset.reviewId) { next.push(element); return; } // held: stays
+      if (element === open_) lost = true;
+      element.remove();
+    });
+    const moved = next.length !== items.length || next.some(function (element, at) { return items[at] !== element; });
+    items = next;
+    // Moved only when the order changed (moving the focused item would take the focus away).
+    if (moved) {
+      const focused = document.activeElement;
+      items.forEach(function (element, at) {
+        if (list.children[at] !== element) list.insertBefore(element, list.children[at] || null);
+      });
+      if (focused && focused !== document.activeElement && document.contains(focused)) focused.focus({ preventScroll: true });
+    }
+    if (open_ && !lost && items.indexOf(open_) >= 0) {
+      index = items.indexOf(open_);
+    } else {
+      index = Math.min(Math.max(index, 0), items.length - 1);
+      await open(firstOpen(), true);
+      if (lost) status.textContent = "That item was decided by another moderator; here is the next.";
+    }
+    empty.hidden = items.length > 0;
+  }
+
+  // The oldest item no one else holds (the first, when all are held).
+  function firstOpen() {
+    const at = items.findIndex(function (e) { return e.dataset.claimed !== "other"; });
+    return at >= 0 ? at : 0;
   }
 
   list.addEventListener("click", function (event) {
@@ -173,20 +484,49 @@
     if (!target) return;
     if (target.dataset.decision) decide(target.dataset.decision);
     else if (target.dataset.action === "reveal") reveal();
+    else if (target.dataset.action === "zoom") zoom();
+    else if (target.dataset.action === "skip") skip();
+  });
+
+  // Writing a note or choosing a reason is acting on the item: it claims it.
+  list.addEventListener("focusin", function (event) {
+    const element = current();
+    if (element && event.target.closest("textarea, select") && element.contains(event.target)) act(element);
   });
 
   document.addEventListener("keydown", function (event) {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (event.target.closest("input, textarea, select, dialog")) return;
-    const key = event.key;
-    if (key === "a" || key === "A") decide("adult");
-    else if (key === "s" || key === "S") decide("safe");
+    const key = event.key.toLowerCase();
+    if (key === "a") decide("adult");
+    else if (key === "s") decide("safe");
     else if (key === " ") { event.preventDefault(); reveal(); }
-    else if (key === "j" || key === "J") open(index + 1);
-    else if (key === "k" || key === "K") open(index - 1);
+    else if (key === "z") zoom();
+    else if (key === "n") skip();
+    else if (key === "j") open(index + 1);
+    else if (key === "k") open(index - 1);
+    else if (key === "arrowright") { event.preventDefault(); stepFrame(1); }
+    else if (key === "arrowleft") { event.preventDefault(); stepFrame(-1); }
     else if (key === "?") document.getElementById("help").showModal();
-    else return;
   });
 
-  open(0);
+  // The tab closes or navigates away: the claim is released (a beacon outlives the page).
+  window.addEventListener("pagehide", function () {
+    if (!held) return;
+    const form = new FormData();
+    form.append("csrf_token", token);
+    navigator.sendBeacon(path(held, "/release"), form);
+    held = null;
+    stopRenewing();
+  });
+
+  (async function start() {
+    await refresh();
+    if (items.length) await open(index);
+    else status.textContent = "Nothing to review.";
+    setInterval(function () {
+      refresh();
+      items.forEach(function (element) { field(element, "age").textContent = ago(element.item.created) + " ago"; });
+    }, POLL_MS);
+  })();
 })();

@@ -102,13 +102,17 @@ def db_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
 
 
 def moderators_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
-    """`moderators add NAME | list | remove NAME`: who may sign in to the review pages, in the review
+    """`moderators add NAME | list | remove NAME | role NAME moderator|lead`: who may sign in to the
+    review pages, and who is a lead (leads decide escalated items and may undo another's decision), in the review
     store that the NSFW_* settings name (migrated first, so a fresh data folder works). add reads the
     password from a prompt, or from standard input's first line when that is not a terminal."""
     parser = argparse.ArgumentParser(prog="python -m nsfw moderators", description="the review pages' moderators")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("add", help="add a moderator, or set a new password").add_argument("name")
-    commands.add_parser("list", help="the moderators' names")
+    commands.add_parser("list", help="the moderators' names and roles")
+    role = commands.add_parser("role", help="make a moderator a lead, or a moderator again")
+    role.add_argument("name")
+    role.add_argument("role", choices=("moderator", "lead"))
     commands.add_parser("remove", help="remove a moderator (signed out at their next request)").add_argument("name")
     args = parser.parse_args(argv)
     try:
@@ -123,7 +127,12 @@ def moderators_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
     engine = make_engine(settings.database)
     try:
         if args.command == "list":
-            out.write("".join(f"{name}\n" for name in moderators.names(engine)))
+            out.write("".join(f"{name} {role}\n" for name, role in sorted(moderators.roles(engine).items())))
+            return 0
+        if args.command == "role":
+            if not moderators.set_role(engine, args.name, args.role):
+                parser.error(f"no moderator {args.name}")
+            out.write(f"{args.name} is a {args.role}\n")
             return 0
         if args.command == "remove":
             if not moderators.remove(engine, args.name):

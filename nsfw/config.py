@@ -570,6 +570,17 @@ class ReviewSettings:
     # Reason codes a moderator may give with a decision (the client app's statement of reasons to its
     # user: the EU Digital Services Act, Art. 17), carried in the review.decided webhook. Empty: none.
     review_reasons: tuple[str, ...] = ("nudity", "sexual_activity", "suggestive", "art", "medical")
+    # Wellbeing defaults for every moderator (each may change the looks for themselves, and set
+    # stricter limits, never looser ones, on the page's settings): the blur's strength in pixels,
+    # greyscale until revealed, revealed only while a key or the button is held, scores hidden until
+    # revealed (they prime the decision), and items revealed per sign-in and per day before a break
+    # is suggested (0: no limit).
+    review_blur_px: int = 24
+    review_greyscale: bool = False
+    review_hold_to_peek: bool = False
+    review_hide_scores: bool = False
+    review_session_reveals: int = 0
+    review_daily_reveals: int = 0
     # Decisions are POSTed here (Standard Webhooks signatures); empty: no webhooks.
     review_webhook_url: str = ""
     # The webhook signing secret, whsec_<base64>; needed with NSFW_REVIEW_WEBHOOK_URL.
@@ -613,6 +624,9 @@ class ReviewSettings:
             ("review_audit_rate", 0 <= self.review_audit_rate <= 1, "must be in [0, 1]"),
             ("review_lease", 1 <= self.review_lease <= 86400, "must be 1..86400 seconds"),
             ("review_preview_px", 256 <= self.review_preview_px <= 4096, "must be 256..4096"),
+            ("review_blur_px", 4 <= self.review_blur_px <= 64, "must be 4..64 pixels"),
+            ("review_session_reveals", 0 <= self.review_session_reveals <= 100_000, "must be 0..100000 (0: no limit)"),
+            ("review_daily_reveals", 0 <= self.review_daily_reveals <= 100_000, "must be 0..100000 (0: no limit)"),
             (
                 "review_reasons",
                 len(self.review_reasons) <= 50 and all(_REASON_CODE.fullmatch(code) for code in self.review_reasons),

@@ -75,6 +75,14 @@ class InvalidLabel(BadRequest):
     )
 
 
+class InvalidAppeal(BadRequest):
+    code = "invalid_appeal"
+    message = (
+        'An appeal needs {"statement": the user\'s words, 1-5000 characters} and, if any, "ref": one of '
+        "this key's refs on the item."
+    )
+
+
 class InvalidBank(BadRequest):
     code = "invalid_bank"
     message = (
@@ -147,6 +155,11 @@ class Forbidden(NsfwError):
     message = "This API key does not have the scope this route needs."
 
 
+class LeadOnly(Forbidden):
+    code = "lead_only"
+    message = "Only a lead may do this: decide an escalated item, or undo another moderator's decision."
+
+
 class RateLimited(NsfwError):
     status = 429
     code = "rate_limited"
@@ -176,7 +189,13 @@ class AlreadyDecided(NsfwError):
 class NotDecided(NsfwError):
     status = 409
     code = "not_decided"
-    message = "This item has no decision to revert."
+    message = "This item has no decision to revert or appeal."
+
+
+class SameModerator(NsfwError):
+    status = 409
+    code = "same_moderator"
+    message = "An appeal is decided by another moderator than the one whose decision it contests."
 
 
 class BankExists(NsfwError):

@@ -62,6 +62,7 @@ REVIEW_OLDEST_SECONDS = Gauge(
 REVIEW_QUEUED = Counter("nsfw_review_queued_total", "Images queued for review, by kind (unknown, audit).", ["kind"])
 REVIEW_REMEMBERED = Counter("nsfw_review_remembered_total", "Verdicts answered from a human decision.")
 REVIEW_DECISIONS = Counter("nsfw_review_decisions_total", "Human decisions, by label.", ["label"])
+REVIEW_APPEALS = Counter("nsfw_review_appeals_total", "Decisions the client apps' users appealed.")
 REVIEW_STORE_ERRORS = Counter(
     "nsfw_review_store_errors_total", "Review store operations that failed, by operation.", ["operation"]
 )

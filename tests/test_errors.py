@@ -75,6 +75,9 @@ def test_status_table_of_style_md() -> None:
         "claimed": 409,
         "already_decided": 409,
         "not_decided": 409,
+        "invalid_appeal": 400,
+        "lead_only": 403,
+        "same_moderator": 409,
         "review_store_unavailable": 503,
         "rate_limit_unavailable": 503,
         # The hash banks'.

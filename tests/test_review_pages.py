@@ -92,9 +92,9 @@ def test_the_queue_page_shows_items_and_the_api_takes_the_session_with_its_token
     review_id = _queue_one(client)
     _sign_in(client)
     page = client.get("/review").get_data(as_text=True)
-    assert (
-        f'data-review-id="{review_id}"' in page and 'data-decision="adult"' in page and 'data-action="reveal"' in page
-    )
+    assert "data-queue" in page and 'data-decision="adult"' in page and 'data-action="reveal"' in page
+    listed = client.get("/reviews?status=pending&escalated=false").get_json()  # what the page's script shows
+    assert [item["id"] for item in listed["items"]] == [review_id] and listed["total"] == 1
     token = _token(page)
     assert client.get(f"/reviews/{review_id}/thumbnail").status_code == 200  # the session reads
     missing = client.post(f"/reviews/{review_id}/decision", json={"label": "adult"})
@@ -136,8 +136,14 @@ def test_undo_within_ten_minutes_puts_the_item_back(app: Flask) -> None:
     client.post(f"/reviews/{review_id}/decision", json={"label": "safe"}, headers={"X-CSRFToken": token})
     history = client.get("/review/history").get_data(as_text=True)
     assert f'data-review-id="{review_id}"' in history and 'data-action="undo"' in history
-    assert client.post(f"/review/history/{review_id}/undo", data={"csrf_token": token}).status_code == 302
-    assert client.get(f"/reviews/{review_id}").get_json()["status"] == "pending"
+    assert client.post(f"/review/history/{review_id}/undo", data={"csrf_token": token}).status_code == 400  # why?
+    assert client.get(f"/reviews/{review_id}").get_json()["status"] == "decided"
+    answer = client.post(f"/review/history/{review_id}/undo", data={"csrf_token": token, "reason": "wrong key"})
+    assert answer.status_code == 302
+    item = client.get(f"/reviews/{review_id}").get_json()
+    assert item["status"] == "pending"
+    assert item["audit"][-1]["action"] == "reverted" and item["audit"][-1]["detail"]["reason"] == "wrong key"
+    assert "because “wrong key”" in client.get(f"/review/items/{review_id}").get_data(as_text=True)
 
 
 def test_insights_suggest_thresholds_from_the_decisions() -> None:
@@ -178,18 +184,18 @@ def test_moderators_from_the_command_line_on_a_fresh_data_folder(tmp_path: Path)
 
     assert run("add", "alice", stdin=PASSWORD + "\n").returncode == 0
     assert run("add", "bob", stdin="short\n").returncode == 2
-    assert run("list").stdout == "alice\n"
+    assert run("list").stdout == "alice moderator\n"
     assert run("remove", "alice").returncode == 0 and run("list").stdout == ""
 
 
 def test_a_moderator_may_turn_blurring_off(app: Flask) -> None:
     client = app.test_client()
     _sign_in(client)
-    page = client.get("/review").get_data(as_text=True)
-    assert '<body class="">' in page and 'name="blur" checked' in page
-    client.post("/review/settings", data={"csrf_token": _token(page)})  # the box unticked
-    page = client.get("/review").get_data(as_text=True)
-    assert '<body class="no-blur">' in page and 'name="blur" checked' not in page
+    page = client.get("/review/settings").get_data(as_text=True)
+    assert '<body class="blur-24">' in page and 'name="blur" checked' in page
+    client.post("/review/settings", data={"csrf_token": _token(page), "blur_px": "24"})  # the box unticked
+    page = client.get("/review/settings").get_data(as_text=True)
+    assert '<body class="blur-24 no-blur">' in page and 'name="blur" checked' not in page
 
 
 def test_sign_in_never_redirects_off_the_pages(app: Flask) -> None:

@@ -12,9 +12,12 @@ a new password and removal change it, which ends every session made before, on e
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -23,6 +26,8 @@ from sqlalchemy import Engine, delete, insert, select, update
 from nsfw.review.tables import moderators
 
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MODERATOR, LEAD = "moderator", "lead"
+ROLES = (MODERATOR, LEAD)
 MIN_PASSWORD = 10
 # OWASP: "m=19456 (19 MiB), t=2, p=1" for Argon2id.
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -78,14 +83,61 @@ def names(engine: Engine) -> list[str]:
         return list(connection.execute(select(moderators.c.name).order_by(moderators.c.name)).scalars())
 
 
-def session_of(engine: Engine, name: str) -> tuple[bool, str] | None:
-    """(whether the moderator's thumbnails start blurred, their session generation); None when there
-    is no such moderator."""
+@dataclass(frozen=True)
+class Account:
+    """What each signed-in request needs of its moderator: whether their pictures start blurred,
+    their session generation, their role and their own wellbeing settings (over the operator's)."""
+
+    blur: bool
+    generation: str
+    role: str
+    wellbeing: dict[str, Any]
+
+    @property
+    def lead(self) -> bool:
+        return self.role == LEAD
+
+
+def session_of(engine: Engine, name: str) -> Account | None:
+    """The moderator's account; None when there is no such moderator."""
     with engine.connect() as connection:
         row = connection.execute(
-            select(moderators.c.blur, moderators.c.generation).where(moderators.c.name == name)
+            select(moderators.c.blur, moderators.c.generation, moderators.c.role, moderators.c.wellbeing).where(
+                moderators.c.name == name
+            )
         ).first()
-    return None if row is None else (bool(row.blur), str(row.generation))
+    if row is None:
+        return None
+    return Account(bool(row.blur), str(row.generation), str(row.role), _wellbeing(row.wellbeing))
+
+
+def _wellbeing(raw: str | None) -> dict[str, Any]:
+    try:
+        found = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def set_role(engine: Engine, name: str, role: str) -> bool:
+    """A moderator's role (moderator or lead); False when there is no such moderator."""
+    if role not in ROLES:
+        raise ValueError(f"a role is one of {', '.join(ROLES)}")
+    with engine.begin() as connection:
+        return bool(connection.execute(update(moderators).where(moderators.c.name == name).values(role=role)).rowcount)
+
+
+def roles(engine: Engine) -> dict[str, str]:
+    with engine.connect() as connection:
+        return {row.name: row.role for row in connection.execute(select(moderators.c.name, moderators.c.role))}
+
+
+def set_wellbeing(engine: Engine, name: str, values: dict[str, Any]) -> None:
+    """The moderator's own wellbeing settings (checked by nsfw/review/wellbeing.py before)."""
+    with engine.begin() as connection:
+        connection.execute(
+            update(moderators).where(moderators.c.name == name).values(wellbeing=json.dumps(values, sort_keys=True))
+        )
 
 
 def set_blur(engine: Engine, name: str, blur: bool) -> None:

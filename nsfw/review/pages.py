@@ -31,6 +31,7 @@ from flask import (
     Flask,
     Response,
     g,
+    jsonify,
     redirect,
     render_template,
     request,
@@ -46,9 +47,11 @@ from nsfw import errors, metrics
 from nsfw.config import Settings
 from nsfw.model.specs import MODELS
 from nsfw.review import insights as teach
-from nsfw.review import moderators
+from nsfw.review import moderators, team, wellbeing
 from nsfw.review.queue import ReviewQueue, iso
+from nsfw.review.search import Filters
 from nsfw.review.signin import SignInBusy, SignInGuard
+from nsfw.review.wellbeing import Wellbeing
 from nsfw.web import access, routes, state
 from nsfw.web.answers import error_response
 from nsfw.web.limits import redis_options
@@ -60,7 +63,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("review_pages", __name__, template_folder="templates", static_folder="static", url_prefix=PAGES_PATH)
 
 UNDO_SECONDS = 600
-PAGE_ITEMS = 50  # items the queue page holds at once; it asks for more as they are decided
+SEARCH_PAGE = 50  # rows a search page shows; the next page is a link
+BULK_MAX = 200  # items one bulk decision takes
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -88,14 +92,14 @@ def moderator() -> str | None:
     must be the moderator's (not signed out, no new password, not removed) and the sign-in younger
     than NSFW_SESSION_HOURS; otherwise the session is cleared."""
     if "moderator" not in g:
-        g.moderator, g.blur = None, True
+        g.moderator, g.blur, g.account = None, True, None
         name, generation, at = (session.get(key) for key in _SIGNED_IN)
         settings: Settings = state.service().settings
         fresh = isinstance(at, int | float) and 0 <= time.time() - at < settings.session_hours * 3600
         if isinstance(name, str) and isinstance(generation, str) and fresh:
             found = moderators.session_of(_queue().engine, name)
-            if found is not None and hmac.compare_digest(found[1].encode(), generation.encode()):
-                g.moderator, g.blur = name, found[0]
+            if found is not None and hmac.compare_digest(found.generation.encode(), generation.encode()):
+                g.moderator, g.blur, g.account = name, found.blur, found
         if g.moderator is None:
             for key in _SIGNED_IN:
                 session.pop(key, None)
@@ -193,28 +197,105 @@ def logout() -> Any:
     return redirect(url_for("review_pages.login"))
 
 
-@bp.get("")
-@signed_in
-def queue() -> str:
+def _settings() -> Settings:
     settings: Settings = state.service().settings
-    items, following = _queue().page("pending", PAGE_ITEMS, None)
+    return settings
+
+
+def _account() -> moderators.Account | None:
+    account: moderators.Account | None = g.get("account")
+    return account
+
+
+def looks() -> Wellbeing:
+    """This moderator's wellbeing settings: the operator's defaults with their own over them."""
+    defaults = Wellbeing.defaults(_settings())
+    account = _account()
+    return defaults.over(account.wellbeing) if account else defaults
+
+
+def _body_classes() -> str:
+    """The page's classes for what it shows before a reveal (review.css)."""
+    chosen = looks()
+    classes = [chosen.blur_class]
+    if not g.get("blur", True):
+        classes.append("no-blur")
+    classes += [name for name, on in (("greyscale", chosen.greyscale), ("hide-scores", chosen.hide_scores)) if on]
+    return " ".join(classes)
+
+
+def _queue_page(view: str) -> str:
+    settings = _settings()
     return render_template(
         "review/queue.html",
-        items=items,
-        more=following is not None,
-        total=_queue().count("pending"),
+        total=_queue().count("pending", view == "leads"),
         lease=settings.review_lease,
         reasons=settings.review_reasons,
-        page="queue",
+        view=view,
+        wellbeing=looks(),
+        page=view,
     )
 
 
-@bp.post("/settings")
+@bp.get("")
 @signed_in
-def settings_page() -> Response:
+def queue() -> str:
+    """The moderators' queue: every pending item but the escalated ones."""
+    return _queue_page("queue")
+
+
+@bp.get("/leads")
+@signed_in
+def leads() -> Any:
+    """The leads' view: the escalated items, for leads to decide."""
+    if not is_lead():
+        return _message("The leads' view is for leads; a lead or the operator can make you one.", 403)
+    return _queue_page("leads")
+
+
+@bp.route("/settings", methods=["GET", "POST"])
+@signed_in
+def settings_page() -> Any:
+    """This moderator's own wellbeing settings over the team's defaults."""
+    account = _account()
+    error, status = None, 200
+    if request.method == "POST":
+        csrf.protect()
+        try:
+            own = wellbeing.parse_form(request.form)
+        except ValueError as exc:
+            error, status = str(exc), 400
+        else:
+            engine = _queue().engine
+            moderators.set_blur(engine, str(moderator()), request.form.get("blur") == "on")
+            moderators.set_wellbeing(engine, str(moderator()), own)
+            return redirect(url_for("review_pages.settings_page", saved=1))
+    return (
+        render_template(
+            "review/settings.html",
+            page="settings",
+            chosen=looks(),
+            team=Wellbeing.defaults(_settings()),
+            own=account.wellbeing if account else {},
+            steps=wellbeing.BLUR_STEPS,
+            error=error,
+            saved=request.args.get("saved") == "1",
+        ),
+        status,
+    )
+
+
+@bp.post("/items/<review_id>/reveal")
+@signed_in
+def reveal(review_id: str) -> Response:
+    """The page revealed an item's picture: counted, and this moderator's exposure answered (the page
+    suggests a break at a limit)."""
     csrf.protect()
-    moderators.set_blur(_queue().engine, str(moderator()), request.form.get("blur") == "on")
-    return redirect(url_for("review_pages.queue"))
+    _queue().revealed(review_id, str(moderator()))
+    at = session.get("at")
+    signed_in_at = float(at) if isinstance(at, int | float) else time.time()
+    found = wellbeing.exposure(_queue().engine, str(moderator()), signed_in_at, looks())
+    return jsonify(found.to_dict())
 
 
 @bp.get("/history")
@@ -222,21 +303,127 @@ def settings_page() -> Response:
 def history() -> str:
     items = _queue().recent_decisions(100)
     now = time.time()
+    lead = is_lead()
     for item in items:
-        item["undoable"] = _decided_at(item) > now - UNDO_SECONDS
+        item["undoable"] = _decided_at(item) > now - UNDO_SECONDS and (lead or item["decided_by"] == moderator())
     return render_template("review/history.html", items=items, page="history", undo_minutes=UNDO_SECONDS // 60)
 
 
 @bp.post("/history/<review_id>/undo")
 @signed_in
 def undo(review_id: str) -> Any:
+    """Undo a decision, with a reason (kept in the item's history); another's decision only by a lead."""
     csrf.protect()
+    reason = request.form.get("reason", "").strip()
+    if not reason:
+        return _message("An undo needs a reason; go back and say why.", 400)
     item = _queue().get(review_id)
     if item["status"] != "decided" or _decided_at(item) <= time.time() - UNDO_SECONDS:
         return _message("That decision can no longer be undone.", 409)
-    _queue().revert(review_id, str(moderator()))
+    try:
+        _queue().revert(review_id, str(moderator()), reason, lead=is_lead())
+    except errors.LeadOnly:
+        return _message("Only a lead may undo another moderator's decision.", 403)
     state.review().wake.set()
     return redirect(url_for("review_pages.queue"))
+
+
+@bp.get("/items/<review_id>")
+@signed_in
+def item_page(review_id: str) -> Any:
+    """One item: its picture, where it came from, what the model said, its frames, its decision or
+    appeal, and its whole history (claims, reveals, decisions, undos, appeals, webhook deliveries)."""
+    queue = _queue()
+    try:
+        item = queue.get(review_id)
+    except errors.NotFound:
+        return _message("No such item (deleted, or past retention).", 404)
+    return render_template(
+        "review/item.html",
+        item=item,
+        history=queue.audit_log(review_id),
+        deliveries=queue.deliveries(review_id=review_id),
+        page="search",
+        wellbeing=looks(),
+    )
+
+
+@bp.get("/search")
+@signed_in
+def search_page() -> Any:
+    """Items by ref, status, label, kind, moderator, day range and adult score range, newest first,
+    a page at a time."""
+    error = None
+    try:
+        filters = Filters.parse(request.args)
+    except ValueError as exc:
+        filters, error = Filters(), str(exc)
+    cursor = request.args.get("cursor") or None
+    try:
+        items, following = _queue().search(filters.condition(), SEARCH_PAGE, cursor)
+    except errors.BadRequest:
+        items, following, error = [], None, "That page link is broken; search again."
+    return render_template(
+        "review/search.html",
+        filters=filters,
+        items=items,
+        following=following,
+        args=filters.query_args(),
+        error=error,
+        reasons=_settings().review_reasons,
+        done=request.args.get("done"),
+        page="search",
+    ), (400 if error else 200)
+
+
+@bp.post("/search/decide")
+@signed_in
+def bulk_decide() -> Any:
+    """Decide the selected items with one label and reason, each by itself: audited item by item, each
+    with its own webhook; those another moderator holds, already decided, escalated (for a moderator)
+    or contesting this moderator's own decision are left, and counted."""
+    csrf.protect()
+    ids = request.form.getlist("id")[:BULK_MAX]
+    label = request.form.get("label", "")
+    code = request.form.get("reason", "") or None
+    note = request.form.get("note", "") or None
+    if label not in ("adult", "safe") or not ids:
+        return _message("Choose items and a label (adult or safe).", 400)
+    queue = _queue()
+    decided = left = 0
+    for review_id in dict.fromkeys(ids):
+        try:
+            made = queue.decide(review_id, str(moderator()), label, note, code, lead=is_lead())
+        except errors.InvalidLabel as exc:
+            return _message(f"Not decided: {exc.detail}", 400)
+        except (errors.Claimed, errors.AlreadyDecided, errors.NotFound, errors.LeadOnly, errors.SameModerator):
+            left += 1
+            continue
+        decided += 1
+        metrics.REVIEW_DECISIONS.labels(label).inc()
+        if made["near_duplicates"]:
+            metrics.RETROACTIVE_DECISIONS.labels(label).inc(len(made["near_duplicates"]))
+    state.review().wake.set()
+    back = request.form.get("back", "")
+    ours = back.startswith(PAGES_PATH + "/search") and "\\" not in back and "//" not in back
+    target = back if ours else url_for("review_pages.search_page")
+    joiner = "&" if "?" in target else "?"
+    return redirect(f"{target}{joiner}done={decided}-{left}")
+
+
+@bp.get("/team")
+@signed_in
+def team_page() -> str:
+    """The queue's depth and age, decisions per moderator per day, waits and agreement."""
+    depth, oldest = _queue().depth()
+    return render_template(
+        "review/team.html",
+        depth=depth,
+        oldest=oldest,
+        team=team.team(_queue().engine),
+        roles=moderators.roles(_queue().engine),
+        page="team",
+    )
 
 
 def _epoch(stamp: str | None) -> float:
@@ -343,6 +530,13 @@ def session_moderator() -> str | None:
     return name
 
 
+def is_lead() -> bool:
+    """Whether this request acts with a lead's rights: a key with the review scope (the operator's
+    tool) does; a signed-in moderator does when their role is lead."""
+    account: moderators.Account | None = g.get("account")
+    return account is None or account.lead
+
+
 def install(app: Flask, settings: Settings) -> None:
     app.secret_key = settings.secret_key
     app.session_interface = _SessionInterface()
@@ -360,10 +554,14 @@ def install(app: Flask, settings: Settings) -> None:
     app.jinja_env.globals["csrf_token"] = generate_csrf
     app.jinja_env.globals["moderator"] = lambda: g.get("moderator")
     app.jinja_env.globals["blur"] = lambda: g.get("blur", True)
+    app.jinja_env.globals["body_classes"] = _body_classes
+    app.jinja_env.globals["is_lead"] = is_lead
     app.jinja_env.filters["iso"] = iso
     app.jinja_env.filters["ref_text"] = ref_text
     app.jinja_env.globals["animation_note"] = animation_note
     app.jinja_env.globals["adult_classes_json"] = _adult_classes_json
+    app.jinja_env.globals["adult_classes"] = lambda model: MODELS[model].adult_classes if model in MODELS else ()
+    app.jinja_env.filters["host"] = lambda url: urlsplit(url).netloc or url
     app.jinja_env.globals["frame_name"] = frame_name
     app.register_error_handler(CSRFError, _csrf_failed)
     app.after_request(_headers)

@@ -36,11 +36,14 @@ from sqlalchemy.exc import IntegrityError
 from nsfw.errors import (
     AlreadyDecided,
     Claimed,
+    InvalidAppeal,
     InvalidLabel,
+    LeadOnly,
     NotDecided,
     NotFound,
     PendingTwin,
     ReviewQueueFull,
+    SameModerator,
 )
 from nsfw.imaging.thumbnail import Picture
 from nsfw.matching import store as matching
@@ -57,6 +60,7 @@ EVENT_DECIDED = "review.decided"
 EVENT_REVERTED = "review.reverted"
 EVENT_DELETED = "review.deleted"
 EVENT_EXPIRED = "review.expired"
+EVENT_APPEAL_DECIDED = "review.appeal_decided"
 MAX_PAGE = 100
 # Rows one retention pass changes per kind, so that its transactions stay short (it runs hourly).
 RETENTION_BATCH = 500
@@ -289,6 +293,7 @@ class ReviewQueue:
                     preview=chosen.preview if chosen and chosen.preview != chosen.thumbnail else None,
                     width=chosen.width if chosen else None,
                     height=chosen.height if chosen else None,
+                    adult=adult_score(candidate.model, candidate.scores),
                     frame_count=candidate.frame_count,
                     frames=json.dumps(list(candidate.frames)) if _strip_kept(candidate) else None,
                     chosen_frame=candidate.chosen_frame,
@@ -365,16 +370,37 @@ class ReviewQueue:
 
     # The API.
 
-    def page(self, status: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    def page(
+        self, status: str, limit: int, cursor: str | None, escalated: bool | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """Items of a status, oldest first (pending: the next to review first), `limit` at a time;
-        the cursor is the last item's (created, id), opaque to the client."""
+        the cursor is the last item's (created, id), opaque to the client. `escalated`: only the
+        escalated (the leads' view) or only the others (the moderators' queue); None: all."""
         query = select(*_ITEM_COLUMNS).where(reviews.c.status == status)
+        if escalated is not None:
+            query = query.where(reviews.c.escalated.is_not(None) if escalated else reviews.c.escalated.is_(None))
         if cursor:
             created, last_id = _read_cursor(cursor)
             query = query.where(
                 or_(reviews.c.created > created, and_(reviews.c.created == created, reviews.c.id > last_id))
             )
         query = query.order_by(reviews.c.created, reviews.c.id).limit(limit + 1)
+        with reading(self.engine) as connection:
+            rows = connection.execute(query).all()
+            items = self._items(connection, rows[:limit])
+        following = _make_cursor(rows[limit - 1].created, rows[limit - 1].id) if len(rows) > limit else None
+        return items, following
+
+    def search(self, condition: Any, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """Items a condition picks (nsfw/review/search.py), newest first, `limit` at a time; the cursor
+        is the last item's (created, id)."""
+        query = select(*_ITEM_COLUMNS).where(condition)
+        if cursor:
+            created, last_id = _read_cursor(cursor)
+            query = query.where(
+                or_(reviews.c.created < created, and_(reviews.c.created == created, reviews.c.id < last_id))
+            )
+        query = query.order_by(reviews.c.created.desc(), reviews.c.id.desc()).limit(limit + 1)
         with reading(self.engine) as connection:
             rows = connection.execute(query).all()
             items = self._items(connection, rows[:limit])
@@ -441,6 +467,15 @@ class ReviewQueue:
             ).first()
         return bytes(row.thumbnail) if row is not None else None
 
+    def revealed(self, review_id: str, moderator: str) -> None:
+        """A moderator revealed this item's picture: audited, and counted against their exposure
+        limits (nsfw/review/wellbeing.py); whoever holds its claim."""
+        now = self.clock()
+        with self.engine.begin() as connection:
+            if connection.execute(select(reviews.c.id).where(reviews.c.id == review_id)).first() is None:
+                raise NotFound(review_id)
+            self._audit(connection, now, moderator, "revealed", review_id, {})
+
     def claim(self, review_id: str, moderator: str) -> dict[str, Any]:
         """A lease of `lease` seconds on a pending item; 409 while another moderator's lease runs."""
         now = self.clock()
@@ -491,11 +526,21 @@ class ReviewQueue:
         return len(ids)
 
     def decide(
-        self, review_id: str, moderator: str, label: object, note: object = None, reason_code: object = None
+        self,
+        review_id: str,
+        moderator: str,
+        label: object,
+        note: object = None,
+        reason_code: object = None,
+        *,
+        lead: bool = True,
     ) -> dict[str, Any]:
         """Decide a pending item, once: the first decision wins, any later one is 409 already_decided;
         an item another moderator holds a running claim on is 409 claimed. A note is free text (up to
-        2000 characters); a reason code is one of NSFW_REVIEW_REASONS."""
+        2000 characters); a reason code is one of NSFW_REVIEW_REASONS. An escalated item is a lead's
+        to decide (403 lead_only), and an appeal another moderator's than the one whose decision it
+        contests (409 same_moderator). `lead`: the caller's role (a key with the review scope is the
+        operator's, with a lead's rights)."""
         if label not in LABELS:
             raise InvalidLabel(f"label {label!r}")
         if note is not None and not isinstance(note, str):
@@ -510,11 +555,11 @@ class ReviewQueue:
         with self.engine.begin() as connection:
             decided = connection.execute(
                 update(reviews)
-                .where(_open_to(review_id, moderator, now))
+                .where(_open_to(review_id, moderator, now), _allowed_to(moderator, lead))
                 .values(status="decided", label=label, decided_by=moderator, decided=now, note=note, reason_code=code)
             ).rowcount
             if not decided:
-                self._refuse(connection, review_id)
+                self._refuse(connection, review_id, moderator, lead)
             self._audit(
                 connection,
                 now,
@@ -527,13 +572,112 @@ class ReviewQueue:
                 self._remember(connection, now, review_id, label, moderator)
             item = self._get(connection, review_id)
             if self.webhooks:
-                self._outbox(connection, now, EVENT_DECIDED, item)
+                appeal = item["appeal"]
+                if appeal is not None:
+                    self._outbox(connection, now, EVENT_APPEAL_DECIDED, item | {"appeal": _appeal_outcome(item)})
+                else:
+                    self._outbox(connection, now, EVENT_DECIDED, item)
         if not self.match:
             return item | {"near_duplicates": []}
         # Then its pending near-duplicates, each in a transaction of its own (one item's row at a
         # time, so two moderators deciding two copies at once never wait on each other's).
         decided = self._retroact(review_id, str(label), moderator, now, code)
         return item | {"near_duplicates": decided}
+
+    def escalate(self, review_id: str, moderator: str, note: object = None) -> dict[str, Any]:
+        """Hand a pending item to the leads: it leaves the moderators' queue for the leads' view, the
+        moderator's claim ends, and the audit log keeps why."""
+        if note is not None and not isinstance(note, str):
+            raise InvalidLabel("note is not a string")
+        text = note.strip()[:2000] if note else None
+        now = self.clock()
+        with self.engine.begin() as connection:
+            done = connection.execute(
+                update(reviews)
+                .where(_open_to(review_id, moderator, now), reviews.c.escalated.is_(None))
+                .values(escalated=now, escalated_by=moderator, claimed_by=None, claim_until=None)
+            ).rowcount
+            if not done:
+                row = connection.execute(select(reviews.c.escalated).where(reviews.c.id == review_id)).first()
+                if row is not None and row.escalated is not None:
+                    return self._get(connection, review_id)  # escalated already: nothing more to do
+                self._refuse(connection, review_id, moderator, True)
+            self._audit(connection, now, moderator, "escalated", review_id, {"note": text or None})
+            return self._get(connection, review_id)
+
+    def appeal(self, review_id: str, key_name: str, statement: object, ref: object = None) -> dict[str, Any]:
+        """The client app's user contests a decision (the EU Digital Services Act's internal complaint
+        handling, Art. 20): the decided item is pending again as an `appeal`, with the user's
+        statement and the decision it contests, its memory suspended until the appeal is decided (as
+        an undo does), and another moderator than the one who decided must decide it; the outcome
+        goes out as review.appeal_decided. Only a key that sent the image (made the item or has a
+        ref on it) may appeal; to any other key the item does not exist (404)."""
+        if not isinstance(statement, str) or not 1 <= len(statement.strip()) <= 5000:
+            raise InvalidAppeal("statement must be 1-5000 characters")
+        if ref is not None and (not isinstance(ref, str) or not ref):
+            raise InvalidAppeal("ref must be a non-empty string")
+        now = self.clock()
+        try:
+            with self.engine.begin() as connection:
+                row = connection.execute(
+                    select(reviews.c.id).where(reviews.c.id == review_id, _involving(key_name)).with_for_update()
+                ).first()
+                if row is None:
+                    raise NotFound(review_id)
+                if (
+                    ref is not None
+                    and not connection.execute(
+                        select(refs.c.ref).where(
+                            refs.c.review_id == review_id, refs.c.key_name == key_name, refs.c.ref == ref
+                        )
+                    ).first()
+                ):
+                    raise InvalidAppeal(f"ref {ref[:60]!r} is not one of this key's refs on {review_id}")
+                before = self._get(connection, review_id)
+                if before["status"] != "decided":
+                    raise NotDecided(f"{review_id} is {before['status']}")
+                appealed = connection.execute(
+                    update(reviews)
+                    .where(reviews.c.id == review_id, reviews.c.status == "decided")
+                    .values(
+                        status="pending",
+                        kind="appeal",
+                        pending_since=now,
+                        appealed=now,
+                        appeal_ref=ref,
+                        appeal_statement=statement.strip(),
+                        appealed_label=before["label"],
+                        appealed_decider=before["decided_by"],
+                        label=None,
+                        decided=None,
+                        decided_by=None,
+                        note=None,
+                        reason_code=None,
+                        claimed_by=None,
+                        claim_until=None,
+                        escalated=None,
+                        escalated_by=None,
+                    )
+                ).rowcount
+                if not appealed:
+                    raise NotDecided(review_id)
+                self._audit(
+                    connection,
+                    now,
+                    key_name,
+                    "appealed",
+                    review_id,
+                    {
+                        "ref": ref,
+                        "statement": statement.strip(),
+                        "label": before["label"],
+                        "decided_by": before["decided_by"],
+                    },
+                )
+                matching.forget(connection, now, review_id)
+                return self._get(connection, review_id)
+        except IntegrityError:
+            raise PendingTwin(f"{review_id}: the same bytes are pending as another item") from None
 
     def _remember(self, connection: Any, now: float, review_id: str, label: str, moderator: str) -> None:
         """A decision's hashes become the matcher's signals: each classified frame's, its seven flips'
@@ -576,6 +720,7 @@ class ReviewQueue:
                 .where(
                     reviews.c.status == "pending",
                     reviews.c.kind == "unknown",
+                    reviews.c.escalated.is_(None),  # the leads' to decide
                     reviews.c.id != source,
                     hashes.c.variant == 0,  # a frame's own hash, as a copy is looked up
                 )
@@ -620,17 +765,23 @@ class ReviewQueue:
             decided.append({"id": review_id, "distance": distance})
         return decided
 
-    def revert(self, review_id: str, moderator: str) -> dict[str, Any]:
-        """Undo a decision: the item is pending again (its memory gone), the audit log keeps both,
-        and the client app hears `review.reverted` with the label it had. Of two undos at once one
-        wins, the other is 409 not_decided; an image pending again meanwhile (another item for the
-        same bytes) is 409 pending_twin."""
+    def revert(self, review_id: str, moderator: str, reason: object = None, *, lead: bool = True) -> dict[str, Any]:
+        """Undo a decision: the item is pending again (its memory gone), the audit log keeps both
+        and the reason given, and the client app hears `review.reverted` with the label it had. Only
+        a lead may undo another moderator's decision (403 lead_only). Of two undos at once one wins,
+        the other is 409 not_decided; an image pending again meanwhile (another item for the same
+        bytes) is 409 pending_twin."""
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidLabel("reason is not a string")
+        why = reason.strip()[:2000] if reason else None
         now = self.clock()
         try:
             with self.engine.begin() as connection:
                 before = self._get(connection, review_id)
                 if before["status"] != "decided":
                     raise NotDecided(review_id)
+                if not lead and before["decided_by"] != moderator:
+                    raise LeadOnly(f"{review_id} was decided by another moderator")
                 reverted = connection.execute(
                     update(reviews)
                     .where(reviews.c.id == review_id, reviews.c.status == "decided")
@@ -644,14 +795,20 @@ class ReviewQueue:
                         reason_code=None,
                         claimed_by=None,
                         claim_until=None,
+                        escalated=None,
+                        escalated_by=None,
                     )
                 ).rowcount
                 if not reverted:  # another undo won between the read and this update
                     raise NotDecided(review_id)
-                self._audit(connection, now, moderator, "reverted", review_id, {"label": before["label"]})
+                self._audit(
+                    connection, now, moderator, "reverted", review_id, {"label": before["label"], "reason": why or None}
+                )
                 matching.forget(connection, now, review_id)
                 if self.webhooks:
-                    self._outbox(connection, now, EVENT_REVERTED, before | {"reverted_by": moderator})
+                    self._outbox(
+                        connection, now, EVENT_REVERTED, before | {"reverted_by": moderator, "revert_reason": why}
+                    )
                 return self._get(connection, review_id)
         except IntegrityError:
             with reading(self.engine) as connection:
@@ -840,10 +997,13 @@ class ReviewQueue:
             ).rowcount
         return done
 
-    def count(self, status: str) -> int:
-        """How many items have this status."""
+    def count(self, status: str, escalated: bool | None = None) -> int:
+        """How many items have this status (and are escalated, or not)."""
+        query = select(func.count()).where(reviews.c.status == status)
+        if escalated is not None:
+            query = query.where(reviews.c.escalated.is_not(None) if escalated else reviews.c.escalated.is_(None))
         with reading(self.engine) as connection:
-            return int(connection.execute(select(func.count()).where(reviews.c.status == status)).scalar_one())
+            return int(connection.execute(query).scalar_one())
 
     def depth(self) -> tuple[int, float | None]:
         """Pending items, and how long, in seconds, the longest waiting has waited (since it was queued,
@@ -854,11 +1014,16 @@ class ReviewQueue:
             ).one()
         return int(count), (self.clock() - oldest) if oldest is not None else None
 
-    def deliveries(self, status: str | None = None, limit: int = MAX_PAGE) -> list[dict[str, Any]]:
-        """The webhook outbox, newest first: what was sent, what waits, what failed for good."""
+    def deliveries(
+        self, status: str | None = None, limit: int = MAX_PAGE, review_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The webhook outbox, newest first: what was sent, what waits, what failed for good (of one
+        item, with review_id)."""
         query = select(outbox).order_by(outbox.c.created.desc()).limit(limit)
         if status:
             query = query.where(outbox.c.status == status)
+        if review_id:
+            query = query.where(outbox.c.review_id == review_id)
         with reading(self.engine) as connection:
             rows = connection.execute(query).all()
         return [
@@ -878,16 +1043,29 @@ class ReviewQueue:
 
     # Inside.
 
-    @staticmethod
-    def _refuse(connection: Any, review_id: str) -> None:
+    def _refuse(self, connection: Any, review_id: str, moderator: str = "", lead: bool = True) -> None:
+        """Why a transition found nothing to change: the right error for the item as it is now."""
         row = connection.execute(
-            select(reviews.c.status, reviews.c.claimed_by, reviews.c.claim_until).where(reviews.c.id == review_id)
+            select(
+                reviews.c.status,
+                reviews.c.claimed_by,
+                reviews.c.claim_until,
+                reviews.c.escalated,
+                reviews.c.kind,
+                reviews.c.appealed_decider,
+            ).where(reviews.c.id == review_id)
         ).first()
         if row is None:
             raise NotFound(review_id)
         if row.status != "pending":
             raise AlreadyDecided(f"{review_id} is {row.status}")
-        raise Claimed(f"{review_id} claimed by {row.claimed_by} until {iso(row.claim_until)}")
+        if row.escalated is not None and not lead:
+            raise LeadOnly(f"{review_id} is escalated to the leads")
+        if row.kind == "appeal" and row.appealed_decider == moderator:
+            raise SameModerator(f"{review_id}: an appeal against {moderator}'s own decision")
+        if row.claimed_by is not None and row.claimed_by != moderator and (row.claim_until or 0) >= self.clock():
+            raise Claimed(f"{review_id} claimed by {row.claimed_by} until {iso(row.claim_until)}")
+        raise Claimed(f"{review_id} changed meanwhile; try again")
 
     @staticmethod
     def _audit(connection: Any, now: float, actor: str, action: str, review_id: str, detail: dict[str, Any]) -> None:
@@ -913,7 +1091,11 @@ class ReviewQueue:
             "reason_code": item["reason_code"],
             "note": item["note"],
         }
-        data |= {name: item[name] for name in ("reverted_by", "deleted_by", "expired", "match") if name in item}
+        data |= {
+            name: item[name]
+            for name in ("reverted_by", "revert_reason", "deleted_by", "expired", "match", "appeal")
+            if name in item and item[name] is not None
+        }
         payload = {"type": event_type, "timestamp": iso(now), "data": data}
         connection.execute(
             insert(outbox).values(
@@ -988,6 +1170,7 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
         "scores": json.loads(row.scores),
         "verdict": row.verdict,
         "reason": row.reason,
+        "summary": _summary(row),
         "created": iso(row.created),
         "claimed_by": claimed if row.status == "pending" else None,
         "claimed_until": iso(row.claim_until) if claimed and row.status == "pending" else None,
@@ -1000,6 +1183,19 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
         # The deciding frame's own size in pixels (None for items from before revision 0006).
         "width": row.width,
         "height": row.height,
+        "adult": row.adult,
+        "escalated": iso(row.escalated),
+        "escalated_by": row.escalated_by,
+        # The decision the client app's user contests (None: never appealed).
+        "appeal": None
+        if row.appealed is None
+        else {
+            "appealed": iso(row.appealed),
+            "ref": row.appeal_ref,
+            "statement": row.appeal_statement,
+            "label": row.appealed_label,
+            "decided_by": row.appealed_decider,
+        },
         # What the model judged: one frame for a still image; for an animation, each classified frame
         # (its strip picture is /reviews/<id>/frames/<position>) and the one that decided.
         "frames": {
@@ -1018,6 +1214,20 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
             ],
         },
     }
+
+
+def _summary(row: Any) -> str:
+    """Why the item waits, written for people (the model's own words are `reason`)."""
+    adult = row.adult if row.adult is not None else adult_score(row.model, json.loads(row.scores))
+    numbers = f"adult {adult:.2f}, safe {1 - adult:.2f}"
+    if row.kind == "audit":
+        return f"An audit sample: the model decided {row.verdict} on its own ({numbers}). Check it."
+    if row.kind == "appeal" and row.appealed_label:
+        return (
+            f"An appeal: the user contests the decision {row.appealed_label} by {row.appealed_decider}. "
+            f"The model said {numbers}."
+        )
+    return f"The model was not sure: {numbers}."
 
 
 def _grouped(rows: Any) -> Iterator[tuple[Any, list[dict[str, str]]]]:
@@ -1047,6 +1257,21 @@ def _open_to(review_id: str, moderator: str, now: float) -> Any:
         reviews.c.status == "pending",
         or_(reviews.c.claimed_by.is_(None), reviews.c.claimed_by == moderator, reviews.c.claim_until < now),
     )
+
+
+def _allowed_to(moderator: str, lead: bool) -> Any:
+    """The moderator may decide the item: a lead's if escalated, another's than the decider's if an
+    appeal."""
+    appeal_ok = or_(
+        reviews.c.kind != "appeal", reviews.c.appealed_decider.is_(None), reviews.c.appealed_decider != moderator
+    )
+    return appeal_ok if lead else and_(appeal_ok, reviews.c.escalated.is_(None))
+
+
+def _appeal_outcome(item: dict[str, Any]) -> dict[str, Any]:
+    """What review.appeal_decided tells the client app of the appeal."""
+    appeal = dict(item["appeal"])
+    return appeal | {"upheld": item["label"] == appeal["label"]}
 
 
 def _make_cursor(created: float, review_id: str) -> str:

@@ -33,7 +33,8 @@ reviews = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("created", Float, nullable=False),
-    Column("kind", String(16), nullable=False),  # unknown (the model could not decide) | audit (a sample)
+    # unknown (the model could not decide) | audit (a sample) | appeal (a decision the user contests)
+    Column("kind", String(16), nullable=False),
     Column("status", String(16), nullable=False),  # pending | decided | expired (left undecided past retention)
     Column("sha256", String(64), nullable=False),
     Column("key_name", String(64), nullable=False),
@@ -65,7 +66,20 @@ reviews = Table(
     Column("height", Integer),
     # The reason code the deciding moderator gave (NSFW_REVIEW_REASONS), if any.
     Column("reason_code", String(40)),
+    # The sum of the model's adult classes (what the search's score range filters on).
+    Column("adult", Float),
+    # Escalated to the leads: when and by whom (None: not escalated, or decided since).
+    Column("escalated", Float),
+    Column("escalated_by", String(64)),
+    # An appeal (kind "appeal"): when, the ref and the user's statement the client app sent, and the
+    # decision it contests (its label and who made it: another moderator must decide the appeal).
+    Column("appealed", Float),
+    Column("appeal_ref", String(200)),
+    Column("appeal_statement", Text),
+    Column("appealed_label", String(16)),
+    Column("appealed_decider", String(64)),
     Index("reviews_sha256", "sha256"),
+    Index("reviews_decided", "decided"),
     Index("reviews_key_status", "key_name", "status"),
     Index("reviews_status_created", "status", "created"),
     # One pending item per image: the same bytes join it (their refs are kept).
@@ -158,4 +172,8 @@ moderators = Table(
     # A random token in every session cookie of this moderator, checked on every request; a new one
     # (sign-out, a new password) ends every session made before it.
     Column("generation", String(32), nullable=False, server_default="0"),
+    # moderator | lead (leads decide escalated items and may undo another's decision).
+    Column("role", String(16), nullable=False, server_default="moderator"),
+    # The moderator's own wellbeing settings over the operator's defaults (JSON; None: the defaults).
+    Column("wellbeing", Text),
 )

@@ -32,6 +32,18 @@ def _moderator() -> str:
     return str(g.get("api_key", "-"))
 
 
+def _lead() -> bool:
+    """A key with the review scope is the operator's tool, with a lead's rights; a moderator signed in
+    on the pages has their role's (nsfw/review/pages.py sets g.account)."""
+    account = g.get("account")
+    return account is None or bool(account.lead)
+
+
+def _body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else {}
+
+
 @bp.errorhandler(SQLAlchemyError)
 def _store_failed(exc: SQLAlchemyError) -> Any:
     """A failing store is a 503 in the error shape, logged and counted; never a 500."""
@@ -60,10 +72,14 @@ def list_reviews() -> Response:
     if not 1 <= limit <= MAX_PAGE:
         raise errors.BadRequest(f"limit must be 1..{MAX_PAGE}")
     cursor = _one_arg("cursor", "") or None
+    escalated = _one_arg("escalated", "")
+    if escalated not in ("", "true", "false"):
+        raise errors.BadRequest(f"escalated={escalated!r}: true or false")
+    only = None if escalated == "" else escalated == "true"
     queue = _queue()
-    items, following = queue.page(status, limit, cursor)
+    items, following = queue.page(status, limit, cursor, only)
     # How many there are in all (the page's counts are the server's, not the items loaded).
-    return jsonify({"items": items, "next_cursor": following, "total": queue.count(status)})
+    return jsonify({"items": items, "next_cursor": following, "total": queue.count(status, only)})
 
 
 @bp.get("/reviews/export")
@@ -164,7 +180,9 @@ def decide(review_id: str) -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise errors.InvalidLabel('the body must be JSON {"label": ...}')
-    item = _queue().decide(review_id, _moderator(), body.get("label"), body.get("note"), body.get("reason_code"))
+    item = _queue().decide(
+        review_id, _moderator(), body.get("label"), body.get("note"), body.get("reason_code"), lead=_lead()
+    )
     metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
     if item["near_duplicates"]:
         metrics.RETROACTIVE_DECISIONS.labels(item["label"]).inc(len(item["near_duplicates"]))
@@ -174,9 +192,38 @@ def decide(review_id: str) -> Response:
 
 @bp.post("/reviews/<review_id>/revert")
 def revert(review_id: str) -> Response:
-    item = _queue().revert(review_id, _moderator())
+    item = _queue().revert(review_id, _moderator(), _body().get("reason"), lead=_lead())
     state.review().wake.set()
     return jsonify(item)
+
+
+@bp.post("/reviews/<review_id>/escalate")
+def escalate(review_id: str) -> Response:
+    """Hand the item to the leads (with a note, if any)."""
+    return jsonify(_queue().escalate(review_id, _moderator(), _body().get("note")))
+
+
+@bp.post("/reviews/<review_id>/appeal")
+def appeal(review_id: str) -> Response:
+    """The client app's user contests the decision (a key with the predict scope that sent the image;
+    nsfw/web/routes.py)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise errors.InvalidAppeal('the body must be JSON {"statement": ..., "ref": ...}')
+    item = _queue().appeal(review_id, _moderator(), body.get("statement"), body.get("ref"))
+    metrics.REVIEW_APPEALS.inc()
+    return jsonify(_for_client(item))
+
+
+def _for_client(item: dict[str, Any]) -> dict[str, Any]:
+    """What the appealing key is told of the item: its own state, never a moderator's name, a note or
+    another key's refs."""
+    return {
+        "id": item["id"],
+        "status": item["status"],
+        "kind": item["kind"],
+        "appeal": {name: item["appeal"][name] for name in ("appealed", "ref", "statement", "label")},
+    }
 
 
 @bp.delete("/reviews/<review_id>")

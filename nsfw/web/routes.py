@@ -39,7 +39,12 @@ class Route:
     # Its body may be a video (a raw video/* body or a multipart upload): NSFW_MAX_VIDEO_BYTES.
     video: bool = False
 
+    # The path is a regular expression the whole path must match (one path per item, say).
+    pattern: bool = False
+
     def matches(self, path: str) -> bool:
+        if self.pattern:
+            return re.fullmatch(self.path, path) is not None
         return path.startswith(self.path) if self.prefix else path == self.path
 
 
@@ -48,6 +53,7 @@ PAGES_PATH = "/review"
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 REVIEWS_PREFIX = "/reviews"
+APPEAL_PATTERN = r"/reviews/[^/]+/appeal"
 BANKS_PATH = "/banks"
 LANDING_PATH = "/"
 COMPAT_PREFIX = "/compat/"
@@ -73,6 +79,8 @@ ROUTES: tuple[Route, ...] = (
     Route(METRICS_PATH, limited=False, metrics_token=True),  # the scraper's page
     # The review API: a review key, or a moderator's session; bodies are a label, a note. (A stranger
     # with a made-up session cookie reaches the app, which checks sessions, so its body stays small.)
+    # An appeal is the client app's (a predict key that sent the image), not a moderator's.
+    Route(APPEAL_PATTERN, pattern=True, scope=PREDICT, body=FIELDS),
     Route(REVIEWS_PREFIX, prefix=True, scope=REVIEW, session=True, body=FIELDS),
     # The hash banks: a banks key; a bank's signals come as an image, a hash, or a list of them.
     Route(BANKS_PATH, scope=BANKS, body=FIELDS),

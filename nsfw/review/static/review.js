@@ -18,6 +18,8 @@
   const lease = Number(list.dataset.lease) || 120;
   const adultClasses = JSON.parse(list.dataset.adultClasses || "{}");
   const blurOn = !document.body.classList.contains("no-blur");
+  const view = list.dataset.view || "queue"; // queue: the moderators' (no escalated items); leads: the escalated
+  const peek = list.dataset.holdToPeek === "true";
   const PAGE = 50;
   const POLL_MS = 4000;
   const MIN_SIDE = 64; // a picture's shortest side is shown at least this large, its pixels crisp
@@ -48,11 +50,6 @@
     return seconds + " s";
   }
 
-  function adultOf(model, scores) {
-    const names = adultClasses[model] || ["hentai", "porn", "sexy"];
-    return names.reduce(function (sum, name) { return sum + (scores[name] || 0); }, 0);
-  }
-
   function host(url) {
     try { return new URL(url).host; } catch (error) { return url; }
   }
@@ -70,16 +67,6 @@
       ", waiting " + ago(item.created);
   }
 
-  // The reason, written for people; the model's own words stay one click away.
-  function plainReason(item) {
-    const adult = adultOf(item.model, item.scores);
-    const numbers = "adult " + adult.toFixed(2) + ", safe " + (1 - adult).toFixed(2);
-    if (item.kind === "audit") {
-      return "An audit sample: the model decided " + item.verdict + " on its own (" + numbers + "). Check it.";
-    }
-    return "The model was not sure: " + numbers + ".";
-  }
-
   function when(frame) {
     return frame.time_s === null || frame.time_s === undefined ? "?" : frame.time_s.toFixed(1) + " s";
   }
@@ -95,14 +82,29 @@
     const picture = field(element, "thumbnail");
     picture.addEventListener("load", function () { fit(picture); });
     picture.src = path(item.id, "/thumbnail");
-    field(element, "reason").textContent = plainReason(item);
+    field(element, "reason").textContent = item.summary;
     field(element, "model-reason").textContent = item.reason;
     field(element, "model").textContent = "Model: " + item.model + " (" + item.model_version + ")";
     renderSource(field(element, "source"), item);
     field(element, "refs").textContent = "key " + item.key + (item.refs.length
       ? " · refs " + item.refs.map(function (ref) { return ref.ref + " (" + ref.key + ")"; }).join(", ") : "");
-    field(element, "kind").textContent = item.kind === "audit"
-      ? "audit: a sample of the model's automatic verdicts" : "unknown: the model could not decide";
+    field(element, "kind").textContent = {
+      audit: "audit: a sample of the model's automatic verdicts",
+      appeal: "appeal: the user contests a decision",
+      unknown: "unknown: the model could not decide",
+    }[item.kind] || item.kind;
+    const appeal = field(element, "appeal");
+    if (item.appeal) {
+      appeal.hidden = false;
+      appeal.textContent = "The user's statement: “" + item.appeal.statement + "” (the decision was " + item.appeal.label +
+        ", by " + item.appeal.decided_by + "; another moderator decides the appeal).";
+    }
+    if (item.escalated) {
+      const escalated = field(element, "escalated");
+      escalated.hidden = false;
+      escalated.textContent = "Escalated by " + item.escalated_by + " " + ago(item.escalated) + " ago.";
+    }
+    field(element, "page").href = "/review/items/" + encodeURIComponent(item.id);
     field(element, "size").textContent = (item.width ? item.width + " × " + item.height + " px" : "size not recorded") +
       ", " + item.frames.count + (item.frames.count === 1 ? " frame" : " frames") + (item.frames.video ? " (video)" : "");
     renderScores(element, item);
@@ -331,14 +333,33 @@
     if (at >= 0 && at < index) index -= 1;
   }
 
-  // Shown at once (looking needs no one's leave); the claim follows.
-  async function reveal() {
+  // Shown at once (looking needs no one's leave); the claim follows, and the reveal is counted
+  // against the moderator's exposure limits: at a limit the page suggests a break.
+  async function reveal(on) {
     const element = current();
     if (!element) return;
-    const shown = !element.classList.contains("revealed");
+    const shown = on === undefined ? !element.classList.contains("revealed") : on;
+    if (shown === element.classList.contains("revealed")) return;
     element.classList.toggle("revealed", shown);
     pressed(element, "reveal", shown);
-    if (shown) await act(element);
+    if (!shown) return;
+    if (!element.dataset.counted) {
+      element.dataset.counted = "yes";
+      counted(element.dataset.reviewId);
+    }
+    await act(element);
+  }
+
+  async function counted(id) {
+    const answer = await call("POST", "/review/items/" + encodeURIComponent(id) + "/reveal");
+    if (!answer.ok) return;
+    const exposure = await answer.json();
+    const pause = document.getElementById("break");
+    if (exposure.break_due && pause && !pause.open && !pause.dataset.dismissed) {
+      pause.querySelector("[data-field=exposure]").textContent = "You have revealed " + exposure.session +
+        " items since you signed in and " + exposure.day + " today.";
+      pause.showModal();
+    }
   }
 
   async function zoom() {
@@ -406,6 +427,30 @@
     }
   }
 
+  // Escalate: hand the item to the leads, with the note as the reason; it leaves this queue.
+  async function escalate() {
+    const element = current();
+    if (!element || busy || view === "leads") return;
+    busy = true;
+    try {
+      const note = element.querySelector("textarea[name=note]").value.trim();
+      const answer = await call("POST", path(element.dataset.reviewId, "/escalate"), note ? { note: note } : {});
+      if (answer.ok) {
+        held = null;
+        stopRenewing();
+        drop(element);
+        await open(index, true);
+        status.textContent = "Escalated to the leads.";
+      } else if (answer.status === 409) {
+        status.textContent = "Someone else holds or decided it.";
+      } else {
+        status.textContent = "That did not work (" + answer.status + "); try again.";
+      }
+    } finally {
+      busy = false;
+    }
+  }
+
   // Skip: leave the item to the others; it goes to the end of this page's list.
   async function skip() {
     const element = current();
@@ -427,7 +472,7 @@
     if (document.hidden) return;
     let body;
     try {
-      const answer = await call("GET", "/reviews?status=pending&limit=" + PAGE);
+      const answer = await call("GET", "/reviews?status=pending&escalated=" + (view === "leads") + "&limit=" + PAGE);
       if (!answer.ok) return;
       body = await answer.json();
     } catch (error) {
@@ -483,7 +528,8 @@
     const target = event.target.closest("button");
     if (!target) return;
     if (target.dataset.decision) decide(target.dataset.decision);
-    else if (target.dataset.action === "reveal") reveal();
+    else if (target.dataset.action === "reveal") { if (!peek) reveal(); }
+    else if (target.dataset.action === "escalate") escalate();
     else if (target.dataset.action === "zoom") zoom();
     else if (target.dataset.action === "skip") skip();
   });
@@ -500,7 +546,8 @@
     const key = event.key.toLowerCase();
     if (key === "a") decide("adult");
     else if (key === "s") decide("safe");
-    else if (key === " ") { event.preventDefault(); reveal(); }
+    else if (key === " ") { event.preventDefault(); if (!event.repeat) reveal(peek ? true : undefined); }
+    else if (key === "e") escalate();
     else if (key === "z") zoom();
     else if (key === "n") skip();
     else if (key === "j") open(index + 1);
@@ -509,6 +556,21 @@
     else if (key === "arrowleft") { event.preventDefault(); stepFrame(-1); }
     else if (key === "?") document.getElementById("help").showModal();
   });
+
+  // Hold to peek: the picture shows only while Space (or the button) is held.
+  document.addEventListener("keyup", function (event) {
+    if (peek && event.key === " " && !event.target.closest("input, textarea, select, dialog")) reveal(false);
+  });
+  list.addEventListener("pointerdown", function (event) {
+    if (peek && event.target.closest('[data-action="reveal"]')) reveal(true);
+  });
+  ["pointerup", "pointerleave", "pointercancel"].forEach(function (type) {
+    list.addEventListener(type, function (event) {
+      if (peek && event.target.closest && event.target.closest('[data-action="reveal"]')) reveal(false);
+    });
+  });
+  const pause = document.getElementById("break");
+  if (pause) pause.addEventListener("close", function () { if (pause.returnValue === "continue") pause.dataset.dismissed = "yes"; });
 
   // The tab closes or navigates away: the claim is released (a beacon outlives the page).
   window.addEventListener("pagehide", function () {
@@ -529,4 +591,35 @@
       items.forEach(function (element) { field(element, "age").textContent = ago(element.item.created) + " ago"; });
     }, POLL_MS);
   })();
+})();
+
+// One item's page: reveal (counted, as in the queue) and full size, in place.
+(function () {
+  const element = document.querySelector("[data-item-page]");
+  if (!element) return;
+  const token = document.querySelector('meta[name="csrf-token"]').content;
+  const picture = element.querySelector('[data-field="thumbnail"]');
+  if (!picture) return;
+  const thumbnail = picture.src;
+  let counted = false;
+  element.addEventListener("click", function (event) {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const on = button.getAttribute("aria-pressed") !== "true";
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    if (button.dataset.action === "reveal") {
+      element.classList.toggle("revealed", on);
+      button.textContent = on ? "Blur again" : "Reveal";
+      if (on && !counted) {
+        counted = true;
+        fetch("/review/items/" + encodeURIComponent(element.dataset.reviewId) + "/reveal", {
+          method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
+        });
+      }
+    } else if (button.dataset.action === "zoom") {
+      element.classList.toggle("zoomed", on);
+      button.textContent = on ? "Fit" : "Full size";
+      picture.src = on ? picture.dataset.preview : thumbnail;
+    }
+  });
 })();

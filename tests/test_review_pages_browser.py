@@ -32,7 +32,7 @@ from tests.support import REPO, ImageServer
 
 APP = "a" * 43
 MODERATION = "m" * 43
-PASSWORDS = {"alice": "alice's long password", "bob": "bob's long password!"}
+PASSWORDS = {"alice": "alice's long password", "bob": "bob's long password!", "carol": "carol's long password"}
 SHOTS = REPO / ".cache" / "screenshots"
 STRICT = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"
 
@@ -46,15 +46,16 @@ def _browser_paths() -> tuple[str, str]:
 
 
 @pytest.fixture()
-def browsers() -> Iterator[Callable[[], WebDriver]]:
+def browsers() -> Iterator[Callable[..., WebDriver]]:
     chromium, driver_path = _browser_paths()
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for drivers on the network
     made: list[WebDriver] = []
 
-    def make() -> WebDriver:
+    def make(size: tuple[int, int] = (1100, 900)) -> WebDriver:
         options = webdriver.ChromeOptions()
         options.binary_location = chromium
-        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,900"):
+        window = f"--window-size={size[0]},{size[1]}"
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", window):
             options.add_argument(argument)
         driver = webdriver.Chrome(service=Service(driver_path), options=options)
         driver.set_page_load_timeout(30)
@@ -84,6 +85,14 @@ def served(start_gunicorn: Callable[..., Gunicorn], image_server: ImageServer, t
             text=True,
         )
         assert done.returncode == 0, done.stderr
+    lead = subprocess.run(  # carol leads
+        [sys.executable, "-m", "nsfw", "moderators", "role", "carol", "lead"],
+        cwd=REPO,
+        env={**env, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
+    assert lead.returncode == 0, lead.stderr
     server = start_gunicorn(env)
     for n in range(3):  # three images the strict thresholds leave to a human
         url = image_server.add_file(f"/q{n}.jpg", bombs.jpeg_flat(64 + 16 * n, 48))
@@ -220,6 +229,9 @@ def test_a_moderators_hour(served: Gunicorn, browsers: Callable[[], WebDriver]) 
     assert "adult" in rows[1].text and "safe" in rows[0].text and "alice" in rows[0].text
     _shot(alice, "history.png")
     _no_serious_violations(alice, "history")
+    rows[0].find_element(By.CSS_SELECTOR, '[data-action="undo"]').click()  # an undo needs a reason: not sent
+    assert alice.current_url.endswith("/review/history")
+    rows[0].find_element(By.NAME, "reason").send_keys("pressed the wrong key")
     rows[0].find_element(By.CSS_SELECTOR, '[data-action="undo"]').click()  # undo the safe one
     WebDriverWait(alice, 10).until(lambda d: d.current_url.endswith("/review"))
     WebDriverWait(alice, 10).until(

@@ -476,17 +476,19 @@ class ReviewQueue:
                 raise NotFound(review_id)
             self._audit(connection, now, moderator, "revealed", review_id, {})
 
-    def claim(self, review_id: str, moderator: str) -> dict[str, Any]:
-        """A lease of `lease` seconds on a pending item; 409 while another moderator's lease runs."""
+    def claim(self, review_id: str, moderator: str, *, lead: bool = True) -> dict[str, Any]:
+        """A lease of `lease` seconds on a pending item; 409 while another moderator's lease runs. Only
+        who may decide it may claim it (a lead an escalated item, another moderator than its decider
+        an appeal): a claim must never keep it from them."""
         now = self.clock()
         with self.engine.begin() as connection:
             claimed = connection.execute(
                 update(reviews)
-                .where(_open_to(review_id, moderator, now))
+                .where(_open_to(review_id, moderator, now), _allowed_to(moderator, lead))
                 .values(claimed_by=moderator, claim_until=now + self.lease)
             ).rowcount
             if not claimed:
-                self._refuse(connection, review_id)
+                self._refuse(connection, review_id, moderator, lead)
             self._audit(connection, now, moderator, "claimed", review_id, {"until": now + self.lease})
             return self._get(connection, review_id)
 

@@ -166,7 +166,7 @@ def _picture(picture: bytes) -> Response:
 
 @bp.post("/reviews/<review_id>/claim")
 def claim(review_id: str) -> Response:
-    return jsonify(_queue().claim(review_id, _moderator()))
+    return jsonify(_queue().claim(review_id, _moderator(), lead=_lead()))
 
 
 @bp.post("/reviews/<review_id>/release")

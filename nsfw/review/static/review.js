@@ -38,6 +38,17 @@
     });
   }
 
+  // What a refusal means to the moderator, by its error code.
+  const refusals = {
+    same_moderator: "This appeal contests your own decision: another moderator decides it. Press J for the next item.",
+    lead_only: "Only a lead may decide an escalated item.",
+    claimed: "Another moderator holds it now: press J for the next item.",
+  };
+
+  async function errorCode(answer) {
+    try { return (await answer.clone().json()).error.code; } catch (error) { return ""; }
+  }
+
   function path(id, rest) { return "/reviews/" + encodeURIComponent(id) + (rest || ""); }
   function field(element, name) { return element.querySelector('[data-field="' + name + '"]'); }
   function current() { return index >= 0 ? items[index] : undefined; }
@@ -283,7 +294,13 @@
       renewing = setInterval(renew, (lease * 1000) / 3);
       return true;
     }
-    if (answer.status === 409 || answer.status === 404) {
+    if (answer.status === 409 || answer.status === 404 || answer.status === 403) {
+      const refused = await errorCode(answer);
+      if (refused === "same_moderator" || refused === "lead_only") {
+        element.dataset.claimed = "other";
+        status.textContent = refusals[refused];
+        return false;
+      }
       const again = await call("GET", path(id));
       const item = again.ok ? await again.json() : null;
       if (item && item.status === "pending") {
@@ -403,7 +420,10 @@
       if (note) body.note = note;
       if (code) body.reason_code = code;
       const answer = await call("POST", path(element.dataset.reviewId, "/decision"), body);
-      if (answer.ok || answer.status === 409) {
+      const refused = answer.ok ? "" : await errorCode(answer);
+      if (refusals[refused]) {
+        status.textContent = refusals[refused];
+      } else if (answer.ok || refused === "already_decided") {
         held = null;
         stopRenewing();
         // Its pending near-duplicates were decided with it (PDQ): they leave the list too, and the
@@ -518,9 +538,11 @@
     empty.hidden = items.length > 0;
   }
 
-  // The oldest item no one else holds (the first, when all are held).
+  // The oldest item no one else holds and this moderator may decide (the first, when there is none).
   function firstOpen() {
-    const at = items.findIndex(function (e) { return e.dataset.claimed !== "other"; });
+    const at = items.findIndex(function (e) {
+      return e.dataset.claimed !== "other" && !(e.item.appeal && e.item.appeal.decided_by === me);
+    });
     return at >= 0 ? at : 0;
   }
 

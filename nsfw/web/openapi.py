@@ -257,7 +257,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "id": {"type": "string"},
             "status": {"enum": ["pending", "decided", "expired"]},
-            "kind": {"enum": ["unknown", "audit"]},
+            "kind": {"enum": ["unknown", "audit", "appeal"]},
             "refs": {
                 "type": "array",
                 "description": "The clients' references, each with the key that sent it.",
@@ -305,7 +305,19 @@ SCHEMAS: dict[str, Schema] = {
             "label": {"enum": ["adult", "safe", None]},
             "decided_by": {"type": ["string", "null"]},
             "note": {"type": ["string", "null"]},
+            "reason_code": {"type": ["string", "null"], "description": "One of NSFW_REVIEW_REASONS."},
+            "summary": {"type": "string", "description": "Why it waits, written for people."},
             "has_thumbnail": {"type": "boolean"},
+            "width": {"type": ["integer", "null"], "description": "The deciding frame's own size in pixels."},
+            "height": {"type": ["integer", "null"]},
+            "adult": {"type": ["number", "null"], "description": "The sum of the model's adult classes."},
+            "escalated": {"type": ["string", "null"]},
+            "escalated_by": {"type": ["string", "null"]},
+            "appeal": {
+                "type": ["object", "null"],
+                "description": "The decision the client app's user contests: when, the ref, the statement, "
+                "its label and who decided it.",
+            },
             "audit": {"type": "array", "items": {"type": "object"}},
         },
     },
@@ -827,9 +839,49 @@ def _review_paths() -> Schema:
                 "schema": {
                     "type": "object",
                     "required": ["label"],
-                    "properties": {"label": {"enum": ["adult", "safe"]}, "note": {"type": "string"}},
+                    "properties": {
+                        "label": {"enum": ["adult", "safe"]},
+                        "note": {"type": "string", "description": "Sent with review.decided; up to 2000 characters."},
+                        "reason_code": {"type": "string", "description": "One of NSFW_REVIEW_REASONS."},
+                    },
                 }
             }
+        },
+    }
+
+    def note_body(name: str, description: str) -> Schema:
+        return {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {name: {"type": "string", "description": description}}}
+                }
+            },
+        }
+
+    appeal_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["statement"],
+                    "properties": {
+                        "statement": {"type": "string", "minLength": 1, "maxLength": 5000},
+                        "ref": {"type": "string", "description": "One of this key's refs on the item."},
+                    },
+                }
+            }
+        },
+    }
+    appealed = {
+        "type": "object",
+        "required": ["id", "status", "kind", "appeal"],
+        "properties": {
+            "id": {"type": "string"},
+            "status": {"enum": ["pending"]},
+            "kind": {"enum": ["appeal"]},
+            "appeal": {"type": "object"},
         },
     }
 
@@ -846,10 +898,11 @@ def _review_paths() -> Schema:
                     _json(
                         {
                             "type": "object",
-                            "required": ["items", "next_cursor"],
+                            "required": ["items", "next_cursor", "total"],
                             "properties": {
                                 "items": {"type": "array", "items": _ref("ReviewItem")},
                                 "next_cursor": {"type": ["string", "null"]},
+                                "total": {"type": "integer", "description": "Items of this status in all."},
                             },
                         },
                         "A page.",
@@ -861,6 +914,11 @@ def _review_paths() -> Schema:
                     _query("status", {"enum": ["pending", "decided", "expired"]}, "Default pending."),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "Default 50."),
                     _query("cursor", {"type": "string"}, "The previous page's next_cursor."),
+                    _query(
+                        "escalated",
+                        {"enum": ["true", "false"]},
+                        "Only the items escalated to the leads, or only the others. Default: all.",
+                    ),
                 ],
             )
         },
@@ -902,6 +960,15 @@ def _review_paths() -> Schema:
                 parameters=item_id,
             )
         },
+        "/reviews/{review_id}/preview": {
+            "get": _operation(
+                "The item's picture opened full size: JPEG, longest side NSFW_REVIEW_PREVIEW_PX (the thumbnail "
+                "for a smaller image), never the original bytes.",
+                _responses({"description": "The preview.", "content": {"image/jpeg": {}}}, _REVIEW),
+                operationId="review_preview",
+                parameters=item_id,
+            )
+        },
         "/reviews/{review_id}/frames/{position}": {
             "get": _operation(
                 "An animation's classified frame as the moderator sees it: JPEG, its place in the strip.",
@@ -913,12 +980,34 @@ def _review_paths() -> Schema:
                 ],
             )
         },
-        "/reviews/{review_id}/claim": action("A lease of NSFW_REVIEW_LEASE seconds on a pending item.", "claim"),
+        "/reviews/{review_id}/claim": action(
+            "A lease of NSFW_REVIEW_LEASE seconds on a pending item (only for who may decide it).", "claim"
+        ),
+        "/reviews/{review_id}/release": action(
+            "End the caller's claim (a skip, a closed tab); nothing to release is not an error.", "release"
+        ),
+        "/reviews/{review_id}/escalate": action(
+            "Hand a pending item to the leads (the note says why): it leaves the moderators' queue.",
+            "escalate",
+            requestBody=note_body("note", "Why; kept in the audit log."),
+        ),
         "/reviews/{review_id}/revert": action(
             "Undo a decision: pending again, its memory gone; review.reverted follows. 409 not_decided when "
-            "there is none (another undo won), pending_twin when the image is pending again as another item.",
+            "there is none (another undo won), pending_twin when the image is pending again as another item; "
+            "403 lead_only for another moderator's decision unless a lead asks.",
             "revert",
+            requestBody=note_body("reason", "Why; kept in the audit log and sent as revert_reason."),
         ),
+        "/reviews/{review_id}/appeal": {
+            "post": _operation(
+                "The client app's user contests a decision (a key with the predict scope that sent the image): "
+                "pending again as an appeal, decided by another moderator; review.appeal_decided follows.",
+                _responses(_json(appealed, "The item, as its key may see it."), (*_REVIEW, 409)),
+                operationId="review_appeal",
+                parameters=item_id,
+                requestBody=appeal_body,
+            )
+        },
         "/reviews/{review_id}/decision": action(
             "Decide a pending item, once; its webhook follows.", "decision", requestBody=decision_body
         ),
@@ -1103,13 +1192,48 @@ def _page_paths() -> Schema:
             ),
         },
         "/review/logout": {"post": _page("Sign out.", "page_logout", requestBody=_form())},
+        "/review/leads": {"get": _page("The leads' view: the escalated items.", "page_leads")},
         "/review/settings": {
-            "post": _page("Blur on or off for this moderator.", "page_settings", requestBody=_form("blur"))
+            "get": _page("This moderator's wellbeing settings.", "page_settings_form"),
+            "post": _page(
+                "Save this moderator's wellbeing settings.",
+                "page_settings",
+                requestBody=_form(
+                    "blur", "blur_px", "greyscale", "hold_to_peek", "hide_scores", "session_reveals", "daily_reveals"
+                ),
+            ),
         },
+        "/review/items/{review_id}": {
+            "get": _page("One item with its whole history and webhook deliveries.", "page_item", parameters=item_id)
+        },
+        "/review/items/{review_id}/reveal": {
+            "post": _page(
+                "The page revealed an item: counted; the moderator's exposure answered (JSON).",
+                "page_reveal",
+                parameters=item_id,
+            )
+        },
+        "/review/search": {
+            "get": _page(
+                "Items by ref, status, label, kind, moderator, day range and adult score range, newest first.",
+                "page_search",
+            )
+        },
+        "/review/search/decide": {
+            "post": _page(
+                "Decide the selected pending items with one label and reason, item by item.",
+                "page_bulk_decide",
+                requestBody=_form("id", "label", "reason", "note", "back"),
+            )
+        },
+        "/review/team": {"get": _page("The queue's depth, decisions per moderator per day, agreement.", "page_team")},
         "/review/history": {"get": _page("Decided items, newest first, with undo.", "page_history")},
         "/review/history/{review_id}/undo": {
             "post": _page(
-                "Undo a decision of the last 10 minutes.", "page_undo", parameters=item_id, requestBody=_form()
+                "Undo a decision of the last 10 minutes, with a reason (another's: a lead only).",
+                "page_undo",
+                parameters=item_id,
+                requestBody=_form("reason"),
             )
         },
         "/review/insights": {"get": _page("What the decisions teach the thresholds.", "page_insights")},

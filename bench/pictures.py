@@ -8,7 +8,9 @@ For each of bench.serve's images, in one process on one core, the rounds interle
 time of one detailed classification (decode, model, verdict) without the review queue, the same with
 it (the pictures made during the decode: every detailed request pays this, not only those queued),
 and the second decode that the service made before for each image it queued (frame_thumbnails alone,
-under the model's lock). The real model (LiteRT), no cache.
+under the model's lock). The real model (LiteRT), no cache. Then, on the decoded frame alone, what
+its pictures cost: the 256 px thumbnail the queue made before issue 27, against the thumbnail and the
+NSFW_REVIEW_PREVIEW_PX preview it makes now (the preview first, the thumbnail from it).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from bench.imageserver import make_images
 from nsfw.config import Settings
-from nsfw.imaging.thumbnail import frame_thumbnails
+from nsfw.imaging.decode import decode_frames
+from nsfw.imaging.thumbnail import frame_thumbnails, picture, pictures
 from nsfw.model import load_classifier
 from nsfw.pipeline.service import Ask, ReviewContext, build_service, decode_limits
 from nsfw.pipeline.verdict import Policy
@@ -77,6 +80,22 @@ def main() -> None:
             f"{median_again:.1f} ms |"
         )
         result[name] = {"queue_off_ms": median_off, "queue_on_ms": median_on, "second_decode_ms": median_again}
+    print()
+    print("| image | thumbnail alone (before) | thumbnail and preview (now) | ratio | preview bytes |")
+    print("|---|---|---|---|---|")
+    for name, data in make_images().items():
+        frame = decode_frames(io.BytesIO(data), limits=limits, max_frames=1).images[0]
+        costs: dict[str, list[float]] = {"before": [], "now": []}
+        for round_ in range(args.rounds + 3):
+            before = timed(lambda frame=frame: picture(frame))
+            now = timed(lambda frame=frame: pictures(frame, settings.review_preview_px))
+            if round_ >= 3:
+                costs["before"].append(before)
+                costs["now"].append(now)
+        median_before, median_now = statistics.median(costs["before"]), statistics.median(costs["now"])
+        size = len(pictures(frame, settings.review_preview_px).preview)
+        print(f"| {name} | {median_before:.1f} ms | {median_now:.1f} ms | {median_now / median_before:.2f} | {size} |")
+        result[name] |= {"thumbnail_ms": median_before, "thumbnail_and_preview_ms": median_now, "preview_bytes": size}
     assert made and all(made), "the hook got no pictures"
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

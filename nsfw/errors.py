@@ -192,6 +192,21 @@ class NotDecided(NsfwError):
     message = "This item has no decision to revert or appeal."
 
 
+class AlreadyAppealed(NsfwError):
+    status = 409
+    code = "already_appealed"
+    message = "This decision was appealed already: an item is appealed once."
+
+
+class TooManyAppeals(NsfwError):
+    status = 429
+    code = "too_many_appeals"
+    message = (
+        "This key has a part in as many pending review items as it may (NSFW_REVIEW_MAX_PENDING_PER_KEY); "
+        "appeal when some are decided."
+    )
+
+
 class SameModerator(NsfwError):
     status = 409
     code = "same_moderator"

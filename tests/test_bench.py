@@ -182,6 +182,7 @@ def test_the_pictures_cost_runs_as_documented(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert set(result) == set(make_images())
     assert all(row["queue_on_ms"] > 0 and row["second_decode_ms"] > 0 for row in result.values())
+    assert all(row["thumbnail_and_preview_ms"] > 0 and row["preview_bytes"] > 0 for row in result.values())
 
 
 def test_the_matching_cost_runs_as_documented(tmp_path: Path) -> None:

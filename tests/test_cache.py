@@ -335,13 +335,13 @@ def test_making_the_pictures_does_not_spend_the_decodes_time(settings: Settings,
     import nsfw.pipeline.service as pipeline_service
     from tests.test_review import APP
 
-    real_picture = pipeline_service.picture
+    real_pictures = pipeline_service.pictures
 
-    def slow_picture(frame):  # type: ignore[no-untyped-def]
+    def slow_pictures(frame, preview_side):  # type: ignore[no-untyped-def]
         time.sleep(1.2)
-        return real_picture(frame)
+        return real_pictures(frame, preview_side)
 
-    monkeypatch.setattr(pipeline_service, "picture", slow_picture)
+    monkeypatch.setattr(pipeline_service, "pictures", slow_pictures)
     gate = _Gate()
     gate.go.set()
     app = _reviewed_app(settings, tmp_path, gate, decode_timeout=1.0, max_frames=3)

@@ -78,6 +78,8 @@ def test_status_table_of_style_md() -> None:
         "invalid_appeal": 400,
         "lead_only": 403,
         "same_moderator": 409,
+        "already_appealed": 409,
+        "too_many_appeals": 429,
         "review_store_unavailable": 503,
         "rate_limit_unavailable": 503,
         # The hash banks'.

@@ -162,7 +162,8 @@ def _no_serious_violations(driver: WebDriver, page: str) -> None:
     axe.inject()
     results = axe.run()
     bad = [v for v in results["violations"] if v["impact"] in ("serious", "critical")]
-    assert not bad, f"{page}: " + "; ".join(f"{v['id']}: {v['help']}" for v in bad)
+    shown = "; ".join(f"{v['id']}: {v['help']} ({v['nodes'][0].get('failureSummary', '')})" for v in bad)
+    assert not bad, f"{page}: {shown}"
 
 
 def _shot(driver: WebDriver, name: str) -> None:

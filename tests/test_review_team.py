@@ -339,7 +339,8 @@ def test_the_team_page_counts_decisions_waits_and_agreement(clocked: tuple[Revie
     queue.decide(first[0], "bob", "adult")  # upheld
     counted = team.team(queue.engine, now=now[0])
     today, yesterday = counted.days[0], counted.days[1]
-    assert counted.per_day == {"alice": {yesterday: 1}, "bob": {yesterday: 1, today: 2}}
+    # alice's decision that bob's appeal upheld is still hers: decisions come from the audit log
+    assert counted.per_day == {"alice": {yesterday: 2}, "bob": {yesterday: 1, today: 2}}
     assert counted.appeals.items == 1 and counted.appeals.agreed == 1
     assert counted.audits.items == 1 and counted.audits.agreed == 0
     assert counted.waits["alice"] == (600.0, 600.0)
@@ -470,6 +471,10 @@ def test_a_bulk_decision_is_audited_item_by_item_and_leaves_what_it_may_not_take
     client, token = _signed_in(page_app, "alice")
     ids = [_queued(client, (10 * n, 5, 5), ref=f"batch-{n}") for n in range(3)]
     page_app.test_client().post(f"/reviews/{ids[2]}/claim", headers=BOB)  # bob holds the third
+    extra = _queued(client, (1, 99, 1), ref="not-looked-at")
+    for review_id in ids:  # a decision needs a look, in bulk too (blurring is on)
+        client.post(f"/review/items/{review_id}/reveal", headers={"X-CSRFToken": token})
+    ids.append(extra)
     page = client.get("/review/search?status=pending").get_data(as_text=True)
     assert all(f'value="{review_id}"' in page for review_id in ids)
     answer = client.post(
@@ -482,12 +487,13 @@ def test_a_bulk_decision_is_audited_item_by_item_and_leaves_what_it_may_not_take
             "back": "/review/search?status=pending",
         },
     )
-    assert answer.status_code == 302 and answer.headers["Location"].endswith("done=2-1")
+    assert answer.status_code == 302 and answer.headers["Location"].endswith("done=2-1-1-0")
     for review_id in ids[:2]:
         item = client.get(f"/reviews/{review_id}").get_json()
         assert item["label"] == "adult" and item["reason_code"] == "nudity" and item["decided_by"] == "alice"
-        assert [e["action"] for e in item["audit"]] == ["decided"]
+        assert [e["action"] for e in item["audit"]] == ["revealed", "decided"]
     assert client.get(f"/reviews/{ids[2]}").get_json()["status"] == "pending"
+    assert client.get(f"/reviews/{extra}").get_json()["status"] == "pending"  # never revealed
     elsewhere = client.post(
         "/review/search/decide",
         data={"csrf_token": token, "id": ids[2], "label": "safe", "back": "https://evil.example/"},
@@ -521,3 +527,150 @@ def test_the_search_item_team_and_settings_pages(page_app: Flask) -> None:
     assert wrong.status_code == 400
     exposure = client.post(f"/review/items/{review_id}/reveal", headers={"X-CSRFToken": token}).get_json()
     assert exposure == {"session": 1, "day": 1, "session_limit": 5, "day_limit": 0, "break_due": False}
+
+
+# The review's findings (each failed on the code before its fix).
+
+
+def test_a_key_appeals_a_decision_once_and_within_its_pending_cap(reviewed: Callable[..., FlaskClient]) -> None:
+    client = reviewed(review_max_pending_per_key=1)
+    ids = []
+    for n in range(3):
+        review_id = _predict(client, _jpeg((60 + 40 * n, 10, 10)), f"detail=true&ref=p{n}")["review"]["id"]
+        client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers=ALICE)
+        ids.append(review_id)
+    assert client.post(f"/reviews/{ids[0]}/appeal", json={"statement": "mine"}, headers=APP).status_code == 200
+    full = client.post(f"/reviews/{ids[1]}/appeal", json={"statement": "mine too"}, headers=APP)
+    assert full.status_code == 429 and full.get_json()["error"]["code"] == "too_many_appeals"
+    client.post(f"/reviews/{ids[0]}/decision", json={"label": "adult"}, headers=BOB)
+    again = client.post(f"/reviews/{ids[0]}/appeal", json={"statement": "please"}, headers=APP)
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "already_appealed"
+    assert client.get("/reviews?status=pending", headers=ALICE).get_json()["total"] == 0
+
+
+def test_a_cursor_of_any_shape_is_the_callers_error(reviewed: Callable[..., FlaskClient]) -> None:
+    import base64
+
+    client = reviewed()
+    for raw in ('[1e400, "x"]', "[" + "9" * 400 + ', "x"]', '[NaN, "x"]', "{}"):
+        cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        answer = client.get(f"/reviews?cursor={cursor}", headers=ALICE)
+        assert answer.status_code == 400, (raw, answer.get_json())
+
+
+def test_a_nul_in_a_moderators_or_users_words_is_the_callers_error(reviewed: Callable[..., FlaskClient]) -> None:
+    client = reviewed()
+    review_id = _predict(client, _jpeg((90, 90, 1)))["review"]["id"]
+    bad = "a\x00b"
+    for path, body, headers in (
+        (f"/reviews/{review_id}/escalate", {"note": bad}, ALICE),
+        (f"/reviews/{review_id}/decision", {"label": "adult", "note": bad}, ALICE),
+    ):
+        assert client.post(path, json=body, headers=headers).status_code == 400, path
+    client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers=ALICE)
+    assert client.post(f"/reviews/{review_id}/appeal", json={"statement": bad}, headers=APP).status_code == 400
+    assert client.post(f"/reviews/{review_id}/revert", json={"reason": bad}, headers=ALICE).status_code == 400
+
+
+def test_retroaction_leaves_an_item_escalated_while_it_looked(
+    clocked: tuple[ReviewQueue, list[float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nsfw.matching.pdq import FrameHashes
+    from nsfw.review import queue as queue_module
+
+    queue, now = clocked
+    queue.match = True
+    pdq = "f" * 16 + "0" * 16 + "a5" * 16
+    frame = FrameHashes(100, (pdq,) * 8, (pdq,) * 3)
+    ids = [
+        queue.enqueue(
+            replace(_candidate(f"{n:064x}"), hashes=(frame,)), lambda: {0: Picture(b"t", b"p", 1, 1)}
+        ).review_id
+        for n in (500, 501)
+    ]
+    real = queue_module.nearest_of
+
+    def racing(*args: object, **kwargs: object) -> object:  # a moderator escalates the copy right then
+        queue.escalate(ids[1], "dave", "needs a lead")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queue_module, "nearest_of", racing)
+    assert queue.decide(ids[0], "alice", "adult")["near_duplicates"] == []
+    copy = queue.get(ids[1])
+    assert copy["status"] == "pending" and copy["escalated_by"] == "dave"
+
+
+def test_an_appealed_item_is_never_decided_with_a_near_duplicate(clocked: tuple[ReviewQueue, list[float]]) -> None:
+    from nsfw.matching.pdq import FrameHashes
+
+    queue, now = clocked
+    queue.match = True
+    pdq = "0f" * 16 + "a5" * 16
+    frame = FrameHashes(100, (pdq,) * 8, (pdq,) * 3)
+    first, second = (
+        queue.enqueue(
+            replace(_candidate(f"{n:064x}"), hashes=(frame,)), lambda: {0: Picture(b"t", b"p", 1, 1)}
+        ).review_id
+        for n in (510, 511)
+    )
+    # The second is decided (the first with it), the first undone, the second appealed: deciding the
+    # first again must not answer the appeal.
+    queue.decide(second, "alice", "safe")
+    assert queue.get(first)["status"] == "decided"  # taken with it: both pending unknown copies
+    queue.revert(first, "alice")
+    queue.appeal(second, "app", "not safe at all")
+    queue.decide(first, "bob", "adult")
+    assert queue.get(second)["status"] == "pending" and queue.get(second)["kind"] == "appeal"
+
+
+def test_the_team_counts_each_decision_for_who_made_it_even_when_appealed(
+    clocked: tuple[ReviewQueue, list[float]],
+) -> None:
+    queue, now = clocked
+    sample = _enqueue(queue, 520, kind="audit")
+    now[0] += 60
+    queue.decide(sample, "alice", "adult")
+    queue.appeal(sample, "app", "no")
+    queue.decide(sample, "bob", "safe")  # overturned
+    counted = team.team(queue.engine, now=now[0])
+    day = counted.days[0]
+    assert counted.per_day == {"alice": {day: 1}, "bob": {day: 1}}
+    assert counted.appeals.items == 1 and counted.appeals.agreed == 0
+    assert counted.audits.items == 1  # an appealed audit sample is still one
+    assert queue.get(sample)["kind"] == "appeal"
+
+
+def test_a_bulk_decision_stops_at_a_failing_store_and_says_how_far_it_got(
+    page_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    client, token = _signed_in(page_app, "alice")
+    ids = [_queued(client, (n * 50, 20, 20), ref=f"b{n}") for n in range(3)]
+    for review_id in ids:
+        client.post(f"/review/items/{review_id}/reveal", headers={"X-CSRFToken": token})
+    real, calls = ReviewQueue.decide, []
+
+    def flaky(self: ReviewQueue, *args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReviewQueue, "decide", flaky)
+    answer = client.post("/review/search/decide", data={"csrf_token": token, "id": ids, "label": "safe"})
+    assert answer.status_code == 302 and answer.headers["Location"].endswith("done=1-0-0-2")
+    page = client.get(answer.headers["Location"]).get_data(as_text=True)
+    assert "Decided 1" in page and "2 not reached: the review store failed" in page
+
+
+def test_the_undo_form_answers_every_refusal_as_a_page(page_app: Flask) -> None:
+    client, token = _signed_in(page_app, "alice")
+    review_id = _queued(client, (70, 70, 70))
+    client.post(f"/reviews/{review_id}/decision", json={"label": "safe"}, headers={"X-CSRFToken": token})
+    queue: ReviewQueue = page_app.extensions["nsfw.review"].queue
+    sha256 = queue.get(review_id)["sha256"]
+    queue.enqueue(_candidate(sha256), lambda: {0: Picture(b"t", b"p", 1, 1)})  # the same bytes pending again
+    answer = client.post(f"/review/history/{review_id}/undo", data={"csrf_token": token, "reason": "oops"})
+    assert answer.status_code == 409 and answer.content_type.startswith("text/html")
+    assert "cannot be undone now" in answer.get_data(as_text=True)

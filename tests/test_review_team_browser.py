@@ -65,6 +65,15 @@ def _item(served: Gunicorn, review_id: str) -> dict[str, Any]:
     return dict(json.loads(call(served, "GET", f"/reviews/{review_id}", MODERATION)[1]))
 
 
+_SERVED: list[Gunicorn] = []
+
+
+def _revealed(review_id: str, name: str) -> bool:
+    """Whether the audit log has `name` revealing the item (the exposure the limits count)."""
+    entries = _item(_SERVED[-1], review_id)["audit"]
+    return any(entry["action"] == "revealed" and entry["actor"] == name for entry in entries)
+
+
 def _script(driver: WebDriver, script: str, *args: Any) -> Any:
     return driver.execute_script(script, *args)
 
@@ -174,6 +183,12 @@ def test_seeing_the_image_large_tiny_extreme_and_animated(
         _script(alice, "return document.querySelector('.item.current [data-frame].selected').dataset.frame")
         == strip[1][0]
     )
+    _press(alice, "z")  # full size keeps the frame stepped to (the deciding frame's preview is another)
+    WebDriverWait(alice, 5).until(
+        lambda d: _script(d, f"return document.querySelector('{picture}').src.endsWith('/frames/{strip[1][0]}')")
+    )
+    pages._status(alice, "This frame at its own size")
+    _press(alice, "z")
     pages._shot(alice, "animation-strip.png")
     _no_script_errors(alice)
 
@@ -270,6 +285,7 @@ def test_reasons_escalation_and_appeals(
 def test_finding_things_and_bulk_decisions(
     served: Gunicorn, browsers: Callable[..., WebDriver], image_server: ImageServer
 ) -> None:
+    _SERVED.append(served)
     ids = [_queue(served, image_server, f"post-{n}.jpg", _photo(20 + n)) for n in range(3)]
     alice = browsers(DESKTOP)
     pages._sign_in(alice, served.base, "alice", PASSWORDS["alice"])
@@ -281,11 +297,15 @@ def test_finding_things_and_bulk_decisions(
     pages._no_serious_violations(alice, "search")
 
     alice.get(f"{served.base}/review/search?status=pending")
-    for review_id in ids[:2]:
+    for review_id in ids[:2]:  # looked at (a click reveals the thumbnail), then selected
+        alice.find_element(By.CSS_SELECTOR, f'tr[data-review-id="{review_id}"] [data-action="reveal-row"]').click()
         alice.find_element(By.CSS_SELECTOR, f'input[name=id][value="{review_id}"]').click()
+    alice.find_element(By.CSS_SELECTOR, f'input[name=id][value="{ids[2]}"]').click()  # selected, never looked at
+    WebDriverWait(alice, 10).until(lambda d: all(_revealed(review_id, "alice") for review_id in ids[:2]))
     Select(alice.find_element(By.CSS_SELECTOR, ".bulk-actions select[name=reason]")).select_by_value("nudity")
     alice.find_element(By.CSS_SELECTOR, '.bulk-actions button[value="adult"]').click()
     WebDriverWait(alice, 10).until(lambda d: "Decided 2; 0 left alone" in d.find_element(By.TAG_NAME, "main").text)
+    assert "1 not decided because you had not revealed them" in alice.find_element(By.TAG_NAME, "main").text
     for review_id in ids[:2]:
         item = _item(served, review_id)
         assert (item["label"], item["reason_code"], item["decided_by"]) == ("adult", "nudity", "alice")
@@ -351,6 +371,8 @@ def test_every_page_fits_a_phone_and_passes_axe_at_both_sizes(
     call(served, "POST", f"/reviews/{review_id}/decision", MODERATION, {"label": "adult"})
     for size in (PHONE, DESKTOP):
         carol = browsers(size)
+        carol.get(f"{served.base}/review/login")
+        pages._no_serious_violations(carol, f"/review/login at {size}")
         pages._sign_in(carol, served.base, "carol", PASSWORDS["carol"])
         for path in (
             "/review",
@@ -371,3 +393,49 @@ def test_every_page_fits_a_phone_and_passes_axe_at_both_sizes(
             assert wide[0] <= wide[1], (path, size, wide)
             pages._no_serious_violations(carol, f"{path} at {size}")
         _no_script_errors(carol)
+
+
+def test_hold_to_peek_and_a_moderator_without_blur_are_counted(
+    served: Gunicorn, browsers: Callable[..., WebDriver], image_server: ImageServer
+) -> None:
+    """Hold to peek shows the picture only while held (the key, or the button with the pointer, let go
+    anywhere), a decision may follow a peek, by key or by mouse; and a moderator who turned blurring off
+    is counted for what the page shows them (their exposure limits hold)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    _SERVED.append(served)
+    _clear(served)
+    first, second = (_queue(served, image_server, f"peek{n}.jpg", _photo(40 + n)) for n in range(2))
+    alice = browsers(DESKTOP)
+    pages._sign_in(alice, served.base, "alice", PASSWORDS["alice"])
+    alice.get(f"{served.base}/review/settings")
+    alice.find_element(By.NAME, "hold_to_peek").click()
+    alice.find_element(By.CSS_SELECTOR, ".wellbeing button[type=submit]").click()
+    WebDriverWait(alice, 10).until(lambda d: "Saved." in d.page_source)
+    alice.get(f"{served.base}/review")
+    assert _current(alice) == first
+    body = alice.find_element(By.TAG_NAME, "body")
+    ActionChains(alice).key_down(Keys.SPACE, body).perform()
+    WebDriverWait(alice, 5).until(lambda d: pages._filter(d) == "none")
+    ActionChains(alice).key_up(Keys.SPACE, body).perform()
+    WebDriverWait(alice, 5).until(lambda d: "blur" in pages._filter(d))
+    button = alice.find_element(By.CSS_SELECTOR, '.item.current [data-action="reveal"]')
+    ActionChains(alice).click_and_hold(button).perform()
+    WebDriverWait(alice, 5).until(lambda d: pages._filter(d) == "none")
+    ActionChains(alice).move_to_element(alice.find_element(By.TAG_NAME, "h1")).release().perform()  # let go elsewhere
+    WebDriverWait(alice, 5).until(lambda d: "blur" in pages._filter(d))
+    alice.find_element(By.CSS_SELECTOR, '.item.current [data-decision="safe"]').click()  # after a peek, by mouse
+    pages._status(alice, "Decided safe")
+    assert _item(served, first)["label"] == "safe"
+
+    bob = browsers(DESKTOP)
+    pages._sign_in(bob, served.base, "bob", PASSWORDS["bob"])
+    bob.get(f"{served.base}/review/settings")
+    bob.find_element(By.NAME, "blur").click()  # off
+    bob.find_element(By.CSS_SELECTOR, ".wellbeing button[type=submit]").click()
+    WebDriverWait(bob, 10).until(lambda d: "Saved." in d.page_source)
+    bob.get(f"{served.base}/review")
+    assert _current(bob) == second
+    WebDriverWait(bob, 10).until(lambda d: _revealed(second, "bob"))  # seen on opening: counted
+    _no_script_errors(alice)
+    _no_script_errors(bob)

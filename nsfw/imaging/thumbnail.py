@@ -41,18 +41,18 @@ def picture(frame: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
     return _jpeg(_scaled(frame, side))
 
 
-def _scaled(frame: Image.Image, side: int) -> Image.Image:
+def _scaled(frame: Image.Image, side: int, reducing_gap: float = 2.0) -> Image.Image:
     """The frame with its longest side at most `side` (a small new image, never a full-size copy)."""
     scale = side / max(frame.size)
     if scale >= 1:
         return frame
     size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
-    return frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
 
 
-def _jpeg(frame: Image.Image) -> bytes:
+def _jpeg(frame: Image.Image, optimize: bool = True) -> bytes:
     out = io.BytesIO()
-    to_rgb(frame).save(out, "JPEG", quality=80, optimize=True)
+    to_rgb(frame).save(out, "JPEG", quality=80, optimize=optimize)
     return out.getvalue()
 
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import (
     Blueprint,
@@ -324,6 +324,8 @@ def undo(review_id: str) -> Any:
         _queue().revert(review_id, str(moderator()), reason, lead=is_lead())
     except errors.LeadOnly:
         return _message("Only a lead may undo another moderator's decision.", 403)
+    except errors.NsfwError as exc:  # undone meanwhile, the image pending again as another item, ...
+        return _message(f"That decision cannot be undone now: {exc.message}", exc.status)
     state.review().wake.set()
     return redirect(url_for("review_pages.queue"))
 
@@ -380,26 +382,37 @@ def search_page() -> Any:
 @signed_in
 def bulk_decide() -> Any:
     """Decide the selected items with one label and reason, each by itself: audited item by item, each
-    with its own webhook; those another moderator holds, already decided, escalated (for a moderator)
-    or contesting this moderator's own decision are left, and counted."""
+    with its own webhook. Left, and counted: with blurring on, those this moderator has not revealed
+    (a decision needs a look, here as in the queue); those another moderator holds, already decided,
+    escalated (for a moderator) or contesting this moderator's own decision. A store that fails midway
+    stops the rest, and the page says how far it got."""
     csrf.protect()
-    ids = request.form.getlist("id")[:BULK_MAX]
+    ids = list(dict.fromkeys(request.form.getlist("id")))[:BULK_MAX]
     label = request.form.get("label", "")
     code = request.form.get("reason", "") or None
     note = request.form.get("note", "") or None
     if label not in ("adult", "safe") or not ids:
         return _message("Choose items and a label (adult or safe).", 400)
-    queue = _queue()
-    decided = left = 0
-    for review_id in dict.fromkeys(ids):
+    queue, name = _queue(), str(moderator())
+    looked = queue.revealed_by(name, ids) if g.get("blur", True) else set(ids)
+    counts = {"decided": 0, "left": 0, "unseen": 0, "failed": 0}
+    for at, review_id in enumerate(ids):
+        if review_id not in looked:
+            counts["unseen"] += 1
+            continue
         try:
-            made = queue.decide(review_id, str(moderator()), label, note, code, lead=is_lead())
+            made = queue.decide(review_id, name, label, note, code, lead=is_lead())
         except errors.InvalidLabel as exc:
             return _message(f"Not decided: {exc.detail}", 400)
         except (errors.Claimed, errors.AlreadyDecided, errors.NotFound, errors.LeadOnly, errors.SameModerator):
-            left += 1
+            counts["left"] += 1
             continue
-        decided += 1
+        except SQLAlchemyError as exc:
+            metrics.REVIEW_STORE_ERRORS.labels("pages").inc()
+            log.warning("bulk decision: the store failed after %d items: %s", counts["decided"], str(exc)[:300])
+            counts["failed"] = len(ids) - at
+            break
+        counts["decided"] += 1
         metrics.REVIEW_DECISIONS.labels(label).inc()
         if made["near_duplicates"]:
             metrics.RETROACTIVE_DECISIONS.labels(label).inc(len(made["near_duplicates"]))
@@ -408,7 +421,7 @@ def bulk_decide() -> Any:
     ours = back.startswith(PAGES_PATH + "/search") and "\\" not in back and "//" not in back
     target = back if ours else url_for("review_pages.search_page")
     joiner = "&" if "?" in target else "?"
-    return redirect(f"{target}{joiner}done={decided}-{left}")
+    return redirect(f"{target}{joiner}{urlencode({'done': '-'.join(str(n) for n in counts.values())})}")
 
 
 @bp.get("/team")

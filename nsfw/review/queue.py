@@ -23,6 +23,7 @@ import base64
 import csv
 import io
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, 
 from sqlalchemy.exc import IntegrityError
 
 from nsfw.errors import (
+    AlreadyAppealed,
     AlreadyDecided,
     Claimed,
     InvalidAppeal,
@@ -44,6 +46,7 @@ from nsfw.errors import (
     PendingTwin,
     ReviewQueueFull,
     SameModerator,
+    TooManyAppeals,
 )
 from nsfw.imaging.thumbnail import Picture
 from nsfw.matching import store as matching
@@ -476,6 +479,18 @@ class ReviewQueue:
                 raise NotFound(review_id)
             self._audit(connection, now, moderator, "revealed", review_id, {})
 
+    def revealed_by(self, moderator: str, ids: Sequence[str]) -> set[str]:
+        """Which of these items this moderator has revealed (the audit log's `revealed` rows)."""
+        if not ids:
+            return set()
+        with reading(self.engine) as connection:
+            found = connection.execute(
+                select(audit.c.review_id)
+                .where(audit.c.actor == moderator, audit.c.action == "revealed", audit.c.review_id.in_(list(ids)))
+                .distinct()
+            ).scalars()
+            return set(found)
+
     def claim(self, review_id: str, moderator: str, *, lead: bool = True) -> dict[str, Any]:
         """A lease of `lease` seconds on a pending item; 409 while another moderator's lease runs. Only
         who may decide it may claim it (a lead an escalated item, another moderator than its decider
@@ -545,14 +560,11 @@ class ReviewQueue:
         operator's, with a lead's rights)."""
         if label not in LABELS:
             raise InvalidLabel(f"label {label!r}")
-        if note is not None and not isinstance(note, str):
-            raise InvalidLabel("note is not a string")
+        note = _free_text(note, "note")
         if reason_code is not None and reason_code != "" and reason_code not in self.reasons:
             allowed = ", ".join(self.reasons) or "(none: NSFW_REVIEW_REASONS is empty)"
             raise InvalidLabel(f"reason_code {str(reason_code)[:60]!r} is not one of {allowed}")
         code = str(reason_code) if reason_code else None
-        note = note.strip()[:2000] if note else None
-        note = note or None
         now = self.clock()
         with self.engine.begin() as connection:
             decided = connection.execute(
@@ -589,9 +601,7 @@ class ReviewQueue:
     def escalate(self, review_id: str, moderator: str, note: object = None) -> dict[str, Any]:
         """Hand a pending item to the leads: it leaves the moderators' queue for the leads' view, the
         moderator's claim ends, and the audit log keeps why."""
-        if note is not None and not isinstance(note, str):
-            raise InvalidLabel("note is not a string")
-        text = note.strip()[:2000] if note else None
+        text = _free_text(note, "note")
         now = self.clock()
         with self.engine.begin() as connection:
             done = connection.execute(
@@ -614,9 +624,9 @@ class ReviewQueue:
         an undo does), and another moderator than the one who decided must decide it; the outcome
         goes out as review.appeal_decided. Only a key that sent the image (made the item or has a
         ref on it) may appeal; to any other key the item does not exist (404)."""
-        if not isinstance(statement, str) or not 1 <= len(statement.strip()) <= 5000:
-            raise InvalidAppeal("statement must be 1-5000 characters")
-        if ref is not None and (not isinstance(ref, str) or not ref):
+        if not isinstance(statement, str) or not 1 <= len(statement.strip()) <= 5000 or "\x00" in statement:
+            raise InvalidAppeal("statement must be 1-5000 characters, without NUL")
+        if ref is not None and (not isinstance(ref, str) or not ref or "\x00" in ref):
             raise InvalidAppeal("ref must be a non-empty string")
         now = self.clock()
         try:
@@ -638,27 +648,22 @@ class ReviewQueue:
                 before = self._get(connection, review_id)
                 if before["status"] != "decided":
                     raise NotDecided(f"{review_id} is {before['status']}")
+                if before["appeal"] is not None:
+                    raise AlreadyAppealed(f"{review_id} was appealed {before['appeal']['appealed']}")
+                try:
+                    self._check_room(connection, key_name)  # an appeal is a pending item like any
+                except ReviewQueueFull as full:
+                    raise TooManyAppeals(full.detail) from None
                 appealed = connection.execute(
                     update(reviews)
                     .where(reviews.c.id == review_id, reviews.c.status == "decided")
                     .values(
-                        status="pending",
-                        kind="appeal",
-                        pending_since=now,
+                        **_reopened(now),
                         appealed=now,
                         appeal_ref=ref,
                         appeal_statement=statement.strip(),
                         appealed_label=before["label"],
                         appealed_decider=before["decided_by"],
-                        label=None,
-                        decided=None,
-                        decided_by=None,
-                        note=None,
-                        reason_code=None,
-                        claimed_by=None,
-                        claim_until=None,
-                        escalated=None,
-                        escalated_by=None,
                     )
                 ).rowcount
                 if not appealed:
@@ -720,9 +725,7 @@ class ReviewQueue:
                 select(hashes.c.review_id, hashes.c.position, hashes.c.pdq, hashes.c.quality)
                 .join(reviews, reviews.c.id == hashes.c.review_id)
                 .where(
-                    reviews.c.status == "pending",
-                    reviews.c.kind == "unknown",
-                    reviews.c.escalated.is_(None),  # the leads' to decide
+                    *_RETROACTABLE,
                     reviews.c.id != source,
                     hashes.c.variant == 0,  # a frame's own hash, as a copy is looked up
                 )
@@ -745,7 +748,7 @@ class ReviewQueue:
             with self.engine.begin() as connection:
                 done = connection.execute(
                     update(reviews)
-                    .where(_open_to(review_id, moderator, now))
+                    .where(_open_to(review_id, moderator, now), *_RETROACTABLE)  # still, at this moment
                     .values(
                         status="decided",
                         label=label,
@@ -773,9 +776,7 @@ class ReviewQueue:
         a lead may undo another moderator's decision (403 lead_only). Of two undos at once one wins,
         the other is 409 not_decided; an image pending again meanwhile (another item for the same
         bytes) is 409 pending_twin."""
-        if reason is not None and not isinstance(reason, str):
-            raise InvalidLabel("reason is not a string")
-        why = reason.strip()[:2000] if reason else None
+        why = _free_text(reason, "reason")
         now = self.clock()
         try:
             with self.engine.begin() as connection:
@@ -787,19 +788,7 @@ class ReviewQueue:
                 reverted = connection.execute(
                     update(reviews)
                     .where(reviews.c.id == review_id, reviews.c.status == "decided")
-                    .values(
-                        status="pending",
-                        pending_since=now,  # its wait for a human starts again
-                        label=None,
-                        decided=None,
-                        decided_by=None,
-                        note=None,
-                        reason_code=None,
-                        claimed_by=None,
-                        claim_until=None,
-                        escalated=None,
-                        escalated_by=None,
-                    )
+                    .values(**_reopened(now))
                 ).rowcount
                 if not reverted:  # another undo won between the read and this update
                     raise NotDecided(review_id)
@@ -1053,7 +1042,6 @@ class ReviewQueue:
                 reviews.c.claimed_by,
                 reviews.c.claim_until,
                 reviews.c.escalated,
-                reviews.c.kind,
                 reviews.c.appealed_decider,
             ).where(reviews.c.id == review_id)
         ).first()
@@ -1063,7 +1051,7 @@ class ReviewQueue:
             raise AlreadyDecided(f"{review_id} is {row.status}")
         if row.escalated is not None and not lead:
             raise LeadOnly(f"{review_id} is escalated to the leads")
-        if row.kind == "appeal" and row.appealed_decider == moderator:
+        if row.appealed_decider is not None and row.appealed_decider == moderator:
             raise SameModerator(f"{review_id}: an appeal against {moderator}'s own decision")
         if row.claimed_by is not None and row.claimed_by != moderator and (row.claim_until or 0) >= self.clock():
             raise Claimed(f"{review_id} claimed by {row.claimed_by} until {iso(row.claim_until)}")
@@ -1138,6 +1126,16 @@ _ITEM_COLUMNS = (
 # review_hashes' variants 0..7: a frame's dihedral hashes, its own first; 8..: its crops (pdq.CROPS).
 _DIHEDRAL = range(len(TURNS) + 1)
 
+# What a decision may decide with it, as its near-duplicate: pending model-unsure items, not audit
+# samples (their point is a human's independent look), not the leads' escalated ones, not appeals
+# (a user contests a decision there: a human must answer it).
+_RETROACTABLE = (
+    reviews.c.status == "pending",
+    reviews.c.kind == "unknown",
+    reviews.c.escalated.is_(None),
+    reviews.c.appealed.is_(None),
+)
+
 # Since when an item waits for a human: queued, or undone (items from before 0004: queued).
 _PENDING_SINCE = func.coalesce(reviews.c.pending_since, reviews.c.created)
 
@@ -1162,7 +1160,9 @@ def _item(row: Any, item_refs: list[dict[str, str]], now: float) -> dict[str, An
     return {
         "id": row.id,
         "status": row.status,
-        "kind": row.kind,
+        # An appealed item is an appeal (its first kind stays in the store: the team page's audit
+        # agreement counts it).
+        "kind": "appeal" if row.appealed is not None else row.kind,
         "refs": item_refs,
         "sha256": row.sha256,
         "key": row.key_name,
@@ -1224,7 +1224,7 @@ def _summary(row: Any) -> str:
     numbers = f"adult {adult:.2f}, safe {1 - adult:.2f}"
     if row.kind == "audit":
         return f"An audit sample: the model decided {row.verdict} on its own ({numbers}). Check it."
-    if row.kind == "appeal" and row.appealed_label:
+    if row.appealed is not None and row.appealed_label:
         return (
             f"An appeal: the user contests the decision {row.appealed_label} by {row.appealed_decider}. "
             f"The model said {numbers}."
@@ -1261,12 +1261,38 @@ def _open_to(review_id: str, moderator: str, now: float) -> Any:
     )
 
 
+def _free_text(value: object, name: str) -> str | None:
+    """A moderator's words (a note, a reason): up to 2000 characters, trimmed, None when empty; not a
+    string, or with a NUL (which PostgreSQL's text refuses), is the caller's error."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\x00" in value:
+        raise InvalidLabel(f"{name} must be a string without NUL")
+    return value.strip()[:2000] or None
+
+
+def _reopened(now: float) -> dict[str, Any]:
+    """A decided item pending again (an undo, an appeal): its decision, claim and escalation gone,
+    its wait for a human starting now."""
+    return {
+        "status": "pending",
+        "pending_since": now,
+        "label": None,
+        "decided": None,
+        "decided_by": None,
+        "note": None,
+        "reason_code": None,
+        "claimed_by": None,
+        "claim_until": None,
+        "escalated": None,
+        "escalated_by": None,
+    }
+
+
 def _allowed_to(moderator: str, lead: bool) -> Any:
     """The moderator may decide the item: a lead's if escalated, another's than the decider's if an
     appeal."""
-    appeal_ok = or_(
-        reviews.c.kind != "appeal", reviews.c.appealed_decider.is_(None), reviews.c.appealed_decider != moderator
-    )
+    appeal_ok = or_(reviews.c.appealed_decider.is_(None), reviews.c.appealed_decider != moderator)
     return appeal_ok if lead else and_(appeal_ok, reviews.c.escalated.is_(None))
 
 
@@ -1285,6 +1311,8 @@ def _read_cursor(cursor: str) -> tuple[float, str]:
 
     try:
         created, review_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not math.isfinite(float(created)):
+            raise ValueError("not a time")
         return float(created), str(review_id)
-    except (ValueError, TypeError) as exc:
-        raise BadRequest(f"cursor {cursor!r}: {exc}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise BadRequest(f"cursor {cursor[:100]!r}: {exc}") from None

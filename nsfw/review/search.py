@@ -70,8 +70,10 @@ class Filters:
             parts.append(reviews.c.status == self.status)
         if self.label:
             parts.append(reviews.c.label == self.label)
-        if self.kind:
-            parts.append(reviews.c.kind == self.kind)
+        if self.kind == "appeal":
+            parts.append(reviews.c.appealed.is_not(None))
+        elif self.kind:
+            parts.append(and_(reviews.c.kind == self.kind, reviews.c.appealed.is_(None)))
         if self.moderator:
             parts.append(reviews.c.decided_by == self.moderator)
         if self.since:

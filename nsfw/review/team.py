@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from nsfw.review.tables import reviews
+from nsfw.review.tables import audit, reviews
 from nsfw.store.engine import reading
 
 DAYS = 7
@@ -52,36 +52,43 @@ class Team:
 
 
 def team(engine: Engine, now: float | None = None, days: int = DAYS) -> Team:
-    """The last `days` UTC days' decisions, by moderator."""
+    """The last `days` UTC days. Decisions per moderator per day come from the audit log, so a decision
+    undone or appealed later still counts for whoever made it; the waits and the agreement are of the
+    items as they stand (an appeal's outcome is the item's label now)."""
     now = time.time() if now is None else now
     start = calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0)) - (days - 1) * 86400
     names = [time.strftime("%Y-%m-%d", time.gmtime(now - n * 86400)) for n in range(days)]
-    query = select(
+    made = select(audit.c.actor, audit.c.at, audit.c.detail).where(audit.c.action == "decided", audit.c.at >= start)
+    items = select(
         reviews.c.decided_by,
         reviews.c.decided,
         func.coalesce(reviews.c.pending_since, reviews.c.created).label("waiting_since"),
         reviews.c.kind,
         reviews.c.label,
         reviews.c.verdict,
+        reviews.c.appealed,
         reviews.c.appealed_label,
         reviews.c.note,
     ).where(reviews.c.status == "decided", reviews.c.decided >= start)
     with reading(engine) as connection:
-        rows = connection.execute(query).all()
-    per_day: dict[str, Counter[str]] = defaultdict(Counter)
-    waits: dict[str, list[float]] = defaultdict(list)
+        decisions = connection.execute(made).all()
+        rows = connection.execute(items).all()
     result = Team(days=names, per_day={}, waits={})
-    for row in rows:
-        if row.note and row.note.startswith(RETROACTIVE):
+    per_day: dict[str, Counter[str]] = defaultdict(Counter)
+    for decision in decisions:
+        if '"match"' in decision.detail:  # decided with a near-duplicate: no one looked at it
             result.retroactive += 1
             continue
-        name = row.decided_by or "-"
-        per_day[name][time.strftime("%Y-%m-%d", time.gmtime(row.decided))] += 1
-        waits[name].append(max(0.0, row.decided - row.waiting_since))
-        if row.kind == "appeal" and row.appealed_label:
+        per_day[decision.actor][time.strftime("%Y-%m-%d", time.gmtime(decision.at))] += 1
+    waits: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        if row.note and row.note.startswith(RETROACTIVE):
+            continue
+        waits[row.decided_by or "-"].append(max(0.0, row.decided - row.waiting_since))
+        if row.appealed is not None and row.appealed_label:
             result.appeals.items += 1
             result.appeals.agreed += row.label == row.appealed_label
-        elif row.kind == "audit":
+        if row.kind == "audit":
             result.audits.items += 1
             result.audits.agreed += row.label == row.verdict
     result.per_day = {name: dict(counts) for name, counts in sorted(per_day.items())}

@@ -270,6 +270,7 @@
     }
     showing(element);
     element.focus();
+    if (!blurOn) seen(element); // nothing hides it: opening it is looking at it
     if (!quiet) status.textContent = "Item " + (index + 1) + " of " + items.length + " here: " + describe(element.item) + ".";
   }
 
@@ -289,6 +290,10 @@
     if (held) await release(items.find(function (e) { return e.dataset.reviewId === held; }) || null);
     const answer = await call("POST", path(id, "/claim"));
     if (answer.ok) {
+      if (current() !== element) { // moved on while the claim was on its way: let it go at once
+        await call("POST", path(id, "/release"));
+        return false;
+      }
       held = id;
       update(element, await answer.json());
       renewing = setInterval(renew, (lease * 1000) / 3);
@@ -318,7 +323,7 @@
   }
 
   async function renew() {
-    if (!held) return;
+    if (!held || document.hidden) return; // a tab left in the background lets its claim run out
     const answer = await call("POST", path(held, "/claim"));
     if (!answer.ok) {
       stopRenewing();
@@ -360,11 +365,16 @@
     element.classList.toggle("revealed", shown);
     pressed(element, "reveal", shown);
     if (!shown) return;
-    if (!element.dataset.counted) {
-      element.dataset.counted = "yes";
-      counted(element.dataset.reviewId);
-    }
+    seen(element);
     await act(element);
+  }
+
+  // The moderator has looked at this item: a decision may follow, and it counts once against the
+  // exposure limits.
+  function seen(element) {
+    if (element.dataset.counted) return;
+    element.dataset.counted = "yes";
+    counted(element.dataset.reviewId);
   }
 
   async function counted(id) {
@@ -373,6 +383,7 @@
     const exposure = await answer.json();
     const pause = document.getElementById("break");
     if (exposure.break_due && pause && !pause.open && !pause.dataset.dismissed) {
+      if (peek) reveal(false); // never left revealed behind the dialog
       pause.querySelector("[data-field=exposure]").textContent = "You have revealed " + exposure.session +
         " items since you signed in and " + exposure.day + " today.";
       pause.showModal();
@@ -385,8 +396,16 @@
     const zoomed = !element.classList.contains("zoomed");
     element.classList.toggle("zoomed", zoomed);
     pressed(element, "zoom", zoomed);
-    field(element, "thumbnail").src = path(element.dataset.reviewId, zoomed ? "/preview" : "/thumbnail");
-    status.textContent = zoomed ? "Full size: Z again to fit." : "Fitted.";
+    // A frame stepped to stays the picture: the full-size preview is the deciding frame's, another
+    // frame has only its strip picture (shown at its own size).
+    const stepped = element.querySelector("[data-frame].selected");
+    const chosen = element.querySelector("[data-frame].chosen");
+    const frame = stepped && stepped !== chosen ? stepped.dataset.frame : null;
+    field(element, "thumbnail").src = path(element.dataset.reviewId,
+      frame !== null ? "/frames/" + frame : zoomed ? "/preview" : "/thumbnail");
+    status.textContent = !zoomed ? "Fitted." : frame !== null
+      ? "This frame at its own size (the full-size picture is the deciding frame's): Z again to fit."
+      : "Full size: Z again to fit.";
   }
 
   function stepFrame(step) {
@@ -401,13 +420,15 @@
     element.classList.remove("zoomed");
     pressed(element, "zoom", false);
     field(element, "thumbnail").src = path(element.dataset.reviewId, "/frames/" + next.dataset.frame);
-    status.textContent = next.querySelector("span").textContent;
+    const caption = next.querySelector("span").textContent;
+    const hidden = document.body.classList.contains("hide-scores") && !element.classList.contains("revealed");
+    status.textContent = hidden ? caption.split(" · ")[0] : caption;
   }
 
   async function decide(label) {
     const element = current();
     if (!element || busy) return;
-    if (blurOn && !element.classList.contains("revealed")) {
+    if (blurOn && !element.dataset.counted) { // revealed at least once (held, with hold to peek)
       status.textContent = "Reveal the image first (Space): a decision needs a look.";
       return;
     }
@@ -580,17 +601,19 @@
   });
 
   // Hold to peek: the picture shows only while Space (or the button) is held.
-  document.addEventListener("keyup", function (event) {
-    if (peek && event.key === " " && !event.target.closest("input, textarea, select, dialog")) reveal(false);
-  });
+  // Whatever ends the hold ends the peek: the key or the pointer let go anywhere (a dialog included),
+  // the window losing focus, the tab hidden.
+  let peeking = false;
+  function unpeek() { if (peek) { peeking = false; reveal(false); } }
+  document.addEventListener("keyup", function (event) { if (peek && event.key === " ") unpeek(); });
   list.addEventListener("pointerdown", function (event) {
-    if (peek && event.target.closest('[data-action="reveal"]')) reveal(true);
+    if (peek && event.target.closest('[data-action="reveal"]')) { peeking = true; reveal(true); }
   });
-  ["pointerup", "pointerleave", "pointercancel"].forEach(function (type) {
-    list.addEventListener(type, function (event) {
-      if (peek && event.target.closest && event.target.closest('[data-action="reveal"]')) reveal(false);
-    });
+  ["pointerup", "pointercancel"].forEach(function (type) {
+    document.addEventListener(type, function () { if (peeking) unpeek(); });
   });
+  window.addEventListener("blur", unpeek);
+  document.addEventListener("visibilitychange", function () { if (document.hidden) unpeek(); });
   const pause = document.getElementById("break");
   if (pause) pause.addEventListener("close", function () { if (pause.returnValue === "continue") pause.dataset.dismissed = "yes"; });
 
@@ -642,6 +665,28 @@
       element.classList.toggle("zoomed", on);
       button.textContent = on ? "Fit" : "Full size";
       picture.src = on ? picture.dataset.preview : thumbnail;
+    }
+  });
+})();
+
+// The search page: a thumbnail revealed by a click (counted, as in the queue; a bulk decision takes
+// only the revealed ones while blurring is on).
+(function () {
+  const table = document.querySelector("table.results");
+  if (!table) return;
+  const token = document.querySelector('meta[name="csrf-token"]').content;
+  table.addEventListener("click", function (event) {
+    const button = event.target.closest('button[data-action="reveal-row"]');
+    if (!button) return;
+    const row = button.closest("tr[data-review-id]");
+    const on = !row.classList.contains("revealed");
+    row.classList.toggle("revealed", on);
+    button.setAttribute("aria-pressed", on ? "true" : "false");
+    if (on && !row.dataset.counted) {
+      row.dataset.counted = "yes";
+      fetch("/review/items/" + encodeURIComponent(row.dataset.reviewId) + "/reveal", {
+        method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
+      });
     }
   });
 })();

@@ -674,3 +674,108 @@ def test_the_undo_form_answers_every_refusal_as_a_page(page_app: Flask) -> None:
     answer = client.post(f"/review/history/{review_id}/undo", data={"csrf_token": token, "reason": "oops"})
     assert answer.status_code == 409 and answer.content_type.startswith("text/html")
     assert "cannot be undone now" in answer.get_data(as_text=True)
+
+
+# The second review's findings.
+
+
+def test_two_appeals_at_once_count_against_the_cap_in_turn(
+    reviewed: Callable[..., FlaskClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    client = reviewed(review_max_pending_per_key=1)
+    ids = []
+    for n in range(2):
+        review_id = _predict(client, _jpeg((30 + 50 * n, 200, 10)), f"detail=true&ref=c{n}")["review"]["id"]
+        client.post(f"/reviews/{review_id}/decision", json={"label": "adult"}, headers=ALICE)
+        ids.append(review_id)
+    real = ReviewQueue._check_room
+    meet = threading.Barrier(2, timeout=2)
+
+    def counted_then_wait(self: ReviewQueue, connection: object, key_name: str) -> None:
+        real(self, connection, key_name)
+        try:
+            meet.wait()  # both past the count at once, unless the first holds the key's lock
+        except threading.BrokenBarrierError:
+            pass
+
+    monkeypatch.setattr(ReviewQueue, "_check_room", counted_then_wait)
+    answers: list[int] = []
+
+    def appeal(review_id: str) -> None:
+        answers.append(client.post(f"/reviews/{review_id}/appeal", json={"statement": "x"}, headers=APP).status_code)
+
+    threads = [threading.Thread(target=appeal, args=(review_id,)) for review_id in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(answers) == [200, 429]
+
+
+def test_an_appeal_no_one_answers_leaves_the_decision_standing(clocked: tuple[ReviewQueue, list[float]]) -> None:
+    queue, now = clocked
+    review_id = _enqueue(queue, 600, ref="u9")
+    queue.decide(review_id, "alice", "adult", None, "nudity")
+    sha256 = queue.get(review_id)["sha256"]
+    queue.appeal(review_id, "app", "please look again", "u9")
+    assert queue.remembered(sha256) is None  # suspended while the appeal waits
+    now[0] += 31 * DAY
+    assert queue.retain(retention_days=30, pending_days=30, audit_days=365)["expired"] == 1
+    item = queue.get(review_id)
+    assert (item["status"], item["label"], item["decided_by"]) == ("decided", "adult", "alice")
+    assert queue.remembered(sha256) is not None and queue.remembered(sha256).label == "adult"  # type: ignore[union-attr]
+    payload = _payloads(queue)[-1]
+    assert payload["type"] == "review.appeal_decided"
+    assert payload["data"]["appeal"]["expired"] is True and payload["data"]["appeal"]["upheld"] is True
+    now[0] += 31 * DAY
+    queue.retain(retention_days=30, pending_days=30, audit_days=365)
+    assert queue.get(review_id)["label"] == "adult"  # a decided item is kept, only its pictures go
+
+
+def test_a_nul_in_an_id_or_a_filter_names_nothing(reviewed: Callable[..., FlaskClient]) -> None:
+    client = reviewed()
+    for method, path, headers in (
+        ("GET", "/reviews/a%00b", ALICE),
+        ("POST", "/reviews/a%00b/release", ALICE),
+        ("POST", "/reviews/a%00b/appeal", APP),
+    ):
+        answer = client.open(path, method=method, json={"statement": "x"}, headers=headers)
+        assert answer.status_code == 404, (path, answer.get_json())
+    import base64
+
+    cursor = base64.urlsafe_b64encode(b'[1.0, "a\\u0000b"]').decode().rstrip("=")
+    assert client.get(f"/reviews?cursor={cursor}", headers=ALICE).status_code == 400
+    with pytest.raises(ValueError):
+        Filters.parse({"ref": "a\x00b"})
+
+
+def test_the_contested_moderator_cannot_escalate_the_appeal(clocked: tuple[ReviewQueue, list[float]]) -> None:
+    queue, now = clocked
+    review_id = _enqueue(queue, 610)
+    queue.decide(review_id, "alice", "adult")
+    queue.appeal(review_id, "app", "mine")
+    with pytest.raises(SameModerator):
+        queue.escalate(review_id, "alice", "this user is a troll")
+    assert queue.escalate(review_id, "bob", "needs a lead")["escalated_by"] == "bob"
+
+
+def test_a_reveal_is_recorded_once_per_moderator_and_item(page_app: Flask) -> None:
+    client, token = _signed_in(page_app, "alice")
+    review_id = _queued(client, (33, 66, 99))
+    for _ in range(5):
+        assert client.post(f"/review/items/{review_id}/reveal", headers={"X-CSRFToken": token}).status_code == 200
+    actions = [entry["action"] for entry in client.get(f"/reviews/{review_id}").get_json()["audit"]]
+    assert actions.count("revealed") == 1
+    assert client.get("/review/items/a%00b").status_code == 404
+    missing = client.post("/review/history/rv_gone/undo", data={"csrf_token": token, "reason": "x"})
+    assert missing.status_code == 404 and missing.content_type.startswith("text/html")
+
+
+def test_a_note_that_says_match_is_still_a_moderators_decision(clocked: tuple[ReviewQueue, list[float]]) -> None:
+    queue, now = clocked
+    for n in range(2):
+        queue.decide(_enqueue(queue, 620 + n), "alice", "adult", "match")
+    counted = team.team(queue.engine, now=now[0])
+    assert counted.per_day == {"alice": {counted.days[0]: 2}} and counted.retroactive == 0

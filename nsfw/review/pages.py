@@ -220,7 +220,15 @@ def _body_classes() -> str:
     classes = [chosen.blur_class]
     if not g.get("blur", True):
         classes.append("no-blur")
-    classes += [name for name, on in (("greyscale", chosen.greyscale), ("hide-scores", chosen.hide_scores)) if on]
+    classes += [
+        name
+        for name, on in (
+            ("greyscale", chosen.greyscale),
+            ("hide-scores", chosen.hide_scores),
+            ("hold-to-peek", chosen.hold_to_peek),
+        )
+        if on
+    ]
     return " ".join(classes)
 
 
@@ -317,7 +325,10 @@ def undo(review_id: str) -> Any:
     reason = request.form.get("reason", "").strip()
     if not reason:
         return _message("An undo needs a reason; go back and say why.", 400)
-    item = _queue().get(review_id)
+    try:
+        item = _queue().get(review_id)
+    except errors.NotFound:
+        return _message("No such item (deleted, or past retention).", 404)
     if item["status"] != "decided" or _decided_at(item) <= time.time() - UNDO_SECONDS:
         return _message("That decision can no longer be undone.", 409)
     try:
@@ -382,8 +393,8 @@ def search_page() -> Any:
 @signed_in
 def bulk_decide() -> Any:
     """Decide the selected items with one label and reason, each by itself: audited item by item, each
-    with its own webhook. Left, and counted: with blurring on, those this moderator has not revealed
-    (a decision needs a look, here as in the queue); those another moderator holds, already decided,
+    with its own webhook. Left, and counted: those this moderator has not revealed (a decision needs a
+    look, here as in the queue); those another moderator holds, already decided,
     escalated (for a moderator) or contesting this moderator's own decision. A store that fails midway
     stops the rest, and the page says how far it got."""
     csrf.protect()
@@ -394,7 +405,7 @@ def bulk_decide() -> Any:
     if label not in ("adult", "safe") or not ids:
         return _message("Choose items and a label (adult or safe).", 400)
     queue, name = _queue(), str(moderator())
-    looked = queue.revealed_by(name, ids) if g.get("blur", True) else set(ids)
+    looked = queue.revealed_by(name, ids)  # the search page blurs its thumbnails for everyone until a click
     counts = {"decided": 0, "left": 0, "unseen": 0, "failed": 0}
     for at, review_id in enumerate(ids):
         if review_id not in looked:
@@ -518,6 +529,19 @@ def _headers(response: Response) -> Response:
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+@bp.url_value_preprocessor
+def _no_nul(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """An id with a NUL names no item (PostgreSQL's text refuses the character: it must not reach the
+    store and read as the store failing)."""
+    if any("\x00" in str(value) for value in (values or {}).values()):
+        raise errors.NotFound("no such item")
+
+
+@bp.errorhandler(errors.NotFound)
+def _not_found(exc: errors.NotFound) -> Any:
+    return _message("No such item (deleted, or past retention).", 404)
 
 
 @bp.errorhandler(SQLAlchemyError)

@@ -477,7 +477,13 @@ class ReviewQueue:
         with self.engine.begin() as connection:
             if connection.execute(select(reviews.c.id).where(reviews.c.id == review_id)).first() is None:
                 raise NotFound(review_id)
-            self._audit(connection, now, moderator, "revealed", review_id, {})
+            seen = connection.execute(
+                select(audit.c.id).where(
+                    audit.c.review_id == review_id, audit.c.actor == moderator, audit.c.action == "revealed"
+                )
+            ).first()
+            if seen is None:  # once per moderator and item: the history stays readable, the count honest
+                self._audit(connection, now, moderator, "revealed", review_id, {})
 
     def revealed_by(self, moderator: str, ids: Sequence[str]) -> set[str]:
         """Which of these items this moderator has revealed (the audit log's `revealed` rows)."""
@@ -606,7 +612,7 @@ class ReviewQueue:
         with self.engine.begin() as connection:
             done = connection.execute(
                 update(reviews)
-                .where(_open_to(review_id, moderator, now), reviews.c.escalated.is_(None))
+                .where(_open_to(review_id, moderator, now), _allowed_to(moderator, True), reviews.c.escalated.is_(None))
                 .values(escalated=now, escalated_by=moderator, claimed_by=None, claim_until=None)
             ).rowcount
             if not done:
@@ -651,6 +657,7 @@ class ReviewQueue:
                 if before["appeal"] is not None:
                     raise AlreadyAppealed(f"{review_id} was appealed {before['appeal']['appealed']}")
                 try:
+                    self._lock_key(connection, key_name)  # as a new item does: two appeals count in turn
                     self._check_room(connection, key_name)  # an appeal is a pending item like any
                 except ReviewQueueFull as full:
                     raise TooManyAppeals(full.detail) from None
@@ -919,7 +926,9 @@ class ReviewQueue:
         """One retention pass; what it did, by kind:
 
         - `expired`: items pending for more than pending_days (0: never) leave the queue as
-          `expired`, with an audit row and a `review.expired` webhook, never silently;
+          `expired`, with an audit row and a `review.expired` webhook, never silently; an appeal no
+          one answered in that time leaves it as the decision it contested, which stands (an appeal
+          must never be a way to erase a decision), with `review.appeal_decided` (`expired`);
         - `thumbnails`: items decided (or expired) more than retention_days ago lose their pictures
           and refs; their scores, labels and hashes stay, as they are the memory;
         - `expired_items`: expired items past retention_days go;
@@ -938,6 +947,9 @@ class ReviewQueue:
                 ).scalars()
                 for review_id in list(stale):
                     before = self._get(connection, review_id)
+                    if before["appeal"] is not None:
+                        done["expired"] += self._appeal_unanswered(connection, now, before, pending_days)
+                        continue
                     expired = connection.execute(
                         update(reviews)
                         .where(reviews.c.id == review_id, reviews.c.status == "pending")
@@ -995,6 +1007,39 @@ class ReviewQueue:
             query = query.where(reviews.c.escalated.is_not(None) if escalated else reviews.c.escalated.is_(None))
         with reading(self.engine) as connection:
             return int(connection.execute(query).scalar_one())
+
+    def _appeal_unanswered(self, connection: Any, now: float, before: dict[str, Any], pending_days: int) -> int:
+        """An appeal pending past NSFW_REVIEW_PENDING_DAYS: the decision it contested stands again (its
+        label, its moderator, its memory), audited and told to the client app as an appeal upheld
+        because no one answered it. 1 when done, 0 when the item changed meanwhile."""
+        review_id, appeal = before["id"], before["appeal"]
+        note = f"appeal unanswered after {pending_days} days: the decision stands"
+        restored = connection.execute(
+            update(reviews)
+            .where(reviews.c.id == review_id, reviews.c.status == "pending")
+            .values(
+                status="decided",
+                label=appeal["label"],
+                decided_by=appeal["decided_by"],
+                decided=now,
+                note=note,
+                claimed_by=None,
+                claim_until=None,
+                escalated=None,
+                escalated_by=None,
+            )
+        ).rowcount
+        if not restored:
+            return 0
+        self._audit(connection, now, RETENTION_ACTOR, "appeal_expired", review_id, {"label": appeal["label"]})
+        if self.match:
+            self._remember(connection, now, review_id, appeal["label"], appeal["decided_by"])
+        if self.webhooks:
+            item = self._get(connection, review_id)
+            self._outbox(
+                connection, now, EVENT_APPEAL_DECIDED, item | {"appeal": _appeal_outcome(item) | {"expired": True}}
+            )
+        return 1
 
     def depth(self) -> tuple[int, float | None]:
         """Pending items, and how long, in seconds, the longest waiting has waited (since it was queued,
@@ -1311,8 +1356,8 @@ def _read_cursor(cursor: str) -> tuple[float, str]:
 
     try:
         created, review_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not math.isfinite(float(created)):
-            raise ValueError("not a time")
+        if not math.isfinite(float(created)) or "\x00" in str(review_id):
+            raise ValueError("not a cursor")
         return float(created), str(review_id)
     except (ValueError, TypeError, OverflowError) as exc:
         raise BadRequest(f"cursor {cursor[:100]!r}: {exc}") from None

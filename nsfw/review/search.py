@@ -49,6 +49,8 @@ class Filters:
             adult_min=_score(args.get("min", ""), "min"),
             adult_max=_score(args.get("max", ""), "max"),
         )
+        if "\x00" in found.ref + found.moderator:
+            raise ValueError("a NUL is in no ref and no name")
         for name, allowed in (("status", STATUSES), ("label", LABELS), ("kind", KINDS)):
             value = getattr(found, name)
             if value and value not in allowed:

@@ -44,6 +44,14 @@ def _body() -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+@bp.url_value_preprocessor
+def _no_nul(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """An id with a NUL names no item (PostgreSQL's text refuses the character: it must not reach the
+    store and read as the store failing, which a predict key could otherwise set off at will)."""
+    if any("\x00" in str(value) for value in (values or {}).values()):
+        raise errors.NotFound("no such item")
+
+
 @bp.errorhandler(SQLAlchemyError)
 def _store_failed(exc: SQLAlchemyError) -> Any:
     """A failing store is a 503 in the error shape, logged and counted; never a 500."""

@@ -74,7 +74,8 @@
   function describe(item) {
     const size = item.width ? ", " + item.width + " × " + item.height : "";
     const from = item.source_url ? " from " + host(item.source_url) : " uploaded by " + item.key;
-    return kindWord(item) + size + from + ", " + (item.kind === "audit" ? "audit sample" : "model not sure") +
+    const why = { audit: "audit sample", appeal: "appeal of a decision" }[item.kind] || "model not sure";
+    return kindWord(item) + size + from + ", " + why +
       ", waiting " + ago(item.created);
   }
 
@@ -383,7 +384,7 @@
     const exposure = await answer.json();
     const pause = document.getElementById("break");
     if (exposure.break_due && pause && !pause.open && !pause.dataset.dismissed) {
-      if (peek) reveal(false); // never left revealed behind the dialog
+      reveal(false); // never left revealed behind the dialog
       pause.querySelector("[data-field=exposure]").textContent = "You have revealed " + exposure.session +
         " items since you signed in and " + exposure.day + " today.";
       pause.showModal();
@@ -554,7 +555,7 @@
     } else {
       index = Math.min(Math.max(index, 0), items.length - 1);
       await open(firstOpen(), true);
-      if (lost) status.textContent = "That item was decided by another moderator; here is the next.";
+      if (lost) status.textContent = "That item left the queue (decided or escalated elsewhere); here is the next.";
     }
     empty.hidden = items.length > 0;
   }
@@ -646,22 +647,36 @@
   const picture = element.querySelector('[data-field="thumbnail"]');
   if (!picture) return;
   const thumbnail = picture.src;
+  const peek = document.body.classList.contains("hold-to-peek");
+  const reveal = element.querySelector('[data-action="reveal"]');
   let counted = false;
+  function show(on) {
+    element.classList.toggle("revealed", on);
+    reveal.setAttribute("aria-pressed", on ? "true" : "false");
+    reveal.textContent = on ? "Blur again" : "Reveal";
+    if (on && !counted) {
+      counted = true;
+      fetch("/review/items/" + encodeURIComponent(element.dataset.reviewId) + "/reveal", {
+        method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
+      });
+    }
+  }
+  if (document.body.classList.contains("no-blur")) show(true); // nothing hides it: it is seen, and counted
+  if (peek) { // shown only while held, as in the queue
+    reveal.addEventListener("pointerdown", function () { show(true); });
+    ["pointerup", "pointercancel"].forEach(function (type) {
+      document.addEventListener(type, function () { if (element.classList.contains("revealed")) show(false); });
+    });
+    window.addEventListener("blur", function () { show(false); });
+  }
   element.addEventListener("click", function (event) {
     const button = event.target.closest("button[data-action]");
     if (!button) return;
     const on = button.getAttribute("aria-pressed") !== "true";
-    button.setAttribute("aria-pressed", on ? "true" : "false");
     if (button.dataset.action === "reveal") {
-      element.classList.toggle("revealed", on);
-      button.textContent = on ? "Blur again" : "Reveal";
-      if (on && !counted) {
-        counted = true;
-        fetch("/review/items/" + encodeURIComponent(element.dataset.reviewId) + "/reveal", {
-          method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
-        });
-      }
+      if (!peek) show(on);
     } else if (button.dataset.action === "zoom") {
+      button.setAttribute("aria-pressed", on ? "true" : "false");
       element.classList.toggle("zoomed", on);
       button.textContent = on ? "Fit" : "Full size";
       picture.src = on ? picture.dataset.preview : thumbnail;
@@ -675,11 +690,9 @@
   const table = document.querySelector("table.results");
   if (!table) return;
   const token = document.querySelector('meta[name="csrf-token"]').content;
-  table.addEventListener("click", function (event) {
-    const button = event.target.closest('button[data-action="reveal-row"]');
-    if (!button) return;
-    const row = button.closest("tr[data-review-id]");
-    const on = !row.classList.contains("revealed");
+  const peek = document.body.classList.contains("hold-to-peek");
+  function show(row, on) {
+    const button = row.querySelector('[data-action="reveal-row"]');
     row.classList.toggle("revealed", on);
     button.setAttribute("aria-pressed", on ? "true" : "false");
     if (on && !row.dataset.counted) {
@@ -688,5 +701,21 @@
         method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
       });
     }
+  }
+  function rowOf(event) {
+    const button = event.target.closest('button[data-action="reveal-row"]');
+    return button ? button.closest("tr[data-review-id]") : null;
+  }
+  if (peek) { // shown only while held
+    table.addEventListener("pointerdown", function (event) { const row = rowOf(event); if (row) show(row, true); });
+    ["pointerup", "pointercancel"].forEach(function (type) {
+      document.addEventListener(type, function () {
+        table.querySelectorAll("tr.revealed").forEach(function (row) { show(row, false); });
+      });
+    });
+  }
+  table.addEventListener("click", function (event) {
+    const row = rowOf(event);
+    if (row && !peek) show(row, !row.classList.contains("revealed"));
   });
 })();

@@ -51,6 +51,7 @@ from nsfw.review import moderators, team, wellbeing
 from nsfw.review.queue import ReviewQueue, iso
 from nsfw.review.search import Filters
 from nsfw.review.signin import SignInBusy, SignInGuard
+from nsfw.review.views import count_decision
 from nsfw.review.wellbeing import Wellbeing
 from nsfw.web import access, routes, state
 from nsfw.web.answers import error_response
@@ -325,10 +326,7 @@ def undo(review_id: str) -> Any:
     reason = request.form.get("reason", "").strip()
     if not reason:
         return _message("An undo needs a reason; go back and say why.", 400)
-    try:
-        item = _queue().get(review_id)
-    except errors.NotFound:
-        return _message("No such item (deleted, or past retention).", 404)
+    item = _queue().get(review_id)  # none: the blueprint's 404 page (_not_found)
     if item["status"] != "decided" or _decided_at(item) <= time.time() - UNDO_SECONDS:
         return _message("That decision can no longer be undone.", 409)
     try:
@@ -347,10 +345,7 @@ def item_page(review_id: str) -> Any:
     """One item: its picture, where it came from, what the model said, its frames, its decision or
     appeal, and its whole history (claims, reveals, decisions, undos, appeals, webhook deliveries)."""
     queue = _queue()
-    try:
-        item = queue.get(review_id)
-    except errors.NotFound:
-        return _message("No such item (deleted, or past retention).", 404)
+    item = queue.get(review_id)  # none: the blueprint's 404 page (_not_found)
     return render_template(
         "review/item.html",
         item=item,
@@ -424,9 +419,7 @@ def bulk_decide() -> Any:
             counts["failed"] = len(ids) - at
             break
         counts["decided"] += 1
-        metrics.REVIEW_DECISIONS.labels(label).inc()
-        if made["near_duplicates"]:
-            metrics.RETROACTIVE_DECISIONS.labels(label).inc(len(made["near_duplicates"]))
+        count_decision(made)
     state.review().wake.set()
     back = request.form.get("back", "")
     ours = back.startswith(PAGES_PATH + "/search") and "\\" not in back and "//" not in back
@@ -541,6 +534,7 @@ def _no_nul(endpoint: str | None, values: dict[str, Any] | None) -> None:
 
 @bp.errorhandler(errors.NotFound)
 def _not_found(exc: errors.NotFound) -> Any:
+    """An item the pages name that is not there (deleted, past retention, a NUL in its id): a page."""
     return _message("No such item (deleted, or past retention).", 404)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from nsfw.errors import (
@@ -64,6 +64,7 @@ EVENT_REVERTED = "review.reverted"
 EVENT_DELETED = "review.deleted"
 EVENT_EXPIRED = "review.expired"
 EVENT_APPEAL_DECIDED = "review.appeal_decided"
+REVEALED = "revealed"  # the audit action of a moderator revealing an item (nsfw/review/wellbeing.py counts them)
 MAX_PAGE = 100
 # Rows one retention pass changes per kind, so that its transactions stay short (it runs hourly).
 RETENTION_BATCH = 500
@@ -379,31 +380,29 @@ class ReviewQueue:
         """Items of a status, oldest first (pending: the next to review first), `limit` at a time;
         the cursor is the last item's (created, id), opaque to the client. `escalated`: only the
         escalated (the leads' view) or only the others (the moderators' queue); None: all."""
-        query = select(*_ITEM_COLUMNS).where(reviews.c.status == status)
-        if escalated is not None:
-            query = query.where(reviews.c.escalated.is_not(None) if escalated else reviews.c.escalated.is_(None))
-        if cursor:
-            created, last_id = _read_cursor(cursor)
-            query = query.where(
-                or_(reviews.c.created > created, and_(reviews.c.created == created, reviews.c.id > last_id))
-            )
-        query = query.order_by(reviews.c.created, reviews.c.id).limit(limit + 1)
-        with reading(self.engine) as connection:
-            rows = connection.execute(query).all()
-            items = self._items(connection, rows[:limit])
-        following = _make_cursor(rows[limit - 1].created, rows[limit - 1].id) if len(rows) > limit else None
-        return items, following
+        return self._paged(and_(reviews.c.status == status, _escalated_is(escalated)), limit, cursor, newest=False)
 
     def search(self, condition: Any, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
         """Items a condition picks (nsfw/review/search.py), newest first, `limit` at a time; the cursor
         is the last item's (created, id)."""
+        return self._paged(condition, limit, cursor, newest=True)
+
+    def _paged(
+        self, condition: Any, limit: int, cursor: str | None, *, newest: bool
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Items a condition picks, ordered by (created, id), oldest or newest first, `limit` after the
+        cursor's item, and the cursor of the page that follows (None: none)."""
         query = select(*_ITEM_COLUMNS).where(condition)
         if cursor:
             created, last_id = _read_cursor(cursor)
-            query = query.where(
+            after = (
                 or_(reviews.c.created < created, and_(reviews.c.created == created, reviews.c.id < last_id))
+                if newest
+                else or_(reviews.c.created > created, and_(reviews.c.created == created, reviews.c.id > last_id))
             )
-        query = query.order_by(reviews.c.created.desc(), reviews.c.id.desc()).limit(limit + 1)
+            query = query.where(after)
+        order = (reviews.c.created.desc(), reviews.c.id.desc()) if newest else (reviews.c.created, reviews.c.id)
+        query = query.order_by(*order).limit(limit + 1)
         with reading(self.engine) as connection:
             rows = connection.execute(query).all()
             items = self._items(connection, rows[:limit])
@@ -479,11 +478,11 @@ class ReviewQueue:
                 raise NotFound(review_id)
             seen = connection.execute(
                 select(audit.c.id).where(
-                    audit.c.review_id == review_id, audit.c.actor == moderator, audit.c.action == "revealed"
+                    audit.c.review_id == review_id, audit.c.actor == moderator, audit.c.action == REVEALED
                 )
             ).first()
             if seen is None:  # once per moderator and item: the history stays readable, the count honest
-                self._audit(connection, now, moderator, "revealed", review_id, {})
+                self._audit(connection, now, moderator, REVEALED, review_id, {})
 
     def revealed_by(self, moderator: str, ids: Sequence[str]) -> set[str]:
         """Which of these items this moderator has revealed (the audit log's `revealed` rows)."""
@@ -492,7 +491,7 @@ class ReviewQueue:
         with reading(self.engine) as connection:
             found = connection.execute(
                 select(audit.c.review_id)
-                .where(audit.c.actor == moderator, audit.c.action == "revealed", audit.c.review_id.in_(list(ids)))
+                .where(audit.c.actor == moderator, audit.c.action == REVEALED, audit.c.review_id.in_(list(ids)))
                 .distinct()
             ).scalars()
             return set(found)
@@ -620,7 +619,7 @@ class ReviewQueue:
                 if row is not None and row.escalated is not None:
                     return self._get(connection, review_id)  # escalated already: nothing more to do
                 self._refuse(connection, review_id, moderator, True)
-            self._audit(connection, now, moderator, "escalated", review_id, {"note": text or None})
+            self._audit(connection, now, moderator, "escalated", review_id, {"note": text})
             return self._get(connection, review_id)
 
     def appeal(self, review_id: str, key_name: str, statement: object, ref: object = None) -> dict[str, Any]:
@@ -800,7 +799,7 @@ class ReviewQueue:
                 if not reverted:  # another undo won between the read and this update
                     raise NotDecided(review_id)
                 self._audit(
-                    connection, now, moderator, "reverted", review_id, {"label": before["label"], "reason": why or None}
+                    connection, now, moderator, "reverted", review_id, {"label": before["label"], "reason": why}
                 )
                 matching.forget(connection, now, review_id)
                 if self.webhooks:
@@ -1002,9 +1001,7 @@ class ReviewQueue:
 
     def count(self, status: str, escalated: bool | None = None) -> int:
         """How many items have this status (and are escalated, or not)."""
-        query = select(func.count()).where(reviews.c.status == status)
-        if escalated is not None:
-            query = query.where(reviews.c.escalated.is_not(None) if escalated else reviews.c.escalated.is_(None))
+        query = select(func.count()).where(reviews.c.status == status, _escalated_is(escalated))
         with reading(self.engine) as connection:
             return int(connection.execute(query).scalar_one())
 
@@ -1304,6 +1301,13 @@ def _open_to(review_id: str, moderator: str, now: float) -> Any:
         reviews.c.status == "pending",
         or_(reviews.c.claimed_by.is_(None), reviews.c.claimed_by == moderator, reviews.c.claim_until < now),
     )
+
+
+def _escalated_is(escalated: bool | None) -> Any:
+    """Only the escalated items (the leads' view), only the others (the moderators' queue), or all."""
+    if escalated is None:
+        return true()
+    return reviews.c.escalated.is_not(None) if escalated else reviews.c.escalated.is_(None)
 
 
 def _free_text(value: object, name: str) -> str | None:

@@ -177,6 +177,14 @@ def claim(review_id: str) -> Response:
     return jsonify(_queue().claim(review_id, _moderator(), lead=_lead()))
 
 
+def count_decision(item: dict[str, Any]) -> None:
+    """A decision, and the near-duplicates decided with it, in the metrics (the API's and the search
+    page's bulk decisions alike)."""
+    metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
+    if item["near_duplicates"]:
+        metrics.RETROACTIVE_DECISIONS.labels(item["label"]).inc(len(item["near_duplicates"]))
+
+
 @bp.post("/reviews/<review_id>/release")
 def release(review_id: str) -> Response:
     """End the caller's claim (the page's skip, moving on, a closed tab's beacon)."""
@@ -191,9 +199,7 @@ def decide(review_id: str) -> Response:
     item = _queue().decide(
         review_id, _moderator(), body.get("label"), body.get("note"), body.get("reason_code"), lead=_lead()
     )
-    metrics.REVIEW_DECISIONS.labels(item["label"]).inc()
-    if item["near_duplicates"]:
-        metrics.RETROACTIVE_DECISIONS.labels(item["label"]).inc(len(item["near_duplicates"]))
+    count_decision(item)
     state.review().wake.set()  # this worker's sender sends it now
     return jsonify(item)
 

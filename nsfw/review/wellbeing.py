@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 
 from nsfw.config import Settings
+from nsfw.review.queue import REVEALED
 from nsfw.review.tables import audit
 from nsfw.store.engine import reading
 
 BLUR_STEPS = (8, 16, 24, 32, 48, 64)  # the page's classes (review.css: body.blur-N)
-REVEALED = "revealed"  # the audit action a reveal writes
 
 
 @dataclass(frozen=True)

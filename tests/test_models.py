@@ -19,9 +19,10 @@ from nsfw import create_app
 from nsfw.config import ConfigError, Settings
 from nsfw.imaging.decode import decode
 from nsfw.imaging.recipes import model_input, open_nsfw_input, preprocess, private_detector_input
-from nsfw.model import Classifier, load_classifier
-from nsfw.model.onnx import expand_lean, initializer_piece
-from nsfw.model.specs import INCEPTION_V3, PRIVATE_DETECTOR_SPEC
+from nsfw.model import Classifier, infer, load_classifier
+from nsfw.model.onnx import dequantize, expand_lean, initializer_piece
+from nsfw.model.specs import INCEPTION_V3, MOBILENET_V2_MID, PRIVATE_DETECTOR_SPEC
+from scripts import nsfwjs_reference as nr
 from tests.reference import Corpus
 from tests.support import CORPUS, REPO, ImageServer
 
@@ -62,6 +63,81 @@ def test_inception_v3_matches_nsfwjs_on_every_reference_image(inception: Classif
         assert diff <= TOLERANCE, name
         checked += 1
     assert checked >= 60
+
+
+def lean_dense(path: Path, features: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A lean artifact's final dense layer (kernel [features, classes], bias), expanded as at load."""
+    with np.load(path, allow_pickle=False) as lean:
+        names, affine = lean["names"].tolist(), lean["affine"]
+        weights = {name: dequantize(lean[f"w{i}"], *affine[i]) for i, name in enumerate(names)}
+    (kernel,) = [w for w in weights.values() if w.shape == (features, classes)]
+    (bias,) = [w for w in weights.values() if w.shape == (classes,)]
+    return kernel, bias
+
+
+def softmax_head(embeddings: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Dense + softmax in float64 NumPy: the probabilities the embeddings imply."""
+    logits = embeddings.astype(np.float64) @ kernel + bias
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def test_inception_v3_infer_gives_predicts_probabilities_and_the_dense_128_features(inception: Classifier) -> None:
+    x = nr.synthetic(299)
+    inference = infer(inception, x)
+    assert inception.embedding_size == 128  # type: ignore[attr-defined]
+    assert inference.embeddings is not None and inference.embeddings.shape == (4, 128)
+    assert inference.embeddings.dtype == np.float32 and (inference.embeddings >= 0).all()  # relu
+    np.testing.assert_array_equal(inference.probabilities, inception.predict(x))
+    kernel, bias = lean_dense(INCEPTION_V3.artifact("onnxruntime", REPO / "models"), 128, 5)
+    assert np.abs(softmax_head(inference.embeddings, kernel, bias) - inference.probabilities).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def mid() -> Classifier:
+    return load_classifier(Settings(), "mobilenet_v2_mid")
+
+
+def test_mobilenet_v2_mid_matches_nsfwjs_on_fixed_tensors(mid: Classifier, reference: Corpus) -> None:
+    """nsfwjs's MobileNetV2Mid graph model on the eight fixed 224 tensors, batched and one by one."""
+    x, expected = reference.synthetic_of("mobilenet_v2_mid")
+    batch = mid.predict(x)
+    assert batch.shape == (8, 5) and batch.dtype == np.float32
+    assert np.abs(batch - expected).max() <= 1e-5
+    one_by_one = np.concatenate([mid.predict(x[i : i + 1]) for i in range(len(x))])
+    assert np.abs(one_by_one - expected).max() <= 1e-5
+
+
+def test_mobilenet_v2_mid_matches_nsfwjs_on_every_reference_image(mid: Classifier, reference: Corpus) -> None:
+    checked = 0
+    for name, info in reference.images("mobilenet_v2_mid").items():
+        if info["format"] == "TIFF":  # outside the allow-list, as for mobilenet_v2
+            continue
+        x = preprocess(io.BytesIO(reference.image_bytes(name)), size=224, mode="nsfwjs", max_pixels=MAX_PIXELS)
+        diff = np.abs(mid.predict(x[None])[0] - info["variants"]["main"]["probs_array"]).max()
+        assert diff <= TOLERANCE, name
+        checked += 1
+    assert checked >= 60
+
+
+def test_mobilenet_v2_mid_infer_gives_predicts_probabilities_and_the_1792_features(mid: Classifier) -> None:
+    x = nr.synthetic(224)
+    inference = infer(mid, x)
+    assert mid.embedding_size == 1792  # type: ignore[attr-defined]
+    assert inference.embeddings is not None and inference.embeddings.shape == (8, 1792)
+    # Average of relu6 outputs: in [0, 6].
+    assert inference.embeddings.dtype == np.float32 and (0 <= inference.embeddings).all()
+    assert (inference.embeddings <= 6).all()
+    np.testing.assert_array_equal(inference.probabilities, mid.predict(x))
+    kernel, bias = lean_dense(MOBILENET_V2_MID.artifact("onnxruntime", REPO / "models"), 1792, 5)
+    assert np.abs(softmax_head(inference.embeddings, kernel, bias) - inference.probabilities).max() <= 1e-5
+
+
+def test_open_nsfw_offers_no_embeddings(open_nsfw: Classifier) -> None:
+    assert not hasattr(open_nsfw, "infer") and not hasattr(open_nsfw, "embedding_size")
+    x = np.zeros((1, 224, 224, 3), np.float32)
+    inference = infer(open_nsfw, x)
+    assert inference.embeddings is None and inference.probabilities.shape == (1, 2)
 
 
 def test_the_lean_artifact_is_a_quarter_of_the_float_model() -> None:

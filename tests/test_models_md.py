@@ -19,6 +19,7 @@ def test_every_artifact_matches_its_checksum() -> None:
         "mobilenet_v2/model.tflite",
         "mobilenet_v2/model.keras",
         "inception_v3/model.npz",
+        "mobilenet_v2_mid/model.npz",
         "open_nsfw/open-nsfw.onnx",
     }
     assert set(rows) == expected

@@ -133,8 +133,14 @@ def test_models_lists_the_catalogue_with_provenance(client: FlaskClient) -> None
         assert found, artifact
         return found.group(1)
 
-    assert [entry["name"] for entry in listed] == ["mobilenet_v2", "inception_v3", "open_nsfw", "private_detector"]
-    mobilenet, inception, open_nsfw, private = listed
+    assert [entry["name"] for entry in listed] == [
+        "mobilenet_v2",
+        "inception_v3",
+        "mobilenet_v2_mid",
+        "open_nsfw",
+        "private_detector",
+    ]
+    mobilenet, inception, mid, open_nsfw, private = listed
     assert mobilenet == {
         "name": "mobilenet_v2",
         "version": "nsfwjs-4.4.0",
@@ -151,6 +157,8 @@ def test_models_lists_the_catalogue_with_provenance(client: FlaskClient) -> None
     # Not served here (NSFW_MODELS defaults to mobilenet_v2), still listed with their checksums.
     assert inception["served"] is False and inception["input_size"] == 299 and inception["classes"] == list(CLASSES)
     assert inception["sha256"] == checksum("inception_v3/model.npz") and inception["backend"] == "onnxruntime"
+    assert mid["served"] is False and mid["input_size"] == 224 and mid["classes"] == list(CLASSES)
+    assert mid["sha256"] == checksum("mobilenet_v2_mid/model.npz") and mid["backend"] == "onnxruntime"
     assert open_nsfw["classes"] == ["sfw", "nsfw"] and open_nsfw["adult_classes"] == ["nsfw"]
     assert open_nsfw["sha256"] == checksum("open_nsfw/open-nsfw.onnx") and "BSD-2-Clause" in open_nsfw["licence"]
     assert private["served"] is False and private["sha256"] is None and private["input_size"] == 480

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -25,6 +25,28 @@ class Classifier(Protocol):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """The model's inputs [N, ...] (nsfw.imaging.recipes.model_input) -> float32 [N, len(classes)] probabilities."""
         ...
+
+
+class Inference(NamedTuple):
+    """One inference's outputs: the probabilities, and the features the model's dense head read."""
+
+    probabilities: np.ndarray  # float32 [N, len(classes)]
+    # float32 [N, D]: the penultimate layer (the embedding the learned adapters read), from the same
+    # run as the probabilities; None for a runtime or model that does not expose it.
+    embeddings: np.ndarray | None
+
+
+def infer(classifier: Classifier, batch: np.ndarray) -> Inference:
+    """Probabilities and embeddings in one pass when the classifier offers `infer`; else probabilities alone.
+
+    `infer` is optional in the contract, so a classifier that only predicts (a test's fake, an
+    operator's model) still serves; it just gives the adapters nothing to learn from.
+    """
+    method = getattr(classifier, "infer", None)
+    if method is None:
+        return Inference(classifier.predict(batch), None)
+    result: Inference = method(batch)
+    return result
 
 
 def sha256_file(path: Path) -> str:

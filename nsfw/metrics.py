@@ -98,6 +98,18 @@ RETROACTIVE_DECISIONS = Counter(
     "nsfw_review_retroactive_total", "Pending items decided with a near-duplicate's decision, by label.", ["label"]
 )
 
+ADAPTER_TRAININGS = Counter(
+    "nsfw_adapter_trainings_total", "Adapters trained, by model and whether they passed the gate.", ["model", "result"]
+)
+ADAPTER_VERSION = Gauge(
+    "nsfw_adapter_version",
+    "The promoted adapter version each model's tier serves (0: none), as each worker last read it.",
+    ["model"],
+    multiprocess_mode="liveall",  # by worker: a worker still on an old version shows
+)
+ADAPTER_VERDICTS = Counter(
+    "nsfw_adapter_verdicts_total", "Verdicts the promoted adapter gave, by model and label.", ["model", "label"]
+)
 CACHE_LOOKUPS = Counter(
     "nsfw_cache_lookups_total",
     "Result cache lookups, by layer (memory, redis; all for a miss) and outcome.",

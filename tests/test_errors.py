@@ -87,5 +87,9 @@ def test_status_table_of_style_md() -> None:
         "invalid_signals": 400,
         "bank_exists": 409,
         "too_many_signals": 413,
+        # The adapters'.
+        "unknown_adapter": 404,
+        "adapter_refused": 409,
+        "not_enough_decisions": 409,
     }
     assert errors.Overloaded.headers["Retry-After"] and errors.Unavailable.headers["Retry-After"]

@@ -141,7 +141,7 @@ def test_a_worker_refuses_a_store_that_is_not_migrated(settings: Settings, store
     with pytest.raises(ConfigError, match="db upgrade"):
         create_app(_settings(settings, store_url), FakeClassifier())
     upgrade(store_url, "0001")
-    with pytest.raises(ConfigError, match="at revision 0001, not 0006"):
+    with pytest.raises(ConfigError, match="at revision 0001, not 0007"):
         create_app(_settings(settings, store_url), FakeClassifier())
 
 
@@ -505,7 +505,7 @@ def test_db_upgrade_from_the_command_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "nsfw", "db", "upgrade"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    assert "at revision 0006 (head 0006)" in done.stdout and (tmp_path / "nsfw.db").exists()
+    assert "at revision 0007 (head 0007)" in done.stdout and (tmp_path / "nsfw.db").exists()
 
 
 def test_a_reverted_decision_is_pending_again_forgotten_and_heard(

@@ -26,7 +26,8 @@ from nsfw.imaging.recipes import model_input
 from nsfw.imaging.thumbnail import Picture, frame_thumbnails, pictures
 from nsfw.imaging.video import VideoLimits, is_video, open_video, sniff
 from nsfw.matching.pdq import FrameHashes, frame_hashes
-from nsfw.model import Classifier
+from nsfw.model import Classifier, infer
+from nsfw.model.adapter import Promoted
 from nsfw.model.registry import Registry
 from nsfw.model.specs import NSFWJS, ModelSpec
 from nsfw.pipeline.flow import TENANT, Flow
@@ -124,6 +125,11 @@ class Prediction:
     # What a near-duplicate match decided ({"distance", "review"} or {"distance", "bank"}), for the
     # detailed answer.
     match: dict[str, Any] | None = None
+    # The deciding frame's embedding (float32 [D]), when the model gives one: what the learned adapter
+    # reads, and what a queued item keeps for the next adapter's training.
+    embedding: np.ndarray | None = None
+    # What the promoted adapter said, when one was asked ({"version", "probability"}).
+    adapter: dict[str, Any] | None = None
 
     def classified(self) -> list[dict[str, Any]]:
         """Each classified frame: its index and scores, and a video's its time (seconds from the start),
@@ -182,6 +188,11 @@ def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probab
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
 
 
+def _bytes(embeddings: np.ndarray | None, chosen: int) -> bytes | None:
+    """One frame's embedding as the cache and the store keep it (float32, little-endian)."""
+    return None if embeddings is None else np.asarray(embeddings[chosen], "<f4").tobytes()
+
+
 def _hashes(entry: CacheEntry) -> list[FrameHashes] | None:
     """An entry's hashes, None when it has none or they cannot be read (an entry from Redis written
     by another version: the image is then not matched, never failed)."""
@@ -219,6 +230,9 @@ class PredictionService:
         # Whether each classified frame is hashed (PDQ) for the near-duplicate matcher: on with the
         # review queue (nsfw/review install), whose hook looks the hashes up.
         self.hashing = False
+        # The promoted adapters, as this worker last read them from the review store (nsfw/review
+        # install keeps them fresh); None without the review queue.
+        self.adapters: Promoted | None = None
 
     def fetch(
         self, url: str, caller: str, share: RequestShare, *, timeout: float | None = None, wait: float | None = None
@@ -344,12 +358,13 @@ class PredictionService:
                 image.pictures = {index: made[1] for index, made in zip(frames.indices, frames.images, strict=True)}
             decoded = time.perf_counter()
             metrics.STAGE_DURATION.labels("decode", spec.name).observe(decoded - begun)
-            probabilities = classifier.predict(inputs)
+            probabilities, embeddings = infer(classifier, inputs)
             metrics.STAGE_DURATION.labels("inference", spec.name).observe(time.perf_counter() - decoded)
             per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
             chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
             hashes = [made[2].to_json() for made in frames.images if made[2] is not None] if self.hashing else None
-            entry = CacheEntry(list(frames.indices), per_frame, chosen, frames.total, hashes=hashes)
+            indices, embedding = list(frames.indices), _bytes(embeddings, chosen)
+            entry = CacheEntry(indices, per_frame, chosen, frames.total, hashes=hashes, embedding=embedding)
             if cache_key is not None and self.cache is not None:
                 # This worker's layer, before the model is free: the next request for these bytes finds it.
                 self.cache.remember(cache_key, entry)
@@ -392,6 +407,7 @@ class PredictionService:
         stopped = complete = False
         rows: list[dict[str, float]] = []
         hashed: list[FrameHashes] = []
+        embedded: list[np.ndarray | None] = []
         times: list[float | None] = []
         made: dict[int, Picture | None] = {}
         begun = time.perf_counter()
@@ -405,8 +421,10 @@ class PredictionService:
                 for frame in decoding.frames():
                     with self.flow.computing(deadline):
                         ready = time.perf_counter()
-                        row = classifier.predict(model_input(frame.image, spec, mode)[None])[0]
+                        inferred = infer(classifier, model_input(frame.image, spec, mode)[None])
                         inferring += time.perf_counter() - ready
+                    row = inferred.probabilities[0]
+                    embedded.append(None if inferred.embeddings is None else inferred.embeddings[0])
                     rows.append({name: float(p) for name, p in zip(spec.classes, row, strict=True)})
                     times.append(frame.time_s)
                     if self.hashing:
@@ -429,14 +447,16 @@ class PredictionService:
         metrics.STAGE_DURATION.labels("inference", spec.name).observe(inferring)
         # In time order (the decoder's second pass sends frames between its keyframes after them).
         order = sorted(range(len(rows)), key=lambda n: (times[n] is None, times[n] or 0.0, n))
-        rows, times = [rows[n] for n in order], [times[n] for n in order]
+        rows, times, embedded = [rows[n] for n in order], [times[n] for n in order], [embedded[n] for n in order]
         hashes = [hashed[n].to_json() for n in order] if self.hashing else None
         made = {position: made[n] for position, n in enumerate(order) if n in made}
         if pictures and all(picture is not None for picture in made.values()):
             image.pictures = {index: picture for index, picture in made.items() if picture is not None}
         probabilities = np.array([[row[name] for name in spec.classes] for row in rows])
         chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
-        entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts, hashes)
+        vector = embedded[chosen]
+        embedding = None if vector is None else np.asarray(vector, "<f4").tobytes()
+        entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts, hashes, embedding)
         # Only a decode that sampled the whole video is remembered: one cut short (a deadline, a
         # crashed or lying decoder) or stopped at an adult frame is not the answer for these bytes
         # on another day (another load, another threshold), and must not be served as one.
@@ -462,6 +482,7 @@ class PredictionService:
             frame_times=entry.frame_times,
             video=entry.video,
             hashes=_hashes(entry),
+            embedding=None if entry.embedding is None else np.frombuffer(entry.embedding, "<f4"),
         )
 
     def _finish(
@@ -550,7 +571,14 @@ class PredictionService:
         def failed(exc: NsfwError) -> None:
             log.info("second tier -> %s: %s", exc.code, exc.detail)
 
-        decided = self.tiers.decide(policy, prediction.scores, spec.adult_classes, spec.safe_classes, ask, failed)
+        learned = None
+        if self.adapters is not None and prediction.embedding is not None:
+            learned = self.adapters.ask(spec.name, spec.version, prediction.embedding)
+        decided = self.tiers.decide(
+            policy, prediction.scores, spec.adult_classes, spec.safe_classes, ask, failed, learned=learned
+        )
+        if decided.tier == "adapter":
+            metrics.ADAPTER_VERDICTS.labels(spec.name, decided.verdict.label).inc()
         verdict = decided.verdict
         if prediction.video and prediction.video.get("cut_short") and verdict.label == "safe":
             # What was not judged may be what matters: a human looks (a hostile file can make the
@@ -560,8 +588,16 @@ class PredictionService:
                 f"{verdict.reason}, but the video was cut short after {len(prediction.frame_scores)} sampled "
                 "frames: for human review",
             )
-            return replace(prediction, verdict=verdict, tier=decided.tier, second_tier=decided.second_tier)
-        return replace(prediction, verdict=decided.verdict, tier=decided.tier, second_tier=decided.second_tier)
+            return replace(
+                prediction, verdict=verdict, tier=decided.tier, second_tier=decided.second_tier, adapter=decided.adapter
+            )
+        return replace(
+            prediction,
+            verdict=decided.verdict,
+            tier=decided.tier,
+            second_tier=decided.second_tier,
+            adapter=decided.adapter,
+        )
 
     def predict_url(self, url: str, ask: Ask) -> Prediction:
         """Fetch url and classify the image (with a verdict when ask has a policy); raises NsfwError

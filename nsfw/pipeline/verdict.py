@@ -16,6 +16,13 @@ The second tier, asked when the first says unknown, is one of two, set by the op
 p at or above NSFW_SECOND_TIER_ADULT_THRESHOLD is adult, at or below NSFW_SECOND_TIER_SAFE_THRESHOLD
 safe, else still unknown.
 
+A promoted adapter (nsfw/model/adapter.py: learned from this community's own decisions) comes
+between the two: when the first tier says unknown, the adapter's probability p decides at the same
+thresholds (adult when p reaches adult_threshold, safe when 1 - p reaches safe_threshold); if it too
+is unsure, the second tier is asked. With NSFW_ADAPTER_OVERRIDE it may also overturn the first
+tier's automatic verdict when it is sure of the other label. A human's remembered decision comes
+after all of them (nsfw/review), so no adapter overturns one.
+
 Everything here but `HttpSecondTier.ask` is a pure function of its arguments.
 """
 
@@ -132,11 +139,21 @@ class HttpSecondTier:
 
 @dataclass(frozen=True)
 class Decided:
-    """A verdict, the tier that gave it, and what the second tier said when it was asked."""
+    """A verdict, the tier that gave it, and what the second tier and the adapter said when asked."""
 
     verdict: Verdict
-    tier: int = 1
+    tier: int | str = 1  # 1, 2 or "adapter"
     second_tier: dict[str, Any] | None = None
+    adapter: dict[str, Any] | None = None
+
+
+def adapter_verdict(policy: Policy, version: int, p: float) -> Verdict:
+    """The adapter's verdict on its probability p at the policy's thresholds."""
+    if p >= policy.adult_threshold:
+        return Verdict("adult", f"adapter v{version} p(adult) {p:.3f} >= adult_threshold {policy.adult_threshold}")
+    if 1.0 - p >= policy.safe_threshold:
+        return Verdict("safe", f"adapter v{version} p(safe) {1.0 - p:.3f} >= safe_threshold {policy.safe_threshold}")
+    return Verdict("unknown", f"adapter v{version} p(adult) {p:.3f}: not sure either")
 
 
 class Tiers:
@@ -150,6 +167,7 @@ class Tiers:
         self.http = (
             HttpSecondTier(settings.second_tier_url, settings.second_tier_timeout) if settings.second_tier_url else None
         )
+        self.override = settings.adapter_override
 
     def decide(
         self,
@@ -159,18 +177,32 @@ class Tiers:
         safe_classes: tuple[str, ...],
         ask: Callable[[Tiers], float],
         failed: Callable[[NsfwError], None] = lambda _: None,
+        *,
+        learned: tuple[int, float] | None = None,
     ) -> Decided:
-        """The first tier's verdict on scores; when it is unknown and a second tier is set, `ask(self)`
-        gives the second tier's probability (`failed` hears its error: the first tier's unknown then
+        """The first tier's verdict on scores; when it is unknown, the adapter's (learned: its version
+        and probability, when one is promoted); when that is unknown too and a second tier is set,
+        `ask(self)` gives the second tier's probability (`failed` hears its error: the unknown then
         stands, and says why)."""
         verdict = policy.decide(scores, adult_classes, safe_classes)
+        said: dict[str, Any] | None = None
+        if learned is not None:
+            version, p = learned
+            said = {"version": version, "probability": round(p, 6)}
+            opinion = adapter_verdict(policy, version, p)
+            if opinion.label != "unknown" and (
+                verdict.label == "unknown" or (self.override and opinion.label != verdict.label)
+            ):
+                if verdict.label != "unknown":  # overturned: the first tier's word stays in the reason
+                    opinion = Verdict(opinion.label, f"{opinion.reason}, over the model's {verdict.reason}")
+                return Decided(opinion, tier="adapter", adapter=said)
         if verdict.label != "unknown" or not (self.second_model or self.http):
-            return Decided(verdict)
+            return Decided(verdict, adapter=said)
         try:
             p = ask(self)
         except NsfwError as exc:
             failed(exc)
-            return Decided(verdict, second_tier=exc.to_dict())
+            return Decided(verdict, second_tier=exc.to_dict(), adapter=said)
         source = self.second_model or "endpoint"
         answer = {"model": self.second_model, "nsfw": p} if self.second_model else {"nsfw": p}
-        return Decided(self.second_policy.decide(source, p), tier=2, second_tier=answer)
+        return Decided(self.second_policy.decide(source, p), tier=2, second_tier=answer, adapter=said)

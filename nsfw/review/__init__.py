@@ -38,8 +38,12 @@ from nsfw.fetch import Fetcher
 from nsfw.matching.banks import Banks, Matcher
 from nsfw.matching.index import Found, Index
 from nsfw.matching.store import FOLLOW_EVERY, Follower
+from nsfw.model.adapter import Gate, Promoted
 from nsfw.pipeline.service import ImageBytes, Prediction, PredictionService, ReviewContext
 from nsfw.pipeline.verdict import Verdict
+from nsfw.review.adapters import REFRESH_EVERY as ADAPTER_REFRESH_EVERY
+from nsfw.review.adapters import Adapters, Thresholds, Trainer
+from nsfw.review.adapters import Follower as AdapterFollower
 from nsfw.review.queue import Candidate, Pictures, ReviewQueue
 from nsfw.review.webhooks import Sender
 from nsfw.store.engine import checkpoint
@@ -215,6 +219,7 @@ class Reviewer:
             frames=prediction.classified(),
             chosen_frame=prediction.frame_indices[prediction.chosen],
             hashes=prediction.hashes or (),
+            embedding=None if prediction.embedding is None else prediction.embedding.astype("<f4").tobytes(),
         )
         queued = self.queue.enqueue(candidate, pictures, self.gate.run)
         metrics.REVIEW_QUEUED.labels(kind).inc()
@@ -330,6 +335,22 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
         )
         app.register_blueprint(bank_views.bp)
     service.review_hook = Reviewer(queue, settings.review_audit_rate, gate=gate, index=index)
+    adapters = Adapters(
+        engine,
+        Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
+        Thresholds(settings.adult_threshold, settings.safe_threshold),
+        settings.adapter_max_items,
+    )
+    promoted = Promoted()
+    adapter_follower = AdapterFollower(adapters, promoted)
+    try:
+        adapter_follower.refresh()  # at boot: a worker serves the promoted adapters from its first request
+    except SQLAlchemyError as exc:  # the store is down: serve without, and the duty tries again in seconds
+        log.warning("adapters not read at boot: %s", exc)
+    store.maintenance.register("adapters", ADAPTER_REFRESH_EVERY, adapter_follower.refresh)
+    service.adapters = promoted
+    app.extensions[state.ADAPTERS] = adapters
+    app.extensions[state.ADAPTER_TRAINER] = Trainer(adapters)
     sender = None
     if settings.review_webhook_url:
         sender = Sender(

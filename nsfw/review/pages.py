@@ -466,7 +466,50 @@ def insights() -> str:
         kinds=kinds,
         current=(settings.adult_threshold, settings.safe_threshold),
         page="insights",
+        **_adapter_context(settings),
     )
+
+
+def _adapter_context(settings: Settings) -> dict[str, Any]:
+    """The served model's adapter versions (newest first, with their report cards) and their history."""
+    spec = MODELS[settings.model]
+    adapters = state.adapters()
+    trainer = state.adapter_trainer()
+    return {
+        "adapter_model": spec.name,
+        "adapter_versions": adapters.versions(spec.name),
+        "adapter_history": adapters.history(20),
+        "adapter_override": settings.adapter_override,
+        "adapter_training": trainer.running,
+        "adapter_error": trainer.last_error,
+    }
+
+
+@bp.post("/insights/adapter")
+@signed_in
+def adapter_action() -> Any:
+    """A lead trains, promotes or demotes the served model's adapter (each step audited under their name)."""
+    csrf.protect()
+    if not is_lead():
+        return _message("Only a lead may train, promote or demote the adapter.", 403)
+    spec = MODELS[state.service().settings.model]
+    adapters = state.adapters()
+    actor = str(moderator() or "operator")
+    action = request.form.get("action", "")
+    try:
+        if action == "train":
+            if not state.adapter_trainer().start(spec.name, spec.version, actor):
+                return _message("A training is running already; its version appears on the insights page.", 409)
+        elif action == "promote":
+            raw = request.form.get("version", "")
+            adapters.promote(spec.name, spec.version, actor, int(raw) if raw.isdecimal() and len(raw) < 10 else None)
+        elif action == "demote":
+            adapters.demote(spec.name, actor)
+        else:
+            return _message("Train, promote or demote: nothing else.", 400)
+    except errors.NsfwError as exc:
+        return _message(f"The adapter was not changed: {exc.message}", exc.status)
+    return redirect(url_for("review_pages.insights") + "#adapter")
 
 
 def _adult_classes_json() -> str:

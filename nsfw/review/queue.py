@@ -106,6 +106,8 @@ class Candidate:
     chosen_frame: int = 0
     # Each classified frame's PDQ hashes, in the frames' order (none: not hashed).
     hashes: Sequence[FrameHashes] = ()
+    # The deciding frame's embedding (float32 little-endian), kept for the adapters' training.
+    embedding: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,7 @@ class ReviewQueue:
                     frame_count=candidate.frame_count,
                     frames=json.dumps(list(candidate.frames)) if _strip_kept(candidate) else None,
                     chosen_frame=candidate.chosen_frame,
+                    embedding=candidate.embedding,
                 )
             )
             if _strip_kept(candidate):

@@ -26,7 +26,18 @@ from sqlalchemy import (
 
 from nsfw.store.schema import metadata
 
-__all__ = ["audit", "frames", "hashes", "metadata", "moderators", "outbox", "refs", "reviews"]
+__all__ = [
+    "adapter_audit",
+    "adapter_versions",
+    "audit",
+    "frames",
+    "hashes",
+    "metadata",
+    "moderators",
+    "outbox",
+    "refs",
+    "reviews",
+]
 
 reviews = Table(
     "reviews",
@@ -78,6 +89,10 @@ reviews = Table(
     Column("appeal_statement", Text),
     Column("appealed_label", String(16)),
     Column("appealed_decider", String(64)),
+    # The deciding frame's embedding (float32 little-endian: the served model's penultimate layer,
+    # from the same inference as the scores), what the adapters learn from; None when the model
+    # gives none, and for items from before revision 0007.
+    Column("embedding", LargeBinary),
     Index("reviews_sha256", "sha256"),
     Index("reviews_decided", "decided"),
     Index("reviews_key_status", "key_name", "status"),
@@ -176,4 +191,45 @@ moderators = Table(
     Column("role", String(16), nullable=False, server_default="moderator"),
     # The moderator's own wellbeing settings over the operator's defaults (JSON; None: the defaults).
     Column("wellbeing", Text),
+)
+
+
+# Every adapter trained on the decisions (nsfw/review/adapters.py): the model whose embeddings it
+# reads, its report card (JSON, nsfw/model/adapter.report_card) and weights (LinearAdapter.to_bytes),
+# and its status: candidate (trained) | promoted (the tier; one per model) | demoted.
+adapter_versions = Table(
+    "adapter_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("decisions", Integer, nullable=False),
+    Column("passed", Boolean, nullable=False),
+    Column("report", Text, nullable=False),
+    Column("weights", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("changed", Float, nullable=False),
+    Index(
+        "adapter_versions_one_promoted",
+        "model",
+        unique=True,
+        sqlite_where=text("status = 'promoted'"),
+        postgresql_where=text("status = 'promoted'"),
+    ),
+    sqlite_autoincrement=True,
+)
+
+# What was done to the adapters, by whom: trained | promoted | demoted.
+adapter_audit = Table(
+    "adapter_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+    Index("adapter_audit_version", "version"),
 )

@@ -237,6 +237,8 @@ def _answer(prediction: Prediction, detail: bool, policy: Policy, started: float
     }
     if prediction.second_tier is not None:
         answer["second_tier"] = prediction.second_tier
+    if prediction.adapter is not None:  # the promoted adapter's version and p(adult), when it was asked
+        answer["adapter"] = prediction.adapter
     # Whether the result came from the cache is not said: a hit would tell one key that another sent
     # these bytes (the metrics tell the operator).
     if prediction.review is not None:

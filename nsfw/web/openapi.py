@@ -95,9 +95,18 @@ SCHEMAS: dict[str, Schema] = {
                 "properties": {name: {"type": "string"} for name in ("name", "version", "backend")},
             },
             "tier": {
-                "enum": [1, 2, "human", "bank"],
-                "description": "2: the second tier decided; human: a review decision (of these bytes, or of a "
+                "enum": [1, 2, "adapter", "human", "bank"],
+                "description": "2: the second tier decided; adapter: the adapter learned from this service's "
+                "review decisions (see adapter); human: a review decision (of these bytes, or of a "
                 "near-duplicate: see match); bank: an adult hash bank's signal.",
+            },
+            "adapter": {
+                "type": "object",
+                "description": "When an adapter is promoted for this model: its version and its probability that "
+                "the image is adult (it decides at the policy's thresholds what the model left unknown, and with "
+                "NSFW_ADAPTER_OVERRIDE may overturn the model's own verdict; never a human's).",
+                "required": ["version", "probability"],
+                "properties": {"version": {"type": "integer", "minimum": 1}, "probability": _PROBABILITY},
             },
             "match": {
                 "type": "object",
@@ -1224,6 +1233,13 @@ def _page_paths() -> Schema:
                 "Decide the selected pending items with one label and reason, item by item.",
                 "page_bulk_decide",
                 requestBody=_form("id", "label", "reason", "note", "back"),
+            )
+        },
+        "/review/insights/adapter": {
+            "post": _page(
+                "A lead trains a new adapter version, promotes a version that passed, or demotes the served one.",
+                "page_adapter",
+                requestBody=_form("action", "version"),
             )
         },
         "/review/team": {"get": _page("The queue's depth, decisions per moderator per day, agreement.", "page_team")},

@@ -15,12 +15,15 @@ if TYPE_CHECKING:
     from nsfw.matching.banks import Matcher
     from nsfw.pipeline.service import PredictionService
     from nsfw.review import ReviewDuties
+    from nsfw.review.adapters import Adapters, Trainer
     from nsfw.review.signin import SignInGuard
     from nsfw.store.shared import Store
 
 SERVICE = "nsfw"  # the worker's PredictionService (create_app)
 STORE = "nsfw.store"  # the worker's store, when a feature keeps state (nsfw/store/shared.py Store)
 REVIEW = "nsfw.review"  # the review queue's room in this worker (nsfw/review/__init__.py install)
+ADAPTERS = "nsfw.adapters"  # the adapters' store (nsfw/review/adapters.py Adapters, set by review install)
+ADAPTER_TRAINER = "nsfw.adapters.trainer"  # the page's training thread (nsfw/review/adapters.py Trainer)
 MATCHER = "nsfw.matcher"  # the near-duplicate matcher's room (nsfw/matching/banks.py Matcher, set by review install)
 EDGE = "nsfw.edge"  # the web layer's wiring (Edge)
 SIGNIN = "nsfw.signin"  # the moderators' sign-in limits (nsfw/review/signin.py SignInGuard, set by pages.py)
@@ -78,4 +81,16 @@ def store(app: Flask | None = None) -> Store | None:
 def matcher(app: Flask | None = None) -> Matcher:
     """The matcher's room in this worker (its index, banks); only its own views ask."""
     found: Matcher = _app(app).extensions[MATCHER]
+    return found
+
+
+def adapters(app: Flask | None = None) -> Adapters:
+    """The adapters' room in this worker (training, versions, promotion); only the review's pages ask."""
+    found: Adapters = _app(app).extensions[ADAPTERS]
+    return found
+
+
+def adapter_trainer(app: Flask | None = None) -> Trainer:
+    """The insights page's training thread in this worker."""
+    found: Trainer = _app(app).extensions[ADAPTER_TRAINER]
     return found

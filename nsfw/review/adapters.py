@@ -1,0 +1,323 @@
+"""The adapters' life in the store: training on the decided items' embeddings, every version with its
+report card, promotion and demotion (one promoted version per model, each change audited and
+reversible), and each worker's copy of the promoted ones.
+
+The learning itself is nsfw/model/adapter.py (pure NumPy); this module only reads and writes the
+store (tables.adapter_versions, tables.adapter_audit, and the decided rows of tables.reviews).
+What an adapter learns from: every item a human decided adult or safe (an appeal's outcome
+included, an item still pending or expired not), made by the same model and model version, with an
+embedding; the newest `max_items` of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, desc, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from nsfw import metrics
+from nsfw.errors import AdapterRefused, NotEnoughDecisions, NsfwError, UnknownAdapter
+from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
+from nsfw.review.insights import adult_score
+from nsfw.review.tables import adapter_audit, adapter_versions, reviews
+
+log = logging.getLogger(__name__)
+
+CANDIDATE, PROMOTED, DEMOTED = "candidate", "promoted", "demoted"
+# How often each worker reads which versions are promoted (a tiny query): a promotion serves in
+# every worker within about this long.
+REFRESH_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The verdict thresholds in force (NSFW_ADULT_THRESHOLD, NSFW_SAFE_THRESHOLD): the report card
+    counts false positives and negatives at them."""
+
+    adult: float
+    safe: float
+
+
+class Adapters:
+    def __init__(self, engine: Engine, gate: Gate, thresholds: Thresholds, max_items: int = 5000) -> None:
+        self.engine = engine
+        self.gate = gate
+        self.thresholds = thresholds
+        self.max_items = max_items
+
+    def training_set(self, model: str, model_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embeddings [n, D], labels 1 adult / 0 safe, the base model's adult sums) of the newest
+        decided items of this model; items whose embedding has another width than the newest's are
+        left out (a model rebuilt with another head)."""
+        query = (
+            select(reviews.c.embedding, reviews.c.label, reviews.c.adult, reviews.c.scores, reviews.c.model)
+            .where(
+                reviews.c.status == "decided",
+                reviews.c.label.in_(("adult", "safe")),
+                reviews.c.model == model,
+                reviews.c.model_version == model_version,
+                reviews.c.embedding.is_not(None),
+            )
+            .order_by(desc(reviews.c.decided), desc(reviews.c.id))
+            .limit(self.max_items)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        width = len(rows[0].embedding) if rows else 0
+        kept = [row for row in rows if len(row.embedding) == width and width % 4 == 0]
+        if not kept:
+            return np.zeros((0, 0)), np.zeros(0, np.int64), np.zeros(0)
+        x = np.stack([np.frombuffer(row.embedding, "<f4") for row in kept]).astype(np.float64)
+        y = np.array([1 if row.label == "adult" else 0 for row in kept], np.int64)
+        base = np.array([_adult_sum(row) for row in kept], np.float64)
+        return x, y, base
+
+    def train(self, model: str, model_version: str, actor: str) -> dict[str, Any]:
+        """Fit an adapter on every decision there is, write its report card (k-fold, against the base
+        model) and the version (a candidate: promotion is a separate, audited step)."""
+        x, y, base = self.training_set(model, model_version)
+        if len(y) == 0 or y.min() == y.max() or min(int(y.sum()), int(len(y) - y.sum())) < 2:
+            raise NotEnoughDecisions(f"{model}: {len(y)} decisions, {int(y.sum())} adult")
+        started = time.perf_counter()
+        card = report_card(
+            x, y, base, adult_threshold=self.thresholds.adult, safe_threshold=self.thresholds.safe, gate=self.gate
+        )
+        adapter = fit(x, y)
+        card |= {"model": model, "model_version": model_version, "embedding_size": int(x.shape[1])}
+        card["seconds"] = round(time.perf_counter() - started, 3)
+        now = time.time()
+        with self.engine.begin() as connection:
+            version = connection.execute(
+                insert(adapter_versions)
+                .values(
+                    model=model,
+                    model_version=model_version,
+                    created=now,
+                    created_by=actor,
+                    decisions=len(y),
+                    passed=bool(card["passed"]),
+                    report=json.dumps(card),
+                    weights=adapter.to_bytes(),
+                    status=CANDIDATE,
+                    changed=now,
+                )
+                .returning(adapter_versions.c.version)
+            ).scalar_one()
+            _audit(connection, now, actor, "trained", version, {"passed": card["passed"], "items": len(y)})
+        metrics.ADAPTER_TRAININGS.labels(model, "passed" if card["passed"] else "failed").inc()
+        return self.get(model, version)
+
+    def get(self, model: str, version: int) -> dict[str, Any]:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(*_LISTED).where(adapter_versions.c.model == model, adapter_versions.c.version == version)
+            ).first()
+        if row is None:
+            raise UnknownAdapter(f"{model} v{version}")
+        return _listed(row)
+
+    def versions(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Every version, newest first (without weights)."""
+        query = select(*_LISTED).order_by(desc(adapter_versions.c.version))
+        if model is not None:
+            query = query.where(adapter_versions.c.model == model)
+        with self.engine.connect() as connection:
+            return [_listed(row) for row in connection.execute(query)]
+
+    def history(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The audit log of the adapters, newest first."""
+        query = select(adapter_audit).order_by(desc(adapter_audit.c.id)).limit(limit)
+        with self.engine.connect() as connection:
+            return [
+                {
+                    "at": row.at,
+                    "actor": row.actor,
+                    "action": row.action,
+                    "version": row.version,
+                    "detail": json.loads(row.detail),
+                }
+                for row in connection.execute(query)
+            ]
+
+    def promote(self, model: str, model_version: str, actor: str, version: int | None = None) -> dict[str, Any]:
+        """Make `version` (None: the newest of this model) the model's tier, demoting the one promoted
+        before it; refused unless it passed the gate and reads this model version's embeddings."""
+        now = time.time()
+        try:
+            with self.engine.begin() as connection:
+                # Every version of the model, locked (PostgreSQL): promotions of one model take turns.
+                connection.execute(
+                    select(adapter_versions.c.version).where(adapter_versions.c.model == model).with_for_update()
+                ).all()
+                query = select(*_LISTED).where(adapter_versions.c.model == model)
+                if version is None:
+                    query = query.order_by(desc(adapter_versions.c.version)).limit(1)
+                else:
+                    query = query.where(adapter_versions.c.version == version)
+                row = connection.execute(query).first()
+                if row is None:
+                    raise UnknownAdapter(f"{model} v{version}" if version is not None else f"{model}: no version")
+                if not row.passed:
+                    raise AdapterRefused(f"{model} v{row.version} did not pass: {json.loads(row.report).get('why')}")
+                if row.model_version != model_version:
+                    raise AdapterRefused(f"{model} v{row.version} reads {row.model_version}, served {model_version}")
+                if row.status == PROMOTED:
+                    return _listed(row)
+                before = connection.execute(
+                    update(adapter_versions)
+                    .where(adapter_versions.c.model == model, adapter_versions.c.status == PROMOTED)
+                    .values(status=DEMOTED, changed=now)
+                    .returning(adapter_versions.c.version)
+                ).scalar_one_or_none()
+                if before is not None:
+                    _audit(connection, now, actor, "demoted", before, {"replaced_by": row.version})
+                connection.execute(
+                    update(adapter_versions)
+                    .where(adapter_versions.c.version == row.version)
+                    .values(status=PROMOTED, changed=now)
+                )
+                _audit(connection, now, actor, "promoted", row.version, {"replaced": before})
+        except IntegrityError:
+            # Another promotion of this model committed between our read and our write (the partial
+            # unique index keeps one promoted version per model): the caller may try again.
+            raise AdapterRefused(f"{model}: another promotion ran at the same moment") from None
+        log.info("adapter %s v%s promoted by %s", model, row.version, actor)
+        return self.get(model, row.version)
+
+    def demote(self, model: str, actor: str) -> dict[str, Any]:
+        """The model's promoted version back to a demoted one: the tier is off until the next promotion."""
+        now = time.time()
+        with self.engine.begin() as connection:
+            version = connection.execute(
+                update(adapter_versions)
+                .where(adapter_versions.c.model == model, adapter_versions.c.status == PROMOTED)
+                .values(status=DEMOTED, changed=now)
+                .returning(adapter_versions.c.version)
+            ).scalar_one_or_none()
+            if version is None:
+                raise UnknownAdapter(f"{model}: no promoted version")
+            _audit(connection, now, actor, "demoted", version, {})
+        log.info("adapter %s v%s demoted by %s", model, version, actor)
+        return self.get(model, version)
+
+    def promoted(self) -> list[Served]:
+        """Every promoted version with its weights (what each worker serves)."""
+        query = select(
+            adapter_versions.c.version,
+            adapter_versions.c.model,
+            adapter_versions.c.model_version,
+            adapter_versions.c.weights,
+        ).where(adapter_versions.c.status == PROMOTED)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [Served(r.version, r.model, r.model_version, LinearAdapter.from_bytes(r.weights)) for r in rows]
+
+
+class Trainer:
+    """The insights page's training, off the request: one at a time per worker, on a thread of its
+    own (5000 decisions of mobilenet_v2_mid's 1792 features take about a minute on one core, past
+    gunicorn's timeout). What it leaves: a new version in the store, or `last_error`."""
+
+    def __init__(self, adapters: Adapters) -> None:
+        self.adapters = adapters
+        self._lock = threading.Lock()
+        self.running: dict[str, Any] | None = None  # {"by", "since"} while one runs here
+        self.last_error: str | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, model: str, model_version: str, actor: str) -> bool:
+        """Start one; False when one is running in this worker already."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        self.running, self.last_error = {"by": actor, "since": time.time()}, None
+        self.thread = threading.Thread(
+            target=self._run, args=(model, model_version, actor), name="adapter-training", daemon=True
+        )
+        self.thread.start()
+        return True
+
+    def _run(self, model: str, model_version: str, actor: str) -> None:
+        try:
+            self.adapters.train(model, model_version, actor)
+        except NsfwError as exc:
+            self.last_error = exc.message
+        except Exception as exc:  # noqa: BLE001 - the store failed, or a bug: said on the page and in the log
+            log.exception("adapter training failed")
+            metrics.REVIEW_STORE_ERRORS.labels("adapter_train").inc()
+            self.last_error = f"The training failed ({type(exc).__name__}); see the log."
+        finally:
+            self.running = None
+            self._lock.release()
+
+
+class Follower:
+    """Keeps a worker's Promoted equal to the store's promoted versions: a tiny query of the versions
+    every REFRESH_EVERY seconds (the maintenance thread), and the weights only when they changed."""
+
+    def __init__(self, adapters: Adapters, promoted: Promoted) -> None:
+        self.adapters = adapters
+        self.promoted = promoted
+
+    def refresh(self) -> None:
+        query = select(adapter_versions.c.model, adapter_versions.c.version).where(
+            adapter_versions.c.status == PROMOTED
+        )
+        with self.adapters.engine.connect() as connection:
+            now = {row.model: row.version for row in connection.execute(query)}
+        before = self.promoted.versions()
+        if now == before:
+            return
+        self.promoted.replace(self.adapters.promoted())
+        after = self.promoted.versions()
+        for model in set(before) | set(after):
+            metrics.ADAPTER_VERSION.labels(model).set(after.get(model, 0))
+        log.info("adapters served: %s", self.promoted.versions() or "none")
+
+
+_LISTED = (
+    adapter_versions.c.version,
+    adapter_versions.c.model,
+    adapter_versions.c.model_version,
+    adapter_versions.c.created,
+    adapter_versions.c.created_by,
+    adapter_versions.c.decisions,
+    adapter_versions.c.passed,
+    adapter_versions.c.report,
+    adapter_versions.c.status,
+    adapter_versions.c.changed,
+)
+
+
+def _listed(row: Any) -> dict[str, Any]:
+    return {
+        "version": row.version,
+        "model": row.model,
+        "model_version": row.model_version,
+        "created": row.created,
+        "created_by": row.created_by,
+        "decisions": row.decisions,
+        "passed": bool(row.passed),
+        "status": row.status,
+        "changed": row.changed,
+        "report": json.loads(row.report),
+    }
+
+
+def _adult_sum(row: Any) -> float:
+    """The base model's adult sum for an item (its column; from its scores for a row without one)."""
+    if row.adult is not None:
+        return float(row.adult)
+    return adult_score(str(row.model), json.loads(row.scores))
+
+
+def _audit(connection: Any, now: float, actor: str, action: str, version: int, detail: dict[str, Any]) -> None:
+    connection.execute(
+        insert(adapter_audit).values(at=now, actor=actor, action=action, version=version, detail=json.dumps(detail))
+    )

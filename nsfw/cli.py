@@ -190,6 +190,7 @@ def adapter_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
         Thresholds(settings.adult_threshold, settings.safe_threshold),
         settings.adapter_max_items,
+        settings.match_distance,
     )
     actor = "cli"
     try:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw
 from sqlalchemy import select
 
 from nsfw import cli, create_app
@@ -42,28 +42,20 @@ store_url, apps = test_review.store_url, test_review.apps
 
 CORPUS = REPO / "tests" / "data" / "reference" / "corpus"
 UNSEEN = REPO / "tests" / "data" / "unseen"
-# The community's standard: drawings and graphics are adult here; photos are safe. The base model
-# calls nearly all of them safe (its adult classes sum to 0.00..0.05 on each source).
-DRAWINGS = tuple(
-    CORPUS / name for name in ("rocket.jpg", "logo2.png", "horse.png", "logo.png", "Minduka_Present_Blue_Pack.png")
-) + (UNSEEN / "drawn_640x480.jpg",)
-PHOTOS = tuple(
-    CORPUS / name
-    for name in (
-        "astronaut.png",
-        "chelsea.png",
-        "coffee.png",
-        "grace_hopper.jpg",
-        "coins.png",
-        "camera.png",
-        "clock_motion.png",
-        "hubble_deep_field.jpg",
-        "grass.png",
-    )
+# The community's standard: drawings are adult here, photos safe. The base model calls the drawings
+# below drawings or neutral (safe), and the photos mostly neutral, a few tiles porn.
+PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "grace_hopper.jpg",
+    "camera.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "ihc.png",
 )
-# New images of the same kinds: drawings at other sizes and crops, and photos of sources no decision saw.
-NEW_DRAWINGS = (UNSEEN / "drawn_1200x800.jpg", UNSEEN / "drawn_299x299.png", CORPUS / "v_rocket_lossy.webp")
-NEW_PHOTOS = (CORPUS / "brick.png", CORPUS / "moon.png", CORPUS / "gravel.png")
+# Photos no decision saw anything of.
+NEW_PHOTOS = ("brick.png", "gravel.png", "moon.png", "grass.png")
 GATE = Gate(min_gain=2.0, min_items=50, max_p=0.001)
 
 
@@ -73,26 +65,39 @@ def _jpeg_of(colour: tuple[int, int, int]) -> bytes:
     return out.getvalue()
 
 
-def variant(path: Path, seed: int) -> bytes:
-    """A new image made from a corpus file: a random crop (70..100 % of each side), maybe mirrored,
-    resized, its brightness and contrast moved a little, saved as JPEG: other bytes, other pixels,
-    the same kind of picture."""
+def drawing(seed: int) -> bytes:
+    """A drawing: flat-coloured ellipses, boxes and polygons with black outlines on a pale ground, each
+    seed another picture."""
     rng = np.random.default_rng(seed)
-    image = Image.open(path)
-    image.seek(0)
-    image = image.convert("RGB")
-    w, h = image.size
-    cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    image = image.crop((x, y, x + cw, y + ch))
-    if rng.random() < 0.5:
-        image = ImageOps.mirror(image)
-    side = int(rng.integers(200, 400))
-    image = image.resize((side, max(1, round(side * ch / cw))), Image.Resampling.BILINEAR)
-    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.9, 1.1))
-    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.9, 1.1))
+    w, h = int(rng.integers(240, 400)), int(rng.integers(200, 360))
+    image = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(180, 256, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 9))):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        box = (x0, y0, int(rng.integers(x0 + 10, w)), int(rng.integers(y0 + 10, h)))
+        shape = int(rng.integers(0, 3))
+        if shape == 0:
+            draw.ellipse(box, fill=colour, outline=(0, 0, 0), width=3)
+        elif shape == 1:
+            draw.rectangle(box, fill=colour, outline=(0, 0, 0), width=3)
+        else:
+            corners = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(int(rng.integers(3, 6)))]
+            draw.polygon(corners, fill=colour, outline=(0, 0, 0), width=3)
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=90)
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def photo(name: str, index: int, side: int = 112) -> bytes:
+    """A photo: tile `index` of a corpus photo cut into side x side tiles (tiles do not overlap: each
+    is another picture), at 224 px, as JPEG."""
+    image = Image.open(CORPUS / name).convert("RGB")
+    columns, rows = image.width // side, image.height // side
+    assert index < columns * rows, f"{name} has {columns * rows} tiles"
+    x, y = index % columns * side, index // columns * side
+    out = io.BytesIO()
+    image.crop((x, y, x + side, y + side)).resize((224, 224), Image.Resampling.BILINEAR).save(out, "JPEG", quality=92)
     return out.getvalue()
 
 
@@ -119,12 +124,12 @@ def _embed(classifier: Classifier, images: list[bytes]) -> tuple[np.ndarray, np.
 
 @pytest.fixture(scope="module")
 def community(litert: Classifier) -> Decisions:
-    """60 decisions: 30 drawings the community calls adult, 30 photos it calls safe, each a new variant."""
+    """60 decisions on 60 pictures: 30 drawings the community calls adult, 30 photos it calls safe."""
     images, y = [], []
     for n in range(30):
-        images.append(variant(DRAWINGS[n % len(DRAWINGS)], 1000 + n))
+        images.append(drawing(n))
         y.append(1)
-        images.append(variant(PHOTOS[n % len(PHOTOS)], 2000 + n))
+        images.append(photo(PHOTOS[n % len(PHOTOS)], n // len(PHOTOS) * 2))  # even tiles
         y.append(0)
     x, base_adult = _embed(litert, images)
     return Decisions(images, x, base_adult, np.array(y, np.int64))
@@ -190,10 +195,10 @@ def test_the_report_card_of_the_community_standard_passes(community: Decisions) 
     card = report_card(
         community.x, community.y, community.base_adult, adult_threshold=0.7, safe_threshold=0.7, gate=GATE
     )
-    assert card["items"] == 60 and card["folds"] == 5 and (card["adult"], card["safe"]) == (30, 30)
-    # The base model calls every drawing safe: half right, balanced 50; never a false positive.
-    assert card["base"]["agreed_adult"] == 0 and card["base"]["agreed_safe"] == 30
-    assert card["base"]["agreement"] == 50.0 and card["base"]["adult"] == 0 and card["base"]["false_negatives"] >= 25
+    assert card["items"] == card["pictures"] == 60 and card["folds"] == 5 and (card["adult"], card["safe"]) == (30, 30)
+    # The base model calls no drawing adult, and a few photo tiles porn: below a coin.
+    assert card["base"]["agreed_adult"] == 0 and card["base"]["agreement"] <= 50.0
+    assert card["base"]["false_negatives"] >= 25
     print(json.dumps(card))
     # Held out, the adapter gets nearly all of them.
     assert card["adapter"]["agreement"] >= 90.0, card
@@ -205,7 +210,14 @@ def test_random_labels_pass_the_gate_fewer_than_one_time_in_a_hundred(community:
     passed = margin = 0
     for seed in range(200):
         y = np.random.default_rng(10_000 + seed).permutation(community.y)
-        card = report_card(community.x, y, community.base_adult, adult_threshold=0.7, safe_threshold=0.7, gate=GATE)
+        card = report_card(
+            community.x,
+            y,
+            community.base_adult,
+            adult_threshold=0.7,
+            safe_threshold=0.7,
+            gate=GATE,
+        )
         passed += card["passed"]
         margin += card["gain"] >= GATE.min_gain
     assert passed < 2, passed  # fewer than 1 % of 200
@@ -472,13 +484,10 @@ def test_a_community_standard_is_learned_promoted_and_applied_through_the_api(
     app = create_app(_settings(settings, store_url, adapter_override=True), litert)
     apps.append(app)
     client = app.test_client()
-    # The images arrive, the model calls them safe (one drawing unknown), and the audit sends each to
-    # the moderators...
-    verdicts = []
+    # The images arrive, the model answers (the audit sends each to the moderators), and they decide...
     for image, label in zip(community.images, community.y, strict=True):
         answer = _post(client, image)
-        assert answer["tier"] == 1 and "adapter" not in answer and answer["verdict"]["label"] != "adult"
-        verdicts.append(answer["verdict"]["label"])
+        assert answer["tier"] == 1 and "adapter" not in answer
         decided = client.post(
             f"/reviews/{answer['review']['id']}/decision", json={"label": "adult" if label else "safe"}, headers=ALICE
         )
@@ -490,7 +499,7 @@ def test_a_community_standard_is_learned_promoted_and_applied_through_the_api(
             kept = connection.execute(query).scalars().all()
     finally:
         engine.dispose()
-    assert len(kept) == 60 and {len(e) for e in kept} == {128 * 4} and verdicts.count("safe") >= 55
+    assert len(kept) == 60 and {len(e) for e in kept} == {128 * 4}
     # ...the command line trains on their 60 decisions, and promotes the version that passed.
     monkeypatch.setenv("NSFW_DATABASE_URL", store_url)
     out = io.StringIO()
@@ -499,15 +508,13 @@ def test_a_community_standard_is_learned_promoted_and_applied_through_the_api(
     assert cli.main(["adapter", "promote"], out) == 0
     assert "mobilenet_v2 adapter v1 is promoted" in out.getvalue()
     app.extensions["nsfw.review"].wake.set()
-    # New drawings, from sources no decision saw: the adapter overturns the model's safe.
     deadline = time.monotonic() + 20
-    answer = _post(client, variant(NEW_DRAWINGS[0], 1))
-    while answer["tier"] != "adapter" and time.monotonic() < deadline:  # the worker reads it within seconds
+    while "adapter" not in _post(client, drawing(999)) and time.monotonic() < deadline:  # read within seconds
         time.sleep(0.2)
-        answer = _post(client, variant(NEW_DRAWINGS[0], 1))
+    # New drawings: the adapter overturns the model's safe (the override is on here).
     overturned = 0
-    for n, source in enumerate(NEW_DRAWINGS * 2):
-        image = variant(source, 50 + n)
+    for seed in range(500, 510):
+        image = drawing(seed)
         answer = _post(client, image)
         assert answer["verdict"]["label"] == "adult" and answer["adapter"]["probability"] >= 0.7, answer
         if _adult(answer) < 0.7:  # the model did not call it adult: the adapter did
@@ -515,37 +522,38 @@ def test_a_community_standard_is_learned_promoted_and_applied_through_the_api(
             overturned += "over the model's" in answer["verdict"]["reason"]
         flat = client.post("/predict", data=image, headers={**APP, "Content-Type": "image/jpeg"})
         assert flat.get_json() == answer["scores"]  # the flat answer is the model's, unchanged
-    assert overturned >= 4
-    for n, source in enumerate(NEW_PHOTOS * 2):
-        answer = _post(client, variant(source, 70 + n))
-        assert answer["verdict"]["label"] == "safe" and answer["tier"] == 1, answer
-        assert answer["adapter"]["probability"] < 0.3
+    assert overturned >= 8
+    # Photos of subjects no decision saw: safe, whoever says it.
+    for n, name in enumerate(NEW_PHOTOS * 2):
+        answer = _post(client, photo(name, 2 * n))
+        assert answer["verdict"]["label"] == "safe" and answer["adapter"]["probability"] < 0.3, answer
     # Another worker, without the override: it serves the same version from its first request, and
     # decides only what the model left unknown.
     other = create_app(_settings(settings, store_url), litert)
     apps.append(other)
-    decided_unknown = kept_safe = 0
-    for n in range(12):
-        answer = _post(other.test_client(), variant(NEW_DRAWINGS[n % 2], 200 + n))
-        if _adult(answer) < 0.7 and 1 - _adult(answer) < 0.7:
-            assert answer["tier"] == "adapter" and answer["verdict"]["label"] == "adult", answer
+    decided_unknown = kept = 0
+    for n in range(24):
+        answer = _post(other.test_client(), photo(PHOTOS[n % len(PHOTOS)], n // len(PHOTOS) * 2 + 1))  # odd ones
+        assert answer["adapter"]["version"] == 1
+        if answer["tier"] == 1:
+            kept += 1
+        else:
+            assert max(_adult(answer), 1 - _adult(answer)) < 0.7 and answer["tier"] == "adapter", answer
+            assert answer["verdict"]["label"] == "safe"
             decided_unknown += 1
-        elif _adult(answer) < 0.7:
-            assert answer["tier"] == 1 and answer["verdict"]["label"] == "safe" and answer["adapter"]["version"] == 1
-            kept_safe += 1
-    assert decided_unknown >= 1 and kept_safe >= 1
+    assert decided_unknown >= 1 and kept >= 1
     # A human's decision on an image stands over the adapter.
-    drawing = variant(NEW_DRAWINGS[1], 90)
-    review_id = _post(client, drawing)["review"]["id"]
+    disputed = drawing(600)
+    review_id = _post(client, disputed)["review"]["id"]
     assert client.post(f"/reviews/{review_id}/decision", json={"label": "safe"}, headers=BOB).status_code == 200
-    again = _post(client, drawing)
+    again = _post(client, disputed)
     assert again["verdict"]["label"] == "safe" and again["tier"] == "human"
     # Demoted: the model's own verdict again.
     assert cli.main(["adapter", "demote"], out) == 0
     deadline = time.monotonic() + 20
-    while _post(client, variant(NEW_DRAWINGS[2], 3))["tier"] == "adapter" and time.monotonic() < deadline:
+    while "adapter" in _post(client, drawing(700)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _post(client, variant(NEW_DRAWINGS[2], 4))["tier"] == 1
+    assert _post(client, drawing(701))["tier"] == 1
     listed = io.StringIO()
     assert cli.main(["adapter", "list"], listed) == 0
     assert listed.getvalue().startswith("v1 demoted   passed")
@@ -613,6 +621,9 @@ def test_both_gunicorn_workers_serve_a_promotion_from_the_command_line_within_se
         "NSFW_DATA_DIR": str(tmp_path / "data"),
         "NSFW_API_KEYS": f"app:{app_token},moderator:{moderator}:review",
         "NSFW_SECRET_KEY": "s" * 40,
+        # Thresholds this strict leave the flat image below to a human (or to the adapter).
+        "NSFW_ADULT_THRESHOLD": "0.99",
+        "NSFW_SAFE_THRESHOLD": "0.99",
     }
     server = start_gunicorn(env)
     # A version trained elsewhere: it calls everything adult (p = 0.999994), and passed its gate.
@@ -661,7 +672,7 @@ def test_both_gunicorn_workers_serve_a_promotion_from_the_command_line_within_se
         time.sleep(0.2)
     assert served_versions() == {pid: 1.0 for pid in workers}, server.log.read_text()[-3000:]
     flat = image_server.add_file("/flat.jpg", _jpeg_of((120, 120, 120)))
-    strict = "detail=true&adult_threshold=0.9999&safe_threshold=0.9999"  # the model leaves it unknown
+    strict = "detail=true"
     for _ in range(6):
         status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", app_token)
         answer = json.loads(body)
@@ -673,3 +684,149 @@ def test_both_gunicorn_workers_serve_a_promotion_from_the_command_line_within_se
     assert served_versions() == {pid: 0.0 for pid in workers}
     status, body, _ = call(server, "POST", f"/predict?url={urllib.parse.quote(flat)}&{strict}", app_token)
     assert json.loads(body)["tier"] == 1 and "adapter" not in json.loads(body)
+
+
+# What the review of this change found (each failed before its fix).
+
+
+def _hash(rng: np.random.Generator, near: str | None = None, flips: int = 5) -> str:
+    """A 256-bit PDQ-like hash in hex: random, or `near` with a few bits flipped."""
+    if near is None:
+        return bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex()
+    value = int(near, 16)
+    for bit in rng.choice(256, flips, replace=False):
+        value ^= 1 << int(bit)
+    return f"{value:064x}"
+
+
+def test_copies_of_one_picture_share_a_fold_so_learning_nothing_never_passes(
+    stored: tuple[ReviewQueue, Adapters],
+) -> None:
+    """40 pictures with labels that mean nothing, each decided three times as near-copies (PDQ within
+    the matcher's distance): dealt item by item, a copy in the held-out fold was judged by an
+    adapter that had seen its twins, and the gate passed 20 times in 20; by picture, never."""
+    from nsfw.matching.pdq import FrameHashes
+
+    queue, adapters = stored
+    rng = np.random.default_rng(6)
+    x, y, groups = [], [], []
+    n = 0
+    for picture in range(40):
+        centre, label, pdq = rng.normal(size=128), int(rng.integers(0, 2)), _hash(rng)
+        for _ in range(3):
+            vector = centre + rng.normal(scale=0.01, size=128)
+            scores = {"drawings": 0.0, "hentai": 0.0, "neutral": 0.5, "porn": 0.5, "sexy": 0.0}
+            candidate = Candidate(
+                f"{n:064x}", "unknown", None, "app", None, "mobilenet_v2", "v", scores, "unknown", "r",
+                hashes=(FrameHashes(100, (_hash(rng, pdq),)),),
+                embedding=vector.astype("<f4").tobytes(),
+            )  # fmt: skip
+            queue.decide(queue.enqueue(candidate, lambda: None).review_id, "alice", "adult" if label else "safe")
+            x.append(vector)
+            y.append(label)
+            groups.append(picture)
+            n += 1
+    x_, y_, base = np.array(x), np.array(y), np.full(len(y), 0.5 + rng.normal(scale=0.1, size=len(y)))
+    leaky = report_card(x_, y_, base, adult_threshold=0.7, safe_threshold=0.7, gate=GATE)
+    assert leaky["passed"]  # item by item: the copies teach the held-out folds
+    made = adapters.train("mobilenet_v2", "v", "lead")["report"]
+    assert made["pictures"] == 40 and made["items"] == 120
+    assert not made["passed"] and made["adapter"]["agreement"] < 70, made
+    fair = report_card(x_, y_, base, adult_threshold=0.7, safe_threshold=0.7, gate=GATE, groups=np.array(groups))
+    assert not fair["passed"]
+
+
+def test_a_promoted_version_whose_weights_are_damaged_costs_its_tier_not_the_boot(
+    settings: Settings, store_url: str, apps: list[Flask]
+) -> None:
+    upgrade(store_url)
+    engine = make_engine(store_url)
+    try:
+        with engine.begin() as connection:
+            for model, weights in (
+                ("mobilenet_v2", b"\x00" * 43),
+                ("inception_v3", LinearAdapter(np.ones(4), 0.0).to_bytes()),
+            ):
+                connection.execute(
+                    adapter_versions.insert().values(
+                        model=model, model_version="nsfwjs-4.4.0", created=1.0, created_by="t", decisions=60,
+                        passed=True, report="{}", weights=weights, status="promoted", changed=1.0,
+                    )
+                )  # fmt: skip
+    finally:
+        engine.dispose()
+    app = create_app(_settings(settings, store_url), FakeClassifier())
+    apps.append(app)
+    assert app.test_client().get("/health").status_code == 200
+    served = app.extensions["nsfw"].adapters
+    assert served.versions() == {"inception_v3": 2}  # the damaged one left out, the other served
+
+
+def test_adapter_reads_take_no_write_lock_on_sqlite(tmp_path: Path, community: Decisions) -> None:
+    url = f"sqlite:///{tmp_path / 'nsfw.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    other = make_engine(url)
+    try:
+        queue = ReviewQueue(engine, lease=120, webhooks=False, match=False)
+        _decide_all(queue, community)
+        adapters = Adapters(engine, GATE, Thresholds(0.7, 0.7))
+        adapters.train("mobilenet_v2", "v", "lead")
+        adapters.promote("mobilenet_v2", "v", "lead")
+        with other.begin() as writer:  # another worker writing (SQLite: BEGIN IMMEDIATE), meanwhile:
+            writer.exec_driver_sql("UPDATE reviews SET note = 'x' WHERE 0")
+            promoted = Promoted()
+            Follower(adapters, promoted).refresh()  # the maintenance thread's read...
+            assert promoted.versions() == {"mobilenet_v2": 1}
+            assert [v["version"] for v in adapters.versions("mobilenet_v2")] == [1]  # ...and the page's
+            assert len(adapters.training_set("mobilenet_v2", "v")[1]) == 60
+    finally:
+        other.dispose()
+        engine.dispose()
+
+
+def test_an_old_cache_entry_without_an_embedding_is_classified_again_when_adapters_serve(
+    settings: Settings, litert: Classifier
+) -> None:
+    from nsfw.cache import Entry
+    from nsfw.pipeline.service import build_service
+
+    service = build_service(settings)
+    old = Entry([0], [{"drawings": 1.0}], 0, 1)
+    new = Entry([0], [{"drawings": 1.0}], 0, 1, embedding=b"\x00" * 512)
+    assert service._usable(old, False, litert)  # no adapters: the scores are all it needs
+    service.adapters = Promoted()
+    assert not service._usable(old, False, litert) and service._usable(new, False, litert)
+    assert service._usable(old, False, FakeClassifier())  # a model with no embedding: nothing to miss
+
+
+def test_a_callers_stricter_thresholds_send_the_images_to_humans_not_to_the_adapter() -> None:
+    """The model's adult sum 0.90: adult at the operator's 0.7. A caller asking 0.95 gets unknown, and
+    an adapter sure it is safe (it learnt only from what the operator's thresholds left unknown) does
+    not make it safe: asking for more caution never gives a less cautious verdict."""
+    sure = {"drawings": 0.05, "hentai": 0.0, "neutral": 0.05, "porn": 0.9, "sexy": 0.0}
+    strict = Policy(0.95, 0.95)
+
+    def decide(tiers: Tiers):  # type: ignore[no-untyped-def]
+        return tiers.decide(
+            strict, sure, ("hentai", "porn", "sexy"), ("drawings", "neutral"), lambda _: 0.0, learned=(1, 0.03)
+        )
+
+    kept = decide(_tiers())
+    assert kept.verdict.label == "unknown" and kept.tier == 1 and kept.adapter == {"version": 1, "probability": 0.03}
+    assert decide(_tiers(override=True)).tier == "adapter"  # the operator let it overturn the model
+
+
+def test_a_non_finite_embedding_is_left_out_of_training_and_never_asked(
+    stored: tuple[ReviewQueue, Adapters], community: Decisions
+) -> None:
+    queue, adapters = stored
+    _decide_all(queue, community)
+    broken = community.x[0].copy()
+    broken[3] = np.nan
+    queue.decide(_queued(queue, 500, broken, 0.1), "alice", "adult")
+    made = adapters.train("mobilenet_v2", "v", "lead")
+    assert made["decisions"] == 60 and made["report"]["left_out"] == 1 and made["passed"]
+    promoted = Promoted()
+    promoted.replace([Served(1, "mobilenet_v2", "v", LinearAdapter(np.ones(128), 0.0))])
+    assert promoted.ask("mobilenet_v2", "v", broken.astype(np.float32)) is None

@@ -132,14 +132,36 @@ def _newton(z: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float) -> tupl
     return theta[:-1], float(theta[-1])
 
 
-def folds_of(y: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
-    """Each item's fold, 0..k-1, stratified: each label's items are shuffled (seeded) and dealt in turn."""
+def folds_of(y: np.ndarray, k: int, groups: np.ndarray | None = None, seed: int = SEED) -> np.ndarray:
+    """Each item's fold, 0..k-1. The items of one group (copies of one picture) share a fold, so no
+    copy is judged by an adapter that saw its twin; groups are stratified by their majority label:
+    each label's groups, shuffled (seeded), largest first, each to the fold with the fewest items of
+    that label so far."""
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    names, index = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(index, minlength=len(names))
+    majority = (np.bincount(index, weights=y, minlength=len(names)) * 2 >= sizes).astype(np.int64)
     rng = np.random.default_rng(seed)
-    fold = np.empty(len(y), np.int64)
+    group_fold = np.empty(len(names), np.int64)
     for label in (0, 1):
-        members = np.flatnonzero(y == label)
-        fold[rng.permutation(members)] = np.arange(len(members)) % k
-    return fold
+        members = rng.permutation(np.flatnonzero(majority == label))
+        members = members[np.argsort(-sizes[members], kind="stable")]
+        filled = np.zeros(k, np.int64)
+        for g in members:
+            f = int(np.argmin(filled))
+            group_fold[g] = f
+            filled[f] += sizes[g]
+    return group_fold[index]
+
+
+def distinct(y: np.ndarray, groups: np.ndarray | None) -> tuple[int, int]:
+    """How many groups (distinct pictures) lean adult, and how many safe."""
+    if groups is None:
+        return int(np.sum(y == 1)), int(np.sum(y == 0))
+    names, index = np.unique(np.asarray(groups), return_inverse=True)
+    sizes = np.bincount(index, minlength=len(names))
+    adult = int(np.sum(np.bincount(index, weights=y, minlength=len(names)) * 2 >= sizes))
+    return adult, len(names) - adult
 
 
 @dataclass(frozen=True)
@@ -235,11 +257,13 @@ def report_card(
     adult_threshold: float,
     safe_threshold: float,
     gate: Gate,
+    groups: np.ndarray | None = None,
     l2: float = L2,
     folds: int = FOLDS,
 ) -> dict[str, Any]:
     """k-fold cross-validated agreement of the adapter and of the base model (its adult classes' sum
-    on the same items) with the human labels y (1 adult, 0 safe), side by side, and the gate's word."""
+    on the same items) with the human labels y (1 adult, 0 safe), side by side, and the gate's word.
+    `groups`: items that are copies of one picture share a group (and so a fold)."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.int64)
     base_adult = np.asarray(base_adult, np.float64)
@@ -252,11 +276,13 @@ def report_card(
         "gate": {"min_gain": gate.min_gain, "min_items": gate.min_items, "max_p": gate.max_p},
         "l2": l2,
     }
-    k = min(folds, card["adult"], card["safe"])
+    adult_groups, safe_groups = distinct(y, groups)
+    card["pictures"] = adult_groups + safe_groups
+    k = min(folds, adult_groups, safe_groups)
     if k < 2:
-        card |= {"folds": 0, "passed": False, "why": "needs at least two decisions of each label"}
+        card |= {"folds": 0, "passed": False, "why": "needs at least two distinct pictures of each label"}
         return card
-    fold = folds_of(y, k)
+    fold = folds_of(y, k, groups)
     held_out = np.empty(n)
     for f in range(k):
         test = fold == f
@@ -323,13 +349,15 @@ class Promoted:
         served = self._by_model.get(model)
         if served is None or served.model_version != model_version or served.adapter.weights.size != embedding.size:
             return None
-        return served.version, served.adapter.probability(embedding)
+        p = served.adapter.probability(embedding)
+        return None if not math.isfinite(p) else (served.version, p)
 
 
 def card_text(card: dict[str, Any]) -> str:
     """The report card as a plain-text table (the command line's)."""
     lines = [
-        f"{card.get('model', '?')}: {card['items']} decisions ({card['adult']} adult, {card['safe']} safe), "
+        f"{card.get('model', '?')}: {card['items']} decisions ({card['adult']} adult, {card['safe']} safe) "
+        f"of {card.get('pictures', card['items'])} distinct pictures, "
         f"{card['folds']}-fold cross-validation, thresholds adult {card['thresholds']['adult']} "
         f"safe {card['thresholds']['safe']}",
     ]

@@ -267,7 +267,7 @@ class PredictionService:
                 mode = f"{mode}:video{self.settings.video_frames}"
             cache_key = result_key(TENANT.get(), image.sha256, spec.name, spec.version, mode)
             entry = self.cache.get(cache_key)
-            if entry is not None and self._usable(entry, pictures):
+            if entry is not None and self._usable(entry, pictures, classifier):
                 prediction = self._from_entry(classifier, entry, started)
         if prediction is None:
             if demuxer is not None:
@@ -280,11 +280,14 @@ class PredictionService:
                 self.cache.share(cache_key, fresh)  # Redis, off the model's lock
         return self._finish(prediction, image, policy, review, deadline)
 
-    def _usable(self, entry: CacheEntry, review: bool) -> bool:
-        """Whether a cached result answers this request: with matching on, it has its frames' hashes
-        (an entry from an instance that does not match has none), and every hash a decision would
-        remember when a review may follow (an entry a flat answer left has the originals alone);
-        otherwise the image is classified again."""
+    def _usable(self, entry: CacheEntry, review: bool, classifier: Classifier) -> bool:
+        """Whether a cached result answers this request: with the adapters on, it has its embedding
+        when the model gives one (an entry from before they were has none); with matching on, it has
+        its frames' hashes (an entry from an instance that does not match has none), and every hash a
+        decision would remember when a review may follow (an entry a flat answer left has the
+        originals alone); otherwise the image is classified again."""
+        if self.adapters is not None and entry.embedding is None and hasattr(classifier, "infer"):
+            return False
         if not self.hashing:
             return True
         hashes = _hashes(entry)
@@ -324,7 +327,7 @@ class PredictionService:
             if cache_key is not None and self.cache is not None:
                 # Single flight: the same bytes may have been classified while this one waited for the model.
                 entry = self.cache.get_local(cache_key)
-                if entry is not None and self._usable(entry, pictures):
+                if entry is not None and self._usable(entry, pictures, classifier):
                     return self._from_entry(classifier, entry, started), None
             begun = time.perf_counter()  # the wait for the model is not the decode's
             decode_deadline = time.monotonic() + self.settings.decode_timeout

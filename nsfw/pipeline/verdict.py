@@ -17,10 +17,11 @@ p at or above NSFW_SECOND_TIER_ADULT_THRESHOLD is adult, at or below NSFW_SECOND
 safe, else still unknown.
 
 A promoted adapter (nsfw/model/adapter.py: learned from this community's own decisions) comes
-between the two: when the first tier says unknown, the adapter's probability p decides at the same
-thresholds (adult when p reaches adult_threshold, safe when 1 - p reaches safe_threshold); if it too
-is unsure, the second tier is asked. With NSFW_ADAPTER_OVERRIDE it may also overturn the first
-tier's automatic verdict when it is sure of the other label. A human's remembered decision comes
+between the two: when the first tier says unknown (and would at the operator's own thresholds, where
+the adapter learnt: a request's stricter ones send the rest to humans), the adapter's probability p
+decides at the request's thresholds (adult when p reaches adult_threshold, safe when 1 - p reaches
+safe_threshold); if it too is unsure, the second tier is asked. With NSFW_ADAPTER_OVERRIDE it may
+also overturn the first tier's automatic verdict when it is sure of the other label. A human's remembered decision comes
 after all of them (nsfw/review), so no adapter overturns one.
 
 Everything here but `HttpSecondTier.ask` is a pure function of its arguments.
@@ -168,6 +169,10 @@ class Tiers:
             HttpSecondTier(settings.second_tier_url, settings.second_tier_timeout) if settings.second_tier_url else None
         )
         self.override = settings.adapter_override
+        # The operator's thresholds: an adapter learnt from what the model left unknown at these, so
+        # without the override it decides only there (a caller's stricter thresholds that leave more
+        # unknown send those to humans, as asked, not to an adapter that never saw such images).
+        self.operator = Policy.of(settings)
 
     def decide(
         self,
@@ -190,8 +195,10 @@ class Tiers:
             version, p = learned
             said = {"version": version, "probability": round(p, 6)}
             opinion = adapter_verdict(policy, version, p)
+            in_band = self.operator.decide(scores, adult_classes, safe_classes).label == "unknown"
             if opinion.label != "unknown" and (
-                verdict.label == "unknown" or (self.override and opinion.label != verdict.label)
+                (verdict.label == "unknown" and (in_band or self.override))
+                or (self.override and opinion.label != verdict.label)
             ):
                 if verdict.label != "unknown":  # overturned: the first tier's word stays in the reason
                     opinion = Verdict(opinion.label, f"{opinion.reason}, over the model's {verdict.reason}")

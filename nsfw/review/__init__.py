@@ -340,13 +340,14 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
         Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
         Thresholds(settings.adult_threshold, settings.safe_threshold),
         settings.adapter_max_items,
+        settings.match_distance,
     )
     promoted = Promoted()
     adapter_follower = AdapterFollower(adapters, promoted)
     try:
         adapter_follower.refresh()  # at boot: a worker serves the promoted adapters from its first request
-    except SQLAlchemyError as exc:  # the store is down: serve without, and the duty tries again in seconds
-        log.warning("adapters not read at boot: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - a store down (or a bug) costs the tier, never the worker's boot
+        log.warning("adapters not read at boot (the maintenance thread tries again): %r", exc)
     store.maintenance.register("adapters", ADAPTER_REFRESH_EVERY, adapter_follower.refresh)
     service.adapters = promoted
     app.extensions[state.ADAPTERS] = adapters

@@ -24,9 +24,11 @@ from sqlalchemy.exc import IntegrityError
 
 from nsfw import metrics
 from nsfw.errors import AdapterRefused, NotEnoughDecisions, NsfwError, UnknownAdapter
+from nsfw.matching.pdq import distances, packed
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
 from nsfw.review.insights import adult_score
-from nsfw.review.tables import adapter_audit, adapter_versions, reviews
+from nsfw.review.tables import adapter_audit, adapter_versions, audit, hashes, reviews
+from nsfw.store.engine import reading
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +48,34 @@ class Thresholds:
 
 
 class Adapters:
-    def __init__(self, engine: Engine, gate: Gate, thresholds: Thresholds, max_items: int = 5000) -> None:
+    def __init__(
+        self, engine: Engine, gate: Gate, thresholds: Thresholds, max_items: int = 5000, near: int = 31
+    ) -> None:
         self.engine = engine
         self.gate = gate
         self.thresholds = thresholds
         self.max_items = max_items
+        self.near = near  # PDQ distance within which two decided pictures are one (NSFW_MATCH_DISTANCE)
 
-    def training_set(self, model: str, model_version: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(embeddings [n, D], labels 1 adult / 0 safe, the base model's adult sums) of the newest
-        decided items of this model; items whose embedding has another width than the newest's are
-        left out (a model rebuilt with another head)."""
+    def training_set(
+        self, model: str, model_version: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(embeddings [n, D], labels 1 adult / 0 safe, the base model's adult sums, each item's group,
+        rows left out) of the newest decided items of this model. Items whose embedding has another
+        width than the newest's, or holds a value that is not finite, are left out (and counted).
+        Copies of one picture share a group: the same bytes, a decision copied to a near-duplicate
+        (the audit's match), or PDQ hashes within the matcher's distance (cross-validation keeps a
+        group in one fold: a copy judged by an adapter that saw its twin proves nothing)."""
         query = (
-            select(reviews.c.embedding, reviews.c.label, reviews.c.adult, reviews.c.scores, reviews.c.model)
+            select(
+                reviews.c.id,
+                reviews.c.sha256,
+                reviews.c.embedding,
+                reviews.c.label,
+                reviews.c.adult,
+                reviews.c.scores,
+                reviews.c.model,
+            )
             .where(
                 reviews.c.status == "decided",
                 reviews.c.label.in_(("adult", "safe")),
@@ -68,29 +86,97 @@ class Adapters:
             .order_by(desc(reviews.c.decided), desc(reviews.c.id))
             .limit(self.max_items)
         )
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             rows = connection.execute(query).all()
-        width = len(rows[0].embedding) if rows else 0
-        kept = [row for row in rows if len(row.embedding) == width and width % 4 == 0]
+            width = len(rows[0].embedding) if rows else 0
+            kept, vectors = [], []
+            for row in rows:
+                if len(row.embedding) != width or width % 4:
+                    continue
+                vector = np.frombuffer(row.embedding, "<f4")
+                if np.isfinite(vector).all():
+                    kept.append(row)
+                    vectors.append(vector)
+            groups = self._groups(connection, kept)
         if not kept:
-            return np.zeros((0, 0)), np.zeros(0, np.int64), np.zeros(0)
-        x = np.stack([np.frombuffer(row.embedding, "<f4") for row in kept]).astype(np.float64)
+            return np.zeros((0, 0)), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), len(rows)
+        x = np.stack(vectors).astype(np.float64)
         y = np.array([1 if row.label == "adult" else 0 for row in kept], np.int64)
         base = np.array([_adult_sum(row) for row in kept], np.float64)
-        return x, y, base
+        return x, y, base, groups, len(rows) - len(kept)
+
+    def _groups(self, connection: Any, rows: list[Any]) -> np.ndarray:
+        """Each row's group: union-find over the same sha256, the audit's copied decisions and PDQ."""
+        position = {row.id: n for n, row in enumerate(rows)}
+        parent = list(range(len(rows)))
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        def union(a: int, b: int) -> None:
+            parent[find(a)] = find(b)
+
+        first: dict[str, int] = {}
+        for n, row in enumerate(rows):
+            union(n, first.setdefault(row.sha256, n))
+        ids = list(position)
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            copied = connection.execute(
+                select(audit.c.review_id, audit.c.detail).where(
+                    audit.c.review_id.in_(part), audit.c.action == "decided", audit.c.detail.like('%"match"%')
+                )
+            )
+            for review_id, detail in copied:
+                source = json.loads(detail).get("match", {}).get("review")
+                if source in position:
+                    union(position[review_id], position[source])
+        owners, pdqs, originals = [], [], []
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            found = connection.execute(
+                select(hashes.c.review_id, hashes.c.variant, hashes.c.pdq).where(hashes.c.review_id.in_(part))
+            )
+            for review_id, variant, pdq in found:
+                owners.append(position[review_id])
+                pdqs.append(pdq)
+                if variant == 0:
+                    originals.append((position[review_id], pdq))
+        if pdqs:
+            words, owner = packed(pdqs), np.array(owners)
+            for n, pdq in originals:  # each frame's own hash against every hash of the others
+                for m in set(owner[distances(words, pdq) <= self.near].tolist()):
+                    union(n, m)
+        return np.array([find(n) for n in range(len(rows))], np.int64)
 
     def train(self, model: str, model_version: str, actor: str) -> dict[str, Any]:
         """Fit an adapter on every decision there is, write its report card (k-fold, against the base
         model) and the version (a candidate: promotion is a separate, audited step)."""
-        x, y, base = self.training_set(model, model_version)
+        x, y, base, groups, dropped = self.training_set(model, model_version)
         if len(y) == 0 or y.min() == y.max() or min(int(y.sum()), int(len(y) - y.sum())) < 2:
             raise NotEnoughDecisions(f"{model}: {len(y)} decisions, {int(y.sum())} adult")
         started = time.perf_counter()
         card = report_card(
-            x, y, base, adult_threshold=self.thresholds.adult, safe_threshold=self.thresholds.safe, gate=self.gate
+            x,
+            y,
+            base,
+            adult_threshold=self.thresholds.adult,
+            safe_threshold=self.thresholds.safe,
+            gate=self.gate,
+            groups=groups,
         )
         adapter = fit(x, y)
-        card |= {"model": model, "model_version": model_version, "embedding_size": int(x.shape[1])}
+        if not (np.isfinite(adapter.weights).all() and np.isfinite(adapter.bias)):
+            raise NotEnoughDecisions(f"{model}: the fit did not converge to finite weights")
+        card |= {
+            "model": model,
+            "model_version": model_version,
+            "embedding_size": int(x.shape[1]),
+            "left_out": dropped,
+        }
         card["seconds"] = round(time.perf_counter() - started, 3)
         now = time.time()
         with self.engine.begin() as connection:
@@ -115,7 +201,7 @@ class Adapters:
         return self.get(model, version)
 
     def get(self, model: str, version: int) -> dict[str, Any]:
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             row = connection.execute(
                 select(*_LISTED).where(adapter_versions.c.model == model, adapter_versions.c.version == version)
             ).first()
@@ -128,13 +214,13 @@ class Adapters:
         query = select(*_LISTED).order_by(desc(adapter_versions.c.version))
         if model is not None:
             query = query.where(adapter_versions.c.model == model)
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             return [_listed(row) for row in connection.execute(query)]
 
     def history(self, limit: int = 50) -> list[dict[str, Any]]:
         """The audit log of the adapters, newest first."""
         query = select(adapter_audit).order_by(desc(adapter_audit.c.id)).limit(limit)
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             return [
                 {
                     "at": row.at,
@@ -208,16 +294,25 @@ class Adapters:
         return self.get(model, version)
 
     def promoted(self) -> list[Served]:
-        """Every promoted version with its weights (what each worker serves)."""
+        """Every promoted version with its weights (what each worker serves). A version whose weights
+        cannot be read (a damaged row) is left out, logged and counted: that model's tier is off,
+        every other model's is served."""
         query = select(
             adapter_versions.c.version,
             adapter_versions.c.model,
             adapter_versions.c.model_version,
             adapter_versions.c.weights,
         ).where(adapter_versions.c.status == PROMOTED)
-        with self.engine.connect() as connection:
+        with reading(self.engine) as connection:
             rows = connection.execute(query).all()
-        return [Served(r.version, r.model, r.model_version, LinearAdapter.from_bytes(r.weights)) for r in rows]
+        served = []
+        for row in rows:
+            try:
+                served.append(Served(row.version, row.model, row.model_version, LinearAdapter.from_bytes(row.weights)))
+            except ValueError as exc:
+                log.error("adapter %s v%s not served: its weights cannot be read (%s)", row.model, row.version, exc)
+                metrics.REVIEW_STORE_ERRORS.labels("adapter_weights").inc()
+        return served
 
 
 class Trainer:
@@ -264,17 +359,19 @@ class Follower:
     def __init__(self, adapters: Adapters, promoted: Promoted) -> None:
         self.adapters = adapters
         self.promoted = promoted
+        self._read: dict[str, int] = {}  # the promoted versions the store listed at the last change
 
     def refresh(self) -> None:
         query = select(adapter_versions.c.model, adapter_versions.c.version).where(
             adapter_versions.c.status == PROMOTED
         )
-        with self.adapters.engine.connect() as connection:
+        with reading(self.adapters.engine) as connection:
             now = {row.model: row.version for row in connection.execute(query)}
-        before = self.promoted.versions()
-        if now == before:
+        if now == self._read:
             return
+        before = self.promoted.versions()
         self.promoted.replace(self.adapters.promoted())
+        self._read = now  # a damaged row is reported once, not every refresh
         after = self.promoted.versions()
         for model in set(before) | set(after):
             metrics.ADAPTER_VERSION.labels(model).set(after.get(model, 0))

@@ -1,6 +1,6 @@
 """What the learned adapter tier costs a request, and what a training costs (issue 28).
 
-    taskset -c 0 .venv-serve/bin/python -m bench.adapter [--rounds 2000] [--json out.json]
+    taskset -c 0 .venv-serve/bin/python -m bench.adapter [--rounds 2000] [--train-sizes 60,1000,5000] [--json out.json]
 
 In one process on one core, medians:
 - per request: the verdict without an adapter (the first tier's rule on the scores) against the
@@ -107,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--train-sizes", default="60,1000,5000", help="decisions per timed training, comma list")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results: dict[str, object] = {}
@@ -119,7 +120,7 @@ def main() -> None:
     results["request"] = found = request_cost(args.requests)
     print(f"detailed request, 1000x750 JPEG: {found['without_ms']:.2f} ms without, {found['with_ms']:.2f} ms with")
     for width in (128, 1792):
-        for n in (60, 1000, 5000):
+        for n in (int(size) for size in args.train_sizes.split(",")):
             results[f"train_{width}_{n}"] = made = training_cost(width, n)
             print(f"training with its 5-fold card, {n} decisions x {width} features: {made['seconds']} s")
     if args.json:

@@ -234,3 +234,25 @@ def test_held_by_names_the_client_ports_a_process_accepted() -> None:
             with accepted:
                 assert client.getsockname()[1] in held_by(port, os.getpid())
             assert client.getsockname()[1] not in held_by(port, os.getpid())  # closed: no longer held
+
+
+def test_the_adapter_cost_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.adapter` in miniature: a few rounds, one small training of each width."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "adapter.json"
+    command = [str(serve_venv / "bin" / "python"), "-m", "bench.adapter", "--rounds", "20", "--requests", "2"]
+    subprocess.run([*command, "--train-sizes", "60", "--json", str(out)], cwd=REPO, check=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["tier_128"]["with_us"] > 0 and result["tier_1792"]["with_us"] > 0
+    assert result["request"]["with_ms"] > 0 and set(result) >= {"train_128_60", "train_1792_60"}
+
+
+def test_the_models_cost_runs_as_documented(tmp_path: Path) -> None:
+    """`python -m bench.models` in miniature: each GantMan model through the service's loader, a few runs."""
+    serve_venv = _serving_venv()
+    out = tmp_path / "models.json"
+    command = [str(serve_venv / "bin" / "python"), "-m", "bench.models", "--runs", "3", "--rounds", "1"]
+    subprocess.run([*command, "--json", str(out)], cwd=REPO, check=True, timeout=300, capture_output=True)
+    result = json.loads(out.read_text())
+    assert set(result) == {"mobilenet_v2", "mobilenet_v2_mid"}
+    assert all(row["median_ms"] > 0 and row["peak_rss_mb"] > 50 for row in result.values())

@@ -177,21 +177,15 @@ def adapter_main(argv: Sequence[str], out: TextIO = sys.stdout) -> int:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:
         parser.error(str(exc))
-    from nsfw.model.adapter import Gate, card_text
-    from nsfw.review.adapters import Adapters, Thresholds
+    from nsfw.model.adapter import card_text
+    from nsfw.review.adapters import Adapters
     from nsfw.store.engine import make_engine
     from nsfw.store.migrate import upgrade
 
     spec = MODELS[args.model or settings.model]
     upgrade(settings.database)
     engine = make_engine(settings.database)
-    adapters = Adapters(
-        engine,
-        Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
-        Thresholds(settings.adult_threshold, settings.safe_threshold),
-        settings.adapter_max_items,
-        settings.match_distance,
-    )
+    adapters = Adapters.of(engine, settings)
     actor = "cli"
     try:
         if args.command == "list":

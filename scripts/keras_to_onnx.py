@@ -174,8 +174,6 @@ def translate(model_config: Mapping[str, Any], weights: Mapping[str, QuantizedWe
     `probabilities`: float32 [N, classes], and `features`: float32 [N, D], what the output layer reads
     (for GantMan's heads the Dense-128 relu output; Dropout is the identity at inference).
     """
-    from onnx import TensorProto, helper
-
     config = model_config["config"]
     (input_name, _, _), *more_inputs = config["input_layers"]
     (output_name, _, _), *more_outputs = config["output_layers"]
@@ -196,7 +194,17 @@ def translate(model_config: Mapping[str, Any], weights: Mapping[str, QuantizedWe
     ((features, _, _, _),) = head["inbound_nodes"][0]
     g.node("Identity", [tensors[features]], "features")
     width = g.weights[f"{output_name}/kernel"].q.shape[0] if head["class_name"] == "Dense" else None
-    unused = set(weights) - g.used
+    return finish(g, graph_name, input_shape, None, width, "nsfw-service scripts/keras_to_onnx.py")
+
+
+def finish(
+    g: _Graph, graph_name: str, input_shape: list[Any], classes: int | None, width: int | None, producer: str
+) -> LeanModel:
+    """The translated graph as a LeanModel: input `input`, outputs `probabilities` [N, classes] and
+    `features` [N, width] (None: left unnamed in the skeleton); every weight must have been used."""
+    from onnx import TensorProto, helper
+
+    unused = set(g.weights) - g.used
     if unused:
         raise TranslationError(f"weights not used by the graph: {sorted(unused)}")
     graph = helper.make_graph(
@@ -204,15 +212,12 @@ def translate(model_config: Mapping[str, Any], weights: Mapping[str, QuantizedWe
         graph_name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
         [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
             helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", width]),
         ],
         initializer=g.initializers,
     )
     model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="nsfw-service scripts/keras_to_onnx.py",
-        ir_version=IR_VERSION,
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=producer, ir_version=IR_VERSION
     )
     return LeanModel(skeleton=model.SerializeToString(), weights=g.lean)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts.keras_to_onnx import IR_VERSION, OPSET, LeanModel, QuantizedWeight, TranslationError, _Graph
+from scripts.keras_to_onnx import LeanModel, QuantizedWeight, TranslationError, _Graph, finish
 
 
 def _attr_ints(node: Mapping[str, Any], key: str) -> list[int]:
@@ -73,7 +73,6 @@ def translate_graph(
     nodes: list[Mapping[str, Any]], weights: Mapping[str, QuantizedWeight], *, graph_name: str, prefix: str = ""
 ) -> LeanModel:
     """The graph's nodes (in order) and its quantized weights -> LeanModel; `prefix` is cut from names."""
-    from onnx import TensorProto, helper
 
     def short(name: str) -> str:
         return name[len(prefix) :] if prefix and name.startswith(prefix) else name
@@ -211,23 +210,4 @@ def translate_graph(
     if probabilities is None or features is None:
         raise TranslationError("the graph has no Identity output after a dense head")
     g.node("Identity", [features], "features")
-    unused = set(g.weights) - g.used
-    if unused:
-        raise TranslationError(f"weights not used by the graph: {sorted(unused)}")
-    graph = helper.make_graph(
-        g.nodes,
-        graph_name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", width]),
-        ],
-        initializer=g.initializers,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="nsfw-service scripts/tfjs_graph_to_onnx.py",
-        ir_version=IR_VERSION,
-    )
-    return LeanModel(skeleton=model.SerializeToString(), weights=g.lean)
+    return finish(g, graph_name, input_shape, classes, width, "nsfw-service scripts/tfjs_graph_to_onnx.py")

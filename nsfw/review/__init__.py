@@ -38,11 +38,11 @@ from nsfw.fetch import Fetcher
 from nsfw.matching.banks import Banks, Matcher
 from nsfw.matching.index import Found, Index
 from nsfw.matching.store import FOLLOW_EVERY, Follower
-from nsfw.model.adapter import Gate, Promoted
+from nsfw.model.adapter import Promoted
 from nsfw.pipeline.service import ImageBytes, Prediction, PredictionService, ReviewContext
 from nsfw.pipeline.verdict import Verdict
 from nsfw.review.adapters import REFRESH_EVERY as ADAPTER_REFRESH_EVERY
-from nsfw.review.adapters import Adapters, Thresholds, Trainer
+from nsfw.review.adapters import Adapters, Trainer
 from nsfw.review.adapters import Follower as AdapterFollower
 from nsfw.review.queue import Candidate, Pictures, ReviewQueue
 from nsfw.review.webhooks import Sender
@@ -335,13 +335,7 @@ def install(app: Flask, settings: Settings, service: PredictionService, store: S
         )
         app.register_blueprint(bank_views.bp)
     service.review_hook = Reviewer(queue, settings.review_audit_rate, gate=gate, index=index)
-    adapters = Adapters(
-        engine,
-        Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
-        Thresholds(settings.adult_threshold, settings.safe_threshold),
-        settings.adapter_max_items,
-        settings.match_distance,
-    )
+    adapters = Adapters.of(engine, settings)
     promoted = Promoted()
     adapter_follower = AdapterFollower(adapters, promoted)
     try:

@@ -23,6 +23,7 @@ from sqlalchemy import Engine, desc, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from nsfw import metrics
+from nsfw.config import Settings
 from nsfw.errors import AdapterRefused, NotEnoughDecisions, NsfwError, UnknownAdapter
 from nsfw.matching.pdq import distances, packed
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
@@ -56,6 +57,17 @@ class Adapters:
         self.thresholds = thresholds
         self.max_items = max_items
         self.near = near  # PDQ distance within which two decided pictures are one (NSFW_MATCH_DISTANCE)
+
+    @classmethod
+    def of(cls, engine: Engine, settings: Settings) -> Adapters:
+        """The adapters as the settings define them (the gate, the thresholds in force, the sizes)."""
+        return cls(
+            engine,
+            Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
+            Thresholds(settings.adult_threshold, settings.safe_threshold),
+            settings.adapter_max_items,
+            settings.match_distance,
+        )
 
     def training_set(
         self, model: str, model_version: str
@@ -256,12 +268,7 @@ class Adapters:
                     raise AdapterRefused(f"{model} v{row.version} reads {row.model_version}, served {model_version}")
                 if row.status == PROMOTED:
                     return _listed(row)
-                before = connection.execute(
-                    update(adapter_versions)
-                    .where(adapter_versions.c.model == model, adapter_versions.c.status == PROMOTED)
-                    .values(status=DEMOTED, changed=now)
-                    .returning(adapter_versions.c.version)
-                ).scalar_one_or_none()
+                before = _demote_promoted(connection, model, now)
                 if before is not None:
                     _audit(connection, now, actor, "demoted", before, {"replaced_by": row.version})
                 connection.execute(
@@ -281,12 +288,7 @@ class Adapters:
         """The model's promoted version back to a demoted one: the tier is off until the next promotion."""
         now = time.time()
         with self.engine.begin() as connection:
-            version = connection.execute(
-                update(adapter_versions)
-                .where(adapter_versions.c.model == model, adapter_versions.c.status == PROMOTED)
-                .values(status=DEMOTED, changed=now)
-                .returning(adapter_versions.c.version)
-            ).scalar_one_or_none()
+            version = _demote_promoted(connection, model, now)
             if version is None:
                 raise UnknownAdapter(f"{model}: no promoted version")
             _audit(connection, now, actor, "demoted", version, {})
@@ -412,6 +414,17 @@ def _adult_sum(row: Any) -> float:
     if row.adult is not None:
         return float(row.adult)
     return adult_score(str(row.model), json.loads(row.scores))
+
+
+def _demote_promoted(connection: Any, model: str, now: float) -> int | None:
+    """The model's promoted version, demoted; None when none was promoted."""
+    version: int | None = connection.execute(
+        update(adapter_versions)
+        .where(adapter_versions.c.model == model, adapter_versions.c.status == PROMOTED)
+        .values(status=DEMOTED, changed=now)
+        .returning(adapter_versions.c.version)
+    ).scalar_one_or_none()
+    return version
 
 
 def _audit(connection: Any, now: float, actor: str, action: str, version: int, detail: dict[str, Any]) -> None:

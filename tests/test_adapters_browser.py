@@ -60,7 +60,8 @@ def test_a_lead_trains_reads_the_card_and_serves_it(
         time.sleep(0.5)  # the training runs on its own thread in one of the workers
         carol.get(f"{served.base}/review/insights")
     card = carol.find_element(By.CSS_SELECTOR, 'section.report-card[data-version="1"]')
-    assert "Version 1: candidate, passed" in card.text and "60 decisions (30 adult, 30 safe) of 60 distinct" in card.text
+    assert "Version 1: candidate, passed" in card.text
+    assert "60 decisions (30 adult, 30 safe) of 60 distinct pictures" in card.text
     rows = {
         row.find_element(By.TAG_NAME, "th").text: [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
         for row in card.find_elements(By.CSS_SELECTOR, "table.card tbody tr")

@@ -91,8 +91,9 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-def fit(x: np.ndarray, y: np.ndarray, l2: float = L2) -> LinearAdapter:
-    """The L2-regularised logistic regression of y (1 adult, 0 safe) on x [n, D]."""
+def fit(x: np.ndarray, y: np.ndarray, l2: float = L2, groups: np.ndarray | None = None) -> LinearAdapter:
+    """The L2-regularised logistic regression of y (1 adult, 0 safe) on x [n, D]; with `groups`, the
+    copies of one picture share one picture's weight."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     mean = x.mean(axis=0)
@@ -103,16 +104,23 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = L2) -> LinearAdapter:
     u, s, vt = np.linalg.svd(standard, full_matrices=False)
     keep = s > s.max(initial=0.0) * 1e-10
     z = u[:, keep] * s[keep]
-    a, bias = _newton(z, y, _balanced(y), l2)
+    a, bias = _newton(z, y, _balanced(y, groups), l2)
     w_standard = vt[keep].T @ a
     weights = w_standard / scale
     return LinearAdapter(weights, float(bias - np.dot(weights, mean)))
 
 
-def _balanced(y: np.ndarray) -> np.ndarray:
-    """Each item's weight: n / (2 * its label's count), so that each label weighs n / 2 in all."""
-    counts = np.array([np.sum(y == 0), np.sum(y == 1)], np.float64)
-    return len(y) / (2.0 * np.maximum(counts, 1.0))[y.astype(np.int64)]
+def _balanced(y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each item's weight: each picture (group) weighs one, shared by its copies, and each label's
+    pictures weigh half of them all."""
+    labels = y.astype(np.int64)
+    if groups is None:
+        share = np.ones(len(y))
+    else:
+        _, index = np.unique(np.asarray(groups), return_inverse=True)
+        share = 1.0 / np.bincount(index)[index]
+    totals = np.array([share[labels == 0].sum(), share[labels == 1].sum()])
+    return share * share.sum() / (2.0 * np.maximum(totals, 1e-12))[labels]
 
 
 def _newton(z: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
@@ -287,7 +295,17 @@ def report_card(
     held_out = np.empty(n)
     for f in range(k):
         test = fold == f
-        held_out[test] = fit(x[~test], y[~test], l2).probabilities(x[test])
+        trained = fit(x[~test], y[~test], l2, None if groups is None else np.asarray(groups)[~test])
+        held_out[test] = trained.probabilities(x[test])
+    if groups is not None:
+        # Judged by picture: each group one vote (its copies' mean held-out p and base sum, its
+        # majority label), so a picture decided many times (a viral repost, copies decided by
+        # retroaction) counts once in the agreement, the counts and the paired test.
+        _, index = np.unique(np.asarray(groups), return_inverse=True)
+        sizes = np.bincount(index)
+        held_out = np.bincount(index, weights=held_out) / sizes
+        base_adult = np.bincount(index, weights=base_adult) / sizes
+        y = (np.bincount(index, weights=y) * 2 >= sizes).astype(np.int64)
     base = Calls.of(base_adult, y, adult_threshold, safe_threshold)
     adapter = Calls.of(held_out, y, adult_threshold, safe_threshold)
     base_right = (base_adult >= 0.5) == (y == 1)
@@ -295,15 +313,15 @@ def report_card(
     adapter_only = tuple(int(np.sum(adapter_right & ~base_right & (y == c))) for c in (1, 0))
     base_only = tuple(int(np.sum(base_right & ~adapter_right & (y == c))) for c in (1, 0))
     gain = round(adapter.agreement - base.agreement, 2)
-    p = paired_p(adapter_only, base_only, (card["adult"], card["safe"]))
+    p = paired_p(adapter_only, base_only, (adult_groups, safe_groups))
     why = []
-    if n < gate.min_items:
-        why.append(f"{n} decisions, fewer than {gate.min_items}")
+    if card["pictures"] < gate.min_items:
+        why.append(f"{card['pictures']} distinct pictures decided, fewer than {gate.min_items}")
     if gain < gate.min_gain:
         why.append(f"gain {gain} points, less than {gate.min_gain}")
     if p > gate.max_p:
         why.append(
-            f"p = {p:.3g} > {gate.max_p} (paired test: {sum(adapter_only)} items only the adapter got right, "
+            f"p = {p:.3g} > {gate.max_p} (paired test: {sum(adapter_only)} pictures only the adapter got right, "
             f"{sum(base_only)} only the base model)"
         )
     card |= {
@@ -350,6 +368,8 @@ class Promoted:
         served = self._by_model.get(model)
         if served is None or served.model_version != model_version or served.adapter.weights.size != embedding.size:
             return None
+        if not np.isfinite(embedding).all():  # a broken frame's features: nothing to ask about
+            return None
         p = served.adapter.probability(embedding)
         return None if not math.isfinite(p) else (served.version, p)
 
@@ -365,8 +385,8 @@ def card_text(card: dict[str, Any]) -> str:
     if "base" in card:
         rows = [
             ("agreement (balanced, %)", "agreement"),
-            ("agreed, adult items", "agreed_adult"),
-            ("agreed, safe items", "agreed_safe"),
+            ("agreed, adult pictures", "agreed_adult"),
+            ("agreed, safe pictures", "agreed_safe"),
             ("called adult", "adult"),
             ("called safe", "safe"),
             ("left to humans", "unknown"),

@@ -29,7 +29,7 @@ from nsfw.matching.pdq import distances, packed
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
 from nsfw.review.insights import adult_score
 from nsfw.review.tables import adapter_audit, adapter_versions, audit, hashes, reviews
-from nsfw.store.engine import reading
+from nsfw.store.engine import reading, transaction_lock
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ CANDIDATE, PROMOTED, DEMOTED = "candidate", "promoted", "demoted"
 # How often each worker reads which versions are promoted (a tiny query): a promotion serves in
 # every worker within about this long.
 REFRESH_EVERY = 2.0
+# A page's training that has not ended within this (its worker killed or restarted) no longer counts
+# as running.
+TRAINING_HORIZON = 900.0
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,20 @@ class Thresholds:
 
 class Adapters:
     def __init__(
-        self, engine: Engine, gate: Gate, thresholds: Thresholds, max_items: int = 5000, near: int = 31
+        self,
+        engine: Engine,
+        gate: Gate,
+        thresholds: Thresholds,
+        max_items: int = 5000,
+        near: int = 31,
+        min_quality: int = 50,
     ) -> None:
         self.engine = engine
         self.gate = gate
         self.thresholds = thresholds
         self.max_items = max_items
         self.near = near  # PDQ distance within which two decided pictures are one (NSFW_MATCH_DISTANCE)
+        self.min_quality = min_quality  # PDQ quality below which a hash says nothing (NSFW_MATCH_MIN_QUALITY)
 
     @classmethod
     def of(cls, engine: Engine, settings: Settings) -> Adapters:
@@ -67,6 +77,7 @@ class Adapters:
             Thresholds(settings.adult_threshold, settings.safe_threshold),
             settings.adapter_max_items,
             settings.match_distance,
+            settings.match_min_quality,
         )
 
     def training_set(
@@ -98,27 +109,52 @@ class Adapters:
             .order_by(desc(reviews.c.decided), desc(reviews.c.id))
             .limit(self.max_items)
         )
-        with reading(self.engine) as connection:
+        with reading(self.engine) as connection:  # every read first: the grouping runs after it closes
             rows = connection.execute(query).all()
             width = len(rows[0].embedding) if rows else 0
-            kept, vectors = [], []
-            for row in rows:
-                if len(row.embedding) != width or width % 4:
-                    continue
-                vector = np.frombuffer(row.embedding, "<f4")
-                if np.isfinite(vector).all():
-                    kept.append(row)
-                    vectors.append(vector)
-            groups = self._groups(connection, kept)
+            kept = [row for row in rows if len(row.embedding) == width and width % 4 == 0]
+            vectors = [np.frombuffer(row.embedding, "<f4") for row in kept]
+            finite = [n for n, vector in enumerate(vectors) if np.isfinite(vector).all()]
+            kept, vectors = [kept[n] for n in finite], [vectors[n] for n in finite]
+            copies, hashed = self._copies(connection, [row.id for row in kept])
         if not kept:
             return np.zeros((0, 0)), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), len(rows)
         x = np.stack(vectors).astype(np.float64)
         y = np.array([1 if row.label == "adult" else 0 for row in kept], np.int64)
         base = np.array([_adult_sum(row) for row in kept], np.float64)
-        return x, y, base, groups, len(rows) - len(kept)
+        return x, y, base, self._groups(kept, copies, hashed), len(rows) - len(kept)
 
-    def _groups(self, connection: Any, rows: list[Any]) -> np.ndarray:
-        """Each row's group: union-find over the same sha256, the audit's copied decisions and PDQ."""
+    def _copies(self, connection: Any, ids: list[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """What tells copies apart, read in chunks: (item, source) of each decision the audit says was
+        copied from a near-duplicate, and (item, PDQ) of each item's first frame's own hash, when its
+        quality is enough for the matcher to trust it (NSFW_MATCH_MIN_QUALITY: a flat frame's hash
+        is near every other flat frame's)."""
+        copied: list[tuple[str, str]] = []
+        hashed: list[tuple[str, str]] = []
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            for review_id, detail in connection.execute(
+                select(audit.c.review_id, audit.c.detail).where(
+                    audit.c.review_id.in_(part), audit.c.action == "decided", audit.c.detail.like('%"match"%')
+                )
+            ):
+                source = json.loads(detail).get("match", {}).get("review")
+                if isinstance(source, str):
+                    copied.append((review_id, source))
+            hashed += connection.execute(
+                select(hashes.c.review_id, hashes.c.pdq).where(
+                    hashes.c.review_id.in_(part),
+                    hashes.c.position == 0,
+                    hashes.c.variant == 0,
+                    hashes.c.quality >= self.min_quality,
+                )
+            ).all()
+        return copied, hashed
+
+    def _groups(self, rows: list[Any], copied: list[tuple[str, str]], hashed: list[tuple[str, str]]) -> np.ndarray:
+        """Each row's group: union-find over the same sha256, the audit's copied decisions, and first
+        frames within the matcher's PDQ distance (one hash per item: n^2 / 2 comparisons of 256
+        bits, 0.2 s for 5000 items)."""
         position = {row.id: n for n, row in enumerate(rows)}
         parent = list(range(len(rows)))
 
@@ -134,34 +170,15 @@ class Adapters:
         first: dict[str, int] = {}
         for n, row in enumerate(rows):
             union(n, first.setdefault(row.sha256, n))
-        ids = list(position)
-        for chunk in range(0, len(ids), 500):
-            part = ids[chunk : chunk + 500]
-            copied = connection.execute(
-                select(audit.c.review_id, audit.c.detail).where(
-                    audit.c.review_id.in_(part), audit.c.action == "decided", audit.c.detail.like('%"match"%')
-                )
-            )
-            for review_id, detail in copied:
-                source = json.loads(detail).get("match", {}).get("review")
-                if source in position:
-                    union(position[review_id], position[source])
-        owners, pdqs, originals = [], [], []
-        for chunk in range(0, len(ids), 500):
-            part = ids[chunk : chunk + 500]
-            found = connection.execute(
-                select(hashes.c.review_id, hashes.c.variant, hashes.c.pdq).where(hashes.c.review_id.in_(part))
-            )
-            for review_id, variant, pdq in found:
-                owners.append(position[review_id])
-                pdqs.append(pdq)
-                if variant == 0:
-                    originals.append((position[review_id], pdq))
-        if pdqs:
-            words, owner = packed(pdqs), np.array(owners)
-            for n, pdq in originals:  # each frame's own hash against every hash of the others
-                for m in set(owner[distances(words, pdq) <= self.near].tolist()):
-                    union(n, m)
+        for review_id, source in copied:
+            if review_id in position and source in position:
+                union(position[review_id], position[source])
+        if hashed:
+            owner = np.array([position[review_id] for review_id, _ in hashed])
+            words = packed([pdq for _, pdq in hashed])
+            for n, (_, pdq) in enumerate(hashed):
+                for m in owner[n + 1 :][distances(words[:, n + 1 :], pdq) <= self.near].tolist():
+                    union(int(owner[n]), m)
         return np.array([find(n) for n in range(len(rows))], np.int64)
 
     def train(self, model: str, model_version: str, actor: str) -> dict[str, Any]:
@@ -180,7 +197,7 @@ class Adapters:
             gate=self.gate,
             groups=groups,
         )
-        adapter = fit(x, y)
+        adapter = fit(x, y, groups=groups)
         if not (np.isfinite(adapter.weights).all() and np.isfinite(adapter.bias)):
             raise NotEnoughDecisions(f"{model}: the fit did not converge to finite weights")
         card |= {
@@ -208,9 +225,49 @@ class Adapters:
                 )
                 .returning(adapter_versions.c.version)
             ).scalar_one()
-            _audit(connection, now, actor, "trained", version, {"passed": card["passed"], "items": len(y)})
+            detail = {"model": model, "passed": card["passed"], "items": len(y)}
+            _audit(connection, now, actor, "trained", version, detail)
         metrics.ADAPTER_TRAININGS.labels(model, "passed" if card["passed"] else "failed").inc()
         return self.get(model, version)
+
+    def begin_training(self, model: str, actor: str) -> bool:
+        """Mark a training of the model as running (the log's `training` entry); False when one is."""
+        now = time.time()
+        with self.engine.begin() as connection:
+            transaction_lock(connection, f"nsfw-adapter-training:{model}")  # two workers' buttons take turns
+            if self._training(connection, model, now)["running"] is not None:
+                return False
+            _audit(connection, now, actor, "training", 0, {"model": model})
+        return True
+
+    def training_failed(self, model: str, actor: str, why: str) -> None:
+        with self.engine.begin() as connection:
+            _audit(connection, time.time(), actor, "failed", 0, {"model": model, "why": why[:500]})
+
+    def training_state(self, model: str) -> dict[str, Any]:
+        """{"running": {"by", "since"} | None, "failed": {"by", "at", "why"} | None}: the model's last
+        training as the log says (a failure shows until the next training)."""
+        with reading(self.engine) as connection:
+            return self._training(connection, model, time.time())
+
+    @staticmethod
+    def _training(connection: Any, model: str, now: float) -> dict[str, Any]:
+        rows = connection.execute(
+            select(adapter_audit)
+            .where(adapter_audit.c.action.in_(("training", "trained", "failed")))
+            .order_by(desc(adapter_audit.c.id))
+            .limit(100)
+        ).all()
+        for row in rows:
+            detail = json.loads(row.detail)
+            if detail.get("model") != model:
+                continue
+            if row.action == "training" and now - row.at < TRAINING_HORIZON:
+                return {"running": {"by": row.actor, "since": row.at}, "failed": None}
+            if row.action == "failed":
+                return {"running": None, "failed": {"by": row.actor, "at": row.at, "why": detail.get("why")}}
+            break
+        return {"running": None, "failed": None}
 
     def get(self, model: str, version: int) -> dict[str, Any]:
         with reading(self.engine) as connection:
@@ -296,9 +353,13 @@ class Adapters:
         return self.get(model, version)
 
     def promoted(self) -> list[Served]:
-        """Every promoted version with its weights (what each worker serves). A version whose weights
-        cannot be read (a damaged row) is left out, logged and counted: that model's tier is off,
-        every other model's is served."""
+        """Every promoted version with its weights (what each worker serves)."""
+        return self.promoted_read()[1]
+
+    def promoted_read(self) -> tuple[dict[str, int], list[Served]]:
+        """The promoted versions as one read saw them ({model: version}, damaged ones included), and
+        those it could load. A version whose weights cannot be read (a damaged row) is left out,
+        logged and counted: that model's tier is off, every other model's is served."""
         query = select(
             adapter_versions.c.version,
             adapter_versions.c.model,
@@ -308,32 +369,31 @@ class Adapters:
         with reading(self.engine) as connection:
             rows = connection.execute(query).all()
         served = []
+        read = {row.model: row.version for row in rows}
         for row in rows:
             try:
                 served.append(Served(row.version, row.model, row.model_version, LinearAdapter.from_bytes(row.weights)))
             except ValueError as exc:
                 log.error("adapter %s v%s not served: its weights cannot be read (%s)", row.model, row.version, exc)
                 metrics.REVIEW_STORE_ERRORS.labels("adapter_weights").inc()
-        return served
+        return read, served
 
 
 class Trainer:
-    """The insights page's training, off the request: one at a time per worker, on a thread of its
-    own (5000 decisions of mobilenet_v2_mid's 1792 features take about a minute on one core, past
-    gunicorn's timeout). What it leaves: a new version in the store, or `last_error`."""
+    """The insights page's training, off the request, on a thread of its own (5000 decisions of
+    mobilenet_v2_mid's 1792 features take over a minute on one core, past gunicorn's timeout). One at
+    a time across every worker and instance: the store's adapter log holds a `training` entry until
+    a `trained` or `failed` one follows (or TRAINING_HORIZON passes: its worker was killed), and
+    every worker's page reads it there."""
 
     def __init__(self, adapters: Adapters) -> None:
         self.adapters = adapters
-        self._lock = threading.Lock()
-        self.running: dict[str, Any] | None = None  # {"by", "since"} while one runs here
-        self.last_error: str | None = None
         self.thread: threading.Thread | None = None
 
     def start(self, model: str, model_version: str, actor: str) -> bool:
-        """Start one; False when one is running in this worker already."""
-        if not self._lock.acquire(blocking=False):
+        """Start one; False when one is running already (in any worker)."""
+        if not self.adapters.begin_training(model, actor):
             return False
-        self.running, self.last_error = {"by": actor, "since": time.time()}, None
         self.thread = threading.Thread(
             target=self._run, args=(model, model_version, actor), name="adapter-training", daemon=True
         )
@@ -343,15 +403,17 @@ class Trainer:
     def _run(self, model: str, model_version: str, actor: str) -> None:
         try:
             self.adapters.train(model, model_version, actor)
+            return
         except NsfwError as exc:
-            self.last_error = exc.message
+            why = f"{exc.message} ({exc.detail})" if exc.detail else exc.message
         except Exception as exc:  # noqa: BLE001 - the store failed, or a bug: said on the page and in the log
             log.exception("adapter training failed")
             metrics.REVIEW_STORE_ERRORS.labels("adapter_train").inc()
-            self.last_error = f"The training failed ({type(exc).__name__}); see the log."
-        finally:
-            self.running = None
-            self._lock.release()
+            why = f"The training failed ({type(exc).__name__}); see the log."
+        try:
+            self.adapters.training_failed(model, actor, why)
+        except Exception:  # noqa: BLE001 - the store is down: the entry lapses after TRAINING_HORIZON
+            log.exception("the failed training could not be recorded")
 
 
 class Follower:
@@ -372,8 +434,11 @@ class Follower:
         if now == self._read:
             return
         before = self.promoted.versions()
-        self.promoted.replace(self.adapters.promoted())
-        self._read = now  # a damaged row is reported once, not every refresh
+        # The versions and their weights from one read: what is served is exactly what `_read` says
+        # was read (a change between two reads would leave a worker on a set it never compares again).
+        read, served = self.adapters.promoted_read()
+        self.promoted.replace(served)
+        self._read = read  # a damaged row is reported once, not every refresh
         after = self.promoted.versions()
         for model in set(before) | set(after):
             metrics.ADAPTER_VERSION.labels(model).set(after.get(model, 0))

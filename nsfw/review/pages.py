@@ -474,14 +474,14 @@ def _adapter_context(settings: Settings) -> dict[str, Any]:
     """The served model's adapter versions (newest first, with their report cards) and their history."""
     spec = MODELS[settings.model]
     adapters = state.adapters()
-    trainer = state.adapter_trainer()
+    training = adapters.training_state(spec.name)
     return {
         "adapter_model": spec.name,
         "adapter_versions": adapters.versions(spec.name),
         "adapter_history": adapters.history(20),
         "adapter_override": settings.adapter_override,
-        "adapter_training": trainer.running,
-        "adapter_error": trainer.last_error,
+        "adapter_training": training["running"],
+        "adapter_failed": training["failed"],
     }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from nsfw.model import Classifier
 from nsfw.review.queue import Candidate, ReviewQueue
@@ -54,7 +55,9 @@ def test_a_lead_trains_reads_the_card_and_serves_it(
     pages._sign_in(carol, served.base, "carol", PASSWORDS["carol"])
     carol.get(f"{served.base}/review/insights")
     assert "No adapter is served." in carol.page_source
+    page = carol.find_element(By.TAG_NAME, "html")
     carol.find_element(By.CSS_SELECTOR, 'button[value="train"]').click()
+    WebDriverWait(carol, 10).until(pages._gone(page))  # the form's answer (a redirect back) has loaded
     deadline = time.monotonic() + 60
     while "Version 1: candidate, passed" not in carol.page_source and time.monotonic() < deadline:
         time.sleep(0.5)  # the training runs on its own thread in one of the workers
@@ -69,7 +72,9 @@ def test_a_lead_trains_reads_the_card_and_serves_it(
     model, adapter = (float(value) for value in rows["Agreement with the moderators (balanced, %)"])
     assert adapter >= 90 and model <= 50
     pages._no_serious_violations(carol, "insights with a report card")
+    page = carol.find_element(By.TAG_NAME, "html")
     carol.find_element(By.CSS_SELECTOR, 'button[value="promote"]').click()
+    WebDriverWait(carol, 10).until(pages._gone(page))
     assert "Serving version 1." in carol.page_source and "Version 1: promoted, passed" in carol.page_source
     history = carol.find_element(By.CSS_SELECTOR, "table.adapter-history").text
     assert "carol trained version 1" in history.replace("\n", " ") or (

@@ -21,8 +21,8 @@ between the two: when the first tier says unknown (and would at the operator's o
 the adapter learnt: a request's stricter ones send the rest to humans), the adapter's probability p
 decides at the request's thresholds (adult when p reaches adult_threshold, safe when 1 - p reaches
 safe_threshold); if it too is unsure, the second tier is asked. With NSFW_ADAPTER_OVERRIDE it may
-also overturn the first tier's automatic verdict when it is sure of the other label. A human's remembered decision comes
-after all of them (nsfw/review), so no adapter overturns one.
+also overturn the first tier's automatic verdict when it is sure of the other label. A human's
+remembered decision comes after all of them (nsfw/review), so no adapter overturns one.
 
 Everything here but `HttpSecondTier.ask` is a pure function of its arguments.
 """

@@ -598,6 +598,11 @@ def test_a_lead_trains_promotes_and_demotes_from_the_insights_page(
     assert again.status_code == 404 and "The adapter was not changed" in again.get_data(as_text=True)
     bad = lead.post("/review/insights/adapter", data={"action": "promote", "version": "99", "csrf_token": token})
     assert bad.status_code == 404
+    for wrong in ("v1", "1.0", "١", "9" * 12):  # a version that is not one is refused, never read as "the newest"
+        refused = lead.post(
+            "/review/insights/adapter", data={"action": "promote", "version": wrong, "csrf_token": token}
+        )
+        assert refused.status_code == 400, wrong
     with engine.connect() as connection:
         log = connection.execute(select(adapter_audit.c.actor, adapter_audit.c.action).order_by(adapter_audit.c.id))
         assert [tuple(row) for row in log] == [

@@ -502,7 +502,9 @@ def adapter_action() -> Any:
                 return _message("A training is running already; its version appears on the insights page.", 409)
         elif action == "promote":
             raw = request.form.get("version", "")
-            adapters.promote(spec.name, spec.version, actor, int(raw) if raw.isdecimal() and len(raw) < 10 else None)
+            if raw and not (raw.isascii() and raw.isdigit() and len(raw) < 10):
+                return _message("A version is a number.", 400)  # never "the newest" by mistake
+            adapters.promote(spec.name, spec.version, actor, int(raw) if raw else None)
         elif action == "demote":
             adapters.demote(spec.name, actor)
         else:

@@ -36,6 +36,16 @@ class Inference(NamedTuple):
     embeddings: np.ndarray | None
 
 
+def embedding_bytes(vector: np.ndarray | None) -> bytes | None:
+    """One frame's embedding as the cache and the review store keep it: float32, little-endian."""
+    return None if vector is None else np.asarray(vector, "<f4").tobytes()
+
+
+def embedding_of(raw: bytes | None) -> np.ndarray | None:
+    """The embedding `embedding_bytes` stored (None stays None)."""
+    return None if raw is None else np.frombuffer(raw, "<f4")
+
+
 def infer(classifier: Classifier, batch: np.ndarray) -> Inference:
     """Probabilities and embeddings in one pass when the classifier offers `infer`; else probabilities alone.
 

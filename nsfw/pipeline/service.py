@@ -26,7 +26,7 @@ from nsfw.imaging.recipes import model_input
 from nsfw.imaging.thumbnail import Picture, frame_thumbnails, pictures
 from nsfw.imaging.video import VideoLimits, is_video, open_video, sniff
 from nsfw.matching.pdq import FrameHashes, frame_hashes
-from nsfw.model import Classifier, infer
+from nsfw.model import Classifier, embedding_bytes, embedding_of, infer
 from nsfw.model.adapter import Promoted
 from nsfw.model.registry import Registry
 from nsfw.model.specs import NSFWJS, ModelSpec
@@ -186,11 +186,6 @@ def worst_frame(adult_classes: tuple[str, ...], classes: tuple[str, ...], probab
     frame, so a harmless first frame cannot hide the rest."""
     unsafe = [classes.index(name) for name in adult_classes]
     return int(np.argmax(probabilities[:, unsafe].sum(axis=1)))
-
-
-def _bytes(embeddings: np.ndarray | None, chosen: int) -> bytes | None:
-    """One frame's embedding as the cache and the store keep it (float32, little-endian)."""
-    return None if embeddings is None else np.asarray(embeddings[chosen], "<f4").tobytes()
 
 
 def _hashes(entry: CacheEntry) -> list[FrameHashes] | None:
@@ -366,7 +361,8 @@ class PredictionService:
             per_frame = [{name: float(p) for name, p in zip(spec.classes, row, strict=True)} for row in probabilities]
             chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
             hashes = [made[2].to_json() for made in frames.images if made[2] is not None] if self.hashing else None
-            indices, embedding = list(frames.indices), _bytes(embeddings, chosen)
+            embedding = embedding_bytes(None if embeddings is None else embeddings[chosen])
+            indices = list(frames.indices)
             entry = CacheEntry(indices, per_frame, chosen, frames.total, hashes=hashes, embedding=embedding)
             if cache_key is not None and self.cache is not None:
                 # This worker's layer, before the model is free: the next request for these bytes finds it.
@@ -457,8 +453,7 @@ class PredictionService:
             image.pictures = {index: picture for index, picture in made.items() if picture is not None}
         probabilities = np.array([[row[name] for name in spec.classes] for row in rows])
         chosen = worst_frame(spec.adult_classes, spec.classes, probabilities)
-        vector = embedded[chosen]
-        embedding = None if vector is None else np.asarray(vector, "<f4").tobytes()
+        embedding = embedding_bytes(embedded[chosen])
         entry = CacheEntry(list(range(len(rows))), rows, chosen, len(rows), times, facts, hashes, embedding)
         # Only a decode that sampled the whole video is remembered: one cut short (a deadline, a
         # crashed or lying decoder) or stopped at an adult frame is not the answer for these bytes
@@ -485,7 +480,7 @@ class PredictionService:
             frame_times=entry.frame_times,
             video=entry.video,
             hashes=_hashes(entry),
-            embedding=None if entry.embedding is None else np.frombuffer(entry.embedding, "<f4"),
+            embedding=embedding_of(entry.embedding),
         )
 
     def _finish(

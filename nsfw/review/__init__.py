@@ -38,6 +38,7 @@ from nsfw.fetch import Fetcher
 from nsfw.matching.banks import Banks, Matcher
 from nsfw.matching.index import Found, Index
 from nsfw.matching.store import FOLLOW_EVERY, Follower
+from nsfw.model import embedding_bytes
 from nsfw.model.adapter import Promoted
 from nsfw.pipeline.service import ImageBytes, Prediction, PredictionService, ReviewContext
 from nsfw.pipeline.verdict import Verdict
@@ -219,7 +220,7 @@ class Reviewer:
             frames=prediction.classified(),
             chosen_frame=prediction.frame_indices[prediction.chosen],
             hashes=prediction.hashes or (),
-            embedding=None if prediction.embedding is None else prediction.embedding.astype("<f4").tobytes(),
+            embedding=embedding_bytes(prediction.embedding),
         )
         queued = self.queue.enqueue(candidate, pictures, self.gate.run)
         metrics.REVIEW_QUEUED.labels(kind).inc()

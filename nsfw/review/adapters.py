@@ -26,6 +26,7 @@ from nsfw import metrics
 from nsfw.config import Settings
 from nsfw.errors import AdapterRefused, NotEnoughDecisions, NsfwError, UnknownAdapter
 from nsfw.matching.pdq import distances, packed
+from nsfw.model import embedding_of
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
 from nsfw.review.insights import adult_score
 from nsfw.review.tables import adapter_audit, adapter_versions, audit, hashes, reviews
@@ -113,7 +114,7 @@ class Adapters:
             rows = connection.execute(query).all()
             width = len(rows[0].embedding) if rows else 0
             kept = [row for row in rows if len(row.embedding) == width and width % 4 == 0]
-            vectors = [np.frombuffer(row.embedding, "<f4") for row in kept]
+            vectors = [embedding_of(row.embedding) for row in kept]
             finite = [n for n, vector in enumerate(vectors) if np.isfinite(vector).all()]
             kept, vectors = [kept[n] for n in finite], [vectors[n] for n in finite]
             copies, hashed = self._copies(connection, [row.id for row in kept])

@@ -114,11 +114,8 @@ def _balanced(y: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """Each item's weight: each picture (group) weighs one, shared by its copies, and each label's
     pictures weigh half of them all."""
     labels = y.astype(np.int64)
-    if groups is None:
-        share = np.ones(len(y))
-    else:
-        _, index = np.unique(np.asarray(groups), return_inverse=True)
-        share = 1.0 / np.bincount(index)[index]
+    pictures = Pictures.of(y, groups)
+    share = 1.0 / pictures.sizes[pictures.index]
     totals = np.array([share[labels == 0].sum(), share[labels == 1].sum()])
     return share * share.sum() / (2.0 * np.maximum(totals, 1e-12))[labels]
 
@@ -141,36 +138,52 @@ def _newton(z: np.ndarray, y: np.ndarray, weight: np.ndarray, l2: float) -> tupl
     return theta[:-1], float(theta[-1])
 
 
-def folds_of(y: np.ndarray, k: int, groups: np.ndarray | None = None, seed: int = SEED) -> np.ndarray:
-    """Each item's fold, 0..k-1. The items of one group (copies of one picture) share a fold, so no
-    copy is judged by an adapter that saw its twin; groups are stratified by their majority label:
-    each label's groups, shuffled (seeded), largest first, each to the fold with the fewest items of
-    that label so far."""
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    names, index = np.unique(groups, return_inverse=True)
-    sizes = np.bincount(index, minlength=len(names))
-    majority = (np.bincount(index, weights=y, minlength=len(names)) * 2 >= sizes).astype(np.int64)
+@dataclass(frozen=True)
+class Pictures:
+    """Items grouped into pictures: the copies of one picture (the same bytes, a copied decision,
+    near PDQ hashes) share a group; without groups each item is its own picture."""
+
+    index: np.ndarray  # each item's picture, 0..len(sizes)-1
+    sizes: np.ndarray  # each picture's number of items
+    label: np.ndarray  # each picture's majority label (1 adult, 0 safe; a tie is adult)
+
+    @classmethod
+    def of(cls, y: np.ndarray, groups: np.ndarray | None = None) -> Pictures:
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        _, index = np.unique(groups, return_inverse=True)
+        sizes = np.bincount(index)
+        label = (np.bincount(index, weights=y, minlength=len(sizes)) * 2 >= sizes).astype(np.int64)
+        return cls(index, sizes, label)
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        """Each picture's mean of a value of its items."""
+        return np.bincount(self.index, weights=values, minlength=len(self.sizes)) / self.sizes
+
+    @property
+    def adult(self) -> int:
+        return int(self.label.sum())
+
+    @property
+    def safe(self) -> int:
+        return len(self.label) - self.adult
+
+
+def folds_of(pictures: Pictures, k: int, seed: int = SEED) -> np.ndarray:
+    """Each item's fold, 0..k-1. The items of one picture share a fold, so no copy is judged by an
+    adapter that saw its twin; pictures are stratified by their majority label: each label's
+    pictures, shuffled (seeded), largest first, each to the fold with the fewest items of that label
+    so far."""
     rng = np.random.default_rng(seed)
-    group_fold = np.empty(len(names), np.int64)
+    picture_fold = np.empty(len(pictures.sizes), np.int64)
     for label in (0, 1):
-        members = rng.permutation(np.flatnonzero(majority == label))
-        members = members[np.argsort(-sizes[members], kind="stable")]
+        members = rng.permutation(np.flatnonzero(pictures.label == label))
+        members = members[np.argsort(-pictures.sizes[members], kind="stable")]
         filled = np.zeros(k, np.int64)
         for g in members:
             f = int(np.argmin(filled))
-            group_fold[g] = f
-            filled[f] += sizes[g]
-    return group_fold[index]
-
-
-def distinct(y: np.ndarray, groups: np.ndarray | None) -> tuple[int, int]:
-    """How many groups (distinct pictures) lean adult, and how many safe."""
-    if groups is None:
-        return int(np.sum(y == 1)), int(np.sum(y == 0))
-    names, index = np.unique(np.asarray(groups), return_inverse=True)
-    sizes = np.bincount(index, minlength=len(names))
-    adult = int(np.sum(np.bincount(index, weights=y, minlength=len(names)) * 2 >= sizes))
-    return adult, len(names) - adult
+            picture_fold[g] = f
+            filled[f] += pictures.sizes[g]
+    return picture_fold[pictures.index]
 
 
 @dataclass(frozen=True)
@@ -285,27 +298,21 @@ def report_card(
         "gate": {"min_gain": gate.min_gain, "min_items": gate.min_items, "max_p": gate.max_p},
         "l2": l2,
     }
-    adult_groups, safe_groups = distinct(y, groups)
-    card["pictures"] = adult_groups + safe_groups
-    k = min(folds, adult_groups, safe_groups)
+    pictures = Pictures.of(y, groups)
+    card["pictures"] = len(pictures.sizes)
+    k = min(folds, pictures.adult, pictures.safe)
     if k < 2:
         card |= {"folds": 0, "passed": False, "why": "needs at least two distinct pictures of each label"}
         return card
-    fold = folds_of(y, k, groups)
+    fold = folds_of(pictures, k)
     held_out = np.empty(n)
     for f in range(k):
         test = fold == f
-        trained = fit(x[~test], y[~test], l2, None if groups is None else np.asarray(groups)[~test])
-        held_out[test] = trained.probabilities(x[test])
-    if groups is not None:
-        # Judged by picture: each group one vote (its copies' mean held-out p and base sum, its
-        # majority label), so a picture decided many times (a viral repost, copies decided by
-        # retroaction) counts once in the agreement, the counts and the paired test.
-        _, index = np.unique(np.asarray(groups), return_inverse=True)
-        sizes = np.bincount(index)
-        held_out = np.bincount(index, weights=held_out) / sizes
-        base_adult = np.bincount(index, weights=base_adult) / sizes
-        y = (np.bincount(index, weights=y) * 2 >= sizes).astype(np.int64)
+        held_out[test] = fit(x[~test], y[~test], l2, pictures.index[~test]).probabilities(x[test])
+    # Judged by picture: each picture one vote (its copies' mean held-out p and base sum, its majority
+    # label), so a picture decided many times (a viral repost, copies decided by retroaction) counts
+    # once in the agreement, the counts and the paired test.
+    held_out, base_adult, y = pictures.mean(held_out), pictures.mean(base_adult), pictures.label
     base = Calls.of(base_adult, y, adult_threshold, safe_threshold)
     adapter = Calls.of(held_out, y, adult_threshold, safe_threshold)
     base_right = (base_adult >= 0.5) == (y == 1)
@@ -313,7 +320,7 @@ def report_card(
     adapter_only = tuple(int(np.sum(adapter_right & ~base_right & (y == c))) for c in (1, 0))
     base_only = tuple(int(np.sum(base_right & ~adapter_right & (y == c))) for c in (1, 0))
     gain = round(adapter.agreement - base.agreement, 2)
-    p = paired_p(adapter_only, base_only, (adult_groups, safe_groups))
+    p = paired_p(adapter_only, base_only, (pictures.adult, pictures.safe))
     why = []
     if card["pictures"] < gate.min_items:
         why.append(f"{card['pictures']} distinct pictures decided, fewer than {gate.min_items}")

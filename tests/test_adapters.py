@@ -28,7 +28,7 @@ from nsfw.imaging.recipes import model_input
 from nsfw.model import Classifier, infer
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, paired_p, report_card
 from nsfw.pipeline.verdict import Policy, Tiers
-from nsfw.review.adapters import Adapters, Follower, Thresholds
+from nsfw.review.adapters import Adapters, Follower
 from nsfw.review.queue import Candidate, ReviewQueue
 from nsfw.review.tables import adapter_audit, adapter_versions, reviews
 from nsfw.store.engine import make_engine
@@ -329,7 +329,7 @@ def stored(store_url: str) -> Iterator[tuple[ReviewQueue, Adapters]]:
     upgrade(store_url)
     engine = make_engine(store_url)
     queue = ReviewQueue(engine, lease=120, webhooks=False, match=False)
-    yield queue, Adapters(engine, GATE, Thresholds(0.7, 0.7))
+    yield queue, Adapters(engine, GATE, Policy(0.7, 0.7))
     engine.dispose()
 
 
@@ -780,7 +780,7 @@ def test_adapter_reads_take_no_write_lock_on_sqlite(tmp_path: Path, community: D
     try:
         queue = ReviewQueue(engine, lease=120, webhooks=False, match=False)
         _decide_all(queue, community)
-        adapters = Adapters(engine, GATE, Thresholds(0.7, 0.7))
+        adapters = Adapters(engine, GATE, Policy(0.7, 0.7))
         adapters.train("mobilenet_v2", "v", "lead")
         adapters.promote("mobilenet_v2", "v", "lead")
         with other.begin() as writer:  # another worker writing (SQLite: BEGIN IMMEDIATE), meanwhile:
@@ -937,7 +937,7 @@ def test_one_training_at_a_time_across_workers_and_its_failure_is_seen_by_all(
     from nsfw.review.adapters import Trainer
 
     queue, adapters = stored
-    other = Adapters(adapters.engine, GATE, Thresholds(0.7, 0.7))  # another worker's
+    other = Adapters(adapters.engine, GATE, Policy(0.7, 0.7))  # another worker's
     first, second = Trainer(adapters), Trainer(other)
     assert first.start("mobilenet_v2", "v", "carol")  # nothing decided yet: it fails
     assert first.thread is not None

@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from nsfw.errors import AdapterRefused, NotEnoughDecisions, NsfwError, UnknownAd
 from nsfw.matching.pdq import distances, packed
 from nsfw.model import embedding_of
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
+from nsfw.pipeline.verdict import Policy
 from nsfw.review.insights import adult_score
 from nsfw.review.tables import adapter_audit, adapter_versions, audit, hashes, reviews
 from nsfw.store.engine import reading, transaction_lock
@@ -43,21 +43,12 @@ REFRESH_EVERY = 2.0
 TRAINING_HORIZON = 900.0
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """The verdict thresholds in force (NSFW_ADULT_THRESHOLD, NSFW_SAFE_THRESHOLD): the report card
-    counts false positives and negatives at them."""
-
-    adult: float
-    safe: float
-
-
 class Adapters:
     def __init__(
         self,
         engine: Engine,
         gate: Gate,
-        thresholds: Thresholds,
+        thresholds: Policy,  # the verdict thresholds in force: the card counts false positives at them
         max_items: int = 5000,
         near: int = 31,
         min_quality: int = 50,
@@ -75,7 +66,7 @@ class Adapters:
         return cls(
             engine,
             Gate(settings.adapter_min_gain, settings.adapter_min_items, settings.adapter_max_p),
-            Thresholds(settings.adult_threshold, settings.safe_threshold),
+            Policy.of(settings.verdicts),
             settings.adapter_max_items,
             settings.match_distance,
             settings.match_min_quality,
@@ -193,8 +184,8 @@ class Adapters:
             x,
             y,
             base,
-            adult_threshold=self.thresholds.adult,
-            safe_threshold=self.thresholds.safe,
+            adult_threshold=self.thresholds.adult_threshold,
+            safe_threshold=self.thresholds.safe_threshold,
             gate=self.gate,
             groups=groups,
         )

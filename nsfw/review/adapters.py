@@ -29,6 +29,7 @@ from nsfw.model import embedding_of
 from nsfw.model.adapter import Gate, LinearAdapter, Promoted, Served, fit, report_card
 from nsfw.pipeline.verdict import Policy
 from nsfw.review.insights import adult_score
+from nsfw.review.queue import copied_from
 from nsfw.review.tables import adapter_audit, adapter_versions, audit, hashes, reviews
 from nsfw.store.engine import reading, transaction_lock
 
@@ -130,8 +131,7 @@ class Adapters:
                     audit.c.review_id.in_(part), audit.c.action == "decided", audit.c.detail.like('%"match"%')
                 )
             ):
-                source = json.loads(detail).get("match", {}).get("review")
-                if isinstance(source, str):
+                if (source := copied_from(detail)) is not None:
                     copied.append((review_id, source))
             hashed += connection.execute(
                 select(hashes.c.review_id, hashes.c.pdq).where(

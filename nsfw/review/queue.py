@@ -130,6 +130,14 @@ def _now(call: Callable[[], T]) -> T:
     return call()
 
 
+def copied_from(detail: str) -> str | None:
+    """The item a `decided` audit entry's decision was copied from (retroaction: a near-duplicate's
+    decision, which no one looked at); None for a human's own decision."""
+    match = json.loads(detail).get("match")
+    source = match.get("review") if isinstance(match, dict) else None
+    return source if isinstance(source, str) else None
+
+
 def iso(seconds: float | None) -> str | None:
     """Epoch seconds as ISO 8601 UTC with milliseconds."""
     if seconds is None:

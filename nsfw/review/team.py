@@ -6,7 +6,6 @@ with the model on its audit samples. No Flask."""
 from __future__ import annotations
 
 import calendar
-import json
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -15,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
+from nsfw.review.queue import copied_from
 from nsfw.review.tables import audit, reviews
 from nsfw.store.engine import reading
 
@@ -77,7 +77,7 @@ def team(engine: Engine, now: float | None = None, days: int = DAYS) -> Team:
     result = Team(days=names, per_day={}, waits={})
     per_day: dict[str, Counter[str]] = defaultdict(Counter)
     for decision in decisions:
-        if json.loads(decision.detail).get("match"):  # decided with a near-duplicate: no one looked at it
+        if copied_from(decision.detail) is not None:  # decided with a near-duplicate: no one looked at it
             result.retroactive += 1
             continue
         per_day[decision.actor][time.strftime("%Y-%m-%d", time.gmtime(decision.at))] += 1

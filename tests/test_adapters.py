@@ -367,7 +367,7 @@ def test_versions_are_trained_promoted_demoted_and_audited(
         adapters.demote("mobilenet_v2", "lead")
     with pytest.raises(UnknownAdapter):
         adapters.promote("mobilenet_v2", "v", "lead", 12345)
-    assert adapters.promoted() == []
+    assert adapters.promoted_read()[1] == []
     actions = [(e["action"], e["version"]) for e in reversed(adapters.history())]
     one, two = first["version"], second["version"]
     assert actions == [
@@ -394,7 +394,7 @@ def test_a_version_that_did_not_pass_is_never_promoted(
         adapters.promote("mobilenet_v2", "v", "lead")
     with pytest.raises(AdapterRefused):
         adapters.promote("mobilenet_v2", "v", "lead", made["version"])
-    assert adapters.promoted() == [] and [e["action"] for e in adapters.history()] == ["trained"]
+    assert adapters.promoted_read()[1] == [] and [e["action"] for e in adapters.history()] == ["trained"]
 
 
 def test_two_promotions_at_once_leave_one_version_promoted(
@@ -420,7 +420,7 @@ def test_two_promotions_at_once_leave_one_version_promoted(
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(adapters.promoted()) == 1 and len(outcomes) == 2
+    assert len(adapters.promoted_read()[1]) == 1 and len(outcomes) == 2
     promoted = [e for e in adapters.history() if e["action"] == "promoted"]
     demoted = [e for e in adapters.history() if e["action"] == "demoted"]
     assert len(promoted) - len(demoted) == 1  # every promotion but the last was undone, and said so

@@ -344,10 +344,6 @@ class Adapters:
         log.info("adapter %s v%s demoted by %s", model, version, actor)
         return self.get(model, version)
 
-    def promoted(self) -> list[Served]:
-        """Every promoted version with its weights (what each worker serves)."""
-        return self.promoted_read()[1]
-
     def promoted_read(self) -> tuple[dict[str, int], list[Served]]:
         """The promoted versions as one read saw them ({model: version}, damaged ones included), and
         those it could load. A version whose weights cannot be read (a damaged row) is left out,
